@@ -1,0 +1,112 @@
+//! Transport comparison: one-way stream throughput of array-sized payloads and small-message
+//! round trips, for tcp://, inproc:// and a raw tokio socket baseline, in one run.
+//!
+//! Benchmark ids are `{pattern}/{transport}/{payload}`, e.g. `stream/tcp/64MiB`; compare
+//! `tcp` against `raw` within one run.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use courier_bench::{
+    RawPair, echo_client, echo_server, payload_message, raw_echo_client, raw_echo_server, raw_stream_receiver,
+    raw_stream_sender, registry, stream_receiver, stream_sender,
+};
+use courier_core::Comm;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+
+const PAYLOADS: [(usize, &str); 3] = [(1 << 20, "1MiB"), (8 << 20, "8MiB"), (64 << 20, "64MiB")];
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn comm_pair(rt: &Runtime, url: &str) -> (Comm, Comm) {
+    rt.block_on(async {
+        let r = registry();
+        let mut l = r.listen(url).await.expect("listen");
+        let contact = l.contact_address().to_string();
+        let (c, s) = tokio::join!(r.connect(&contact), l.accept());
+        (c.expect("connect"), s.expect("accept"))
+    })
+}
+
+fn stream(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("stream");
+    group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    for (len, name) in PAYLOADS {
+        let msg = payload_message(len);
+        group.throughput(Throughput::Bytes(msg.byte_len()));
+
+        let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
+        let bytes = msg.frames[0].clone();
+        group.bench_function(BenchmarkId::new("raw", name), |b| {
+            b.iter_custom(|iters| {
+                let RawPair { mut client, mut server } = raw.take().expect("pair");
+                let n = iters as usize;
+                let rx = rt.spawn(async move {
+                    let mut buf = Vec::new();
+                    raw_stream_receiver(&mut server, n, &mut buf).await.expect("raw receiver");
+                    server
+                });
+                let took = rt.block_on(raw_stream_sender(&mut client, &bytes, n)).expect("raw sender");
+                raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
+                took
+            })
+        });
+
+        for (transport, url) in [("tcp", "tcp://127.0.0.1:0"), ("inproc", "inproc://")] {
+            let (client, server) = comm_pair(&rt, url);
+            let mut pair = Some((client, server));
+            group.bench_function(BenchmarkId::new(transport, name), |b| {
+                b.iter_custom(|iters| {
+                    let (mut client, mut server) = pair.take().expect("pair");
+                    let n = iters as usize;
+                    let expect = msg.byte_len();
+                    let rx = rt.spawn(async move {
+                        stream_receiver(&mut server, n, expect).await.expect("receiver");
+                        server
+                    });
+                    let took = rt.block_on(stream_sender(&mut client, &msg, n)).expect("sender");
+                    pair = Some((client, rt.block_on(rx).expect("task")));
+                    took
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn echo_small(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("echo");
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    let msg = payload_message(100);
+    group.throughput(Throughput::Elements(1));
+
+    let RawPair { mut client, mut server } = rt.block_on(RawPair::connect()).expect("raw pair");
+    rt.spawn(async move { raw_echo_server(&mut server).await });
+    let bytes = msg.frames[0].clone();
+    group.bench_function(BenchmarkId::new("raw", "100B"), |b| {
+        b.iter_custom(|iters| {
+            let times = rt.block_on(raw_echo_client(&mut client, &bytes, iters as usize)).expect("raw echo");
+            times.iter().sum()
+        })
+    });
+
+    for (transport, url) in [("tcp", "tcp://127.0.0.1:0"), ("inproc", "inproc://")] {
+        let (mut client, mut server) = comm_pair(&rt, url);
+        rt.spawn(async move { echo_server(&mut server).await });
+        group.bench_function(BenchmarkId::new(transport, "100B"), |b| {
+            b.iter_custom(|iters| {
+                let times = rt.block_on(echo_client(&mut client, &msg, iters as usize)).expect("echo");
+                black_box(times.iter().sum())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stream, echo_small);
+criterion_main!(benches);

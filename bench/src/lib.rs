@@ -1,0 +1,33 @@
+//! # courier-bench
+//!
+//! The measuring core shared by the criterion benches (`cargo bench`), the `courier compare`
+//! command and the perf tool: message patterns over any [`Comm`], the same patterns over a
+//! plain tokio TCP socket as the baseline, and summary statistics.
+//!
+//! Patterns:
+//! - **stream**: the sender pipelines `count` messages, the receiver answers with one ack at
+//!   the end; the time is from the first send to the ack.
+//! - **echo**: one message there and back, `count` times; each round trip is timed.
+//!
+//! The raw baseline moves the same bytes with an 8-byte length prefix per message over a
+//! `TcpStream` with `TCP_NODELAY`, reading each message into a preallocated buffer: the least
+//! a framed transport over TCP could do.
+
+mod patterns;
+mod raw;
+mod stats;
+
+pub use patterns::{echo_client, echo_server, payload_message, stream_receiver, stream_sender};
+pub use raw::{RawPair, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender};
+pub use stats::{Summary, format_bytes};
+
+use std::sync::Arc;
+
+use courier_core::Registry;
+
+/// A registry with every transport this crate benchmarks.
+pub fn registry() -> Registry {
+    Registry::new()
+        .with(Arc::new(courier_tcp::TcpTransport::new()))
+        .with(Arc::new(courier_inproc::InprocTransport::new()))
+}

@@ -1,0 +1,202 @@
+//! The handshake every new comm starts with (sans-IO).
+//!
+//! Right after connecting, both sides send a [`Hello`] at once, without waiting for the other,
+//! then read the peer's. A hello carries the wire version, the receive [`Limits`], the
+//! compression codecs the side accepts, and a name. [`negotiate`] combines the two into the
+//! [`Session`] a comm runs with. The byte layout is in `docs/PROTOCOL.md` ("Handshake").
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::compression::{Codec, Compression};
+use crate::error::CommError;
+use crate::limits::Limits;
+
+/// The four bytes that open every stream comm: `CRWR`.
+pub const MAGIC: [u8; 4] = *b"CRWR";
+/// The wire version this build speaks.
+pub const WIRE_VERSION: u16 = 1;
+/// Fixed prefix: magic, version, body length.
+pub const PREFIX_LEN: usize = 8;
+/// Largest hello body accepted.
+pub const MAX_BODY_LEN: usize = 4096;
+/// Longest name carried in a hello.
+pub const MAX_NAME_LEN: usize = 1024;
+const FIXED_BODY_LEN: usize = 34;
+
+/// What one side announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Wire version.
+    pub version: u16,
+    /// What this side accepts.
+    pub limits: Limits,
+    /// Codecs this side can decompress, as a bit mask (bit 0: snappy).
+    pub compressions: u32,
+    /// A free-form identity (worker name, client id); may be empty.
+    pub name: String,
+}
+
+impl Hello {
+    /// A hello for this build's version.
+    pub fn new(limits: Limits, compression: Compression, name: impl Into<String>) -> Self {
+        let mut name: String = name.into();
+        if name.len() > MAX_NAME_LEN {
+            let mut cut = MAX_NAME_LEN;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            name.truncate(cut);
+        }
+        Hello { version: WIRE_VERSION, limits, compressions: compression.offered_mask(), name }
+    }
+
+    /// The hello's bytes.
+    pub fn encode(&self) -> Bytes {
+        let body_len = FIXED_BODY_LEN + self.name.len();
+        let mut b = BytesMut::with_capacity(PREFIX_LEN + body_len);
+        b.put_slice(&MAGIC);
+        b.put_u16_le(self.version);
+        b.put_u16_le(body_len as u16);
+        b.put_u64_le(self.limits.max_frame_size);
+        b.put_u32_le(self.limits.max_frames);
+        b.put_u32_le(self.compressions);
+        b.put_u64_le(self.limits.max_header_size);
+        b.put_u64_le(self.limits.max_message_size);
+        b.put_u16_le(self.name.len() as u16);
+        b.put_slice(self.name.as_bytes());
+        b.freeze()
+    }
+
+    /// Decodes a hello from the front of `src`, consuming it. `None` until enough bytes are
+    /// there. Fails on a wrong magic (as soon as 4 bytes show it), another wire version (the
+    /// message names both), or a malformed body.
+    pub fn decode(src: &mut BytesMut) -> Result<Option<Hello>, CommError> {
+        let magic_seen = src.len().min(MAGIC.len());
+        if src[..magic_seen] != MAGIC[..magic_seen] {
+            return Err(CommError::protocol(format!(
+                "bad magic {:02x?}: the peer does not speak the Courier wire protocol (expected {:02x?} \"CRWR\")",
+                &src[..magic_seen],
+                MAGIC
+            )));
+        }
+        if src.len() < PREFIX_LEN {
+            return Ok(None);
+        }
+        let version = u16::from_le_bytes([src[4], src[5]]);
+        if version != WIRE_VERSION {
+            return Err(CommError::protocol(format!(
+                "wire version mismatch: peer speaks version {version}, this side speaks version {WIRE_VERSION}"
+            )));
+        }
+        let body_len = u16::from_le_bytes([src[6], src[7]]) as usize;
+        if !(FIXED_BODY_LEN..=MAX_BODY_LEN).contains(&body_len) {
+            return Err(CommError::protocol(format!(
+                "hello body of {body_len} bytes (must be {FIXED_BODY_LEN}..={MAX_BODY_LEN})"
+            )));
+        }
+        if src.len() < PREFIX_LEN + body_len {
+            return Ok(None);
+        }
+        src.advance(PREFIX_LEN);
+        let mut body = src.split_to(body_len);
+        let limits = Limits {
+            max_frame_size: body.get_u64_le(),
+            max_frames: body.get_u32_le(),
+            max_header_size: 0,
+            max_message_size: 0,
+        };
+        let compressions = body.get_u32_le();
+        let limits = Limits { max_header_size: body.get_u64_le(), max_message_size: body.get_u64_le(), ..limits };
+        let name_len = body.get_u16_le() as usize;
+        if name_len > body.len() {
+            return Err(CommError::protocol(format!("hello name of {name_len} bytes overruns the body")));
+        }
+        let name = String::from_utf8(body[..name_len].to_vec())
+            .map_err(|e| CommError::protocol("hello name is not UTF-8").with_source(e))?;
+        // Bytes after the name are fields of later minor versions: ignored.
+        Ok(Some(Hello { version, limits, compressions, name }))
+    }
+}
+
+/// What a comm runs with after the handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// How this side compresses what it sends (restricted to what the peer accepts).
+    pub send_compression: Compression,
+    /// The peer's receive limits: this side refuses to send beyond them.
+    pub send_limits: Limits,
+    /// This side's receive limits.
+    pub recv_limits: Limits,
+    /// The peer's hello.
+    pub peer: Hello,
+}
+
+/// Combines this side's settings with the peer's hello.
+pub fn negotiate(local_limits: Limits, local_compression: Compression, peer: Hello) -> Session {
+    let send_compression =
+        if peer.compressions & Codec::Snappy.mask_bit() != 0 { local_compression } else { Compression::None };
+    Session { send_compression, send_limits: peer.limits, recv_limits: local_limits, peer }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn round_trip_from_every_split() {
+        let h = Hello::new(Limits::default(), Compression::AUTO, "worker-1 ✓");
+        let bytes = h.encode();
+        for cut in 0..bytes.len() {
+            let mut src = BytesMut::from(&bytes[..cut]);
+            assert_eq!(Hello::decode(&mut src).unwrap(), None, "cut {cut}");
+            src.extend_from_slice(&bytes[cut..]);
+            src.extend_from_slice(b"next");
+            assert_eq!(Hello::decode(&mut src).unwrap().as_ref(), Some(&h));
+            assert_eq!(&src[..], b"next", "only the hello is consumed");
+        }
+    }
+
+    #[test]
+    fn bad_magic_is_seen_early() {
+        let mut src = BytesMut::from(&b"GE"[..]);
+        let e = Hello::decode(&mut src).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.to_string().contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn version_mismatch_names_both_versions() {
+        let mut bytes = BytesMut::from(&Hello::new(Limits::default(), Compression::None, "").encode()[..]);
+        bytes[4] = 7;
+        let e = Hello::decode(&mut bytes).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.to_string().contains("version 7") && e.to_string().contains("version 1"), "{e}");
+    }
+
+    #[test]
+    fn malformed_bodies_are_protocol_errors() {
+        let good = Hello::new(Limits::default(), Compression::None, "abc").encode();
+        let mut short = BytesMut::from(&good[..]);
+        short[6] = 3;
+        short[7] = 0;
+        assert_eq!(Hello::decode(&mut short).unwrap_err().kind(), ErrorKind::Protocol);
+        let mut overrun = BytesMut::from(&good[..]);
+        let n = PREFIX_LEN + FIXED_BODY_LEN - 2;
+        overrun[n] = 200;
+        assert_eq!(Hello::decode(&mut overrun).unwrap_err().kind(), ErrorKind::Protocol);
+        let mut not_utf8 = BytesMut::from(&good[..]);
+        let last = not_utf8.len() - 1;
+        not_utf8[last] = 0xff;
+        assert_eq!(Hello::decode(&mut not_utf8).unwrap_err().kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn compression_needs_both_sides() {
+        let none = Hello::new(Limits::default(), Compression::None, "");
+        let auto = Hello::new(Limits::default(), Compression::AUTO, "");
+        assert_eq!(negotiate(Limits::default(), Compression::AUTO, none).send_compression, Compression::None);
+        assert_eq!(negotiate(Limits::default(), Compression::AUTO, auto.clone()).send_compression, Compression::AUTO);
+        assert_eq!(negotiate(Limits::default(), Compression::None, auto).send_compression, Compression::None);
+    }
+}

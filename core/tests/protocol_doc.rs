@@ -1,0 +1,74 @@
+//! docs/PROTOCOL.md is a public contract: these tests fail when the code and the document
+//! disagree.
+
+use bytes::{Bytes, BytesMut};
+use courier_core::codec::{Decoder, Encoder};
+use courier_core::handshake::{Hello, MAGIC, WIRE_VERSION};
+use courier_core::{Compression, Limits, Message};
+
+fn protocol_md() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md")).expect("docs/PROTOCOL.md")
+}
+
+/// The hex bytes of the example in section 4 (text before any run of 3+ spaces per line).
+fn example_bytes(doc: &str) -> Vec<u8> {
+    let section = doc.split("## 4. Example").nth(1).expect("section 4");
+    let block = section.split("```").nth(1).expect("example block");
+    let mut out = Vec::new();
+    for line in block.lines() {
+        let hex =
+            line.split("   ").filter(|p| !p.trim().is_empty()).take_while(|p| is_hex_group(p)).collect::<Vec<_>>();
+        for group in hex {
+            for b in group.split_whitespace() {
+                out.push(u8::from_str_radix(b, 16).expect("hex byte"));
+            }
+        }
+    }
+    out
+}
+
+fn is_hex_group(p: &str) -> bool {
+    p.split_whitespace().all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[test]
+fn the_documented_example_is_what_the_encoder_writes() {
+    let doc = protocol_md();
+    let expected = example_bytes(&doc);
+    let msg = Message::new(Bytes::from_static(b"hi"), vec![Bytes::from_static(b"abc")]);
+    let mut chunks = Vec::new();
+    Encoder::new(Limits::default(), Compression::None).encode(&msg, &mut chunks).unwrap();
+    assert_eq!(chunks.concat(), expected);
+    let mut src = BytesMut::from(&expected[..]);
+    assert_eq!(Decoder::new(Limits::default()).decode(&mut src).unwrap(), Some(msg));
+}
+
+#[test]
+fn hello_matches_the_documented_offsets() {
+    let doc = protocol_md();
+    assert!(doc.contains("`43 52 57 52` (ASCII `CRWR`)") && MAGIC == *b"CRWR");
+    assert!(doc.contains(&format!("| 4 | 2 | version | `{WIRE_VERSION}` |")));
+    let limits = Limits { max_frame_size: 1, max_frames: 2, max_header_size: 3, max_message_size: 4 };
+    let h = Hello::new(limits, Compression::AUTO, "ab").encode();
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+    let u16_at = |o: usize| u16::from_le_bytes(h[o..o + 2].try_into().unwrap());
+    assert_eq!(&h[0..4], b"CRWR");
+    assert_eq!(u16_at(4), WIRE_VERSION);
+    assert_eq!(u16_at(6) as usize, h.len() - 8);
+    assert_eq!(u64_at(8), 1, "max_frame_size at 8");
+    assert_eq!(u32_at(16), 2, "max_frames at 16");
+    assert_eq!(u32_at(20), 1, "compressions at 20");
+    assert_eq!(u64_at(24), 3, "max_header_size at 24");
+    assert_eq!(u64_at(32), 4, "max_message_size at 32");
+    assert_eq!(u16_at(40), 2, "name_len at 40");
+    assert_eq!(&h[42..], b"ab");
+    for (name, value) in [
+        ("max_frame_size 4 GiB", Limits::DEFAULT_MAX_FRAME_SIZE == 4 << 30),
+        ("max_frames 65,536", Limits::DEFAULT_MAX_FRAMES == 65_536),
+        ("max_header_size 64 MiB", Limits::DEFAULT_MAX_HEADER_SIZE == 64 << 20),
+        ("max_message_size 64 GiB", Limits::DEFAULT_MAX_MESSAGE_SIZE == 64 << 30),
+    ] {
+        assert!(value && doc.contains(name), "documented default {name:?} differs from the code");
+    }
+}

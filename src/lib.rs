@@ -1,0 +1,63 @@
+//! # Courier
+//!
+//! Messages of n-dimensional arrays between processes and machines, over pluggable
+//! transports chosen by URL scheme alone.
+//!
+//! This facade re-exports the comm layer ([`courier_core`]) and the built-in transports, and
+//! builds a [`Registry`] holding them all:
+//!
+//! | scheme | crate | what |
+//! | --- | --- | --- |
+//! | `tcp://host:port` | [`courier_tcp`] | tokio sockets, vectored zero-copy writes |
+//! | `inproc://name` | [`courier_inproc`] | in-process bounded channels, no copy at all |
+//!
+//! ```
+//! use courier::{Message, Registry, RegistryExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courier::CommError> {
+//! let registry = Registry::with_default_transports();
+//! let mut listener = registry.listen("inproc://").await?;
+//! let url = listener.contact_address().to_string();
+//! let (client, server) = tokio::join!(registry.connect(&url), listener.accept());
+//! let (mut client, mut server) = (client?, server?);
+//!
+//! let array = bytes::Bytes::from(vec![0u8; 1 << 20]);
+//! client.send(Message::new(&b"an array"[..], vec![array.clone()])).await?;
+//! let got = server.recv().await?;
+//! assert_eq!(got.frames[0].as_ptr(), array.as_ptr()); // handed over, not copied
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+pub use courier_core::{
+    Address, CloseSignal, Codec, Comm, CommConfig, CommError, CommReceiver, CommRecv, CommSend, CommSender,
+    Compression, ErrorKind, Limits, Listener, Message, PeerInfo, Registry, Transport,
+};
+pub use courier_inproc::InprocTransport;
+pub use courier_tcp::{TcpOptions, TcpTransport};
+pub use {courier_core, courier_inproc, courier_tcp};
+
+/// Constructors for a [`Registry`] holding Courier's built-in transports.
+pub trait RegistryExt {
+    /// A registry with tcp:// and inproc://.
+    fn with_default_transports() -> Registry;
+}
+
+impl RegistryExt for Registry {
+    fn with_default_transports() -> Registry {
+        Registry::new().with(Arc::new(TcpTransport::new())).with(Arc::new(InprocTransport::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_registry_knows_every_builtin_scheme() {
+        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "tcp"]);
+    }
+}

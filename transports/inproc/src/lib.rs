@@ -1,0 +1,276 @@
+//! # courier-inproc
+//!
+//! The `inproc://` transport: comms between tasks of one process, for tests, embedded
+//! clusters and benchmarks of everything above the wire.
+//!
+//! - Addresses are names in a process-wide table: `inproc://scheduler`. Listening on
+//!   `inproc://` (no name) picks a fresh unique name, given by the contact address.
+//! - Each direction of a comm is a bounded channel (capacity `CommConfig::queue_capacity`
+//!   messages), so a fast sender waits for a slow receiver.
+//! - Messages are handed over as they are: the receiver's frames point at the sender's
+//!   memory. Nothing is serialized or copied.
+//! - Works across threads and across different tokio runtimes in the process.
+//! - Each side still honours the other's [`Limits`]: a message the peer would refuse is
+//!   `FrameTooLarge` at the sender, exactly as over tcp://.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+
+use async_trait::async_trait;
+use courier_core::codec::check_limits;
+use courier_core::{
+    Address, CloseSignal, Comm, CommConfig, CommError, CommRecv, CommSend, ErrorKind, Limits, Listener, Message,
+    PeerInfo, Transport,
+};
+use tokio::sync::mpsc;
+
+/// The scheme this crate serves.
+pub const SCHEME: &str = "inproc";
+
+/// A connection request travelling from `connect` to the listener.
+struct Request {
+    client_addr: Address,
+    client_name: String,
+    client_limits: Limits,
+    to_server: mpsc::Receiver<Message>,
+    to_client: mpsc::Sender<Message>,
+    client_closed: CloseSignal,
+    server_closed: CloseSignal,
+}
+
+struct Entry {
+    requests: mpsc::Sender<Request>,
+    limits: Limits,
+    name: String,
+    id: u64,
+}
+
+static TABLE: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(Default::default);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn table() -> std::sync::MutexGuard<'static, HashMap<String, Entry>> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fresh(prefix: &str) -> String {
+    format!("{prefix}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The inproc:// transport. All instances share the process-wide name table.
+#[derive(Debug, Clone, Default)]
+pub struct InprocTransport;
+
+impl InprocTransport {
+    /// The transport.
+    pub fn new() -> Self {
+        InprocTransport
+    }
+}
+
+fn check_scheme(addr: &Address) -> Result<(), CommError> {
+    if addr.scheme() != SCHEME {
+        return Err(CommError::invalid_address(&addr.to_string(), "not an inproc:// address"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Transport for InprocTransport {
+    fn scheme(&self) -> &str {
+        SCHEME
+    }
+
+    async fn connect(&self, addr: &Address, config: &CommConfig) -> Result<Comm, CommError> {
+        check_scheme(addr)?;
+        let (requests, server_limits, server_name) = {
+            let t = table();
+            let entry = t.get(addr.location()).ok_or_else(|| {
+                CommError::new(ErrorKind::ConnectionRefused, format!("no inproc listener named {addr}"))
+            })?;
+            (entry.requests.clone(), entry.limits, entry.name.clone())
+        };
+        let cap = config.queue_capacity.max(1);
+        let (to_server_tx, to_server_rx) = mpsc::channel(cap);
+        let (to_client_tx, to_client_rx) = mpsc::channel(cap);
+        let (client_closed, server_closed) = (CloseSignal::new(), CloseSignal::new());
+        let client_addr = Address::new(SCHEME, &fresh("client-"))?;
+        let request = Request {
+            client_addr: client_addr.clone(),
+            client_name: config.name.clone(),
+            client_limits: config.limits,
+            to_server: to_server_rx,
+            to_client: to_client_tx,
+            client_closed: client_closed.clone(),
+            server_closed: server_closed.clone(),
+        };
+        match tokio::time::timeout(config.connect_timeout, requests.send(request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(CommError::new(ErrorKind::ConnectionRefused, format!("inproc listener {addr} closed")));
+            }
+            Err(_) => {
+                return Err(CommError::new(
+                    ErrorKind::ConnectTimeout,
+                    format!("inproc listener {addr} accepts no more"),
+                ));
+            }
+        }
+        let send = InprocSend {
+            tx: Some(to_server_tx),
+            me: client_closed.clone(),
+            peer: server_closed,
+            peer_limits: server_limits,
+        };
+        let recv = InprocRecv { rx: to_client_rx, me: client_closed };
+        let info = PeerInfo { name: server_name, version: 0 };
+        Ok(Comm::new(Box::new(send), Box::new(recv), client_addr, addr.clone(), info))
+    }
+
+    async fn listen(&self, addr: &Address, config: &CommConfig) -> Result<Box<dyn Listener>, CommError> {
+        check_scheme(addr)?;
+        let name = if addr.location().is_empty() { fresh("auto-") } else { addr.location().to_owned() };
+        let contact = Address::new(SCHEME, &name)?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let id = COUNTER.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut t = table();
+            if t.contains_key(&name) {
+                return Err(CommError::new(ErrorKind::AddressInUse, format!("{contact} is already listening")));
+            }
+            t.insert(name.clone(), Entry { requests: tx, limits: config.limits, name: config.name.clone(), id });
+        }
+        Ok(Box::new(InprocListener { listen: addr.clone(), contact, name, id, requests: rx, open: true }))
+    }
+}
+
+/// Listener for inproc:// names.
+#[derive(Debug)]
+struct InprocListener {
+    listen: Address,
+    contact: Address,
+    name: String,
+    id: u64,
+    requests: mpsc::Receiver<Request>,
+    open: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("client", &self.client_addr).finish_non_exhaustive()
+    }
+}
+
+impl InprocListener {
+    fn unregister(&mut self) {
+        if self.open {
+            self.open = false;
+            let mut t = table();
+            if t.get(&self.name).is_some_and(|e| e.id == self.id) {
+                t.remove(&self.name);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for InprocListener {
+    async fn accept(&mut self) -> Result<Comm, CommError> {
+        let closed = || CommError::closed(format!("inproc listener {} is closed", self.contact));
+        if !self.open {
+            return Err(closed());
+        }
+        let r = self.requests.recv().await.ok_or_else(closed)?;
+        let send = InprocSend {
+            tx: Some(r.to_client),
+            me: r.server_closed.clone(),
+            peer: r.client_closed,
+            peer_limits: r.client_limits,
+        };
+        let recv = InprocRecv { rx: r.to_server, me: r.server_closed };
+        let info = PeerInfo { name: r.client_name, version: 0 };
+        Ok(Comm::new(Box::new(send), Box::new(recv), self.contact.clone(), r.client_addr, info))
+    }
+
+    fn listen_address(&self) -> &Address {
+        &self.listen
+    }
+
+    fn contact_address(&self) -> &Address {
+        &self.contact
+    }
+
+    async fn close(&mut self) {
+        self.unregister();
+        self.requests.close();
+        // Pending requests are dropped: their clients see Closed.
+        while self.requests.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for InprocListener {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+#[derive(Debug)]
+struct InprocSend {
+    tx: Option<mpsc::Sender<Message>>,
+    me: CloseSignal,
+    peer: CloseSignal,
+    peer_limits: Limits,
+}
+
+#[async_trait]
+impl CommSend for InprocSend {
+    async fn send(&mut self, msg: Message) -> Result<(), CommError> {
+        let closed = || CommError::closed("inproc comm is closed");
+        let tx = match &self.tx {
+            Some(tx) if !self.me.is_closed() && !self.peer.is_closed() => tx,
+            _ => return Err(closed()),
+        };
+        check_limits(&msg, &self.peer_limits)?;
+        tokio::select! {
+            r = tx.send(msg) => r.map_err(|_| closed()),
+            () = self.peer.closed() => Err(closed()),
+            () = self.me.closed() => Err(closed()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), CommError> {
+        self.me.close();
+        // Dropping the sender lets the peer drain what was sent, then see Closed.
+        self.tx = None;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct InprocRecv {
+    rx: mpsc::Receiver<Message>,
+    me: CloseSignal,
+}
+
+#[async_trait]
+impl CommRecv for InprocRecv {
+    /// Cancel-safe: `mpsc::Receiver::recv` is.
+    async fn recv(&mut self) -> Result<Message, CommError> {
+        let closed = || CommError::closed("inproc comm is closed");
+        if self.me.is_closed() {
+            return Err(closed());
+        }
+        tokio::select! {
+            biased;
+            () = self.me.closed() => Err(closed()),
+            m = self.rx.recv() => m.ok_or_else(closed),
+        }
+    }
+}
+
+impl Drop for InprocRecv {
+    fn drop(&mut self) {
+        // Our receiver is gone: the peer's sends must fail rather than fill the queue.
+        self.rx.close();
+    }
+}
