@@ -1,6 +1,6 @@
 //! The baseline: the same patterns over a plain tokio TCP socket with a length prefix.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,12 +28,28 @@ impl RawPair {
     }
 }
 
+/// Writes the 8-byte length prefix and the payload with vectored writes (one syscall for
+/// both when the socket takes them), as any sensible length-prefixed framing would.
+async fn write_prefixed(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    let prefix = (payload.len() as u64).to_le_bytes();
+    let (mut a, mut b) = (&prefix[..], payload);
+    while !a.is_empty() || !b.is_empty() {
+        let n = s.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
+}
+
 /// Writes `count` length-prefixed copies of `payload`, then reads a 1-byte ack.
 pub async fn raw_stream_sender(s: &mut TcpStream, payload: &[u8], count: usize) -> io::Result<Duration> {
     let start = Instant::now();
     for _ in 0..count {
-        s.write_all(&(payload.len() as u64).to_le_bytes()).await?;
-        s.write_all(payload).await?;
+        write_prefixed(s, payload).await?;
     }
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack).await?;
@@ -61,8 +77,7 @@ pub async fn raw_echo_server(s: &mut TcpStream) -> io::Result<()> {
         };
         buf.resize(len, 0);
         s.read_exact(&mut buf).await?;
-        s.write_all(&(len as u64).to_le_bytes()).await?;
-        s.write_all(&buf).await?;
+        write_prefixed(s, &buf).await?;
     }
 }
 
@@ -72,8 +87,7 @@ pub async fn raw_echo_client(s: &mut TcpStream, payload: &[u8], count: usize) ->
     let mut buf = vec![0u8; payload.len()];
     for _ in 0..count {
         let start = Instant::now();
-        s.write_all(&(payload.len() as u64).to_le_bytes()).await?;
-        s.write_all(payload).await?;
+        write_prefixed(s, payload).await?;
         let len = s.read_u64_le().await? as usize;
         buf.resize(len, 0);
         s.read_exact(&mut buf).await?;

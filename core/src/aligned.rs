@@ -2,9 +2,21 @@
 //!
 //! A large frame is read straight from the socket into its own buffer, aligned so that an
 //! n-d array (any element type up to a cache line) can be viewed in place.
+//!
+//! ## Recycling
+//! Fresh multi-megabyte allocations are expensive on the receive path: the kernel maps and
+//! zeroes every page on first touch, which costs about as much as the copy out of the socket.
+//! Buffers of at least [`POOL_MIN`] bytes are therefore returned, when their last `Bytes`
+//! reference drops, to a process-wide pool bounded in bytes ([`set_pool_limit`], default
+//! [`DEFAULT_POOL_LIMIT`]), and reused for the next frame of the same size class (sizes are
+//! rounded up by at most 1/8). The exposed length is always exact. Setting the limit to 0
+//! disables recycling.
 
 use std::alloc::{self, Layout};
+use std::collections::HashMap;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
@@ -14,12 +26,71 @@ use crate::error::{CommError, ErrorKind};
 /// Alignment of every received frame buffer.
 pub const FRAME_ALIGN: usize = 64;
 
+/// Buffers at least this large are recycled through the pool.
+pub const POOL_MIN: usize = 1 << 20;
+/// Default bound on the bytes the pool keeps: 256 MiB.
+pub const DEFAULT_POOL_LIMIT: usize = 256 << 20;
+
+static POOL_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_POOL_LIMIT);
+
+/// Sets the most bytes the buffer pool keeps (0 disables recycling); returns the old limit.
+/// Buffers already pooled beyond a lowered limit are released.
+pub fn set_pool_limit(bytes: usize) -> usize {
+    let old = POOL_LIMIT.swap(bytes, Ordering::Relaxed);
+    let mut pool = pool();
+    while pool.bytes > bytes {
+        let Some((&cap, _)) = pool.free.iter().find(|(_, v)| !v.is_empty()) else { break };
+        let ptr = pool.free.get_mut(&cap).and_then(Vec::pop).expect("non-empty class");
+        pool.bytes -= cap;
+        // SAFETY: pooled pointers were allocated with this capacity and are unused.
+        unsafe { alloc::dealloc(ptr.0.as_ptr(), layout(cap)) };
+    }
+    old
+}
+
+/// Bytes currently held by the pool.
+pub fn pooled_bytes() -> usize {
+    pool().bytes
+}
+
+struct PoolPtr(NonNull<u8>);
+// SAFETY: a pooled pointer is an unused allocation owned by the pool.
+unsafe impl Send for PoolPtr {}
+
+#[derive(Default)]
+struct Pool {
+    free: HashMap<usize, Vec<PoolPtr>>,
+    bytes: usize,
+}
+
+static POOL: LazyLock<Mutex<Pool>> = LazyLock::new(Default::default);
+
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    POOL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The allocation size for a frame of `len` bytes: exact below [`POOL_MIN`], else rounded up
+/// to a multiple of 1/16 of its power of two (at most 1/8 more), so similar sizes share buffers.
+fn capacity_for(len: usize) -> usize {
+    if len < POOL_MIN {
+        return len;
+    }
+    let step = len.next_power_of_two() / 16;
+    len.div_ceil(step) * step
+}
+
+fn layout(cap: usize) -> Layout {
+    // Checked in `try_new`, which every buffer goes through.
+    Layout::from_size_align(cap, FRAME_ALIGN).unwrap_or(Layout::new::<u8>())
+}
+
 /// A fixed-size buffer being filled front to back. Its bytes past `filled` are uninitialised
 /// and never exposed.
 #[derive(Debug)]
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    cap: usize,
     filled: usize,
 }
 
@@ -44,20 +115,23 @@ impl AlignedBuf {
     /// Like [`AlignedBuf::new`], but an impossible or failed allocation is an error.
     pub fn try_new(len: usize) -> Result<Self, CommError> {
         if len == 0 {
-            return Ok(AlignedBuf { ptr: NonNull::<[u8; FRAME_ALIGN]>::dangling().cast(), len: 0, filled: 0 });
+            return Ok(AlignedBuf { ptr: NonNull::<[u8; FRAME_ALIGN]>::dangling().cast(), len: 0, cap: 0, filled: 0 });
         }
         let fail =
             || CommError::new(ErrorKind::FrameTooLarge, format!("cannot allocate a frame buffer of {len} bytes"));
-        let layout = Layout::from_size_align(len, FRAME_ALIGN).map_err(|_| fail())?;
+        let cap = capacity_for(len);
+        if cap >= POOL_MIN {
+            let mut pool = pool();
+            if let Some(ptr) = pool.free.get_mut(&cap).and_then(Vec::pop) {
+                pool.bytes -= cap;
+                return Ok(AlignedBuf { ptr: ptr.0, len, cap, filled: 0 });
+            }
+        }
+        let layout = Layout::from_size_align(cap, FRAME_ALIGN).map_err(|_| fail())?;
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).ok_or_else(fail)?;
-        Ok(AlignedBuf { ptr, len, filled: 0 })
-    }
-
-    fn layout(len: usize) -> Layout {
-        // Checked in `try_new`, which every buffer goes through.
-        Layout::from_size_align(len, FRAME_ALIGN).unwrap_or(Layout::new::<u8>())
+        Ok(AlignedBuf { ptr, len, cap, filled: 0 })
     }
 
     /// A copy of `data` in an aligned buffer.
@@ -113,10 +187,19 @@ impl AsRef<[u8]> for Frozen {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.len != 0 {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        if self.cap == 0 {
+            return;
         }
+        if self.cap >= POOL_MIN {
+            let mut pool = pool();
+            if pool.bytes + self.cap <= POOL_LIMIT.load(Ordering::Relaxed) {
+                pool.bytes += self.cap;
+                pool.free.entry(self.cap).or_default().push(PoolPtr(self.ptr));
+                return;
+            }
+        }
+        // SAFETY: allocated in `try_new` (or taken from the pool) with this capacity.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout(self.cap)) }
     }
 }
 
@@ -157,5 +240,30 @@ mod tests {
             assert_eq!(&bytes[..], &data[..]);
         }
         assert!(AlignedBuf::new(0).freeze().is_empty());
+    }
+
+    #[test]
+    fn capacity_classes_round_up_by_at_most_an_eighth() {
+        for len in [POOL_MIN, POOL_MIN + 1, 3 << 20, (64 << 20) - 5, 64 << 20, (64 << 20) + 1, 1_000_000_007] {
+            let cap = capacity_for(len);
+            assert!(cap >= len && cap - len <= len / 8, "{len} -> {cap}");
+        }
+        assert_eq!(capacity_for(100), 100);
+    }
+
+    #[test]
+    fn large_buffers_are_recycled_and_stay_exact() {
+        // A size no other test uses, so the pool's class is ours alone.
+        let len = (7 << 20) + 12_345;
+        let mut a = AlignedBuf::new(len);
+        a.put_bytes(1, len);
+        let bytes = a.freeze();
+        let ptr = bytes.as_ptr();
+        drop(bytes);
+        let mut b = AlignedBuf::new(len - 1);
+        assert_eq!(b.len(), len - 1, "the exposed length is exact");
+        assert_eq!(b.filled().as_ptr(), ptr, "same size class reuses the freed buffer");
+        b.put_bytes(2, len - 1);
+        assert!(b.freeze().iter().all(|&x| x == 2));
     }
 }

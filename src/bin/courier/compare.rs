@@ -55,7 +55,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+/// Stream throughput per payload, every transport beside the raw socket.
+pub(crate) async fn streams(args: &Args) -> anyhow::Result<()> {
     let registry = Registry::with_default_transports();
     let volume = parse_size(&args.volume)?;
     let repeat = args.repeat.max(1);
@@ -118,8 +119,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// Small-message round trips on the current runtime, labelled `flavor`.
+pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<()> {
+    let registry = Registry::with_default_transports();
     println!();
-    println!("echo: {} round trips of a 100-byte message", args.round_trips);
+    println!("echo: {} round trips of a 100-byte message, {flavor} runtime", args.round_trips);
     println!("{:<8} {:>12} {:>10} {:>10} {:>12}", "transport", "round trips/s", "p50", "p99", "ratio to raw");
     let small = payload_message(100);
     let RawPair { mut client, mut server } = RawPair::connect().await?;

@@ -25,8 +25,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
-        Command::Compare(args) => rt.block_on(compare::run(args)),
+        Command::Compare(args) => {
+            multi()?.block_on(compare::streams(&args))?;
+            // Round trips are dominated by task wake-ups: show both runtime flavours.
+            multi()?.block_on(compare::echoes(&args, "multi-thread"))?;
+            let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            current.block_on(compare::echoes(&args, "current-thread"))
+        }
     }
 }
