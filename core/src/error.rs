@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Compression,
     /// The address is already taken (a listener is bound there).
     AddressInUse,
+    /// A message's content could not be (de)serialized: malformed MessagePack, a frame
+    /// reference out of range, an array whose dtype, shape or size does not fit its data.
+    Serialization,
     /// Any other I/O failure.
     Io,
 }
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Compression => "compression error",
             ErrorKind::AddressInUse => "address in use",
+            ErrorKind::Serialization => "serialization error",
             ErrorKind::Io => "i/o error",
         }
     }

@@ -15,6 +15,9 @@
 //! - [`codec`] and [`handshake`]: the sans-IO wire protocol for stream transports, specified
 //!   byte by byte in `docs/PROTOCOL.md`; [`stream`] runs them over any tokio byte stream so a
 //!   new stream transport only opens sockets.
+//! - [`serial`]: serde values as MessagePack headers with large buffers out of band
+//!   ([`Blob`], [`Payload`]), sharded above 64 MiB; [`WireArray`]: n-d arrays (ndarray) sent
+//!   and received without copies.
 //! - [`compression`]: per-frame snappy with a sampled `auto` decision that costs at most 50 kB
 //!   of compression whatever the payload's shape.
 //! - `testkit` (feature `testkit`): the conformance kit every transport runs from its tests.
@@ -36,6 +39,7 @@
 
 mod address;
 pub mod aligned;
+mod array;
 pub mod codec;
 mod comm;
 pub mod compression;
@@ -44,19 +48,23 @@ pub mod handshake;
 mod limits;
 mod message;
 mod registry;
+pub mod serial;
 pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;
 
 pub use address::{Address, Host, HostPort};
+pub use array::{DType, Element, WireArray};
 pub use comm::{CloseSignal, Comm, CommReceiver, CommRecv, CommSend, CommSender, PeerInfo};
 pub use compression::{Codec, Compression};
 pub use error::{CommError, ErrorKind};
 pub use limits::Limits;
 pub use message::Message;
 pub use registry::Registry;
+pub use serial::{Blob, Payload, SerializeOptions, from_message, to_message, to_message_with};
 pub use transport::{CommConfig, Listener, RejectionLog, Transport};
 
 #[doc(hidden)]
 pub use tokio as __tokio;
+pub use {ndarray, num_complex};
