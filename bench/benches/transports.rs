@@ -11,7 +11,8 @@ use courier_bench::{
     RawPair, echo_client, echo_server, payload_message, raw_echo_client, raw_echo_server, raw_stream_receiver,
     raw_stream_sender, registry, stream_receiver, stream_sender,
 };
-use courier_core::Comm;
+use courier_core::compression::{DEFAULT_THRESHOLD, auto_decision};
+use courier_core::{Comm, CommConfig, Compression, Message};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
@@ -22,13 +23,62 @@ fn runtime() -> Runtime {
 }
 
 fn comm_pair(rt: &Runtime, url: &str) -> (Comm, Comm) {
+    comm_pair_with(rt, url, None)
+}
+
+fn comm_pair_with(rt: &Runtime, url: &str, compression: Option<Compression>) -> (Comm, Comm) {
     rt.block_on(async {
         let r = registry();
-        let mut l = r.listen(url).await.expect("listen");
+        let config = CommConfig { compression, ..CommConfig::default() };
+        let mut l = r.listen_with(url, &config).await.expect("listen");
         let contact = l.contact_address().to_string();
-        let (c, s) = tokio::join!(r.connect(&contact), l.accept());
+        let (c, s) = tokio::join!(r.connect_with(&contact, &config), l.accept());
         (c.expect("connect"), s.expect("accept"))
     })
+}
+
+/// Streams `msg` over `pair` `iters` times; the receiver runs in its own task.
+fn stream_iters(rt: &Runtime, pair: &mut Option<(Comm, Comm)>, msg: &Message, iters: u64) -> Duration {
+    let (mut client, mut server) = pair.take().expect("pair");
+    let n = iters as usize;
+    let expect = msg.byte_len();
+    let rx = rt.spawn(async move {
+        stream_receiver(&mut server, n, expect).await.expect("receiver");
+        server
+    });
+    let took = rt.block_on(stream_sender(&mut client, msg, n)).expect("sender");
+    *pair = Some((client, rt.block_on(rx).expect("task")));
+    took
+}
+
+/// The cost of compression `auto` deciding about 64 MiB of incompressible f64, beside the
+/// time to send it over tcp://; and 64 MiB of zeros over tcp:// with `auto` vs `none`.
+fn compression(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("compression");
+    group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    let noise = payload_message(64 << 20);
+    group.throughput(Throughput::Bytes(noise.byte_len()));
+    let frame = noise.frames[0].clone();
+    group.bench_function(BenchmarkId::new("decide-auto", "64MiB-f64-noise"), |b| {
+        b.iter(|| black_box(auto_decision(black_box(&frame), DEFAULT_THRESHOLD)))
+    });
+    let mut pair = Some(comm_pair(&rt, "tcp://127.0.0.1:0"));
+    group.bench_function(BenchmarkId::new("send-tcp-none", "64MiB-f64-noise"), |b| {
+        b.iter_custom(|iters| stream_iters(&rt, &mut pair, &noise, iters))
+    });
+    let mut pair = Some(comm_pair_with(&rt, "tcp://127.0.0.1:0", Some(Compression::AUTO)));
+    group.bench_function(BenchmarkId::new("send-tcp-auto", "64MiB-f64-noise"), |b| {
+        b.iter_custom(|iters| stream_iters(&rt, &mut pair, &noise, iters))
+    });
+    let zeros = Message::new(bytes::Bytes::new(), vec![bytes::Bytes::from(vec![0u8; 64 << 20])]);
+    for (name, setting) in [("send-tcp-auto", Compression::AUTO), ("send-tcp-none", Compression::None)] {
+        let mut pair = Some(comm_pair_with(&rt, "tcp://127.0.0.1:0", Some(setting)));
+        group.bench_function(BenchmarkId::new(name, "64MiB-zeros"), |b| {
+            b.iter_custom(|iters| stream_iters(&rt, &mut pair, &zeros, iters))
+        });
+    }
+    group.finish();
 }
 
 fn stream(c: &mut Criterion) {
@@ -57,21 +107,9 @@ fn stream(c: &mut Criterion) {
         });
 
         for (transport, url) in [("tcp", "tcp://127.0.0.1:0"), ("inproc", "inproc://")] {
-            let (client, server) = comm_pair(&rt, url);
-            let mut pair = Some((client, server));
+            let mut pair = Some(comm_pair(&rt, url));
             group.bench_function(BenchmarkId::new(transport, name), |b| {
-                b.iter_custom(|iters| {
-                    let (mut client, mut server) = pair.take().expect("pair");
-                    let n = iters as usize;
-                    let expect = msg.byte_len();
-                    let rx = rt.spawn(async move {
-                        stream_receiver(&mut server, n, expect).await.expect("receiver");
-                        server
-                    });
-                    let took = rt.block_on(stream_sender(&mut client, &msg, n)).expect("sender");
-                    pair = Some((client, rt.block_on(rx).expect("task")));
-                    took
-                })
+                b.iter_custom(|iters| stream_iters(&rt, &mut pair, &msg, iters))
             });
         }
     }
@@ -108,5 +146,5 @@ fn echo_small(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stream, echo_small);
+criterion_group!(benches, stream, echo_small, compression);
 criterion_main!(benches);

@@ -251,7 +251,7 @@ impl WireArray {
             return WireArray {
                 dtype: T::DTYPE,
                 big_endian: false,
-                strides: c_strides(&shape),
+                strides: normalize(&shape, c_strides(&shape)),
                 shape,
                 data: Bytes::new(),
             };

@@ -7,7 +7,7 @@
 //! any shape or order costs at most 50 kB of sampling. (Sampling by rows is the defect that
 //! made Dask compress most of a 2-d array with long rows just to decide.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use bytes::Bytes;
 
@@ -91,13 +91,15 @@ impl Compression {
     }
 }
 
-/// Bytes handed to the compressor by `auto` decisions so far, process-wide. Tests and benches
-/// read it to prove the sampling bound.
-static SAMPLED_BYTES: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Bytes handed to the compressor by `auto` decisions on this thread.
+    static SAMPLED_BYTES: Cell<u64> = const { Cell::new(0) };
+}
 
-/// Total bytes `auto` has compressed while deciding (not counting chosen compressions).
-pub fn sampled_bytes_total() -> u64 {
-    SAMPLED_BYTES.load(Ordering::Relaxed)
+/// Total bytes `auto` decisions on the calling thread have compressed while deciding (not
+/// counting chosen compressions). Tests and benches read it to prove the sampling bound.
+pub fn sampled_bytes_on_this_thread() -> u64 {
+    SAMPLED_BYTES.with(Cell::get)
 }
 
 /// The sample offsets for a frame of `len` bytes: `SAMPLE_COUNT` sorted, spread offsets
@@ -126,7 +128,7 @@ pub fn auto_decision(data: &[u8], threshold: f64) -> (usize, bool) {
         raw += end - start;
         packed += encoder.compress(&data[start..end], &mut out).unwrap_or(end - start);
     }
-    SAMPLED_BYTES.fetch_add(raw as u64, Ordering::Relaxed);
+    SAMPLED_BYTES.with(|c| c.set(c.get() + raw as u64));
     (raw, (packed as f64) <= threshold * raw as f64)
 }
 
