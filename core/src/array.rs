@@ -336,7 +336,7 @@ impl WireArray {
         } else {
             self.data.as_ptr().cast::<T>()
         };
-        if ptr as usize % align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(align_of::<T>()) {
             return Err(array_error(format!("array data is not aligned to {} bytes", align_of::<T>())));
         }
         let shape = IxDyn(&self.shape).strides(IxDyn(&self.strides));
