@@ -72,3 +72,25 @@ fn hello_matches_the_documented_offsets() {
         assert!(value && doc.contains(name), "documented default {name:?} differs from the code");
     }
 }
+
+#[test]
+fn the_documented_array_example_is_what_serialization_writes() {
+    use courier_core::ndarray::{ShapeBuilder, array};
+    use courier_core::{WireArray, to_message};
+    let doc = protocol_md();
+    assert!(doc.contains(r#"`{"dtype": "<f8", "shape": [2, 2], "strides": [1, 2], "data": [0]}`"#));
+    let mut f_order = courier_core::ndarray::Array2::<f64>::zeros((2, 2).f());
+    f_order.assign(&array![[1.0, 2.0], [3.0, 4.0]]);
+    let msg = to_message(&WireArray::from_array(f_order)).unwrap();
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct Header {
+        dtype: String,
+        shape: Vec<u64>,
+        strides: Vec<u64>,
+        data: Vec<u32>,
+    }
+    let h: Header = rmp_serde::from_slice(&msg.header).unwrap();
+    assert_eq!(h, Header { dtype: "<f8".into(), shape: vec![2, 2], strides: vec![1, 2], data: vec![0] });
+    let doubles: Vec<f64> = msg.frames[0].chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(doubles, [1.0, 3.0, 2.0, 4.0]);
+}
