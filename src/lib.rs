@@ -10,6 +10,7 @@
 //! | --- | --- | --- |
 //! | `tcp://host:port` | [`courier_tcp`] | tokio sockets, vectored zero-copy writes |
 //! | `inproc://name` | [`courier_inproc`] | in-process bounded channels, no copy at all |
+//! | `zmq://host:port` | [`courier_zmq`] | ZeroMQ ROUTER/DEALER (pure Rust), with credits and heartbeats |
 //!
 //! ```
 //! use courier::{Message, Registry, RegistryExt};
@@ -38,17 +39,21 @@ pub use courier_core::{
 };
 pub use courier_inproc::InprocTransport;
 pub use courier_tcp::{TcpOptions, TcpTransport};
-pub use {courier_core, courier_inproc, courier_tcp};
+pub use courier_zmq::{ZmqOptions, ZmqTransport};
+pub use {courier_core, courier_inproc, courier_tcp, courier_zmq};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.
 pub trait RegistryExt {
-    /// A registry with tcp:// and inproc://.
+    /// A registry with tcp://, inproc:// and zmq://.
     fn with_default_transports() -> Registry;
 }
 
 impl RegistryExt for Registry {
     fn with_default_transports() -> Registry {
-        Registry::new().with(Arc::new(TcpTransport::new())).with(Arc::new(InprocTransport::new()))
+        Registry::new()
+            .with(Arc::new(TcpTransport::new()))
+            .with(Arc::new(InprocTransport::new()))
+            .with(Arc::new(ZmqTransport::new()))
     }
 }
 
@@ -58,6 +63,6 @@ mod tests {
 
     #[test]
     fn default_registry_knows_every_builtin_scheme() {
-        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "tcp"]);
+        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "tcp", "zmq"]);
     }
 }

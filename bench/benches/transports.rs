@@ -16,6 +16,8 @@ use courier_core::{Comm, CommConfig, Compression, Message};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
+const TRANSPORTS: [(&str, &str); 3] =
+    [("tcp", "tcp://127.0.0.1:0"), ("zmq", "zmq://127.0.0.1:0"), ("inproc", "inproc://")];
 const PAYLOADS: [(usize, &str); 3] = [(1 << 20, "1MiB"), (8 << 20, "8MiB"), (64 << 20, "64MiB")];
 
 fn runtime() -> Runtime {
@@ -106,7 +108,7 @@ fn stream(c: &mut Criterion) {
             })
         });
 
-        for (transport, url) in [("tcp", "tcp://127.0.0.1:0"), ("inproc", "inproc://")] {
+        for (transport, url) in TRANSPORTS {
             let mut pair = Some(comm_pair(&rt, url));
             group.bench_function(BenchmarkId::new(transport, name), |b| {
                 b.iter_custom(|iters| stream_iters(&rt, &mut pair, &msg, iters))
@@ -133,7 +135,7 @@ fn echo_small(c: &mut Criterion) {
         })
     });
 
-    for (transport, url) in [("tcp", "tcp://127.0.0.1:0"), ("inproc", "inproc://")] {
+    for (transport, url) in TRANSPORTS {
         let (mut client, mut server) = comm_pair(&rt, url);
         rt.spawn(async move { echo_server(&mut server).await });
         group.bench_function(BenchmarkId::new(transport, "100B"), |b| {

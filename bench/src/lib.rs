@@ -30,4 +30,5 @@ pub fn registry() -> Registry {
     Registry::new()
         .with(Arc::new(courier_tcp::TcpTransport::new()))
         .with(Arc::new(courier_inproc::InprocTransport::new()))
+        .with(Arc::new(courier_zmq::ZmqTransport::new()))
 }

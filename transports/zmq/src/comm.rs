@@ -102,7 +102,7 @@ impl Entry {
                 self.shared.peer_failed(ErrorKind::Closed, why);
                 false
             }
-            Incoming::Hello(_) => {
+            Incoming::Hello(..) => {
                 self.shared.peer_failed(ErrorKind::Protocol, "zmq:// peer sent a second hello".into());
                 false
             }
@@ -111,12 +111,14 @@ impl Entry {
 }
 
 /// Builds a comm and spawns its control task; returns it with the demultiplexer's entry.
+/// `window` is this side's inbox capacity (announced in its hello), `peer_window` the peer's.
 /// `on_exit` runs when the control task ends (the comm is closed or dead).
 #[allow(clippy::too_many_arguments, reason = "internal constructor shared by both ends")]
 pub(crate) fn new_comm(
     outbox: Arc<dyn Outbox>,
     peer_limits: Limits,
     window: u32,
+    peer_window: u32,
     liveness: Liveness,
     local: Address,
     peer: Address,
@@ -125,7 +127,9 @@ pub(crate) fn new_comm(
 ) -> (Comm, Entry) {
     let window = window.max(2);
     let shared = Arc::new(Shared {
-        credits: Semaphore::new(window as usize),
+        // We may send as many messages as the peer's inbox holds; it returns credit as its
+        // application consumes, in batches of half its window.
+        credits: Semaphore::new((peer_window as usize).min(Semaphore::MAX_PERMITS)),
         local_closed: CloseSignal::new(),
         peer_gone: CloseSignal::new(),
         failure: Mutex::new(None),

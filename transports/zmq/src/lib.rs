@@ -111,8 +111,17 @@ fn endpoint(addr: &Address) -> Result<String, CommError> {
     Ok(format!("tcp://{}", addr.host_port()?))
 }
 
+/// This side's inbox capacity, announced as its window.
+fn window(config: &CommConfig) -> u32 {
+    u32::try_from(config.queue_capacity.max(2)).unwrap_or(u32::MAX)
+}
+
 fn hello_parts(config: &CommConfig) -> Vec<Bytes> {
-    vec![protocol::kind(HELLO), Hello::new(config.limits, Compression::None, config.name.clone()).encode()]
+    vec![
+        protocol::kind(HELLO),
+        Hello::new(config.limits, Compression::None, config.name.clone()).encode(),
+        Bytes::copy_from_slice(&window(config).to_le_bytes()),
+    ]
 }
 
 fn decode_hello(bytes: Bytes) -> Result<Hello, CommError> {
@@ -173,8 +182,8 @@ impl Transport for ZmqTransport {
             CommError::new(ErrorKind::HandshakeTimeout, format!("no handshake from {addr} within {timeout:?}"))
         })?;
         let parts = reply.map_err(|e| zmq_error("handshake", e))?.into_vec();
-        let hello = match protocol::parse(parts, &config.limits)? {
-            Incoming::Hello(bytes) => decode_hello(bytes)?,
+        let (hello, peer_window) = match protocol::parse(parts, &config.limits)? {
+            Incoming::Hello(bytes, w) => (decode_hello(bytes)?, w),
             Incoming::Close(reason) => return Err(CommError::closed(format!("{addr} refused the comm: {reason}"))),
             other => return Err(CommError::protocol(format!("expected a hello from {addr}, got {other:?}"))),
         };
@@ -185,7 +194,8 @@ impl Transport for ZmqTransport {
         let (comm, entry) = new_comm(
             outbox,
             hello.limits,
-            config.queue_capacity as u32,
+            window(config),
+            peer_window,
             self.liveness(),
             local,
             addr.clone(),
@@ -356,8 +366,8 @@ impl Demux {
             }
             return;
         }
-        let hello = match parsed {
-            Ok(Incoming::Hello(bytes)) => bytes,
+        let (hello, peer_window) = match parsed {
+            Ok(Incoming::Hello(bytes, w)) => (bytes, w),
             // A late credit or heartbeat from a comm that just ended: ignore it.
             Ok(Incoming::Credit(_) | Incoming::Heartbeat | Incoming::Close(_)) => return,
             Ok(Incoming::Message(_)) => {
@@ -383,7 +393,8 @@ impl Demux {
         let (comm, entry) = new_comm(
             outbox,
             hello.limits,
-            self.config.queue_capacity as u32,
+            window(&self.config),
+            peer_window,
             self.liveness,
             self.contact.clone(),
             peer,

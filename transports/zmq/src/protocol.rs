@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use courier_core::{CommError, ErrorKind, Limits, Message};
 
-/// First part of a handshake: the same hello bytes as on stream transports.
+/// First part of a handshake: then the same hello bytes as on stream transports, then a u32
+/// LE window: how many unconsumed messages this side's inbox holds (the peer's initial credit).
 pub(crate) const HELLO: u8 = b'H';
 /// A Courier message: then the header part, then one part per frame.
 pub(crate) const MESSAGE: u8 = b'M';
@@ -17,7 +18,7 @@ pub(crate) const CLOSE: u8 = b'X';
 /// What a peer sent.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Hello(Bytes),
+    Hello(Bytes, u32),
     Message(Message),
     Credit(u32),
     Heartbeat,
@@ -53,7 +54,13 @@ pub(crate) fn parse(mut parts: Vec<Bytes>, limits: &Limits) -> Result<Incoming, 
     }
     let k = parts[0][0];
     match k {
-        HELLO if parts.len() == 2 => Ok(Incoming::Hello(parts.swap_remove(1))),
+        HELLO if parts.len() == 3 && parts[2].len() == 4 => {
+            let window = u32::from_le_bytes(parts[2][..].try_into().expect("4 bytes"));
+            if window == 0 {
+                return Err(bad("a hello with a window of 0"));
+            }
+            Ok(Incoming::Hello(parts.swap_remove(1), window))
+        }
         MESSAGE if parts.len() >= 2 => {
             let frames = parts.split_off(2);
             let msg = Message { header: parts.swap_remove(1), frames };

@@ -1,0 +1,182 @@
+//! zmq:// peers that die, go silent, or speak another language.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_core::handshake::Hello;
+use courier_core::{Compression, ErrorKind, Limits, Listener, Message, Registry};
+use courier_zmq::ZmqTransport;
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+fn registry() -> Registry {
+    Registry::new().with(Arc::new(ZmqTransport::new()))
+}
+
+async fn listener() -> Box<dyn Listener> {
+    registry().listen("zmq://127.0.0.1:0").await.unwrap()
+}
+
+fn tcp_endpoint(l: &dyn Listener) -> String {
+    format!("tcp://{}", l.contact_address().location())
+}
+
+/// A raw DEALER that performs the Courier handshake by hand and can then vanish.
+async fn raw_peer(l: &dyn Listener) -> DealerSocket {
+    let mut s = DealerSocket::new();
+    s.connect(&tcp_endpoint(l)).await.unwrap();
+    let hello = Hello::new(Limits::default(), Compression::None, "raw").encode();
+    let window = Bytes::copy_from_slice(&16u32.to_le_bytes());
+    s.send(ZmqMessage::try_from(vec![Bytes::from_static(b"H"), hello, window]).unwrap()).await.unwrap();
+    let reply = s.recv().await.unwrap().into_vec();
+    assert_eq!(&reply[0][..], b"H");
+    s
+}
+
+async fn assert_still_serves(l: &mut Box<dyn Listener>) {
+    let url = l.contact_address().to_string();
+    let r = registry();
+    let (c, s) = tokio::join!(r.connect(&url), l.accept());
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    c.send(Message::from_header(&b"next"[..])).await.unwrap();
+    let m = s.recv().await.unwrap();
+    s.send(m).await.unwrap();
+    assert_eq!(&c.recv().await.unwrap().header[..], b"next");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abruptly_dropped_peer_is_closed_quickly_and_the_listener_serves_on() {
+    let mut l = listener().await;
+    let peer = raw_peer(&*l).await;
+    let mut server = l.accept().await.unwrap();
+    let start = Instant::now();
+    drop(peer); // no close message: the socket just goes away
+    let err = server.recv().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert_eq!(server.send(Message::default()).await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_still_serves(&mut l).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_closed_within_the_default_bound() {
+    let mut l = listener().await;
+    // Connected but frozen: never heartbeats, never closes (a hung process).
+    let _frozen = raw_peer(&*l).await;
+    let mut server = l.accept().await.unwrap();
+    let start = Instant::now();
+    let err = server.recv().await.unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    assert!(err.to_string().contains("presumed dead"), "{err}");
+    assert!(took <= Duration::from_secs(6), "default bound is 5 s (+ a tick): took {took:?}");
+    assert_still_serves(&mut l).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sees_a_dead_server() {
+    let mut l = listener().await;
+    let url = l.contact_address().to_string();
+    let r = registry();
+    let (c, s) = tokio::join!(r.connect(&url), l.accept());
+    let (mut client, server) = (c.unwrap(), s.unwrap());
+    // The whole server side goes away: comm and listener (its ROUTER socket).
+    drop(server);
+    l.close().await;
+    drop(l);
+    let err = client.recv().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_version_mismatch_are_refused_with_typed_errors() {
+    let mut l = listener().await;
+    let log = l.rejections().unwrap();
+    for (parts, expect) in [
+        (vec![Bytes::from_static(b"garbage!")], "kind"),
+        (vec![Bytes::from_static(b"M"), Bytes::from_static(b"h")], "before its hello"),
+        (
+            vec![Bytes::from_static(b"H"), Bytes::from_static(b"GET / HTTP/1.1"), Bytes::from_static(b"\x10\0\0\0")],
+            "magic",
+        ),
+        (
+            {
+                let mut h = Hello::new(Limits::default(), Compression::None, "").encode().to_vec();
+                h[4] = 2;
+                vec![Bytes::from_static(b"H"), Bytes::from(h), Bytes::from_static(b"\x10\0\0\0")]
+            },
+            "peer speaks version 2, this side speaks version 1",
+        ),
+    ] {
+        let before = log.total();
+        let mut s = DealerSocket::new();
+        s.connect(&tcp_endpoint(&*l)).await.unwrap();
+        s.send(ZmqMessage::try_from(parts).unwrap()).await.unwrap();
+        let reply = s.recv().await.unwrap().into_vec();
+        assert_eq!(&reply[0][..], b"X", "the peer is told why");
+        log.wait_for(before + 1).await;
+        let (kind, msg) = log.recent().pop().unwrap();
+        assert_eq!(kind, ErrorKind::Protocol, "{msg}");
+        assert!(msg.contains(expect), "{msg:?} should mention {expect:?}");
+    }
+    assert_still_serves(&mut l).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_slows_its_sender() {
+    let mut l = listener().await;
+    let url = l.contact_address().to_string();
+    let config = courier_core::CommConfig { queue_capacity: 4, ..Default::default() };
+    let r = registry();
+    let (c, s) = tokio::join!(r.connect_with(&url, &config), l.accept());
+    let (mut client, mut server) = (c.unwrap(), s.unwrap());
+    // The listener's inbox holds 16 (its default config): the 17th send waits for credit,
+    // whatever the client's own window.
+    let frame = Bytes::from(vec![1u8; 1 << 20]);
+    for _ in 0..16 {
+        client.send(Message::new(Bytes::new(), vec![frame.clone()])).await.unwrap();
+    }
+    let blocked =
+        tokio::time::timeout(Duration::from_millis(300), client.send(Message::new(Bytes::new(), vec![frame.clone()])))
+            .await;
+    assert!(blocked.is_err(), "the sender must wait for credit, not queue without bound");
+    for _ in 0..16 {
+        server.recv().await.unwrap();
+    }
+    client.send(Message::new(Bytes::new(), vec![frame])).await.expect("credit returned");
+    assert_eq!(server.recv().await.unwrap().frames[0].len(), 1 << 20);
+}
+
+/// A libzmq client (pyzmq) speaks the protocol from PROTOCOL.md to a Courier listener. CI
+/// provides pyzmq in a virtualenv (COURIER_PYTHON); there the test is never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyzmq_client_interoperates() {
+    let python = std::env::var("COURIER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_pyzmq = std::process::Command::new(&python).args(["-c", "import zmq"]).status().is_ok_and(|s| s.success());
+    if !has_pyzmq {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide pyzmq (set COURIER_PYTHON)");
+        eprintln!("skipping: {python} has no pyzmq; set COURIER_PYTHON to a python with pyzmq");
+        return;
+    }
+    let mut l = listener().await;
+    let endpoint = tcp_endpoint(&*l);
+    let server = tokio::spawn(async move {
+        let mut comm = l.accept().await.unwrap();
+        let name = comm.peer_info().name.clone();
+        let m = comm.recv().await.unwrap();
+        comm.send(m.clone()).await.unwrap();
+        let end = comm.recv().await.unwrap_err();
+        (name, m, end)
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop_pyzmq.py");
+    let out = tokio::process::Command::new(&python).arg(script).arg(&endpoint).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pyzmq client failed: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let (name, m, end) = server.await.unwrap();
+    assert_eq!(name, "pyzmq-interop");
+    assert_eq!(&m.header[..], b"from python");
+    assert_eq!(m.frames.len(), 1);
+    assert_eq!(m.frames[0].len(), 1 << 20);
+    assert_eq!(end.kind(), ErrorKind::Closed, "python's close message ends the comm: {end}");
+}
