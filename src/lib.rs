@@ -40,7 +40,7 @@ pub use courier_core::{
 pub use courier_inproc::InprocTransport;
 pub use courier_tcp::{TcpOptions, TcpTransport};
 pub use courier_zmq::{ZmqOptions, ZmqTransport};
-pub use {courier_core, courier_inproc, courier_tcp, courier_zmq};
+pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_zmq};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.
 pub trait RegistryExt {

@@ -1,6 +1,7 @@
 //! The `courier` command line.
 
 use clap::{Parser, Subcommand};
+use courier::RegistryExt as _;
 
 mod compare;
 
@@ -17,6 +18,27 @@ enum Command {
     /// Compare the transports on this machine: array-sized stream throughput and small-message
     /// round trips over tcp:// and inproc://, next to a raw tokio socket, in one run.
     Compare(compare::Args),
+    /// Run a scheduler. Prints `scheduler listening at URL` once it accepts connections.
+    Scheduler {
+        /// Where to listen; the scheme picks the transport (tcp://, zmq://, …).
+        #[arg(long, default_value = "tcp://127.0.0.1:8786", env = "COURIER_SCHEDULER_LISTEN")]
+        listen: String,
+    },
+    /// Run a worker with the built-in functions, connected to a scheduler.
+    Worker {
+        /// The scheduler's URL; its scheme picks the transport.
+        #[arg(env = "COURIER_SCHEDULER")]
+        scheduler: String,
+        /// Where to listen for peers and clients (default: same scheme, 127.0.0.1, any port).
+        #[arg(long, env = "COURIER_WORKER_LISTEN")]
+        listen: Option<String>,
+        /// Tasks of blocking functions run at once.
+        #[arg(long, default_value_t = 1, env = "COURIER_NTHREADS")]
+        nthreads: u32,
+        /// The worker's name.
+        #[arg(long, env = "COURIER_WORKER_NAME")]
+        name: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +56,30 @@ fn main() -> anyhow::Result<()> {
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             current.block_on(compare::echoes(&args, "current-thread"))
         }
+        Command::Scheduler { listen } => multi()?.block_on(async {
+            let registry = courier::Registry::with_default_transports();
+            let config = courier_runtime::SchedulerConfig::default();
+            let (handle, task) = courier_runtime::start_scheduler(registry, &listen, config).await?;
+            println!("scheduler listening at {}", handle.address);
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            tokio::select! {
+                _ = task => {}
+                _ = tokio::signal::ctrl_c() => handle.shutdown(),
+            }
+            Ok(())
+        }),
+        Command::Worker { scheduler, listen, nthreads, name } => multi()?.block_on(async {
+            let registry = courier::Registry::with_default_transports();
+            let functions = std::sync::Arc::new(courier_runtime::Functions::with_builtins());
+            let config = courier_runtime::WorkerConfig { scheduler, listen, nthreads, name };
+            let (handle, task) = courier_runtime::start_worker(registry, functions, config).await?;
+            eprintln!("worker serving data at {}", handle.address);
+            tokio::select! {
+                r = task => r??,
+                _ = tokio::signal::ctrl_c() => handle.shutdown(),
+            }
+            Ok(())
+        }),
     }
 }

@@ -1,0 +1,158 @@
+//! `LocalCluster`: a scheduler and workers on this machine, in this process (inproc:// by
+//! default, or any transport), or as separate `courier` processes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{CommError, Registry};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::Client;
+use crate::functions::Functions;
+use crate::scheduler::SchedulerConfig;
+use crate::server::{SchedulerHandle, start_scheduler};
+use crate::worker::{WorkerConfig, WorkerHandle, start_worker};
+
+/// A local cluster. Dropping it stops in-process nodes and kills child processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    registry: Registry,
+    address: String,
+    scheduler: Option<SchedulerHandle>,
+    workers: Vec<WorkerHandle>,
+    children: Vec<Child>,
+}
+
+impl LocalCluster {
+    /// A scheduler and `n_workers` workers in this process, over inproc://.
+    pub async fn inproc(registry: Registry, n_workers: usize, functions: Functions) -> Result<Self, CommError> {
+        Self::in_process(registry, "inproc://", n_workers, 1, functions).await
+    }
+
+    /// A scheduler listening on `listen` and `n_workers` workers (of `nthreads`), all in this
+    /// process; the scheme of `listen` picks the transport.
+    pub async fn in_process(
+        registry: Registry,
+        listen: &str,
+        n_workers: usize,
+        nthreads: u32,
+        functions: Functions,
+    ) -> Result<Self, CommError> {
+        let (scheduler, _) = start_scheduler(registry.clone(), listen, SchedulerConfig::default()).await?;
+        let address = scheduler.address.clone();
+        let functions = Arc::new(functions);
+        let mut workers = Vec::new();
+        for i in 0..n_workers {
+            let config =
+                WorkerConfig { nthreads, name: Some(format!("worker-{i}")), ..WorkerConfig::new(address.clone()) };
+            let (handle, _) = start_worker(registry.clone(), functions.clone(), config).await?;
+            workers.push(handle);
+        }
+        let cluster = LocalCluster { registry, address, scheduler: Some(scheduler), workers, children: Vec::new() };
+        cluster.wait_for_workers(n_workers).await?;
+        Ok(cluster)
+    }
+
+    /// A scheduler and `n_workers` workers as child processes of the `courier` binary at
+    /// `courier_bin`, the scheduler listening on `listen` (e.g. `tcp://127.0.0.1:0`).
+    pub async fn processes(
+        registry: Registry,
+        courier_bin: &Path,
+        listen: &str,
+        n_workers: usize,
+    ) -> Result<Self, CommError> {
+        let io = |e: std::io::Error| CommError::from_io("starting a cluster process", e);
+        let mut scheduler = Command::new(courier_bin)
+            .args(["scheduler", "--listen", listen])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io)?;
+        let stdout = scheduler.stdout.take().ok_or_else(|| CommError::closed("scheduler has no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let address = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("scheduler listening at ") {
+                    return Ok(addr.trim().to_owned());
+                }
+            }
+            Err(std::io::Error::other("the scheduler exited before listening"))
+        })
+        .await
+        .map_err(|_| CommError::closed("the scheduler did not start within 30 s"))?
+        .map_err(io)?;
+        let mut cluster =
+            LocalCluster { registry, address, scheduler: None, workers: Vec::new(), children: vec![scheduler] };
+        for i in 0..n_workers {
+            cluster.spawn_worker_process(courier_bin, &format!("worker-{i}")).await?;
+        }
+        cluster.wait_for_workers(n_workers).await?;
+        Ok(cluster)
+    }
+
+    /// Starts one more worker process.
+    pub async fn spawn_worker_process(&mut self, courier_bin: &Path, name: &str) -> Result<(), CommError> {
+        let child = Command::new(courier_bin)
+            .args(["worker", &self.address, "--name", name])
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| CommError::from_io("starting a worker process", e))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Waits until the scheduler reports at least `n` workers.
+    pub async fn wait_for_workers(&self, n: usize) -> Result<(), CommError> {
+        let client = self.client().await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.workers().len() < n {
+            if tokio::time::Instant::now() > deadline {
+                return Err(CommError::closed(format!("only {} of {n} workers joined", client.workers().len())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    /// The scheduler's address.
+    pub fn scheduler_address(&self) -> &str {
+        &self.address
+    }
+
+    /// A new client of this cluster.
+    pub async fn client(&self) -> Result<Client, CommError> {
+        Client::connect(self.registry.clone(), &self.address).await
+    }
+
+    /// Kills child process `i` (0 is the scheduler for process clusters; workers follow).
+    pub async fn kill_process(&mut self, i: usize) -> std::io::Result<()> {
+        self.children[i].kill().await
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for w in &self.workers {
+            w.shutdown();
+        }
+        if let Some(s) = &self.scheduler {
+            s.shutdown();
+        }
+        for c in &mut self.children {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.shutdown();
+        }
+        if let Some(s) = &self.scheduler {
+            s.shutdown();
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! The scheduler as a sans-IO state machine: [`Scheduler::handle`] takes an [`Event`] and the
+//! current time and returns [`Action`]s (messages to send). The tokio driver in
+//! [`crate::server`] owns the comms; this module has no I/O, no clock and no randomness, so
+//! every scheduling decision is unit-tested deterministically.
+//!
+//! Task life cycle: `Waiting` (dependencies not all in memory) → `Queued` (ready, no worker
+//! has room) → `Processing(worker)` → `Memory(holders)`, or `Erred`. A task leaves the
+//! table once no client wants it and no unfinished task depends on it; its holders are told
+//! to release the data.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use crate::protocol::{ArgSpec, FromScheduler, Key, TaskSpec, ToScheduler};
+
+/// A worker's id, given by the driver.
+pub type WorkerId = u64;
+/// A client's id, given by the driver.
+pub type ClientId = u64;
+
+/// Scheduling settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Tasks a worker may have assigned per thread (running or queued on it).
+    pub tasks_per_thread: usize,
+    /// How many workers may die while running a task before it fails as `KilledWorker`.
+    pub allowed_failures: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { tasks_per_thread: 128, allowed_failures: 3 }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A worker registered.
+    WorkerJoined {
+        /// Driver-given id.
+        id: WorkerId,
+        /// Its data address.
+        address: String,
+        /// Its thread count.
+        nthreads: u32,
+    },
+    /// A worker's comm closed: it is dead or gone.
+    WorkerLeft {
+        /// Id.
+        id: WorkerId,
+    },
+    /// A client registered.
+    ClientJoined {
+        /// Id.
+        id: ClientId,
+    },
+    /// A client's comm closed.
+    ClientLeft {
+        /// Id.
+        id: ClientId,
+    },
+    /// A client sent something.
+    FromClient {
+        /// Id.
+        id: ClientId,
+        /// The message.
+        msg: ToScheduler,
+    },
+    /// A worker sent something.
+    FromWorker {
+        /// Id.
+        id: WorkerId,
+        /// The message.
+        msg: ToScheduler,
+    },
+}
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// A message for a worker.
+    ToWorker(WorkerId, FromScheduler),
+    /// A message for a client.
+    ToClient(ClientId, FromScheduler),
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Some dependencies are not in memory yet.
+    Waiting,
+    /// Ready, waiting for a worker with room.
+    Queued,
+    /// Assigned to a worker.
+    Processing(WorkerId),
+    /// Done; the result lives on these workers.
+    Memory(BTreeSet<WorkerId>),
+    /// Failed for good.
+    Erred(String),
+}
+
+#[derive(Debug)]
+struct Task {
+    func: String,
+    args: Vec<ArgSpec>,
+    deps: Vec<Key>,
+    dependents: HashSet<Key>,
+    waiting: usize,
+    state: TaskState,
+    wanted_by: HashSet<ClientId>,
+    retries: u32,
+    deaths: Vec<String>,
+    nbytes: u64,
+    scattered: bool,
+}
+
+#[derive(Debug)]
+struct Worker {
+    address: String,
+    nthreads: u32,
+    processing: HashSet<Key>,
+    has: HashSet<Key>,
+    ran: u64,
+}
+
+/// The scheduler state machine. See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    workers: BTreeMap<WorkerId, Worker>,
+    clients: HashMap<ClientId, HashSet<Key>>,
+    tasks: HashMap<Key, Task>,
+    queued: VecDeque<Key>,
+    out: Vec<Action>,
+}
+
+impl Scheduler {
+    /// A scheduler with `config`.
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler { config, ..Default::default() }
+    }
+
+    /// Applies one event; returns the messages to send, in order.
+    pub fn handle(&mut self, event: Event, _now: Instant) -> Vec<Action> {
+        match event {
+            Event::WorkerJoined { id, address, nthreads } => {
+                let nthreads = nthreads.max(1);
+                self.workers
+                    .insert(id, Worker { address, nthreads, processing: HashSet::new(), has: HashSet::new(), ran: 0 });
+                self.broadcast_workers();
+                self.fill_from_queue();
+            }
+            Event::WorkerLeft { id } => self.worker_left(id),
+            Event::ClientJoined { id } => {
+                self.clients.insert(id, HashSet::new());
+                let addresses = self.workers.values().map(|w| w.address.clone()).collect();
+                self.out.push(Action::ToClient(id, FromScheduler::Workers { addresses }));
+            }
+            Event::ClientLeft { id } => {
+                let keys: Vec<Key> = self.clients.remove(&id).unwrap_or_default().into_iter().collect();
+                for k in keys {
+                    self.release(id, &k);
+                }
+            }
+            Event::FromClient { id, msg } => self.on_client(id, msg),
+            Event::FromWorker { id, msg } => self.on_worker(id, msg),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The state of a task, if the scheduler still knows it.
+    pub fn task_state(&self, key: &str) -> Option<&TaskState> {
+        self.tasks.get(key).map(|t| &t.state)
+    }
+
+    /// How many tasks the scheduler knows.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Tasks each worker has completed, by address.
+    pub fn tasks_run(&self) -> Vec<(String, u64)> {
+        self.workers.values().map(|w| (w.address.clone(), w.ran)).collect()
+    }
+
+    fn broadcast_workers(&mut self) {
+        let addresses: Vec<String> = self.workers.values().map(|w| w.address.clone()).collect();
+        for &c in self.clients.keys() {
+            self.out.push(Action::ToClient(c, FromScheduler::Workers { addresses: addresses.clone() }));
+        }
+    }
+
+    fn on_client(&mut self, client: ClientId, msg: ToScheduler) {
+        match msg {
+            ToScheduler::Submit { tasks } => self.submit(client, tasks),
+            ToScheduler::Release { keys } => {
+                for k in keys {
+                    self.release(client, &k);
+                }
+            }
+            ToScheduler::Cancel { keys } => {
+                for k in keys {
+                    self.cancel(&k);
+                    self.release(client, &k);
+                }
+            }
+            ToScheduler::Scattered { worker, keys } => {
+                let Some((&wid, _)) = self.workers.iter().find(|(_, w)| w.address == worker) else {
+                    for (key, _) in keys {
+                        let error = format!("scatter of {key} failed: no worker at {worker}");
+                        self.out.push(Action::ToClient(client, FromScheduler::Erred { key, error }));
+                    }
+                    return;
+                };
+                for (key, nbytes) in keys {
+                    let holders = BTreeSet::from([wid]);
+                    self.workers.get_mut(&wid).expect("worker").has.insert(key.clone());
+                    let task = Task {
+                        func: String::new(),
+                        args: Vec::new(),
+                        deps: Vec::new(),
+                        dependents: HashSet::new(),
+                        waiting: 0,
+                        state: TaskState::Memory(holders),
+                        wanted_by: HashSet::from([client]),
+                        retries: 0,
+                        deaths: Vec::new(),
+                        nbytes,
+                        scattered: true,
+                    };
+                    self.tasks.insert(key.clone(), task);
+                    self.clients.entry(client).or_default().insert(key.clone());
+                    self.notify_done(&key);
+                }
+            }
+            other => tracing::warn!(?other, "unexpected message from a client"),
+        }
+    }
+
+    fn on_worker(&mut self, wid: WorkerId, msg: ToScheduler) {
+        match msg {
+            ToScheduler::Finished { key, nbytes } => self.finished(wid, key, nbytes),
+            ToScheduler::Erred { key, error } => self.erred_on_worker(wid, key, error),
+            other => tracing::warn!(?other, "unexpected message from a worker"),
+        }
+    }
+
+    fn submit(&mut self, client: ClientId, specs: Vec<TaskSpec>) {
+        let mut new = Vec::new();
+        for spec in specs {
+            self.clients.entry(client).or_default().insert(spec.key.clone());
+            if let Some(t) = self.tasks.get_mut(&spec.key) {
+                t.wanted_by.insert(client);
+                match &t.state {
+                    TaskState::Memory(_) => self.notify_done(&spec.key),
+                    TaskState::Erred(e) => {
+                        let error = e.clone();
+                        self.out.push(Action::ToClient(client, FromScheduler::Erred { key: spec.key, error }));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let mut deps: Vec<Key> = Vec::new();
+            for a in &spec.args {
+                if let ArgSpec::Key(k) = a
+                    && !deps.contains(k)
+                {
+                    deps.push(k.clone());
+                }
+            }
+            self.tasks.insert(
+                spec.key.clone(),
+                Task {
+                    func: spec.func,
+                    args: spec.args,
+                    deps,
+                    dependents: HashSet::new(),
+                    waiting: 0,
+                    state: TaskState::Waiting,
+                    wanted_by: HashSet::from([client]),
+                    retries: spec.retries,
+                    deaths: Vec::new(),
+                    nbytes: 0,
+                    scattered: false,
+                },
+            );
+            new.push(spec.key);
+        }
+        for key in new {
+            let deps = self.tasks[&key].deps.clone();
+            let mut waiting = 0;
+            let mut failure = None;
+            for d in &deps {
+                match self.tasks.get_mut(d) {
+                    None => {
+                        failure = Some(format!(
+                            "depends on {d}, which the scheduler does not know (released or never submitted)"
+                        ));
+                    }
+                    Some(dep) => {
+                        dep.dependents.insert(key.clone());
+                        match &dep.state {
+                            TaskState::Memory(_) => {}
+                            TaskState::Erred(e) => failure = Some(format!("dependency {d} failed: {e}")),
+                            _ => waiting += 1,
+                        }
+                    }
+                }
+            }
+            if let Some(error) = failure {
+                self.fail(&key, error);
+                continue;
+            }
+            let t = self.tasks.get_mut(&key).expect("just inserted");
+            t.waiting = waiting;
+            if waiting == 0 {
+                self.make_ready(&key);
+            }
+        }
+    }
+
+    fn capacity(&self, w: &Worker) -> usize {
+        w.nthreads as usize * self.config.tasks_per_thread
+    }
+
+    /// Picks a worker with room: the one holding the most bytes of the task's dependencies,
+    /// else the least loaded.
+    fn pick_worker(&self, key: &str) -> Option<WorkerId> {
+        let task = &self.tasks[key];
+        let with_room = self.workers.iter().filter(|(_, w)| w.processing.len() < self.capacity(w));
+        let mut best: Option<(u64, f64, WorkerId)> = None;
+        for (&id, w) in with_room {
+            let local: u64 = task
+                .deps
+                .iter()
+                .filter(|d| w.has.contains(*d))
+                .map(|d| self.tasks.get(d).map_or(0, |t| t.nbytes.max(1)))
+                .sum();
+            let load = w.processing.len() as f64 / w.nthreads as f64;
+            let better = match best {
+                None => true,
+                Some((bl, bload, _)) => local > bl || (local == bl && load < bload),
+            };
+            if better {
+                best = Some((local, load, id));
+            }
+        }
+        best.map(|(_, _, id)| id)
+    }
+
+    fn make_ready(&mut self, key: &str) {
+        match self.pick_worker(key) {
+            Some(w) => self.assign(key, w),
+            None => {
+                self.tasks.get_mut(key).expect("task").state = TaskState::Queued;
+                self.queued.push_back(key.to_owned());
+            }
+        }
+    }
+
+    fn assign(&mut self, key: &str, wid: WorkerId) {
+        let task = self.tasks.get_mut(key).expect("task");
+        task.state = TaskState::Processing(wid);
+        let (func, args, deps) = (task.func.clone(), task.args.clone(), task.deps.clone());
+        let who_has = deps
+            .into_iter()
+            .map(|d| {
+                let holders = match self.tasks.get(&d).map(|t| &t.state) {
+                    Some(TaskState::Memory(h)) => {
+                        h.iter().filter_map(|w| self.workers.get(w)).map(|w| w.address.clone()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                (d, holders)
+            })
+            .collect();
+        self.workers.get_mut(&wid).expect("worker").processing.insert(key.to_owned());
+        self.out.push(Action::ToWorker(wid, FromScheduler::Compute { key: key.to_owned(), func, args, who_has }));
+    }
+
+    fn fill_from_queue(&mut self) {
+        while let Some(key) = self.queued.front().cloned() {
+            if !matches!(self.tasks.get(&key).map(|t| &t.state), Some(TaskState::Queued)) {
+                self.queued.pop_front();
+                continue;
+            }
+            let Some(w) = self.pick_worker(&key) else { return };
+            self.queued.pop_front();
+            self.assign(&key, w);
+        }
+    }
+
+    fn notify_done(&mut self, key: &str) {
+        let t = &self.tasks[key];
+        let TaskState::Memory(holders) = &t.state else { return };
+        let holders: Vec<String> =
+            holders.iter().filter_map(|w| self.workers.get(w)).map(|w| w.address.clone()).collect();
+        for &c in &t.wanted_by {
+            self.out.push(Action::ToClient(c, FromScheduler::Done { key: key.to_owned(), holders: holders.clone() }));
+        }
+    }
+
+    fn finished(&mut self, wid: WorkerId, key: Key, nbytes: u64) {
+        let current = self.tasks.get(&key).map(|t| t.state.clone());
+        if current != Some(TaskState::Processing(wid)) {
+            // Cancelled, released or reassigned meanwhile: the worker may drop the result.
+            if !self.tasks.get(&key).is_some_and(|t| matches!(&t.state, TaskState::Memory(h) if h.contains(&wid))) {
+                self.out.push(Action::ToWorker(wid, FromScheduler::Release { keys: vec![key] }));
+            }
+            return;
+        }
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.processing.remove(&key);
+            w.has.insert(key.clone());
+            w.ran += 1;
+        }
+        let task = self.tasks.get_mut(&key).expect("task");
+        task.state = TaskState::Memory(BTreeSet::from([wid]));
+        task.nbytes = nbytes;
+        let dependents: Vec<Key> = task.dependents.iter().cloned().collect();
+        self.notify_done(&key);
+        for d in dependents {
+            if let Some(t) = self.tasks.get_mut(&d)
+                && t.state == TaskState::Waiting
+            {
+                t.waiting = t.waiting.saturating_sub(1);
+                if t.waiting == 0 {
+                    self.make_ready(&d);
+                }
+            }
+        }
+        let deps = self.tasks[&key].deps.clone();
+        for d in deps {
+            self.maybe_forget(&d);
+        }
+        self.maybe_forget(&key);
+        self.fill_from_queue();
+    }
+
+    fn erred_on_worker(&mut self, wid: WorkerId, key: Key, error: String) {
+        if self.tasks.get(&key).map(|t| &t.state) != Some(&TaskState::Processing(wid)) {
+            return;
+        }
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.processing.remove(&key);
+        }
+        let task = self.tasks.get_mut(&key).expect("task");
+        if task.retries > 0 {
+            task.retries -= 1;
+            self.make_ready(&key);
+        } else {
+            self.fail(&key, error);
+        }
+        self.fill_from_queue();
+    }
+
+    /// Marks `key` and everything depending on it as failed, telling the clients that want them.
+    fn fail(&mut self, key: &str, error: String) {
+        let mut stack = vec![(key.to_owned(), error)];
+        while let Some((k, e)) = stack.pop() {
+            let Some(t) = self.tasks.get_mut(&k) else { continue };
+            if matches!(t.state, TaskState::Erred(_)) {
+                continue;
+            }
+            if let TaskState::Processing(w) = t.state
+                && let Some(w) = self.workers.get_mut(&w)
+            {
+                w.processing.remove(&k);
+            }
+            t.state = TaskState::Erred(e.clone());
+            for &c in &t.wanted_by {
+                self.out.push(Action::ToClient(c, FromScheduler::Erred { key: k.clone(), error: e.clone() }));
+            }
+            for d in &t.dependents {
+                stack.push((d.clone(), format!("dependency {k} failed: {e}")));
+            }
+        }
+    }
+
+    fn cancel(&mut self, key: &str) {
+        if matches!(
+            self.tasks.get(key).map(|t| &t.state),
+            Some(TaskState::Waiting | TaskState::Queued | TaskState::Processing(_))
+        ) {
+            self.fail(key, "cancelled".into());
+        }
+    }
+
+    fn release(&mut self, client: ClientId, key: &str) {
+        if let Some(keys) = self.clients.get_mut(&client) {
+            keys.remove(key);
+        }
+        if let Some(t) = self.tasks.get_mut(key) {
+            t.wanted_by.remove(&client);
+            self.maybe_forget(key);
+        }
+    }
+
+    /// Forgets a task nobody needs any more: no client wants it and no unfinished task
+    /// depends on it. Then its dependencies may become forgettable too.
+    fn maybe_forget(&mut self, key: &str) {
+        let mut stack = vec![key.to_owned()];
+        while let Some(k) = stack.pop() {
+            let Some(t) = self.tasks.get(&k) else { continue };
+            let needed = !t.wanted_by.is_empty()
+                || t.dependents.iter().any(|d| {
+                    self.tasks.get(d).is_some_and(|dt| {
+                        matches!(dt.state, TaskState::Waiting | TaskState::Queued | TaskState::Processing(_))
+                    })
+                });
+            if needed {
+                continue;
+            }
+            let t = self.tasks.remove(&k).expect("task");
+            match &t.state {
+                TaskState::Memory(holders) => {
+                    for w in holders {
+                        if let Some(worker) = self.workers.get_mut(w) {
+                            worker.has.remove(&k);
+                            self.out.push(Action::ToWorker(*w, FromScheduler::Release { keys: vec![k.clone()] }));
+                        }
+                    }
+                }
+                TaskState::Processing(w) => {
+                    if let Some(worker) = self.workers.get_mut(w) {
+                        worker.processing.remove(&k);
+                    }
+                }
+                _ => {}
+            }
+            for d in &t.deps {
+                if let Some(dt) = self.tasks.get_mut(d) {
+                    dt.dependents.remove(&k);
+                }
+                stack.push(d.clone());
+            }
+        }
+    }
+
+    fn worker_left(&mut self, wid: WorkerId) {
+        let Some(worker) = self.workers.remove(&wid) else { return };
+        tracing::info!(address = %worker.address, "worker left");
+        self.broadcast_workers();
+        // Results that lived only there are lost: recompute what is still needed.
+        let mut lost: Vec<Key> = Vec::new();
+        for k in &worker.has {
+            if let Some(t) = self.tasks.get_mut(k)
+                && let TaskState::Memory(h) = &mut t.state
+            {
+                h.remove(&wid);
+                if h.is_empty() {
+                    lost.push(k.clone());
+                }
+            }
+        }
+        for k in lost {
+            let t = self.tasks.get_mut(&k).expect("task");
+            if t.scattered {
+                self.fail(&k, format!("data lost: {k} was scattered to {} which died", worker.address));
+                continue;
+            }
+            t.state = TaskState::Waiting;
+            for d in t.dependents.clone() {
+                if let Some(dt) = self.tasks.get_mut(&d)
+                    && matches!(dt.state, TaskState::Waiting | TaskState::Queued)
+                {
+                    dt.state = TaskState::Waiting;
+                    dt.waiting += 1;
+                }
+            }
+            self.recompute(&k);
+        }
+        // Its running tasks go elsewhere, unless they keep killing workers.
+        let mut running: Vec<Key> = worker.processing.into_iter().collect();
+        running.sort();
+        for k in running {
+            let Some(t) = self.tasks.get_mut(&k) else { continue };
+            if t.state != TaskState::Processing(wid) {
+                continue;
+            }
+            t.deaths.push(worker.address.clone());
+            if t.deaths.len() as u32 > self.config.allowed_failures {
+                let error = format!(
+                    "KilledWorker: task {k} was running on {} workers that died: {}",
+                    t.deaths.len(),
+                    t.deaths.join(", ")
+                );
+                self.fail(&k, error);
+            } else {
+                t.state = TaskState::Waiting;
+                self.recompute(&k);
+            }
+        }
+        self.fill_from_queue();
+    }
+
+    /// Puts a lost or interrupted task back on the path to memory.
+    fn recompute(&mut self, key: &str) {
+        let deps = self.tasks[key].deps.clone();
+        let mut waiting = 0;
+        for d in &deps {
+            match self.tasks.get(d).map(|t| t.state.clone()) {
+                Some(TaskState::Memory(_)) => {}
+                Some(TaskState::Erred(e)) => return self.fail(key, format!("dependency {d} failed: {e}")),
+                Some(_) => waiting += 1,
+                None => return self.fail(key, format!("dependency {d} was released and cannot be recomputed")),
+            }
+        }
+        self.queued.retain(|k| k != key);
+        let t = self.tasks.get_mut(key).expect("task");
+        t.waiting = waiting;
+        t.state = TaskState::Waiting;
+        if waiting == 0 {
+            self.make_ready(key);
+        }
+    }
+}

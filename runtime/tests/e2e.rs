@@ -1,0 +1,18 @@
+//! End-to-end: scheduler, two workers and a client, over each transport.
+
+mod support;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inproc() {
+    support::all_scenarios("inproc://").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp() {
+    support::all_scenarios("tcp://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zmq() {
+    support::all_scenarios("zmq://127.0.0.1:0").await;
+}

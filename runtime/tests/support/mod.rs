@@ -1,0 +1,175 @@
+//! The end-to-end scenarios, run over every transport.
+
+#![allow(dead_code, reason = "each test file uses part of the support module")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::Registry;
+use courier_core::WireArray;
+use courier_core::ndarray::ArrayD;
+use courier_runtime::{Client, Functions, Graph, LocalCluster, Status, TaskError, TaskFuture, arg};
+use futures::StreamExt;
+
+pub(crate) fn registry() -> Registry {
+    Registry::new()
+        .with(Arc::new(courier_tcp::TcpTransport::new()))
+        .with(Arc::new(courier_inproc::InprocTransport::new()))
+        .with(Arc::new(courier_zmq::ZmqTransport::new()))
+}
+
+pub(crate) async fn cluster(listen: &str) -> LocalCluster {
+    LocalCluster::in_process(registry(), listen, 2, 2, Functions::with_builtins()).await.expect("cluster")
+}
+
+pub(crate) async fn map_gather_1000(c: &Client) {
+    let futures = c.map::<i64>("inc", (0..1000i64).map(|i| vec![arg(&i)])).await.unwrap();
+    let results = c.gather(&futures).await.unwrap();
+    assert_eq!(results, (1..=1000).collect::<Vec<i64>>());
+}
+
+pub(crate) async fn dependency_chain(c: &Client) {
+    let mut x = c.submit::<i64>("inc", vec![arg(&0i64)]).await.unwrap();
+    for _ in 0..50 {
+        x = c.submit::<i64>("inc", vec![x.arg()]).await.unwrap();
+    }
+    assert_eq!(x.result().await.unwrap(), 51);
+}
+
+/// A tree reduction of arrays whose inputs live on different workers.
+pub(crate) async fn tree_reduction(c: &Client) {
+    let leaves: Vec<TaskFuture<WireArray>> =
+        c.map("random_array", (0..16u64).map(|seed| vec![arg(&vec![64usize, 32]), arg(&seed)])).await.unwrap();
+    c.wait(&leaves).await;
+    let holders: std::collections::HashSet<String> = leaves.iter().flat_map(|f| f.who_has()).collect();
+    assert!(holders.len() >= 2, "inputs should be spread over both workers: {holders:?}");
+    // The expected value, computed here from the same leaves.
+    let arrays = c.gather(&leaves).await.unwrap();
+    let expected: f64 = arrays.iter().map(|a| a.cow::<f64>().unwrap().sum()).sum();
+    let mut level = leaves;
+    while level.len() > 1 {
+        let mut next = Vec::new();
+        for pair in level.chunks(2) {
+            next.push(c.submit::<WireArray>("array_add", pair.iter().map(|f| f.arg()).collect()).await.unwrap());
+        }
+        level = next;
+    }
+    let total = c.submit::<f64>("array_sum", vec![level[0].arg()]).await.unwrap();
+    let got = total.result().await.unwrap();
+    assert!((got - expected).abs() < 1e-9 * expected.abs(), "{got} vs {expected}");
+}
+
+/// as_completed that adds a new task per result until 100 tasks are done.
+pub(crate) async fn as_completed_adding(c: &Client) {
+    let first = c.map::<i64>("inc", (0..10i64).map(|i| vec![arg(&(i * 1000))])).await.unwrap();
+    let mut stream = c.as_completed(first);
+    let (mut done, mut submitted) = (0, 10);
+    while let Some(f) = stream.next().await {
+        let v = f.result().await.unwrap();
+        done += 1;
+        if submitted < 100 {
+            stream.add(c.submit::<i64>("inc", vec![arg(&v)]).await.unwrap());
+            submitted += 1;
+        }
+    }
+    assert_eq!((done, submitted), (100, 100));
+}
+
+pub(crate) async fn persist_then_compute(c: &Client) {
+    let mut g = Graph::new();
+    let a = g.task("random_array", vec![arg(&vec![100usize, 100]), arg(&1u64)]);
+    let b = g.task("random_array", vec![arg(&vec![100usize, 100]), arg(&2u64)]);
+    let s = g.task("array_add", vec![courier_runtime::ArgSpec::Key(a), courier_runtime::ArgSpec::Key(b)]);
+    let persisted = c.persist::<WireArray>(&g, std::slice::from_ref(&s)).await.unwrap();
+    persisted[0].wait().await.unwrap();
+    assert_eq!(persisted[0].status(), Status::Finished);
+    // Compute on the persisted result: it is used in place on the workers.
+    let mean = c.submit::<f64>("array_mean", vec![persisted[0].arg()]).await.unwrap().result().await.unwrap();
+    let local: ArrayD<f64> = persisted[0].result().await.unwrap().to_array().unwrap();
+    assert!((mean - local.mean().unwrap()).abs() < 1e-12);
+    // compute() brings results back.
+    let mut g = Graph::new();
+    let x = g.task("inc", vec![arg(&1i64)]);
+    let y = g.task("add", vec![courier_runtime::ArgSpec::Key(x), arg(&10i64)]);
+    assert_eq!(c.compute::<i64>(&g, &[y]).await.unwrap(), vec![12]);
+}
+
+pub(crate) async fn failures_reach_the_client(c: &Client) {
+    let f = c.submit::<()>("fail", vec![arg("boom: disk on fire")]).await.unwrap();
+    match f.result().await {
+        Err(TaskError::Failed { message, .. }) => assert!(message.contains("boom: disk on fire"), "{message}"),
+        other => panic!("expected the remote error, got {other:?}"),
+    }
+    let dependent = c.submit::<i64>("inc", vec![f.arg()]).await.unwrap();
+    let err = dependent.result().await.unwrap_err().to_string();
+    assert!(err.contains("boom: disk on fire"), "{err}");
+}
+
+pub(crate) async fn cancel(c: &Client) {
+    // A running function cannot be interrupted; the future fails at once all the same.
+    let slow = c.submit::<f64>("sleep", vec![arg(&1.0f64)]).await.unwrap();
+    c.cancel(&[&slow]).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), slow.result())
+        .await
+        .expect("cancel must not wait for the task");
+    assert!(matches!(r, Err(TaskError::Cancelled { .. })), "{r:?}");
+}
+
+pub(crate) async fn retries(c: &Client) {
+    let dir = std::env::temp_dir().join(format!("courier-flaky-{}-{}", std::process::id(), fastrand::u64(..)));
+    let path = dir.to_string_lossy().into_owned();
+    let ok = c.submit_with_retries::<i64>("flaky", vec![arg(&path), arg(&2u32), arg(&7i64)], 2).await.unwrap();
+    assert_eq!(ok.result().await.unwrap(), 7, "fails twice, then succeeds");
+    let _ = std::fs::remove_file(&dir);
+    let path2 = format!("{path}-b");
+    let not_enough = c.submit_with_retries::<i64>("flaky", vec![arg(&path2), arg(&2u32), arg(&7i64)], 1).await.unwrap();
+    let err = not_enough.result().await.unwrap_err().to_string();
+    assert!(err.contains("flaky failure 2 of 2"), "{err}");
+    let _ = std::fs::remove_file(&path2);
+}
+
+pub(crate) async fn bad_input(c: &Client) {
+    let unknown = c.submit::<i64>("no_such_function", vec![]).await.unwrap();
+    let err = unknown.result().await.unwrap_err().to_string();
+    assert!(err.contains("unknown function \"no_such_function\""), "{err}");
+    let wrong = c.submit::<i64>("inc", vec![arg("not a number")]).await.unwrap();
+    let err = wrong.result().await.unwrap_err().to_string();
+    assert!(err.contains("wrong type"), "{err}");
+    let arity = c.submit::<i64>("inc", vec![arg(&1i64), arg(&2i64)]).await.unwrap();
+    assert!(arity.result().await.unwrap_err().to_string().contains("expected 1 arguments"));
+    // A dependency on a future the client already released.
+    let gone = c.submit::<i64>("inc", vec![arg(&1i64)]).await.unwrap();
+    gone.wait().await.unwrap();
+    let stale = gone.arg();
+    drop(gone);
+    let orphan = c.submit::<i64>("inc", vec![stale]).await.unwrap();
+    let err = orphan.result().await.unwrap_err().to_string();
+    assert!(err.contains("does not know"), "{err}");
+    // The cluster keeps working.
+    map_gather_1000(c).await;
+}
+
+pub(crate) async fn scatter_and_use(c: &Client) {
+    let data = c.scatter(&[10i64, 20, 30]).await.unwrap();
+    let sum = c.submit::<i64>("add", data.iter().map(|f| f.arg()).collect()).await.unwrap();
+    assert_eq!(sum.result().await.unwrap(), 60);
+    assert_eq!(c.gather(&data).await.unwrap(), vec![10, 20, 30]);
+}
+
+/// Every scenario on one cluster.
+pub(crate) async fn all_scenarios(listen: &str) {
+    let cluster = cluster(listen).await;
+    let c = cluster.client().await.unwrap();
+    map_gather_1000(&c).await;
+    dependency_chain(&c).await;
+    tree_reduction(&c).await;
+    as_completed_adding(&c).await;
+    persist_then_compute(&c).await;
+    failures_reach_the_client(&c).await;
+    cancel(&c).await;
+    retries(&c).await;
+    scatter_and_use(&c).await;
+    bad_input(&c).await;
+    c.close().await;
+    cluster.shutdown().await;
+}
