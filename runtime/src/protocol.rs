@@ -76,6 +76,14 @@ pub enum ToScheduler {
         /// Result size in bytes.
         nbytes: u64,
     },
+    /// Worker: a task could not start because a dependency could not be fetched (its holder
+    /// died or dropped it). The scheduler recomputes the dependency and reschedules the task.
+    MissingData {
+        /// The task.
+        key: Key,
+        /// The dependency that could not be fetched.
+        dep: Key,
+    },
     /// Worker: a task failed.
     Erred {
         /// Key.

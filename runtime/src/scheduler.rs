@@ -96,6 +96,9 @@ pub enum TaskState {
     Processing(WorkerId),
     /// Done; the result lives on these workers.
     Memory(BTreeSet<WorkerId>),
+    /// Done once, data released; the spec is kept so it can be recomputed if a dependent
+    /// needs it again (its lineage).
+    Released,
     /// Failed for good.
     Erred(String),
 }
@@ -242,6 +245,27 @@ impl Scheduler {
         match msg {
             ToScheduler::Finished { key, nbytes } => self.finished(wid, key, nbytes),
             ToScheduler::Erred { key, error } => self.erred_on_worker(wid, key, error),
+            ToScheduler::MissingData { key, dep } => {
+                if self.tasks.get(&key).map(|t| &t.state) != Some(&TaskState::Processing(wid)) {
+                    return;
+                }
+                if let Some(w) = self.workers.get_mut(&wid) {
+                    w.processing.remove(&key);
+                }
+                // The worker tried every holder and none could serve it: treat the data as
+                // lost and recompute it (correct, if wasteful, when a holder only hiccuped).
+                if let Some(t) = self.tasks.get_mut(&dep)
+                    && let TaskState::Memory(holders) = std::mem::replace(&mut t.state, TaskState::Released)
+                {
+                    for h in holders {
+                        if let Some(w) = self.workers.get_mut(&h) {
+                            w.has.remove(&dep);
+                        }
+                    }
+                }
+                self.recompute(&key);
+                self.fill_from_queue();
+            }
             other => tracing::warn!(?other, "unexpected message from a worker"),
         }
     }
@@ -292,6 +316,7 @@ impl Scheduler {
             let deps = self.tasks[&key].deps.clone();
             let mut waiting = 0;
             let mut failure = None;
+            let mut revive = Vec::new();
             for d in &deps {
                 match self.tasks.get_mut(d) {
                     None => {
@@ -304,6 +329,10 @@ impl Scheduler {
                         match &dep.state {
                             TaskState::Memory(_) => {}
                             TaskState::Erred(e) => failure = Some(format!("dependency {d} failed: {e}")),
+                            TaskState::Released => {
+                                waiting += 1;
+                                revive.push(d.clone());
+                            }
                             _ => waiting += 1,
                         }
                     }
@@ -315,6 +344,9 @@ impl Scheduler {
             }
             let t = self.tasks.get_mut(&key).expect("just inserted");
             t.waiting = waiting;
+            for d in revive {
+                self.recompute(&d);
+            }
             if waiting == 0 {
                 self.make_ready(&key);
             }
@@ -498,38 +530,44 @@ impl Scheduler {
         }
     }
 
-    /// Forgets a task nobody needs any more: no client wants it and no unfinished task
-    /// depends on it. Then its dependencies may become forgettable too.
+    /// Releases what nobody needs any more. A task no client wants whose dependents are all
+    /// finished has its data released (its spec stays while dependents exist, so it can be
+    /// recomputed if one of them is lost); a task with no dependents left is forgotten, which
+    /// may make its own dependencies forgettable.
     fn maybe_forget(&mut self, key: &str) {
         let mut stack = vec![key.to_owned()];
         while let Some(k) = stack.pop() {
             let Some(t) = self.tasks.get(&k) else { continue };
-            let needed = !t.wanted_by.is_empty()
-                || t.dependents.iter().any(|d| {
-                    self.tasks.get(d).is_some_and(|dt| {
-                        matches!(dt.state, TaskState::Waiting | TaskState::Queued | TaskState::Processing(_))
-                    })
-                });
-            if needed {
+            let unfinished = t.dependents.iter().any(|d| {
+                self.tasks.get(d).is_some_and(|dt| {
+                    matches!(dt.state, TaskState::Waiting | TaskState::Queued | TaskState::Processing(_))
+                })
+            });
+            if !t.wanted_by.is_empty() || unfinished {
                 continue;
             }
-            let t = self.tasks.remove(&k).expect("task");
-            match &t.state {
+            let t = self.tasks.get_mut(&k).expect("task");
+            match std::mem::replace(&mut t.state, TaskState::Released) {
                 TaskState::Memory(holders) => {
                     for w in holders {
-                        if let Some(worker) = self.workers.get_mut(w) {
+                        if let Some(worker) = self.workers.get_mut(&w) {
                             worker.has.remove(&k);
-                            self.out.push(Action::ToWorker(*w, FromScheduler::Release { keys: vec![k.clone()] }));
+                            self.out.push(Action::ToWorker(w, FromScheduler::Release { keys: vec![k.clone()] }));
                         }
                     }
                 }
                 TaskState::Processing(w) => {
-                    if let Some(worker) = self.workers.get_mut(w) {
+                    if let Some(worker) = self.workers.get_mut(&w) {
                         worker.processing.remove(&k);
                     }
                 }
+                TaskState::Erred(e) => t.state = TaskState::Erred(e),
                 _ => {}
             }
+            if !t.dependents.is_empty() {
+                continue;
+            }
+            let t = self.tasks.remove(&k).expect("task");
             for d in &t.deps {
                 if let Some(dt) = self.tasks.get_mut(d) {
                     dt.dependents.remove(&k);
@@ -604,8 +642,12 @@ impl Scheduler {
             match self.tasks.get(d).map(|t| t.state.clone()) {
                 Some(TaskState::Memory(_)) => {}
                 Some(TaskState::Erred(e)) => return self.fail(key, format!("dependency {d} failed: {e}")),
+                Some(TaskState::Released) => {
+                    waiting += 1;
+                    self.recompute(d);
+                }
                 Some(_) => waiting += 1,
-                None => return self.fail(key, format!("dependency {d} was released and cannot be recomputed")),
+                None => return self.fail(key, format!("dependency {d} was forgotten and cannot be recomputed")),
             }
         }
         self.queued.retain(|k| k != key);
@@ -615,5 +657,233 @@ impl Scheduler {
         if waiting == 0 {
             self.make_ready(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TaskSpec;
+    use courier_core::Payload;
+
+    /// A scheduler fed events at simulated instants; collects what it sends.
+    struct Harness {
+        s: Scheduler,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(workers: &[(WorkerId, u32)]) -> Self {
+            let mut h = Harness {
+                s: Scheduler::new(SchedulerConfig { tasks_per_thread: 2, allowed_failures: 2 }),
+                now: Instant::now(),
+            };
+            for &(id, nthreads) in workers {
+                h.ev(Event::WorkerJoined { id, address: format!("w{id}"), nthreads });
+            }
+            h.ev(Event::ClientJoined { id: 100 });
+            h
+        }
+
+        fn ev(&mut self, e: Event) -> Vec<Action> {
+            self.now += std::time::Duration::from_millis(1);
+            self.s.handle(e, self.now)
+        }
+
+        fn submit(&mut self, tasks: Vec<TaskSpec>) -> Vec<Action> {
+            self.ev(Event::FromClient { id: 100, msg: ToScheduler::Submit { tasks } })
+        }
+
+        fn finish(&mut self, w: WorkerId, key: &str, nbytes: u64) -> Vec<Action> {
+            self.ev(Event::FromWorker { id: w, msg: ToScheduler::Finished { key: key.into(), nbytes } })
+        }
+    }
+
+    fn task(key: &str, deps: &[&str]) -> TaskSpec {
+        let mut args: Vec<ArgSpec> = deps.iter().map(|d| ArgSpec::Key((*d).into())).collect();
+        args.push(ArgSpec::Value(Payload::new(&1).unwrap()));
+        TaskSpec { key: key.into(), func: "f".into(), args, retries: 0 }
+    }
+
+    fn computes(actions: &[Action]) -> Vec<(WorkerId, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ToWorker(w, FromScheduler::Compute { key, .. }) => Some((*w, key.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn client_msgs(actions: &[Action]) -> Vec<&FromScheduler> {
+        actions.iter().filter_map(|a| if let Action::ToClient(_, m) = a { Some(m) } else { None }).collect()
+    }
+
+    #[test]
+    fn independent_tasks_spread_over_least_loaded_workers_with_bounded_queues() {
+        let mut h = Harness::new(&[(1, 1), (2, 1)]);
+        let out = h.submit((0..6).map(|i| task(&format!("t{i}"), &[])).collect());
+        let assigned = computes(&out);
+        // Each worker takes nthreads * tasks_per_thread = 2; the rest wait in the scheduler.
+        assert_eq!(assigned.len(), 4);
+        assert_eq!(assigned.iter().filter(|(w, _)| *w == 1).count(), 2);
+        assert_eq!(h.s.task_state("t4"), Some(&TaskState::Queued));
+        let out = h.finish(1, &assigned[0].1, 8);
+        assert_eq!(computes(&out), vec![(1, "t4".into())], "room on worker 1 takes the next queued task");
+        assert!(
+            matches!(client_msgs(&out)[0], FromScheduler::Done { key, holders } if key == &assigned[0].1 && holders == &vec!["w1".to_owned()])
+        );
+    }
+
+    #[test]
+    fn dependents_go_where_their_largest_inputs_live_and_learn_who_has_them() {
+        let mut h = Harness::new(&[(1, 4), (2, 4)]);
+        let out = h.submit(vec![task("a", &[]), task("b", &[]), task("c", &["a", "b"])]);
+        let placed: HashMap<String, WorkerId> = computes(&out).into_iter().map(|(w, k)| (k, w)).collect();
+        assert_ne!(placed["a"], placed["b"], "idle workers share the roots");
+        assert_eq!(h.s.task_state("c"), Some(&TaskState::Waiting));
+        h.finish(placed["a"], "a", 10);
+        let out = h.finish(placed["b"], "b", 1_000_000);
+        let Some(Action::ToWorker(w, FromScheduler::Compute { who_has, .. })) =
+            out.iter().find(|a| matches!(a, Action::ToWorker(_, FromScheduler::Compute { .. })))
+        else {
+            panic!("c was not scheduled: {out:?}")
+        };
+        assert_eq!(*w, placed["b"], "c runs where the 1 MB input lives");
+        let who: HashMap<_, _> = who_has.iter().cloned().collect();
+        assert_eq!(who["a"], vec![format!("w{}", placed["a"])], "the worker fetches a from its peer directly");
+    }
+
+    #[test]
+    fn released_results_are_forgotten_once_dependents_finish() {
+        let mut h = Harness::new(&[(1, 4)]);
+        h.submit(vec![task("a", &[]), task("b", &["a"])]);
+        h.ev(Event::FromClient { id: 100, msg: ToScheduler::Release { keys: vec!["a".into()] } });
+        assert!(h.s.task_state("a").is_some(), "b still needs a");
+        h.finish(1, "a", 1);
+        let out = h.finish(1, "b", 1);
+        assert_eq!(h.s.task_state("a"), Some(&TaskState::Released), "data released, lineage kept for b");
+        assert!(out.iter().any(
+            |a| matches!(a, Action::ToWorker(1, FromScheduler::Release { keys }) if keys == &vec!["a".to_owned()])
+        ));
+        h.ev(Event::ClientLeft { id: 100 });
+        assert_eq!(h.s.task_count(), 0, "a client that leaves releases everything it wanted");
+    }
+
+    #[test]
+    fn errors_retry_then_propagate_to_dependents() {
+        let mut h = Harness::new(&[(1, 4)]);
+        let mut flaky = task("a", &[]);
+        flaky.retries = 1;
+        h.submit(vec![flaky, task("b", &["a"])]);
+        let err = |h: &mut Harness| {
+            h.ev(Event::FromWorker { id: 1, msg: ToScheduler::Erred { key: "a".into(), error: "bad".into() } })
+        };
+        let out = err(&mut h);
+        assert_eq!(computes(&out), vec![(1, "a".into())], "one retry");
+        let out = err(&mut h);
+        let errs: Vec<_> = client_msgs(&out)
+            .into_iter()
+            .filter_map(|m| {
+                if let FromScheduler::Erred { key, error } = m { Some((key.clone(), error.clone())) } else { None }
+            })
+            .collect();
+        assert_eq!(errs.len(), 2);
+        assert!(errs.iter().any(|(k, e)| k == "b" && e.contains("dependency a failed: bad")));
+    }
+
+    #[test]
+    fn unknown_dependencies_and_cancel_fail_clearly() {
+        let mut h = Harness::new(&[(1, 1)]);
+        let out = h.submit(vec![task("x", &["never-submitted"])]);
+        assert!(matches!(client_msgs(&out)[0], FromScheduler::Erred { error, .. } if error.contains("does not know")));
+        h.submit(vec![task("slow", &[])]);
+        let out = h.ev(Event::FromClient { id: 100, msg: ToScheduler::Cancel { keys: vec!["slow".into()] } });
+        assert!(matches!(client_msgs(&out)[0], FromScheduler::Erred { error, .. } if error == "cancelled"));
+        // The worker finishing it later is told to drop the result.
+        let out = h.finish(1, "slow", 1);
+        assert!(out.iter().any(|a| matches!(a, Action::ToWorker(1, FromScheduler::Release { .. }))));
+    }
+
+    #[test]
+    fn a_dead_workers_tasks_and_results_are_recomputed_elsewhere() {
+        let mut h = Harness::new(&[(1, 4), (2, 4)]);
+        let out = h.submit(vec![task("a", &[]), task("b", &["a"])]);
+        let wa = computes(&out)[0].0;
+        h.finish(wa, "a", 1);
+        // b was sent to wa (a lives there); wa dies before finishing b.
+        let out = h.ev(Event::WorkerLeft { id: wa });
+        let other = if wa == 1 { 2 } else { 1 };
+        assert_eq!(computes(&out), vec![(other, "a".into())], "lost a is recomputed first");
+        let out = h.finish(other, "a", 1);
+        assert_eq!(computes(&out), vec![(other, "b".into())]);
+        h.finish(other, "b", 1);
+        assert!(matches!(h.s.task_state("b"), Some(TaskState::Memory(_))));
+    }
+
+    #[test]
+    fn a_task_that_keeps_killing_workers_fails_as_killed_worker() {
+        let mut h = Harness::new(&[]);
+        h.submit(vec![task("bomb", &[])]);
+        for id in 1..=3 {
+            h.ev(Event::WorkerJoined { id, address: format!("w{id}"), nthreads: 1 });
+            let out = h.ev(Event::WorkerLeft { id });
+            if id == 3 {
+                let msg = client_msgs(&out)
+                    .into_iter()
+                    .find_map(|m| if let FromScheduler::Erred { error, .. } = m { Some(error.clone()) } else { None });
+                let msg = msg.expect("KilledWorker after 3 deaths with allowed_failures = 2");
+                assert!(msg.contains("KilledWorker") && msg.contains("w1") && msg.contains("w3"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn results_lost_after_their_inputs_were_released_are_recomputed_from_lineage() {
+        let mut h = Harness::new(&[(1, 4), (2, 4)]);
+        h.submit(vec![task("a", &[]), task("b", &["a"]), task("c", &["b"])]);
+        for k in ["a", "b"] {
+            h.ev(Event::FromClient { id: 100, msg: ToScheduler::Release { keys: vec![k.into()] } });
+        }
+        let wa = match h.s.task_state("a") {
+            Some(TaskState::Processing(w)) => *w,
+            s => panic!("{s:?}"),
+        };
+        h.finish(wa, "a", 1);
+        h.finish(wa, "b", 1);
+        assert_eq!(h.s.task_state("a"), Some(&TaskState::Released));
+        // c is running on wa, which dies with b's data: a and then b are recomputed.
+        let out = h.ev(Event::WorkerLeft { id: wa });
+        let other = if wa == 1 { 2 } else { 1 };
+        assert_eq!(computes(&out), vec![(other, "a".into())]);
+        let out = h.finish(other, "a", 1);
+        assert_eq!(computes(&out), vec![(other, "b".into())]);
+        let out = h.finish(other, "b", 1);
+        assert_eq!(computes(&out), vec![(other, "c".into())]);
+    }
+
+    #[test]
+    fn a_worker_missing_a_dependency_gets_it_recomputed() {
+        let mut h = Harness::new(&[(1, 4)]);
+        h.submit(vec![task("a", &[]), task("b", &["a"])]);
+        h.finish(1, "a", 1);
+        let out = h.ev(Event::FromWorker { id: 1, msg: ToScheduler::MissingData { key: "b".into(), dep: "a".into() } });
+        assert!(computes(&out).contains(&(1, "a".to_owned())), "{out:?}");
+    }
+
+    #[test]
+    fn scattered_data_lost_with_its_worker_fails_its_dependents() {
+        let mut h = Harness::new(&[(1, 1), (2, 1)]);
+        h.ev(Event::FromClient {
+            id: 100,
+            msg: ToScheduler::Scattered { worker: "w1".into(), keys: vec![("s".into(), 8)] },
+        });
+        h.submit(vec![task("use", &["s"])]);
+        let out = h.ev(Event::WorkerLeft { id: 1 });
+        let errs: Vec<String> = client_msgs(&out)
+            .into_iter()
+            .filter_map(|m| if let FromScheduler::Erred { error, .. } = m { Some(error.clone()) } else { None })
+            .collect();
+        assert!(errs.iter().any(|e| e.contains("data lost")), "{errs:?}");
     }
 }

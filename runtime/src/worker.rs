@@ -129,8 +129,15 @@ struct WorkerLoop {
     out: Vec<ToScheduler>,
 }
 
-/// A task whose arguments are all present, ready to run.
-type Ready = (Key, String, Result<Vec<Payload>, String>);
+/// Why a task's arguments could not be assembled.
+#[derive(Debug)]
+enum ArgsError {
+    /// A dependency could not be fetched from any holder.
+    Missing(Key, String),
+}
+
+/// A task whose arguments were fetched (or could not be).
+type Ready = (Key, String, Result<Vec<Payload>, ArgsError>);
 
 impl WorkerLoop {
     async fn run(
@@ -149,7 +156,13 @@ impl WorkerLoop {
                     Err(e) if e.is_closed() => break Ok(()),
                     Err(e) => break Err(e),
                 },
-                Some((key, func, args)) = ready_rx.recv() => self.execute(key, &func, args, &done_tx),
+                Some((key, func, args)) = ready_rx.recv() => match args {
+                    Ok(args) => self.execute(key, &func, args, &done_tx),
+                    Err(ArgsError::Missing(dep, why)) => {
+                        tracing::debug!(%key, %dep, %why, "dependency unavailable");
+                        self.out.push(ToScheduler::MissingData { key, dep });
+                    }
+                },
                 Some((key, result)) = done_rx.recv() => self.record(key, result),
             }
             // Batch whatever else is already here before writing to the scheduler.
@@ -186,7 +199,7 @@ impl WorkerLoop {
                         .collect()
                 };
                 match local {
-                    Some(values) => self.execute(key, &func, Ok(values), done),
+                    Some(values) => self.execute(key, &func, values, done),
                     None => {
                         let (registry, store, peers, ready) =
                             (self.registry.clone(), self.store.clone(), self.peers.clone(), ready.clone());
@@ -211,13 +224,9 @@ impl WorkerLoop {
         &mut self,
         key: Key,
         func: &str,
-        args: Result<Vec<Payload>, String>,
+        args: Vec<Payload>,
         done: &mpsc::Sender<(Key, Result<Payload, String>)>,
     ) {
-        let args = match args {
-            Ok(a) => a,
-            Err(e) => return self.record(key, Err(e)),
-        };
         let Some(f) = self.functions.get(func).cloned() else {
             return self.record(key, Err(format!("unknown function {func:?} on this worker")));
         };
@@ -262,7 +271,7 @@ async fn gather_args(
     peers: &Peers,
     args: &[ArgSpec],
     who_has: &[(Key, Vec<String>)],
-) -> Result<Vec<Payload>, String> {
+) -> Result<Vec<Payload>, ArgsError> {
     let holders: HashMap<&Key, &Vec<String>> = who_has.iter().map(|(k, h)| (k, h)).collect();
     let mut values = Vec::with_capacity(args.len());
     for a in args {
@@ -285,7 +294,7 @@ async fn gather_args(
                         Err(e) => last = format!("fetching dependency {k} from {addr}: {e}"),
                     }
                 }
-                values.push(found.ok_or(last)?);
+                values.push(found.ok_or_else(|| ArgsError::Missing(k.clone(), last))?);
             }
         }
     }
