@@ -132,6 +132,11 @@ impl LocalCluster {
         self.children[i].kill().await
     }
 
+    /// Waits for child process `i` to exit.
+    pub async fn wait_process(&mut self, i: usize) -> std::io::Result<std::process::ExitStatus> {
+        self.children[i].wait().await
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) {
         for w in &self.workers {

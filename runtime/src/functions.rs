@@ -129,6 +129,8 @@ impl Functions {
     /// | `sleep` | seconds `f64` | the seconds slept (blocking) |
     /// | `fail` | message `String` | always fails with it |
     /// | `flaky` | counter file `String`, failures `u32`, value `i64` | fails the first n calls, then the value |
+    /// | `slow_random_array` | shape, seed, seconds `f64` | `random_array` after sleeping (blocking) |
+    /// | `crash` | — | aborts the worker *process* (for failure tests; never use in-process) |
     pub fn with_builtins() -> Self {
         let mut f = Functions::new();
         f.register("inc", |(x,): (i64,)| Ok(x + 1));
@@ -170,6 +172,15 @@ impl Functions {
             Ok(secs)
         });
         f.register("fail", |(msg,): (String,)| Err::<(), _>(msg));
+        f.register_blocking("slow_random_array", |(shape, seed, secs): (Vec<usize>, u64, f64)| {
+            std::thread::sleep(std::time::Duration::from_secs_f64(secs.clamp(0.0, 60.0)));
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let n: usize = shape.iter().product();
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.f64()).collect())
+                .map_err(|e| e.to_string())?;
+            Ok(WireArray::from_array(a))
+        });
+        f.register("crash", |(): ()| -> Result<(), String> { std::process::abort() });
         f.register("flaky", |(path, failures, value): (String, u32, i64)| {
             let n: u32 = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
             std::fs::write(&path, (n + 1).to_string()).map_err(|e| format!("flaky counter {path}: {e}"))?;

@@ -1,0 +1,117 @@
+//! Clusters of `courier scheduler` and `courier worker` processes: the runtime across
+//! processes, and what happens when worker processes die.
+
+use std::path::Path;
+use std::time::Duration;
+
+use courier::courier_core::WireArray;
+use courier::courier_runtime::{Client, LocalCluster, TaskError, TaskFuture, arg};
+use courier::{Registry, RegistryExt};
+
+fn courier_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_courier"))
+}
+
+/// A tree reduction with `leaves` slow leaves: 2 × leaves tasks in all.
+async fn tree(c: &Client, leaves: u64, delay: f64) -> (Vec<TaskFuture<WireArray>>, TaskFuture<f64>) {
+    let level0: Vec<TaskFuture<WireArray>> = c
+        .map("slow_random_array", (0..leaves).map(|seed| vec![arg(&vec![16usize, 16]), arg(&seed), arg(&delay)]))
+        .await
+        .unwrap();
+    let mut level = level0.clone();
+    while level.len() > 1 {
+        let mut next = Vec::new();
+        for pair in level.chunks(2) {
+            next.push(c.submit::<WireArray>("array_add", pair.iter().map(|f| f.arg()).collect()).await.unwrap());
+        }
+        level = next;
+    }
+    let total = c.submit::<f64>("array_sum", vec![level[0].arg()]).await.unwrap();
+    (level0, total)
+}
+
+async fn reference_result(leaves: u64) -> f64 {
+    let cluster =
+        LocalCluster::inproc(Registry::with_default_transports(), 2, courier_runtime_functions()).await.unwrap();
+    let c = cluster.client().await.unwrap();
+    let (_, total) = tree(&c, leaves, 0.0).await;
+    total.result().await.unwrap()
+}
+
+fn courier_runtime_functions() -> courier::courier_runtime::Functions {
+    courier::courier_runtime::Functions::with_builtins()
+}
+
+async fn survives_a_sigkilled_worker(listen: &str) {
+    const LEAVES: u64 = 128; // 128 leaves + 127 adds + 1 sum = 256 tasks
+    let expected = reference_result(LEAVES).await;
+    let mut cluster =
+        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), listen, 3).await.unwrap();
+    let c = cluster.client().await.unwrap();
+    let (leaves, total) = tree(&c, LEAVES, 0.01).await;
+    // Mid-run: once a fifth of the leaves are done, SIGKILL a worker process.
+    loop {
+        let done = leaves.iter().filter(|f| f.status() == courier::courier_runtime::Status::Finished).count();
+        if done >= LEAVES as usize / 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(total.status() == courier::courier_runtime::Status::Pending, "the kill must land mid-run");
+    cluster.kill_process(1).await.unwrap(); // child 0 is the scheduler
+    let got = tokio::time::timeout(Duration::from_secs(60), total.result()).await.expect("no hang").unwrap();
+    assert!((got - expected).abs() < 1e-9 * expected.abs(), "after a worker died: {got}, without failure: {expected}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_reduction_survives_a_sigkilled_worker_over_tcp() {
+    survives_a_sigkilled_worker("tcp://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_reduction_survives_a_sigkilled_worker_over_zmq() {
+    survives_a_sigkilled_worker("zmq://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_kills_every_worker_fails_as_killed_worker() {
+    let mut cluster =
+        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), "tcp://127.0.0.1:0", 1)
+            .await
+            .unwrap();
+    let c = cluster.client().await.unwrap();
+    let bomb = c.submit::<()>("crash", vec![]).await.unwrap();
+    // Each death needs a fresh worker to run the task again; default allowed failures is 3.
+    let mut child = 1; // child 0 is the scheduler
+    let err = loop {
+        let status = tokio::time::timeout(Duration::from_secs(30), cluster.wait_process(child)).await.unwrap().unwrap();
+        assert!(!status.success(), "the worker process was killed by the task");
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), bomb.wait()).await {
+            break r.unwrap_err();
+        }
+        assert!(child < 8, "the task never failed");
+        cluster.spawn_worker_process(courier_bin(), &format!("worker-{child}")).await.unwrap();
+        child += 1;
+    };
+    let msg = err.to_string();
+    assert!(matches!(err, TaskError::Failed { .. }) && msg.contains("KilledWorker"), "{msg}");
+    assert!(msg.contains("4 workers"), "{msg}");
+    // The cluster still runs other work.
+    cluster.spawn_worker_process(courier_bin(), "survivor").await.unwrap();
+    cluster.wait_for_workers(1).await.unwrap();
+    let x = c.submit::<i64>("inc", vec![arg(&1i64)]).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(30), x.result()).await.unwrap().unwrap(), 2);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_gather_over_worker_processes() {
+    let cluster = LocalCluster::processes(Registry::with_default_transports(), courier_bin(), "tcp://127.0.0.1:0", 2)
+        .await
+        .unwrap();
+    let c = cluster.client().await.unwrap();
+    let futures = c.map::<i64>("inc", (0..1000i64).map(|i| vec![arg(&i)])).await.unwrap();
+    assert_eq!(c.gather(&futures).await.unwrap(), (1..=1000).collect::<Vec<_>>());
+    cluster.shutdown().await;
+}
