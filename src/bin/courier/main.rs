@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use courier::RegistryExt as _;
 
 mod compare;
+mod tasks;
 
 /// Courier: pluggable-transport messaging for n-d arrays.
 #[derive(Debug, Parser)]
@@ -18,6 +19,9 @@ enum Command {
     /// Compare the transports on this machine: array-sized stream throughput and small-message
     /// round trips over tcp:// and inproc://, next to a raw tokio socket, in one run.
     Compare(compare::Args),
+    /// Measure task throughput: map + gather and an as_completed loop, on an in-process
+    /// cluster and on scheduler + worker processes per scheme.
+    BenchTasks(tasks::Args),
     /// Run a scheduler. Prints `scheduler listening at URL` once it accepts connections.
     Scheduler {
         /// Where to listen; the scheme picks the transport (tcp://, zmq://, …).
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             current.block_on(compare::echoes(&args, "current-thread"))
         }
+        Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
         Command::Scheduler { listen } => multi()?.block_on(async {
             let registry = courier::Registry::with_default_transports();
             let config = courier_runtime::SchedulerConfig::default();

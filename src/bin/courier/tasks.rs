@@ -1,0 +1,120 @@
+//! `courier bench-tasks`: task throughput of the runtime, as DESIGN.md's targets define it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use courier::courier_runtime::{Client, Functions, LocalCluster, arg};
+use courier::{Registry, RegistryExt};
+use futures::StreamExt;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Trivial tasks for the map + gather measurements.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// Tasks completed in the as_completed measurement.
+    #[arg(long, default_value_t = 20_000)]
+    as_completed_tasks: usize,
+    /// Tasks kept in flight by the as_completed loop.
+    #[arg(long, default_value_t = 200)]
+    in_flight: usize,
+    /// Repetitions; the best is reported with the median.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Schemes for the process clusters.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,zmq")]
+    schemes: Vec<String>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+async fn map_gather(c: &Client, n: usize) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let futures = c.map::<i64>("inc", (0..n as i64).map(|i| vec![arg(&i)])).await?;
+    let results = c.gather(&futures).await?;
+    let took = start.elapsed();
+    anyhow::ensure!(results.len() == n && results[n - 1] == n as i64, "wrong results");
+    Ok(took)
+}
+
+async fn as_completed_loop(c: &Client, total: usize, in_flight: usize) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let first = c.map::<i64>("inc", (0..in_flight as i64).map(|i| vec![arg(&i)])).await?;
+    let mut stream = c.as_completed(first);
+    let (mut done, mut submitted) = (0, in_flight);
+    while let Some(f) = stream.next().await {
+        f.wait().await?;
+        done += 1;
+        if submitted < total {
+            stream.add(c.submit::<i64>("inc", vec![arg(&(submitted as i64))]).await?);
+            submitted += 1;
+        }
+    }
+    anyhow::ensure!(done == total, "{done} of {total} tasks completed");
+    Ok(start.elapsed())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    measurement: String,
+    cluster: String,
+    tasks: usize,
+    median_tasks_per_s: f64,
+    best_tasks_per_s: f64,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the courier binary")?;
+    let mut rows = Vec::new();
+    let mut clusters: Vec<(String, LocalCluster)> = Vec::new();
+    clusters.push((
+        "LocalCluster inproc:// (in-process, 2 workers)".into(),
+        LocalCluster::inproc(Registry::with_default_transports(), 2, Functions::with_builtins()).await?,
+    ));
+    for scheme in &args.schemes {
+        let listen = format!("{scheme}://127.0.0.1:0");
+        let cluster = LocalCluster::processes(Registry::with_default_transports(), &exe, &listen, 2).await?;
+        clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
+    }
+    println!("{:<48} {:<28} {:>8} {:>14} {:>14}", "cluster", "measurement", "tasks", "median tasks/s", "best tasks/s");
+    for (name, cluster) in &clusters {
+        let c = cluster.client().await?;
+        for (measurement, n) in [("map + gather", args.tasks), ("as_completed, 200 in flight", args.as_completed_tasks)]
+        {
+            let mut rates = Vec::new();
+            for _ in 0..args.repeat.max(1) {
+                let took = if measurement == "map + gather" {
+                    map_gather(&c, n).await?
+                } else {
+                    as_completed_loop(&c, n, args.in_flight).await?
+                };
+                rates.push(n as f64 / took.as_secs_f64());
+            }
+            let best = rates.iter().cloned().fold(0.0, f64::max);
+            let med = median(rates);
+            println!("{name:<48} {measurement:<28} {n:>8} {med:>14.0} {best:>14.0}");
+            rows.push(Row {
+                measurement: measurement.into(),
+                cluster: name.clone(),
+                tasks: n,
+                median_tasks_per_s: med,
+                best_tasks_per_s: best,
+            });
+        }
+        c.close().await;
+    }
+    for (_, c) in clusters {
+        c.shutdown().await;
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
