@@ -117,6 +117,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Bytes the scheduler has received, for an in-process scheduler.
+    pub fn scheduler_bytes_received(&self) -> Option<u64> {
+        self.scheduler.as_ref().map(SchedulerHandle::bytes_received)
+    }
+
     /// The scheduler's address.
     pub fn scheduler_address(&self) -> &str {
         &self.address

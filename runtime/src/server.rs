@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::protocol::{FromScheduler, ToScheduler};
 use crate::scheduler::{Action, Event, Scheduler, SchedulerConfig};
-use crate::wire::{recv_batch, send_batch};
+use crate::wire::send_batch;
 
 /// A running scheduler.
 #[derive(Debug, Clone)]
@@ -19,9 +19,16 @@ pub struct SchedulerHandle {
     /// The contact address clients and workers connect to.
     pub address: String,
     shutdown: CloseSignal,
+    received: Arc<AtomicU64>,
 }
 
 impl SchedulerHandle {
+    /// Bytes of messages the scheduler has received from all peers (headers and frames).
+    /// Task data moves worker to worker, so this stays small however large the results.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// Stops the scheduler; its comms close, so workers and clients see it go.
     pub fn shutdown(&self) {
         self.shutdown.close();
@@ -50,6 +57,8 @@ pub async fn start_scheduler(
     let shutdown = CloseSignal::new();
     let (events_tx, mut events) = mpsc::channel::<Core>(8192);
     let ids = Arc::new(AtomicU64::new(1));
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
 
     let stop = shutdown.clone();
     let accept_events = events_tx.clone();
@@ -59,7 +68,7 @@ pub async fn start_scheduler(
                 () = stop.closed() => break,
                 c = listener.accept() => match c { Ok(c) => c, Err(_) => break },
             };
-            tokio::spawn(serve_peer(comm, accept_events.clone(), ids.clone(), stop.clone()));
+            tokio::spawn(serve_peer(comm, accept_events.clone(), ids.clone(), stop.clone(), counter.clone()));
         }
         listener.close().await;
     });
@@ -112,12 +121,25 @@ pub async fn start_scheduler(
         }
         stop.close();
     });
-    Ok((SchedulerHandle { address, shutdown }, task))
+    Ok((SchedulerHandle { address, shutdown, received }, task))
 }
 
-async fn serve_peer(comm: Comm, events: mpsc::Sender<Core>, ids: Arc<AtomicU64>, stop: CloseSignal) {
+/// Receives one batch, counting its bytes.
+async fn recv_counted(rx: &mut courier_core::CommReceiver, counter: &AtomicU64) -> Result<Vec<ToScheduler>, CommError> {
+    let msg = rx.recv().await?;
+    counter.fetch_add(msg.byte_len(), Ordering::Relaxed);
+    courier_core::from_message(&msg)
+}
+
+async fn serve_peer(
+    comm: Comm,
+    events: mpsc::Sender<Core>,
+    ids: Arc<AtomicU64>,
+    stop: CloseSignal,
+    counter: Arc<AtomicU64>,
+) {
     let (mut tx, mut rx) = comm.split();
-    let Ok(first) = recv_batch::<ToScheduler>(&mut rx).await else { return };
+    let Ok(first) = recv_counted(&mut rx, &counter).await else { return };
     let mut rest = first.into_iter();
     let id = ids.fetch_add(1, Ordering::Relaxed);
     let (peer, joined) = match rest.next() {
@@ -157,7 +179,7 @@ async fn serve_peer(comm: Comm, events: mpsc::Sender<Core>, ids: Arc<AtomicU64>,
     loop {
         let batch = tokio::select! {
             () = stop.closed() => break,
-            b = recv_batch::<ToScheduler>(&mut rx) => match b { Ok(b) => b, Err(_) => break },
+            b = recv_counted(&mut rx, &counter) => match b { Ok(b) => b, Err(_) => break },
         };
         for msg in batch {
             if events.send(Core::Event(wrap(msg))).await.is_err() {

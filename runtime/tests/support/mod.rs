@@ -37,7 +37,8 @@ pub(crate) async fn dependency_chain(c: &Client) {
 }
 
 /// A tree reduction of arrays whose inputs live on different workers.
-pub(crate) async fn tree_reduction(c: &Client) {
+pub(crate) async fn tree_reduction(c: &Client, cluster: &LocalCluster) {
+    let before = cluster.scheduler_bytes_received().expect("in-process scheduler");
     let leaves: Vec<TaskFuture<WireArray>> =
         c.map("random_array", (0..16u64).map(|seed| vec![arg(&vec![64usize, 32]), arg(&seed)])).await.unwrap();
     c.wait(&leaves).await;
@@ -57,6 +58,11 @@ pub(crate) async fn tree_reduction(c: &Client) {
     let total = c.submit::<f64>("array_sum", vec![level[0].arg()]).await.unwrap();
     let got = total.result().await.unwrap();
     assert!((got - expected).abs() < 1e-9 * expected.abs(), "{got} vs {expected}");
+    // 31 array tasks of 16 KiB results moved between workers; the scheduler saw only
+    // control messages (keys and sizes), a small fraction of one array per task.
+    let through_scheduler = cluster.scheduler_bytes_received().unwrap() - before;
+    let array_bytes = 31 * 64 * 32 * 8;
+    assert!(through_scheduler < array_bytes / 10, "{through_scheduler} bytes went through the scheduler");
 }
 
 /// as_completed that adds a new task per result until 100 tasks are done.
@@ -162,7 +168,7 @@ pub(crate) async fn all_scenarios(listen: &str) {
     let c = cluster.client().await.unwrap();
     map_gather_1000(&c).await;
     dependency_chain(&c).await;
-    tree_reduction(&c).await;
+    tree_reduction(&c, &cluster).await;
     as_completed_adding(&c).await;
     persist_then_compute(&c).await;
     failures_reach_the_client(&c).await;
