@@ -11,6 +11,7 @@
 //! | `tcp://host:port` | [`courier_tcp`] | tokio sockets, vectored zero-copy writes |
 //! | `inproc://name` | [`courier_inproc`] | in-process bounded channels, no copy at all |
 //! | `zmq://host:port` | [`courier_zmq`] | ZeroMQ ROUTER/DEALER (pure Rust), with credits and heartbeats |
+//! | `unix:///path`, `unix://@name` | [`courier_unix`] | Unix domain sockets, a plugin built on courier-core alone |
 //!
 //! ```
 //! use courier::{Message, Registry, RegistryExt};
@@ -39,12 +40,13 @@ pub use courier_core::{
 };
 pub use courier_inproc::InprocTransport;
 pub use courier_tcp::{TcpOptions, TcpTransport};
+pub use courier_unix::UnixTransport;
 pub use courier_zmq::{ZmqOptions, ZmqTransport};
-pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_zmq};
+pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_unix, courier_zmq};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.
 pub trait RegistryExt {
-    /// A registry with tcp://, inproc:// and zmq://.
+    /// A registry with tcp://, inproc://, zmq:// and unix://.
     fn with_default_transports() -> Registry;
 }
 
@@ -54,6 +56,7 @@ impl RegistryExt for Registry {
             .with(Arc::new(TcpTransport::new()))
             .with(Arc::new(InprocTransport::new()))
             .with(Arc::new(ZmqTransport::new()))
+            .with(Arc::new(UnixTransport::new()))
     }
 }
 
@@ -63,6 +66,6 @@ mod tests {
 
     #[test]
     fn default_registry_knows_every_builtin_scheme() {
-        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "tcp", "zmq"]);
+        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "tcp", "unix", "zmq"]);
     }
 }

@@ -31,4 +31,5 @@ pub fn registry() -> Registry {
         .with(Arc::new(courier_tcp::TcpTransport::new()))
         .with(Arc::new(courier_inproc::InprocTransport::new()))
         .with(Arc::new(courier_zmq::ZmqTransport::new()))
+        .with(Arc::new(courier_unix::UnixTransport::new()))
 }

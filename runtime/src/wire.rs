@@ -18,6 +18,7 @@ pub(crate) async fn recv_batch<T: DeserializeOwned>(rx: &mut CommReceiver) -> Re
 pub(crate) fn data_listen_url(scheduler: &str) -> String {
     match scheduler.split_once("://").map(|(s, _)| s) {
         Some("inproc") => "inproc://".into(),
+        Some("unix") => "unix://".into(),
         Some(scheme) => format!("{scheme}://127.0.0.1:0"),
         None => "inproc://".into(),
     }

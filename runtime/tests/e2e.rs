@@ -16,3 +16,8 @@ async fn tcp() {
 async fn zmq() {
     support::all_scenarios("zmq://127.0.0.1:0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix() {
+    support::all_scenarios("unix://").await;
+}

@@ -16,6 +16,7 @@ pub(crate) fn registry() -> Registry {
         .with(Arc::new(courier_tcp::TcpTransport::new()))
         .with(Arc::new(courier_inproc::InprocTransport::new()))
         .with(Arc::new(courier_zmq::ZmqTransport::new()))
+        .with(Arc::new(courier_unix::UnixTransport::new()))
 }
 
 pub(crate) async fn cluster(listen: &str) -> LocalCluster {

@@ -41,8 +41,8 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<usize> {
     n.checked_mul(mult).with_context(|| format!("{s:?} is too large"))
 }
 
-const TRANSPORTS: [(&str, &str); 3] =
-    [("tcp", "tcp://127.0.0.1:0"), ("zmq", "zmq://127.0.0.1:0"), ("inproc", "inproc://")];
+const TRANSPORTS: [(&str, &str); 4] =
+    [("tcp", "tcp://127.0.0.1:0"), ("unix", "unix://"), ("zmq", "zmq://127.0.0.1:0"), ("inproc", "inproc://")];
 
 async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
     let mut l = registry.listen(url).await?;
