@@ -72,6 +72,12 @@ impl Hello {
     /// message names both), or a malformed body.
     pub fn decode(src: &mut BytesMut) -> Result<Option<Hello>, CommError> {
         let magic_seen = src.len().min(MAGIC.len());
+        // A TLS record (handshake 0x16 or alert 0x15, version 3.x) means a tls:// peer.
+        if src.len() >= 2 && matches!(src[0], 0x15 | 0x16) && src[1] == 0x03 {
+            return Err(CommError::protocol(
+                "the peer speaks TLS, not the plain Courier protocol: connect with tls://",
+            ));
+        }
         if src[..magic_seen] != MAGIC[..magic_seen] {
             return Err(CommError::protocol(format!(
                 "bad magic {:02x?}: the peer does not speak the Courier wire protocol (expected {:02x?} \"CRWR\")",
@@ -163,6 +169,14 @@ mod tests {
         let e = Hello::decode(&mut src).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
         assert!(e.to_string().contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn a_tls_peer_is_recognised() {
+        for record in [&[0x16u8, 0x03, 0x01, 0x02][..], &[0x15, 0x03, 0x03, 0x00, 0x02]] {
+            let e = Hello::decode(&mut BytesMut::from(record)).unwrap_err();
+            assert!(e.to_string().contains("tls://"), "{e}");
+        }
     }
 
     #[test]

@@ -21,3 +21,12 @@ async fn zmq() {
 async fn unix() {
     support::all_scenarios("unix://").await;
 }
+
+/// Scheduler, two workers and a client, all over tls:// (workers' data listeners too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls() {
+    let pki = courier_tls::test_certs::TestPki::generate();
+    let tls = courier_tls::TlsTransport::from_pem(&pki.node()).unwrap();
+    let registry = support::registry().with(std::sync::Arc::new(tls));
+    support::all_scenarios_with(registry, "tls://127.0.0.1:0").await;
+}

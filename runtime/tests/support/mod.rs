@@ -19,8 +19,8 @@ pub(crate) fn registry() -> Registry {
         .with(Arc::new(courier_unix::UnixTransport::new()))
 }
 
-pub(crate) async fn cluster(listen: &str) -> LocalCluster {
-    LocalCluster::in_process(registry(), listen, 2, 2, Functions::with_builtins()).await.expect("cluster")
+pub(crate) async fn cluster(registry: Registry, listen: &str) -> LocalCluster {
+    LocalCluster::in_process(registry, listen, 2, 2, Functions::with_builtins()).await.expect("cluster")
 }
 
 pub(crate) async fn map_gather_1000(c: &Client) {
@@ -165,7 +165,12 @@ pub(crate) async fn scatter_and_use(c: &Client) {
 
 /// Every scenario on one cluster.
 pub(crate) async fn all_scenarios(listen: &str) {
-    let cluster = cluster(listen).await;
+    all_scenarios_with(registry(), listen).await;
+}
+
+/// Every scenario on one cluster built with `registry`.
+pub(crate) async fn all_scenarios_with(registry: Registry, listen: &str) {
+    let cluster = cluster(registry, listen).await;
     let c = cluster.client().await.unwrap();
     map_gather_1000(&c).await;
     dependency_chain(&c).await;
