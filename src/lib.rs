@@ -12,6 +12,7 @@
 //! | `inproc://name` | [`courier_inproc`] | in-process bounded channels, no copy at all |
 //! | `zmq://host:port` | [`courier_zmq`] | ZeroMQ ROUTER/DEALER (pure Rust), with credits and heartbeats |
 //! | `unix:///path`, `unix://@name` | [`courier_unix`] | Unix domain sockets, a plugin built on courier-core alone |
+//! | `tls://host:port` | [`courier_tls`] | the tcp:// protocol inside rustls TLS; register it with your certificates |
 //!
 //! ```
 //! use courier::{Message, Registry, RegistryExt};
@@ -42,7 +43,7 @@ pub use courier_inproc::InprocTransport;
 pub use courier_tcp::{TcpOptions, TcpTransport};
 pub use courier_unix::UnixTransport;
 pub use courier_zmq::{ZmqOptions, ZmqTransport};
-pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_unix, courier_zmq};
+pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_tls, courier_unix, courier_zmq};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.
 pub trait RegistryExt {

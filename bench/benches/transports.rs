@@ -16,8 +16,13 @@ use courier_core::{Comm, CommConfig, Compression, Message};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
-const TRANSPORTS: [(&str, &str); 4] =
-    [("tcp", "tcp://127.0.0.1:0"), ("unix", "unix://"), ("zmq", "zmq://127.0.0.1:0"), ("inproc", "inproc://")];
+const TRANSPORTS: [(&str, &str); 5] = [
+    ("tcp", "tcp://127.0.0.1:0"),
+    ("tls", "tls://127.0.0.1:0"),
+    ("unix", "unix://"),
+    ("zmq", "zmq://127.0.0.1:0"),
+    ("inproc", "inproc://"),
+];
 const PAYLOADS: [(usize, &str); 3] = [(1 << 20, "1MiB"), (8 << 20, "8MiB"), (64 << 20, "64MiB")];
 
 fn runtime() -> Runtime {

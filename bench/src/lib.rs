@@ -25,11 +25,16 @@ use std::sync::Arc;
 
 use courier_core::Registry;
 
-/// A registry with every transport this crate benchmarks.
+/// A registry with every transport this crate benchmarks. tls:// uses a throwaway CA and
+/// certificate generated in memory for the run.
 pub fn registry() -> Registry {
     Registry::new()
         .with(Arc::new(courier_tcp::TcpTransport::new()))
         .with(Arc::new(courier_inproc::InprocTransport::new()))
         .with(Arc::new(courier_zmq::ZmqTransport::new()))
         .with(Arc::new(courier_unix::UnixTransport::new()))
+        .with(Arc::new(
+            courier_tls::TlsTransport::from_pem(&courier_tls::test_certs::TestPki::generate().node())
+                .expect("throwaway TLS certificates"),
+        ))
 }

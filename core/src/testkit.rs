@@ -4,8 +4,8 @@
 //! transport runs them all from its own `tests/` through a [`Registry`] (the dyn path users
 //! take) with one line:
 //!
-//! ```ignore
-//! courier_core::conformance_tests!(|| my_registry(), "myscheme://127.0.0.1:0");
+//! ```text
+//! courier_core::conformance_tests!(my_registry(), "myscheme://127.0.0.1:0");
 //! ```
 //!
 //! which expands to one `#[test]` per check (each on its own two-thread runtime, with a

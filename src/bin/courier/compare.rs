@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use courier::{Comm, Registry, RegistryExt};
+use courier::{Comm, Registry};
 use courier_bench::{
     RawPair, Summary, echo_client, echo_server, format_bytes, payload_message, raw_echo_client, raw_echo_server,
     raw_stream_receiver, raw_stream_sender, stream_receiver, stream_sender,
@@ -41,8 +41,13 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<usize> {
     n.checked_mul(mult).with_context(|| format!("{s:?} is too large"))
 }
 
-const TRANSPORTS: [(&str, &str); 4] =
-    [("tcp", "tcp://127.0.0.1:0"), ("unix", "unix://"), ("zmq", "zmq://127.0.0.1:0"), ("inproc", "inproc://")];
+const TRANSPORTS: [(&str, &str); 5] = [
+    ("tcp", "tcp://127.0.0.1:0"),
+    ("tls", "tls://127.0.0.1:0"),
+    ("unix", "unix://"),
+    ("zmq", "zmq://127.0.0.1:0"),
+    ("inproc", "inproc://"),
+];
 
 async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
     let mut l = registry.listen(url).await?;
@@ -58,7 +63,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Stream throughput per payload, every transport beside the raw socket.
 pub(crate) async fn streams(args: &Args) -> anyhow::Result<()> {
-    let registry = Registry::with_default_transports();
+    let registry = courier_bench::registry();
     let volume = parse_size(&args.volume)?;
     let repeat = args.repeat.max(1);
     println!("Courier transport comparison on loopback (one run; median of {repeat})");
@@ -125,7 +130,7 @@ pub(crate) async fn streams(args: &Args) -> anyhow::Result<()> {
 
 /// Small-message round trips on the current runtime, labelled `flavor`.
 pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<()> {
-    let registry = Registry::with_default_transports();
+    let registry = courier_bench::registry();
     println!();
     println!("echo: {} round trips of a 100-byte message, {flavor} runtime", args.round_trips);
     println!("{:<8} {:>12} {:>10} {:>10} {:>12}", "transport", "round trips/s", "p50", "p99", "ratio to raw");

@@ -12,6 +12,42 @@ mod tasks;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS settings for tls:// URLs, for every command (scheduler, worker, clients).
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// PEM file of the CA to trust (servers' for connecting; clients' with --tls-require-client-cert).
+    #[arg(long, global = true, env = "COURIER_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM file of this node's certificate chain.
+    #[arg(long, global = true, env = "COURIER_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM file of this node's private key.
+    #[arg(long, global = true, env = "COURIER_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Refuse tls:// clients without a certificate signed by --tls-ca.
+    #[arg(long, global = true, env = "COURIER_TLS_REQUIRE_CLIENT_CERT")]
+    tls_require_client_cert: bool,
+}
+
+impl TlsArgs {
+    /// The built-in transports, plus tls:// when any TLS option is given.
+    fn registry(&self) -> anyhow::Result<courier::Registry> {
+        let mut registry = courier::Registry::with_default_transports();
+        if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            let files = courier::courier_tls::TlsFiles {
+                ca: self.tls_ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                require_client_cert: self.tls_require_client_cert,
+            };
+            registry.register(std::sync::Arc::new(courier::courier_tls::TlsTransport::from_files(&files)?));
+        }
+        Ok(registry)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let registry = cli.tls.registry()?;
     let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Command::Compare(args) => {
@@ -62,7 +99,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
         Command::Scheduler { listen } => multi()?.block_on(async {
-            let registry = courier::Registry::with_default_transports();
             let config = courier_runtime::SchedulerConfig::default();
             let (handle, task) = courier_runtime::start_scheduler(registry, &listen, config).await?;
             println!("scheduler listening at {}", handle.address);
@@ -75,7 +111,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Worker { scheduler, listen, nthreads, name } => multi()?.block_on(async {
-            let registry = courier::Registry::with_default_transports();
             let functions = std::sync::Arc::new(courier_runtime::Functions::with_builtins());
             let config = courier_runtime::WorkerConfig { scheduler, listen, nthreads, name };
             let (handle, task) = courier_runtime::start_worker(registry, functions, config).await?;
