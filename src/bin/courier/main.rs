@@ -1,9 +1,11 @@
 //! The `courier` command line.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use courier::RegistryExt as _;
 
 mod compare;
+mod config;
 mod tasks;
 
 /// Courier: pluggable-transport messaging for n-d arrays.
@@ -14,6 +16,10 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     tls: TlsArgs,
+    /// A courier.toml with [scheduler], [worker] and [tls] settings (flags and environment
+    /// variables take precedence over it).
+    #[arg(long, global = true, env = "COURIER_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 /// TLS settings for tls:// URLs, for every command (scheduler, worker, clients).
@@ -34,16 +40,17 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The built-in transports, plus tls:// when any TLS option is given.
-    fn registry(&self) -> anyhow::Result<courier::Registry> {
+    /// The built-in transports, plus tls:// when any TLS option is given (flags, environment
+    /// or the config file's [tls] section).
+    fn registry(&self, file: &config::TlsSection) -> anyhow::Result<courier::Registry> {
         let mut registry = courier::Registry::with_default_transports();
-        if self.tls_ca.is_some() || self.tls_cert.is_some() {
-            let files = courier::courier_tls::TlsFiles {
-                ca: self.tls_ca.clone(),
-                cert: self.tls_cert.clone(),
-                key: self.tls_key.clone(),
-                require_client_cert: self.tls_require_client_cert,
-            };
+        let files = courier::courier_tls::TlsFiles {
+            ca: self.tls_ca.clone().or_else(|| file.ca.clone()),
+            cert: self.tls_cert.clone().or_else(|| file.cert.clone()),
+            key: self.tls_key.clone().or_else(|| file.key.clone()),
+            require_client_cert: self.tls_require_client_cert || file.require_client_cert.unwrap_or(false),
+        };
+        if files.ca.is_some() || files.cert.is_some() {
             registry.register(std::sync::Arc::new(courier::courier_tls::TlsTransport::from_files(&files)?));
         }
         Ok(registry)
@@ -58,23 +65,34 @@ enum Command {
     /// Measure task throughput: map + gather and an as_completed loop, on an in-process
     /// cluster and on scheduler + worker processes per scheme.
     BenchTasks(tasks::Args),
+    /// Run one task on a cluster and print its result as JSON: `courier submit URL inc 41`.
+    /// Each argument is JSON (a bare word is a string).
+    Submit {
+        /// The scheduler's URL.
+        scheduler: String,
+        /// The function to run.
+        function: String,
+        /// Its arguments, as JSON values.
+        args: Vec<String>,
+    },
     /// Run a scheduler. Prints `scheduler listening at URL` once it accepts connections.
     Scheduler {
-        /// Where to listen; the scheme picks the transport (tcp://, zmq://, …).
-        #[arg(long, default_value = "tcp://127.0.0.1:8786", env = "COURIER_SCHEDULER_LISTEN")]
-        listen: String,
+        /// Where to listen; the scheme picks the transport (tcp://, zmq://, …). Default
+        /// tcp://127.0.0.1:8786.
+        #[arg(long, env = "COURIER_SCHEDULER_LISTEN")]
+        listen: Option<String>,
     },
     /// Run a worker with the built-in functions, connected to a scheduler.
     Worker {
         /// The scheduler's URL; its scheme picks the transport.
         #[arg(env = "COURIER_SCHEDULER")]
-        scheduler: String,
+        scheduler: Option<String>,
         /// Where to listen for peers and clients (default: same scheme, 127.0.0.1, any port).
         #[arg(long, env = "COURIER_WORKER_LISTEN")]
         listen: Option<String>,
-        /// Tasks of blocking functions run at once.
-        #[arg(long, default_value_t = 1, env = "COURIER_NTHREADS")]
-        nthreads: u32,
+        /// Tasks of blocking functions run at once (default 1).
+        #[arg(long, env = "COURIER_NTHREADS")]
+        nthreads: Option<u32>,
         /// The worker's name.
         #[arg(long, env = "COURIER_WORKER_NAME")]
         name: Option<String>,
@@ -87,7 +105,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let registry = cli.tls.registry()?;
+    let file = config::FileConfig::load(cli.config.as_deref())?;
+    let registry = cli.tls.registry(&file.tls)?;
     let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Command::Compare(args) => {
@@ -98,7 +117,24 @@ fn main() -> anyhow::Result<()> {
             current.block_on(compare::echoes(&args, "current-thread"))
         }
         Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
+        Command::Submit { scheduler, function, args } => multi()?.block_on(async {
+            let client = courier_runtime::Client::connect(registry, &scheduler).await?;
+            let args = args
+                .iter()
+                .map(|a| {
+                    let v: serde_json::Value =
+                        serde_json::from_str(a).unwrap_or_else(|_| serde_json::Value::String(a.clone()));
+                    courier_runtime::arg(&v)
+                })
+                .collect();
+            let future = client.submit::<serde_json::Value>(&function, args).await?;
+            let value = future.result().await?;
+            println!("{value}");
+            client.close().await;
+            Ok(())
+        }),
         Command::Scheduler { listen } => multi()?.block_on(async {
+            let listen = listen.or(file.scheduler.listen).unwrap_or_else(|| "tcp://127.0.0.1:8786".into());
             let config = courier_runtime::SchedulerConfig::default();
             let (handle, task) = courier_runtime::start_scheduler(registry, &listen, config).await?;
             println!("scheduler listening at {}", handle.address);
@@ -111,6 +147,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Worker { scheduler, listen, nthreads, name } => multi()?.block_on(async {
+            let w = file.worker;
+            let scheduler = scheduler
+                .or(w.scheduler)
+                .context("a worker needs the scheduler's URL (argument, COURIER_SCHEDULER or [worker] scheduler)")?;
+            let (listen, name) = (listen.or(w.listen), name.or(w.name));
+            let nthreads = nthreads.or(w.nthreads).unwrap_or(1);
             let functions = std::sync::Arc::new(courier_runtime::Functions::with_builtins());
             let config = courier_runtime::WorkerConfig { scheduler, listen, nthreads, name };
             let (handle, task) = courier_runtime::start_worker(registry, functions, config).await?;

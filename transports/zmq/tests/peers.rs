@@ -180,3 +180,45 @@ async fn pyzmq_client_interoperates() {
     assert_eq!(m.frames[0].len(), 1 << 20);
     assert_eq!(end.kind(), ErrorKind::Closed, "python's close message ends the comm: {end}");
 }
+
+/// Deviations from tcp:// documented in PROTOCOL.md, section 6, each pinned by a test.
+mod deviations {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connecting_side_is_addressed_by_its_identity() {
+        let mut l = listener().await;
+        let url = l.contact_address().to_string();
+        let r = registry();
+        let (c, s) = tokio::join!(r.connect(&url), l.accept());
+        let (c, s) = (c.unwrap(), s.unwrap());
+        assert_eq!(c.local_address(), s.peer_address());
+        assert!(c.local_address().location().starts_with("courier-"), "{}", c.local_address());
+        assert_eq!(c.peer_address(), l.contact_address());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_either_half_closes_the_comm() {
+        let mut l = listener().await;
+        let url = l.contact_address().to_string();
+        let r = registry();
+        let (c, s) = tokio::join!(r.connect(&url), l.accept());
+        let (client, mut server) = (c.unwrap(), s.unwrap());
+        let (_tx, rx) = client.split();
+        drop(rx); // nobody would return the server's credit: the comm closes
+        assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_compression_is_announced() {
+        let l = listener().await;
+        let mut s = DealerSocket::new();
+        s.connect(&tcp_endpoint(&*l)).await.unwrap();
+        let hello = Hello::new(Limits::default(), Compression::AUTO, "raw").encode();
+        let window = Bytes::copy_from_slice(&16u32.to_le_bytes());
+        s.send(ZmqMessage::try_from(vec![Bytes::from_static(b"H"), hello, window]).unwrap()).await.unwrap();
+        let reply = s.recv().await.unwrap().into_vec();
+        let theirs = Hello::decode(&mut bytes::BytesMut::from(&reply[1][..])).unwrap().unwrap();
+        assert_eq!(theirs.compressions, 0, "zmq:// frames are always raw");
+    }
+}

@@ -1,0 +1,86 @@
+//! `courier.toml`: settings for the scheduler, workers and TLS. Precedence: command-line
+//! flags, then environment variables, then this file, then built-in defaults.
+//!
+//! ```toml
+//! [scheduler]
+//! listen = "tcp://0.0.0.0:8786"
+//!
+//! [worker]
+//! scheduler = "tcp://10.0.0.5:8786"
+//! listen = "tcp://0.0.0.0:0"
+//! nthreads = 2
+//! name = "alice"
+//!
+//! [tls]
+//! ca = "ca.pem"
+//! cert = "node.pem"
+//! key = "node.key"
+//! require_client_cert = true
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The whole file; every section and key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    #[serde(default)]
+    pub(crate) scheduler: SchedulerSection,
+    #[serde(default)]
+    pub(crate) worker: WorkerSection,
+    #[serde(default)]
+    pub(crate) tls: TlsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SchedulerSection {
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerSection {
+    pub(crate) scheduler: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) nthreads: Option<u32>,
+    pub(crate) name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) require_client_cert: Option<bool>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or returns the empty configuration when there is none.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else { return Ok(FileConfig::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_section_and_rejects_unknown_keys() {
+        let c: FileConfig = toml::from_str(
+            "[scheduler]\nlisten = \"zmq://0.0.0.0:1\"\n[worker]\nnthreads = 4\n[tls]\nca = \"ca.pem\"\nrequire_client_cert = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.listen.as_deref(), Some("zmq://0.0.0.0:1"));
+        assert_eq!(c.worker.nthreads, Some(4));
+        assert_eq!(c.tls.require_client_cert, Some(true));
+        assert!(toml::from_str::<FileConfig>("[worker]\nthreads = 4\n").is_err(), "typos are errors");
+    }
+}
