@@ -115,3 +115,31 @@ async fn map_gather_over_worker_processes() {
     assert_eq!(c.gather(&futures).await.unwrap(), (1..=1000).collect::<Vec<_>>());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_worker_process_exits_cleanly_and_its_data_stays() {
+    let mut cluster =
+        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), "tcp://127.0.0.1:0", 2)
+            .await
+            .unwrap();
+    let c = cluster.client().await.unwrap();
+    let data = c.map::<i64>("inc", (0..100i64).map(|i| vec![arg(&i)])).await.unwrap();
+    c.wait(&data).await;
+    let leaving = c.workers()[0].clone();
+    c.retire_workers(std::slice::from_ref(&leaving)).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            for i in [1, 2] {
+                if let Some(status) = cluster.try_wait_process(i).unwrap() {
+                    return status;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the retired worker process exits");
+    assert!(status.success(), "clean exit, got {status}");
+    assert_eq!(c.gather(&data).await.unwrap(), (1..=100).collect::<Vec<_>>());
+    cluster.shutdown().await;
+}

@@ -78,6 +78,7 @@ struct State {
     keys: HashMap<Key, KeyState>,
     workers: Vec<String>,
     lost: Option<String>,
+    retirements: HashMap<u64, tokio::sync::oneshot::Sender<Option<String>>>,
 }
 
 type Peers = Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<courier_core::Comm>>>>>;
@@ -365,6 +366,11 @@ impl Client {
                     match msg {
                         FromScheduler::Done { key, holders } => inner.settle(&key, KeyStatus::Done(holders)),
                         FromScheduler::Erred { key, error } => inner.settle(&key, KeyStatus::Erred(error)),
+                        FromScheduler::Retired { id, error } => {
+                            if let Some(tx) = inner.state().retirements.remove(&id) {
+                                let _ = tx.send(error);
+                            }
+                        }
                         FromScheduler::Workers { addresses } => {
                             inner.state().workers = addresses;
                             inner.workers_changed.notify_waiters();
@@ -545,6 +551,22 @@ impl Client {
             ac.add(f);
         }
         ac
+    }
+
+    /// Retires workers gracefully: results only they hold are copied to other workers first,
+    /// then they shut down. Refused (the workers stay) when no other worker can take the data.
+    pub async fn retire_workers(&self, addresses: &[String]) -> Result<(), TaskError> {
+        let id = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.state().retirements.insert(id, tx);
+        self.send(ToScheduler::Retire { id, workers: addresses.to_vec() }).await?;
+        match rx.await {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => {
+                Err(TaskError::Failed { key: format!("retire {}", addresses.join(", ")), message: error })
+            }
+            Err(_) => Err(TaskError::Comm(CommError::closed("lost the scheduler while retiring workers"))),
+        }
     }
 
     /// Current worker addresses, as the scheduler last reported them.

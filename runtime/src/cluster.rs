@@ -137,6 +137,11 @@ impl LocalCluster {
         self.children[i].kill().await
     }
 
+    /// Child process `i`'s exit status, if it has exited.
+    pub fn try_wait_process(&mut self, i: usize) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.children[i].try_wait()
+    }
+
     /// Waits for child process `i` to exit.
     pub async fn wait_process(&mut self, i: usize) -> std::io::Result<std::process::ExitStatus> {
         self.children[i].wait().await

@@ -76,6 +76,18 @@ pub enum ToScheduler {
         /// Result size in bytes.
         nbytes: u64,
     },
+    /// Client: retire these workers (by address) gracefully; answered with `Retired`.
+    Retire {
+        /// The request's id, echoed in the answer.
+        id: u64,
+        /// Worker addresses.
+        workers: Vec<String>,
+    },
+    /// Worker: it now holds a copy of `key` (after `Replicate`).
+    Replicated {
+        /// Key.
+        key: Key,
+    },
     /// Worker: a task could not start because a dependency could not be fetched (its holder
     /// died or dropped it). The scheduler recomputes the dependency and reschedules the task.
     MissingData {
@@ -107,6 +119,15 @@ pub enum FromScheduler {
         /// Dependency → workers holding it.
         who_has: Vec<(Key, Vec<String>)>,
     },
+    /// Worker: fetch `key` from one of `from` and keep a copy (retirement moves data away).
+    Replicate {
+        /// Key.
+        key: Key,
+        /// Workers holding it.
+        from: Vec<String>,
+    },
+    /// Worker: finish up and exit; the scheduler has moved its data elsewhere.
+    Shutdown,
     /// Worker: forget these results.
     Release {
         /// Keys.
@@ -125,6 +146,13 @@ pub enum FromScheduler {
         key: Key,
         /// The remote error message.
         error: String,
+    },
+    /// Client: the answer to `Retire`.
+    Retired {
+        /// The request's id.
+        id: u64,
+        /// `None` when done, else why the workers were kept.
+        error: Option<String>,
     },
     /// Client: the worker addresses, for scatter.
     Workers {

@@ -125,6 +125,17 @@ struct Worker {
     processing: HashSet<Key>,
     has: HashSet<Key>,
     ran: u64,
+    retiring: bool,
+}
+
+/// A retirement in progress: the client to answer and the workers leaving.
+#[derive(Debug)]
+struct Retirement {
+    client: ClientId,
+    id: u64,
+    workers: Vec<WorkerId>,
+    /// Keys asked to be replicated and not yet confirmed.
+    copying: HashSet<Key>,
 }
 
 /// The scheduler state machine. See the [module docs](self).
@@ -135,6 +146,7 @@ pub struct Scheduler {
     clients: HashMap<ClientId, HashSet<Key>>,
     tasks: HashMap<Key, Task>,
     queued: VecDeque<Key>,
+    retirements: Vec<Retirement>,
     out: Vec<Action>,
 }
 
@@ -149,8 +161,17 @@ impl Scheduler {
         match event {
             Event::WorkerJoined { id, address, nthreads } => {
                 let nthreads = nthreads.max(1);
-                self.workers
-                    .insert(id, Worker { address, nthreads, processing: HashSet::new(), has: HashSet::new(), ran: 0 });
+                self.workers.insert(
+                    id,
+                    Worker {
+                        address,
+                        nthreads,
+                        processing: HashSet::new(),
+                        has: HashSet::new(),
+                        ran: 0,
+                        retiring: false,
+                    },
+                );
                 self.broadcast_workers();
                 self.fill_from_queue();
             }
@@ -208,6 +229,7 @@ impl Scheduler {
                     self.release(client, &k);
                 }
             }
+            ToScheduler::Retire { id, workers } => self.retire(client, id, workers),
             ToScheduler::Scattered { worker, keys } => {
                 let Some((&wid, _)) = self.workers.iter().find(|(_, w)| w.address == worker) else {
                     for (key, _) in keys {
@@ -245,6 +267,21 @@ impl Scheduler {
         match msg {
             ToScheduler::Finished { key, nbytes } => self.finished(wid, key, nbytes),
             ToScheduler::Erred { key, error } => self.erred_on_worker(wid, key, error),
+            ToScheduler::Replicated { key } => {
+                if let Some(TaskState::Memory(h)) = self.tasks.get_mut(&key).map(|t| &mut t.state) {
+                    h.insert(wid);
+                    if let Some(w) = self.workers.get_mut(&wid) {
+                        w.has.insert(key.clone());
+                    }
+                } else {
+                    // Released meanwhile: the copy is not needed.
+                    self.out.push(Action::ToWorker(wid, FromScheduler::Release { keys: vec![key.clone()] }));
+                }
+                for r in &mut self.retirements {
+                    r.copying.remove(&key);
+                }
+                self.advance_retirements();
+            }
             ToScheduler::MissingData { key, dep } => {
                 if self.tasks.get(&key).map(|t| &t.state) != Some(&TaskState::Processing(wid)) {
                     return;
@@ -361,7 +398,7 @@ impl Scheduler {
     /// else the least loaded.
     fn pick_worker(&self, key: &str) -> Option<WorkerId> {
         let task = &self.tasks[key];
-        let with_room = self.workers.iter().filter(|(_, w)| w.processing.len() < self.capacity(w));
+        let with_room = self.workers.iter().filter(|(_, w)| !w.retiring && w.processing.len() < self.capacity(w));
         let mut best: Option<(u64, f64, WorkerId)> = None;
         for (&id, w) in with_room {
             let local: u64 = task
@@ -469,6 +506,7 @@ impl Scheduler {
         }
         self.maybe_forget(&key);
         self.fill_from_queue();
+        self.advance_retirements();
     }
 
     fn erred_on_worker(&mut self, wid: WorkerId, key: Key, error: String) {
@@ -574,6 +612,108 @@ impl Scheduler {
                 }
                 stack.push(d.clone());
             }
+        }
+    }
+
+    /// Starts retiring `addresses`: no new work goes to them, their unique results are copied
+    /// to other workers, then they are told to shut down and the client is answered. Refused,
+    /// keeping the workers, when no other worker could take their data.
+    fn retire(&mut self, client: ClientId, id: u64, addresses: Vec<String>) {
+        let mut ids = Vec::new();
+        for a in &addresses {
+            match self.workers.iter().find(|(_, w)| &w.address == a) {
+                Some((&wid, _)) => ids.push(wid),
+                None => {
+                    let error = Some(format!("no worker at {a}"));
+                    self.out.push(Action::ToClient(client, FromScheduler::Retired { id, error }));
+                    return;
+                }
+            }
+        }
+        let staying = self.workers.iter().filter(|(w, worker)| !ids.contains(w) && !worker.retiring).count();
+        let unique = self.unique_keys(&ids);
+        if staying == 0 && (!unique.is_empty() || ids.iter().any(|w| !self.workers[w].processing.is_empty())) {
+            let error = Some(format!(
+                "cannot retire {}: no other worker can take the {} results only they hold",
+                addresses.join(", "),
+                unique.len()
+            ));
+            self.out.push(Action::ToClient(client, FromScheduler::Retired { id, error }));
+            return;
+        }
+        for w in &ids {
+            self.workers.get_mut(w).expect("worker").retiring = true;
+        }
+        self.retirements.push(Retirement { client, id, workers: ids, copying: HashSet::new() });
+        self.advance_retirements();
+    }
+
+    /// Results held by `ids` and by no worker outside them.
+    fn unique_keys(&self, ids: &[WorkerId]) -> Vec<Key> {
+        let mut keys: Vec<Key> = ids
+            .iter()
+            .flat_map(|w| self.workers[w].has.iter())
+            .filter(|k| match self.tasks.get(*k).map(|t| &t.state) {
+                Some(TaskState::Memory(h)) => h.iter().all(|w| ids.contains(w)),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn advance_retirements(&mut self) {
+        let mut finished = Vec::new();
+        for i in 0..self.retirements.len() {
+            let ids = self.retirements[i].workers.clone();
+            let busy = ids.iter().any(|w| self.workers.get(w).is_some_and(|w| !w.processing.is_empty()));
+            let unique = self.unique_keys(&ids);
+            for key in unique.iter().filter(|k| !self.retirements[i].copying.contains(*k)).cloned().collect::<Vec<_>>()
+            {
+                let target = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| !w.retiring)
+                    .min_by_key(|(_, w)| w.processing.len() + w.has.len())
+                    .map(|(&id, _)| id);
+                let Some(target) = target else { continue };
+                let from = match &self.tasks[&key].state {
+                    TaskState::Memory(h) => {
+                        h.iter().filter_map(|w| self.workers.get(w)).map(|w| w.address.clone()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                self.retirements[i].copying.insert(key.clone());
+                self.out.push(Action::ToWorker(target, FromScheduler::Replicate { key, from }));
+            }
+            if !busy && unique.is_empty() {
+                finished.push(i);
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let r = self.retirements.remove(i);
+            let mut moved = Vec::new();
+            for w in &r.workers {
+                if let Some(worker) = self.workers.remove(w) {
+                    for k in &worker.has {
+                        if let Some(TaskState::Memory(h)) = self.tasks.get_mut(k).map(|t| &mut t.state) {
+                            h.remove(w);
+                            moved.push(k.clone());
+                        }
+                    }
+                    self.out.push(Action::ToWorker(*w, FromScheduler::Shutdown));
+                }
+            }
+            // Clients that want moved results learn where they live now.
+            moved.sort();
+            moved.dedup();
+            for k in moved {
+                self.notify_done(&k);
+            }
+            self.broadcast_workers();
+            self.out.push(Action::ToClient(r.client, FromScheduler::Retired { id: r.id, error: None }));
         }
     }
 
@@ -869,6 +1009,44 @@ mod tests {
         h.finish(1, "a", 1);
         let out = h.ev(Event::FromWorker { id: 1, msg: ToScheduler::MissingData { key: "b".into(), dep: "a".into() } });
         assert!(computes(&out).contains(&(1, "a".to_owned())), "{out:?}");
+    }
+
+    #[test]
+    fn retirement_copies_unique_results_then_shuts_the_worker_down() {
+        let mut h = Harness::new(&[(1, 4), (2, 4)]);
+        h.submit(vec![task("a", &[])]);
+        let wa = match h.s.task_state("a") {
+            Some(TaskState::Processing(w)) => *w,
+            s => panic!("{s:?}"),
+        };
+        h.finish(wa, "a", 8);
+        let other = if wa == 1 { 2 } else { 1 };
+        let out =
+            h.ev(Event::FromClient { id: 100, msg: ToScheduler::Retire { id: 7, workers: vec![format!("w{wa}")] } });
+        assert!(out.iter().any(|a| matches!(a, Action::ToWorker(w, FromScheduler::Replicate { key, from }) if *w == other && key == "a" && from == &vec![format!("w{wa}")])), "{out:?}");
+        // Nothing new is placed on a retiring worker.
+        let out = h.submit(vec![task("b", &[])]);
+        assert_eq!(computes(&out), vec![(other, "b".into())]);
+        h.finish(other, "b", 1);
+        let out = h.ev(Event::FromWorker { id: other, msg: ToScheduler::Replicated { key: "a".into() } });
+        assert!(out.iter().any(|a| matches!(a, Action::ToWorker(w, FromScheduler::Shutdown) if *w == wa)));
+        assert!(out.iter().any(|a| matches!(a, Action::ToClient(100, FromScheduler::Retired { id: 7, error: None }))));
+        assert_eq!(h.s.task_state("a"), Some(&TaskState::Memory(BTreeSet::from([other]))));
+    }
+
+    #[test]
+    fn retirement_is_refused_when_nobody_can_take_the_data() {
+        let mut h = Harness::new(&[(1, 4)]);
+        h.submit(vec![task("a", &[])]);
+        h.finish(1, "a", 8);
+        let out = h.ev(Event::FromClient { id: 100, msg: ToScheduler::Retire { id: 1, workers: vec!["w1".into()] } });
+        assert!(
+            matches!(client_msgs(&out)[..], [FromScheduler::Retired { error: Some(e), .. }] if e.contains("no other worker")),
+            "{out:?}"
+        );
+        // The worker stays and keeps working.
+        let out = h.submit(vec![task("b", &[])]);
+        assert_eq!(computes(&out), vec![(1, "b".into())]);
     }
 
     #[test]

@@ -74,10 +74,15 @@ pub async fn start_worker(
                 () = serve_stop.closed() => break,
                 c = listener.accept() => match c { Ok(c) => c, Err(_) => break },
             };
-            let store = serve_store.clone();
+            let (store, stop) = (serve_store.clone(), serve_stop.clone());
             tokio::spawn(async move {
                 let (mut tx, mut rx) = comm.split();
-                while let Ok(batch) = recv_batch::<ToWorker>(&mut rx).await {
+                loop {
+                    // A retired or stopped worker serves no more data.
+                    let batch = tokio::select! {
+                        () = stop.closed() => break,
+                        b = recv_batch::<ToWorker>(&mut rx) => match b { Ok(b) => b, Err(_) => break },
+                    };
                     let mut replies = Vec::with_capacity(batch.len());
                     for req in batch {
                         replies.push(match req {
@@ -113,6 +118,7 @@ pub async fn start_worker(
         peers: Arc::default(),
         threads: Arc::new(Semaphore::new(nthreads as usize)),
         out: Vec::new(),
+        shutting_down: false,
     };
     let task = tokio::spawn(state.run(tx, rx, shutdown));
     Ok((handle, task))
@@ -127,6 +133,7 @@ struct WorkerLoop {
     peers: Peers,
     threads: Arc<Semaphore>,
     out: Vec<ToScheduler>,
+    shutting_down: bool,
 }
 
 /// Why a task's arguments could not be assembled.
@@ -148,11 +155,12 @@ impl WorkerLoop {
     ) -> Result<(), CommError> {
         let (ready_tx, mut ready_rx) = mpsc::channel::<Ready>(4096);
         let (done_tx, mut done_rx) = mpsc::channel::<(Key, Result<Payload, String>)>(4096);
+        let (copied_tx, mut copied_rx) = mpsc::channel::<Key>(4096);
         let result = loop {
             tokio::select! {
                 () = shutdown.closed() => break Ok(()),
                 batch = recv_batch::<FromScheduler>(&mut rx) => match batch {
-                    Ok(batch) => for msg in batch { self.on_scheduler(msg, &ready_tx, &done_tx) },
+                    Ok(batch) => for msg in batch { self.on_scheduler(msg, &ready_tx, &done_tx, &copied_tx) },
                     Err(e) if e.is_closed() => break Ok(()),
                     Err(e) => break Err(e),
                 },
@@ -164,6 +172,7 @@ impl WorkerLoop {
                     }
                 },
                 Some((key, result)) = done_rx.recv() => self.record(key, result),
+                Some(key) = copied_rx.recv() => self.out.push(ToScheduler::Replicated { key }),
             }
             // Batch whatever else is already here before writing to the scheduler.
             while let Ok((key, result)) = done_rx.try_recv() {
@@ -174,6 +183,10 @@ impl WorkerLoop {
                 if let Err(e) = send_batch(&mut tx, &out).await {
                     break if e.is_closed() { Ok(()) } else { Err(e) };
                 }
+            }
+            if self.shutting_down {
+                tracing::info!("retired by the scheduler; exiting");
+                break Ok(());
             }
         };
         shutdown.close();
@@ -186,6 +199,7 @@ impl WorkerLoop {
         msg: FromScheduler,
         ready: &mpsc::Sender<Ready>,
         done: &mpsc::Sender<(Key, Result<Payload, String>)>,
+        copied: &mpsc::Sender<Key>,
     ) {
         match msg {
             FromScheduler::Compute { key, func, args, who_has } => {
@@ -216,6 +230,21 @@ impl WorkerLoop {
                     s.remove(&k);
                 }
             }
+            FromScheduler::Replicate { key, from } => {
+                let (registry, store, peers, copied) =
+                    (self.registry.clone(), self.store.clone(), self.peers.clone(), copied.clone());
+                tokio::spawn(async move {
+                    for addr in &from {
+                        if let Ok(Some(v)) = fetch(&registry, &peers, addr, &key).await {
+                            lock(&store).insert(key.clone(), v);
+                            let _ = copied.send(key).await;
+                            return;
+                        }
+                    }
+                    tracing::warn!(%key, ?from, "could not replicate");
+                });
+            }
+            FromScheduler::Shutdown => self.shutting_down = true,
             other => tracing::warn!(?other, "unexpected message for a worker"),
         }
     }

@@ -30,3 +30,13 @@ async fn tls() {
     let registry = support::registry().with(std::sync::Arc::new(tls));
     support::all_scenarios_with(registry, "tls://127.0.0.1:0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_over_tcp() {
+    support::retirement("tcp://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_over_inproc() {
+    support::retirement("inproc://").await;
+}

@@ -163,6 +163,29 @@ pub(crate) async fn scatter_and_use(c: &Client) {
     assert_eq!(c.gather(&data).await.unwrap(), vec![10, 20, 30]);
 }
 
+/// Retirement: data on the retiring worker is still gatherable afterwards; retiring the last
+/// worker holding data is refused.
+pub(crate) async fn retirement(listen: &str) {
+    let cluster = cluster(registry(), listen).await;
+    let c = cluster.client().await.unwrap();
+    let data =
+        c.map::<WireArray>("random_array", (0..8u64).map(|s| vec![arg(&vec![32usize, 32]), arg(&s)])).await.unwrap();
+    let before = c.gather(&data).await.unwrap();
+    let on: std::collections::HashSet<String> = data.iter().flat_map(|f| f.who_has()).collect();
+    assert_eq!(on.len(), 2, "data on both workers: {on:?}");
+    let leaving = c.workers()[0].clone();
+    c.retire_workers(std::slice::from_ref(&leaving)).await.unwrap();
+    assert!(!c.workers().contains(&leaving), "{:?}", c.workers());
+    let after = c.gather(&data).await.unwrap();
+    assert_eq!(before, after, "every result survived the retirement");
+    let last = c.workers()[0].clone();
+    let err = c.retire_workers(std::slice::from_ref(&last)).await.unwrap_err().to_string();
+    assert!(err.contains("no other worker"), "{err}");
+    assert_eq!(c.workers(), vec![last]);
+    assert_eq!(c.gather(&data).await.unwrap(), before);
+    cluster.shutdown().await;
+}
+
 /// Every scenario on one cluster.
 pub(crate) async fn all_scenarios(listen: &str) {
     all_scenarios_with(registry(), listen).await;
