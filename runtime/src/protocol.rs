@@ -83,6 +83,15 @@ pub enum ToScheduler {
         /// Worker addresses.
         workers: Vec<String>,
     },
+    /// Worker: still alive (sent every heartbeat interval).
+    Heartbeat,
+    /// Worker: the answer to `Steal`: `true` when the task had not started and was given up.
+    StealReply {
+        /// Key.
+        key: Key,
+        /// Whether the worker gave the task up.
+        stolen: bool,
+    },
     /// Worker: it now holds a copy of `key` (after `Replicate`).
     Replicated {
         /// Key.
@@ -128,6 +137,11 @@ pub enum FromScheduler {
     },
     /// Worker: finish up and exit; the scheduler has moved its data elsewhere.
     Shutdown,
+    /// Worker: give up `key` if it has not started (work stealing); answer with `StealReply`.
+    Steal {
+        /// Key.
+        key: Key,
+    },
     /// Worker: forget these results.
     Release {
         /// Keys.

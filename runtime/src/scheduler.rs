@@ -9,7 +9,7 @@
 //! to release the data.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::protocol::{ArgSpec, FromScheduler, Key, TaskSpec, ToScheduler};
 
@@ -25,11 +25,13 @@ pub struct SchedulerConfig {
     pub tasks_per_thread: usize,
     /// How many workers may die while running a task before it fails as `KilledWorker`.
     pub allowed_failures: u32,
+    /// A worker silent for longer than this (no heartbeat, no message) is removed as dead.
+    pub worker_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { tasks_per_thread: 128, allowed_failures: 3 }
+        SchedulerConfig { tasks_per_thread: 128, allowed_failures: 3, worker_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -74,6 +76,8 @@ pub enum Event {
         /// The message.
         msg: ToScheduler,
     },
+    /// Time passed: check for silent workers and for work to steal.
+    Tick,
 }
 
 /// What to send.
@@ -83,6 +87,8 @@ pub enum Action {
     ToWorker(WorkerId, FromScheduler),
     /// A message for a client.
     ToClient(ClientId, FromScheduler),
+    /// Close the comm of a worker declared dead.
+    DropWorker(WorkerId),
 }
 
 /// Where a task is.
@@ -126,6 +132,7 @@ struct Worker {
     has: HashSet<Key>,
     ran: u64,
     retiring: bool,
+    last_seen: Instant,
 }
 
 /// A retirement in progress: the client to answer and the workers leaving.
@@ -147,6 +154,7 @@ pub struct Scheduler {
     tasks: HashMap<Key, Task>,
     queued: VecDeque<Key>,
     retirements: Vec<Retirement>,
+    stealing: HashSet<Key>,
     out: Vec<Action>,
 }
 
@@ -157,7 +165,7 @@ impl Scheduler {
     }
 
     /// Applies one event; returns the messages to send, in order.
-    pub fn handle(&mut self, event: Event, _now: Instant) -> Vec<Action> {
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match event {
             Event::WorkerJoined { id, address, nthreads } => {
                 let nthreads = nthreads.max(1);
@@ -170,6 +178,7 @@ impl Scheduler {
                         has: HashSet::new(),
                         ran: 0,
                         retiring: false,
+                        last_seen: now,
                     },
                 );
                 self.broadcast_workers();
@@ -188,7 +197,26 @@ impl Scheduler {
                 }
             }
             Event::FromClient { id, msg } => self.on_client(id, msg),
-            Event::FromWorker { id, msg } => self.on_worker(id, msg),
+            Event::FromWorker { id, msg } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.last_seen = now;
+                }
+                self.on_worker(id, msg);
+            }
+            Event::Tick => {
+                let silent: Vec<WorkerId> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| now.saturating_duration_since(w.last_seen) > self.config.worker_timeout)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in silent {
+                    tracing::warn!(address = %self.workers[&id].address, "worker silent too long; removing it");
+                    self.worker_left(id);
+                    self.out.push(Action::DropWorker(id));
+                }
+                self.steal();
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -267,6 +295,21 @@ impl Scheduler {
         match msg {
             ToScheduler::Finished { key, nbytes } => self.finished(wid, key, nbytes),
             ToScheduler::Erred { key, error } => self.erred_on_worker(wid, key, error),
+            ToScheduler::Heartbeat => {}
+            ToScheduler::StealReply { key, stolen } => {
+                self.stealing.remove(&key);
+                if !stolen || self.tasks.get(&key).map(|t| &t.state) != Some(&TaskState::Processing(wid)) {
+                    return;
+                }
+                if let Some(w) = self.workers.get_mut(&wid) {
+                    w.processing.remove(&key);
+                }
+                // The victim gave it up before starting: it runs exactly once, elsewhere.
+                match self.idle_worker(Some(wid)) {
+                    Some(thief) => self.assign(&key, thief),
+                    None => self.make_ready(&key),
+                }
+            }
             ToScheduler::Replicated { key } => {
                 if let Some(TaskState::Memory(h)) = self.tasks.get_mut(&key).map(|t| &mut t.state) {
                     h.insert(wid);
@@ -615,6 +658,44 @@ impl Scheduler {
         }
     }
 
+    /// A worker with a free thread and nothing queued, other than `not`.
+    fn idle_worker(&self, not: Option<WorkerId>) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(id, w)| Some(**id) != not && !w.retiring && w.processing.len() < w.nthreads as usize)
+            .min_by_key(|(_, w)| w.processing.len())
+            .map(|(&id, _)| id)
+    }
+
+    /// Work stealing: while some worker has idle threads and another has more tasks than
+    /// threads, ask the busiest to give up one task it has not started. The move happens only
+    /// when the victim confirms (`StealReply`), so a task never runs twice because of it.
+    fn steal(&mut self) {
+        let idle = self
+            .workers
+            .values()
+            .filter(|w| !w.retiring)
+            .map(|w| w.nthreads as usize - w.processing.len().min(w.nthreads as usize))
+            .sum::<usize>();
+        let mut budget = idle.saturating_sub(self.stealing.len());
+        while budget > 0 {
+            let victim = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.processing.len() > w.nthreads as usize)
+                .max_by_key(|(_, w)| w.processing.len() - w.nthreads as usize)
+                .map(|(&id, _)| id);
+            let Some(victim) = victim else { return };
+            let mut candidates: Vec<&Key> =
+                self.workers[&victim].processing.iter().filter(|k| !self.stealing.contains(*k)).collect();
+            candidates.sort();
+            let Some(key) = candidates.last().map(|k| (*k).clone()) else { return };
+            self.stealing.insert(key.clone());
+            self.out.push(Action::ToWorker(victim, FromScheduler::Steal { key }));
+            budget -= 1;
+        }
+    }
+
     /// Starts retiring `addresses`: no new work goes to them, their unique results are copied
     /// to other workers, then they are told to shut down and the client is answered. Refused,
     /// keeping the workers, when no other worker could take their data.
@@ -815,7 +896,11 @@ mod tests {
     impl Harness {
         fn new(workers: &[(WorkerId, u32)]) -> Self {
             let mut h = Harness {
-                s: Scheduler::new(SchedulerConfig { tasks_per_thread: 2, allowed_failures: 2 }),
+                s: Scheduler::new(SchedulerConfig {
+                    tasks_per_thread: 2,
+                    allowed_failures: 2,
+                    ..SchedulerConfig::default()
+                }),
                 now: Instant::now(),
             };
             for &(id, nthreads) in workers {
@@ -1047,6 +1132,62 @@ mod tests {
         // The worker stays and keeps working.
         let out = h.submit(vec![task("b", &[])]);
         assert_eq!(computes(&out), vec![(1, "b".into())]);
+    }
+
+    #[test]
+    fn a_silent_worker_is_removed_after_the_timeout_in_simulated_time() {
+        let mut h = Harness::new(&[(1, 1), (2, 1)]);
+        h.s.config.worker_timeout = std::time::Duration::from_secs(10);
+        h.submit(vec![task("a", &[]), task("b", &[])]);
+        h.now += std::time::Duration::from_secs(6);
+        h.ev(Event::FromWorker { id: 2, msg: ToScheduler::Heartbeat });
+        assert!(h.ev(Event::Tick).iter().all(|a| !matches!(a, Action::DropWorker(_))), "6 s of silence is fine");
+        h.now += std::time::Duration::from_secs(6);
+        let out = h.ev(Event::Tick);
+        assert!(out.iter().any(|a| matches!(a, Action::DropWorker(1))), "12 s of silence from worker 1: {out:?}");
+        assert!(!out.iter().any(|a| matches!(a, Action::DropWorker(2))), "worker 2 heartbeated");
+        let on_2: Vec<_> = computes(&out);
+        assert!(on_2.iter().all(|(w, _)| *w == 2) && !on_2.is_empty(), "worker 1's task moves to worker 2: {out:?}");
+    }
+
+    #[test]
+    fn stealing_moves_unstarted_tasks_only_when_the_victim_agrees() {
+        let mut h = Harness::new(&[(1, 1)]);
+        h.s.config.tasks_per_thread = 8;
+        h.ev(Event::FromClient {
+            id: 100,
+            msg: ToScheduler::Scattered { worker: "w1".into(), keys: vec![("d".into(), 1 << 20)] },
+        });
+        // Every task needs d, which lives on worker 1: they all go there.
+        let out = h.submit((0..4).map(|i| task(&format!("t{i}"), &["d"])).collect());
+        assert!(computes(&out).iter().all(|(w, _)| *w == 1));
+        h.ev(Event::WorkerJoined { id: 2, address: "w2".into(), nthreads: 1 });
+        let out = h.ev(Event::Tick);
+        let steals: Vec<String> = out
+            .iter()
+            .filter_map(|a| {
+                if let Action::ToWorker(1, FromScheduler::Steal { key }) = a { Some(key.clone()) } else { None }
+            })
+            .collect();
+        assert_eq!(steals.len(), 1, "one idle thread, one steal: {out:?}");
+        // The victim had already started it: nothing moves.
+        let out =
+            h.ev(Event::FromWorker { id: 1, msg: ToScheduler::StealReply { key: steals[0].clone(), stolen: false } });
+        assert!(computes(&out).is_empty());
+        // Next time it agrees: the task is assigned to the idle worker, with where d lives.
+        let out = h.ev(Event::Tick);
+        let key = out
+            .iter()
+            .find_map(
+                |a| if let Action::ToWorker(1, FromScheduler::Steal { key }) = a { Some(key.clone()) } else { None },
+            )
+            .unwrap();
+        let out = h.ev(Event::FromWorker { id: 1, msg: ToScheduler::StealReply { key: key.clone(), stolen: true } });
+        assert_eq!(computes(&out), vec![(2, key.clone())]);
+        // A late Finished from the victim for the stolen task is ignored.
+        let out = h.finish(1, &key, 1);
+        assert!(out.iter().any(|a| matches!(a, Action::ToWorker(1, FromScheduler::Release { .. }))));
+        assert_eq!(h.s.task_state(&key), Some(&TaskState::Processing(2)));
     }
 
     #[test]

@@ -73,6 +73,18 @@ pub async fn start_scheduler(
         listener.close().await;
     });
 
+    // Time passes for the state machine in ticks: silent workers, work stealing.
+    let ticks = events_tx.clone();
+    let tick_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = tick_stop.closed() => break,
+                _ = every.tick() => if ticks.send(Core::Event(Event::Tick)).await.is_err() { break },
+            }
+        }
+    });
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let mut scheduler = Scheduler::new(config);
@@ -104,6 +116,11 @@ pub async fn start_scheduler(
                     let (peer, msg) = match action {
                         Action::ToWorker(id, m) => (Peer::Worker(id), m),
                         Action::ToClient(id, m) => (Peer::Client(id), m),
+                        Action::DropWorker(id) => {
+                            // Its writer ends, closing the comm; the worker sees the scheduler go.
+                            outboxes.remove(&Peer::Worker(id));
+                            continue;
+                        }
                     };
                     grouped.entry(peer).or_default().push(msg);
                 }

@@ -33,6 +33,9 @@ impl WorkerConfig {
 
 type Store = Arc<Mutex<HashMap<Key, Payload>>>;
 
+/// How often a worker tells the scheduler it is alive.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn lock(s: &Store) -> std::sync::MutexGuard<'_, HashMap<Key, Payload>> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -119,6 +122,7 @@ pub async fn start_worker(
         threads: Arc::new(Semaphore::new(nthreads as usize)),
         out: Vec::new(),
         shutting_down: false,
+        slots: Arc::default(),
     };
     let task = tokio::spawn(state.run(tx, rx, shutdown));
     Ok((handle, task))
@@ -134,6 +138,22 @@ struct WorkerLoop {
     threads: Arc<Semaphore>,
     out: Vec<ToScheduler>,
     shutting_down: bool,
+    slots: Slots,
+}
+
+/// Where a blocking task is on this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Waiting for a thread: can still be stolen.
+    Queued,
+    /// Started: stays here.
+    Running,
+}
+
+type Slots = Arc<Mutex<HashMap<Key, Slot>>>;
+
+fn lock_slots(s: &Slots) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a task's arguments could not be assembled.
@@ -156,6 +176,8 @@ impl WorkerLoop {
         let (ready_tx, mut ready_rx) = mpsc::channel::<Ready>(4096);
         let (done_tx, mut done_rx) = mpsc::channel::<(Key, Result<Payload, String>)>(4096);
         let (copied_tx, mut copied_rx) = mpsc::channel::<Key>(4096);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 () = shutdown.closed() => break Ok(()),
@@ -173,6 +195,7 @@ impl WorkerLoop {
                 },
                 Some((key, result)) = done_rx.recv() => self.record(key, result),
                 Some(key) = copied_rx.recv() => self.out.push(ToScheduler::Replicated { key }),
+                _ = heartbeat.tick() => self.out.push(ToScheduler::Heartbeat),
             }
             // Batch whatever else is already here before writing to the scheduler.
             while let Ok((key, result)) = done_rx.try_recv() {
@@ -245,6 +268,20 @@ impl WorkerLoop {
                 });
             }
             FromScheduler::Shutdown => self.shutting_down = true,
+            FromScheduler::Steal { key } => {
+                // Transactional: a queued task is removed under the same lock its runner checks,
+                // so it either runs here or is given up, never both.
+                let stolen = {
+                    let mut slots = lock_slots(&self.slots);
+                    if slots.get(&key) == Some(&Slot::Queued) {
+                        slots.remove(&key);
+                        true
+                    } else {
+                        false
+                    }
+                };
+                self.out.push(ToScheduler::StealReply { key, stolen });
+            }
             other => tracing::warn!(?other, "unexpected message for a worker"),
         }
     }
@@ -263,12 +300,21 @@ impl WorkerLoop {
             let result = run_guarded(&f.f, args);
             return self.record(key, result);
         }
-        let (threads, done) = (self.threads.clone(), done.clone());
+        let (threads, done, slots) = (self.threads.clone(), done.clone(), self.slots.clone());
+        lock_slots(&slots).insert(key.clone(), Slot::Queued);
         tokio::spawn(async move {
             let Ok(_permit) = threads.acquire_owned().await else { return };
+            {
+                let mut s = lock_slots(&slots);
+                match s.get_mut(&key) {
+                    Some(slot) => *slot = Slot::Running,
+                    None => return, // stolen while queued: another worker runs it
+                }
+            }
             let result = tokio::task::spawn_blocking(move || run_guarded(&f.f, args))
                 .await
                 .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
+            lock_slots(&slots).remove(&key);
             let _ = done.send((key, result)).await;
         });
     }

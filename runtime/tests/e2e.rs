@@ -40,3 +40,8 @@ async fn retirement_over_tcp() {
 async fn retirement_over_inproc() {
     support::retirement("inproc://").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stealing_over_tcp() {
+    support::stealing("tcp://127.0.0.1:0").await;
+}
