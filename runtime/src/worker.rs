@@ -34,7 +34,7 @@ impl WorkerConfig {
 type Store = Arc<Mutex<HashMap<Key, Payload>>>;
 
 /// How often a worker tells the scheduler it is alive.
-pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn lock(s: &Store) -> std::sync::MutexGuard<'_, HashMap<Key, Payload>> {
     s.lock().unwrap_or_else(|p| p.into_inner())

@@ -192,13 +192,19 @@ pub(crate) async fn stealing(listen: &str) {
     let cluster = LocalCluster::in_process(registry(), listen, 2, 1, Functions::with_builtins()).await.unwrap();
     let c = cluster.client().await.unwrap();
     let seconds = c.scatter(&[0.15f64]).await.unwrap();
-    let home = { seconds[0].wait().await.unwrap(); seconds[0].who_has() };
+    let home = {
+        seconds[0].wait().await.unwrap();
+        seconds[0].who_has()
+    };
     let tasks: Vec<TaskFuture<f64>> = c.map("sleep", (0..6).map(|_| vec![seconds[0].arg()])).await.unwrap();
     let results = c.gather(&tasks).await.unwrap();
     assert_eq!(results, vec![0.15; 6]);
     let ran_on: Vec<String> = tasks.iter().flat_map(|f| f.who_has()).collect();
     assert_eq!(ran_on.len(), 6, "each result on exactly one worker: {ran_on:?}");
-    assert!(ran_on.iter().any(|w| !home.contains(w)), "the idle worker stole some of them: {ran_on:?}, input on {home:?}");
+    assert!(
+        ran_on.iter().any(|w| !home.contains(w)),
+        "the idle worker stole some of them: {ran_on:?}, input on {home:?}"
+    );
     cluster.shutdown().await;
 }
 
