@@ -79,6 +79,7 @@ struct State {
     workers: Vec<String>,
     lost: Option<String>,
     retirements: HashMap<u64, tokio::sync::oneshot::Sender<Option<String>>>,
+    targets: HashMap<u64, tokio::sync::oneshot::Sender<(usize, Vec<String>)>>,
 }
 
 type Peers = Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<courier_core::Comm>>>>>;
@@ -366,6 +367,11 @@ impl Client {
                     match msg {
                         FromScheduler::Done { key, holders } => inner.settle(&key, KeyStatus::Done(holders)),
                         FromScheduler::Erred { key, error } => inner.settle(&key, KeyStatus::Erred(error)),
+                        FromScheduler::Target { id, workers, idle } => {
+                            if let Some(tx) = inner.state().targets.remove(&id) {
+                                let _ = tx.send((workers, idle));
+                            }
+                        }
                         FromScheduler::Retired { id, error } => {
                             if let Some(tx) = inner.state().retirements.remove(&id) {
                                 let _ = tx.send(error);
@@ -567,6 +573,16 @@ impl Client {
             }
             Err(_) => Err(TaskError::Comm(CommError::closed("lost the scheduler while retiring workers"))),
         }
+    }
+
+    /// How many workers the scheduler's outstanding work calls for, and which workers are idle
+    /// (for adaptive scaling).
+    pub async fn adaptive_target(&self) -> Result<(usize, Vec<String>), CommError> {
+        let id = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.state().targets.insert(id, tx);
+        self.send(ToScheduler::AdaptiveTarget { id }).await?;
+        rx.await.map_err(|_| CommError::closed("lost the scheduler"))
     }
 
     /// Current worker addresses, as the scheduler last reported them.

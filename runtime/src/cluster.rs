@@ -21,8 +21,33 @@ pub struct LocalCluster {
     registry: Registry,
     address: String,
     scheduler: Option<SchedulerHandle>,
-    workers: Vec<WorkerHandle>,
+    workers: Arc<std::sync::Mutex<Vec<WorkerHandle>>>,
     children: Vec<Child>,
+    functions: Arc<Functions>,
+    nthreads: u32,
+}
+
+/// Adaptive scaling in progress; stops when dropped. See [`LocalCluster::adapt`].
+#[derive(Debug)]
+pub struct Adaptive {
+    stop: courier_core::CloseSignal,
+}
+
+impl Drop for Adaptive {
+    fn drop(&mut self) {
+        self.stop.close();
+    }
+}
+
+async fn start_one(
+    registry: &Registry,
+    address: &str,
+    functions: &Arc<Functions>,
+    nthreads: u32,
+    name: String,
+) -> Result<WorkerHandle, CommError> {
+    let config = WorkerConfig { nthreads, name: Some(name), ..WorkerConfig::new(address.to_owned()) };
+    Ok(start_worker(registry.clone(), functions.clone(), config).await?.0)
 }
 
 impl LocalCluster {
@@ -45,12 +70,17 @@ impl LocalCluster {
         let functions = Arc::new(functions);
         let mut workers = Vec::new();
         for i in 0..n_workers {
-            let config =
-                WorkerConfig { nthreads, name: Some(format!("worker-{i}")), ..WorkerConfig::new(address.clone()) };
-            let (handle, _) = start_worker(registry.clone(), functions.clone(), config).await?;
-            workers.push(handle);
+            workers.push(start_one(&registry, &address, &functions, nthreads, format!("worker-{i}")).await?);
         }
-        let cluster = LocalCluster { registry, address, scheduler: Some(scheduler), workers, children: Vec::new() };
+        let cluster = LocalCluster {
+            registry,
+            address,
+            scheduler: Some(scheduler),
+            workers: Arc::new(std::sync::Mutex::new(workers)),
+            children: Vec::new(),
+            functions,
+            nthreads,
+        };
         cluster.wait_for_workers(n_workers).await?;
         Ok(cluster)
     }
@@ -83,8 +113,15 @@ impl LocalCluster {
         .await
         .map_err(|_| CommError::closed("the scheduler did not start within 30 s"))?
         .map_err(io)?;
-        let mut cluster =
-            LocalCluster { registry, address, scheduler: None, workers: Vec::new(), children: vec![scheduler] };
+        let mut cluster = LocalCluster {
+            registry,
+            address,
+            scheduler: None,
+            workers: Arc::default(),
+            children: vec![scheduler],
+            functions: Arc::new(Functions::with_builtins()),
+            nthreads: 1,
+        };
         for i in 0..n_workers {
             cluster.spawn_worker_process(courier_bin, &format!("worker-{i}")).await?;
         }
@@ -147,9 +184,58 @@ impl LocalCluster {
         self.children[i].wait().await
     }
 
+    /// Follows the scheduler's adaptive target within `min..=max` workers (in-process
+    /// clusters): starts workers when work piles up, and retires idle ones gracefully (their
+    /// results are moved first) once the work is done. Stops when the handle is dropped.
+    pub async fn adapt(&self, min: usize, max: usize) -> Result<Adaptive, CommError> {
+        let client = self.client().await?;
+        let stop = courier_core::CloseSignal::new();
+        let (registry, address, functions, nthreads, workers) =
+            (self.registry.clone(), self.address.clone(), self.functions.clone(), self.nthreads, self.workers.clone());
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let mut started = 0usize;
+            let mut low_for = 0u32;
+            loop {
+                tokio::select! {
+                    () = until.closed() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                let Ok((target, idle)) = client.adaptive_target().await else { break };
+                let current = client.workers().len();
+                let want = target.clamp(min, max.max(min));
+                if want > current {
+                    low_for = 0;
+                    for _ in current..want {
+                        started += 1;
+                        match start_one(&registry, &address, &functions, nthreads, format!("adaptive-{started}")).await
+                        {
+                            Ok(h) => workers.lock().unwrap_or_else(|p| p.into_inner()).push(h),
+                            Err(e) => tracing::warn!(error = %e, "adaptive scaling could not start a worker"),
+                        }
+                    }
+                } else if want < current {
+                    // Scale down only after the work has stayed low for a while (no flapping).
+                    low_for += 1;
+                    if low_for >= 6 {
+                        let n = (current - want).min(idle.len());
+                        if n > 0 {
+                            let _ = client.retire_workers(&idle[..n]).await;
+                        }
+                        low_for = 0;
+                    }
+                } else {
+                    low_for = 0;
+                }
+            }
+            client.close().await;
+        });
+        Ok(Adaptive { stop })
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) {
-        for w in &self.workers {
+        for w in self.workers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             w.shutdown();
         }
         if let Some(s) = &self.scheduler {
@@ -163,7 +249,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for w in &self.workers {
+        for w in self.workers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             w.shutdown();
         }
         if let Some(s) = &self.scheduler {

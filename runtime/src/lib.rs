@@ -37,7 +37,7 @@ mod wire;
 mod worker;
 
 pub use client::{AsCompleted, Client, Graph, Status, TaskError, TaskFuture, arg};
-pub use cluster::LocalCluster;
+pub use cluster::{Adaptive, LocalCluster};
 pub use functions::{Args, Functions, TaskFn};
 pub use protocol::{ArgSpec, Key};
 pub use scheduler::{Scheduler, SchedulerConfig};

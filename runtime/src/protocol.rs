@@ -75,6 +75,14 @@ pub enum ToScheduler {
         key: Key,
         /// Result size in bytes.
         nbytes: u64,
+        /// How long the function ran, in seconds (for adaptive scaling).
+        #[serde(default)]
+        seconds: f64,
+    },
+    /// Client: how many workers would suit the current work? Answered with `Target`.
+    AdaptiveTarget {
+        /// The request's id, echoed in the answer.
+        id: u64,
     },
     /// Client: retire these workers (by address) gracefully; answered with `Retired`.
     Retire {
@@ -160,6 +168,15 @@ pub enum FromScheduler {
         key: Key,
         /// The remote error message.
         error: String,
+    },
+    /// Client: the answer to `AdaptiveTarget`.
+    Target {
+        /// The request's id.
+        id: u64,
+        /// Workers the outstanding work calls for (before any min/max bounds).
+        workers: usize,
+        /// Workers with nothing to do, the best to retire first.
+        idle: Vec<String>,
     },
     /// Client: the answer to `Retire`.
     Retired {

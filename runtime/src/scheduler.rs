@@ -155,6 +155,8 @@ pub struct Scheduler {
     queued: VecDeque<Key>,
     retirements: Vec<Retirement>,
     stealing: HashSet<Key>,
+    /// Per function: total seconds and count of finished runs.
+    durations: HashMap<String, (f64, u64)>,
     out: Vec<Action>,
 }
 
@@ -258,6 +260,16 @@ impl Scheduler {
                 }
             }
             ToScheduler::Retire { id, workers } => self.retire(client, id, workers),
+            ToScheduler::AdaptiveTarget { id } => {
+                let workers = self.adaptive_target();
+                let idle = self
+                    .workers
+                    .values()
+                    .filter(|w| !w.retiring && w.processing.is_empty())
+                    .map(|w| w.address.clone())
+                    .collect();
+                self.out.push(Action::ToClient(client, FromScheduler::Target { id, workers, idle }));
+            }
             ToScheduler::Scattered { worker, keys } => {
                 let Some((&wid, _)) = self.workers.iter().find(|(_, w)| w.address == worker) else {
                     for (key, _) in keys {
@@ -293,7 +305,13 @@ impl Scheduler {
 
     fn on_worker(&mut self, wid: WorkerId, msg: ToScheduler) {
         match msg {
-            ToScheduler::Finished { key, nbytes } => self.finished(wid, key, nbytes),
+            ToScheduler::Finished { key, nbytes, seconds } => {
+                if let Some(t) = self.tasks.get(&key) {
+                    let d = self.durations.entry(t.func.clone()).or_insert((0.0, 0));
+                    *d = (d.0 + seconds.max(0.0), d.1 + 1);
+                }
+                self.finished(wid, key, nbytes)
+            }
             ToScheduler::Erred { key, error } => self.erred_on_worker(wid, key, error),
             ToScheduler::Heartbeat => {}
             ToScheduler::StealReply { key, stolen } => {
@@ -658,6 +676,31 @@ impl Scheduler {
         }
     }
 
+    /// Workers the outstanding work calls for: its expected duration (mean measured run time
+    /// per function, 0.5 s before any measurement) divided by the target of one second of
+    /// work per worker thread, and never more than one worker per outstanding task.
+    pub fn adaptive_target(&self) -> usize {
+        const TARGET_SECONDS: f64 = 1.0;
+        let outstanding: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Waiting | TaskState::Queued | TaskState::Processing(_)))
+            .collect();
+        if outstanding.is_empty() {
+            return 0;
+        }
+        let seconds: f64 = outstanding
+            .iter()
+            .map(|t| match self.durations.get(&t.func) {
+                Some(&(total, n)) if n > 0 => total / n as f64,
+                _ => 0.5,
+            })
+            .sum();
+        let threads = self.workers.values().map(|w| w.nthreads as f64).sum::<f64>() / self.workers.len().max(1) as f64;
+        let by_time = (seconds / TARGET_SECONDS / threads.max(1.0)).ceil() as usize;
+        by_time.clamp(1, outstanding.len())
+    }
+
     /// A worker with a free thread and nothing queued, other than `not`.
     fn idle_worker(&self, not: Option<WorkerId>) -> Option<WorkerId> {
         self.workers
@@ -920,7 +963,7 @@ mod tests {
         }
 
         fn finish(&mut self, w: WorkerId, key: &str, nbytes: u64) -> Vec<Action> {
-            self.ev(Event::FromWorker { id: w, msg: ToScheduler::Finished { key: key.into(), nbytes } })
+            self.ev(Event::FromWorker { id: w, msg: ToScheduler::Finished { key: key.into(), nbytes, seconds: 0.0 } })
         }
     }
 
@@ -1188,6 +1231,21 @@ mod tests {
         let out = h.finish(1, &key, 1);
         assert!(out.iter().any(|a| matches!(a, Action::ToWorker(1, FromScheduler::Release { .. }))));
         assert_eq!(h.s.task_state(&key), Some(&TaskState::Processing(2)));
+    }
+
+    #[test]
+    fn the_adaptive_target_follows_queued_work_and_measured_durations() {
+        let mut h = Harness::new(&[(1, 1)]);
+        assert_eq!(h.s.adaptive_target(), 0, "no work, no workers needed");
+        h.submit((0..10).map(|i| task(&format!("t{i}"), &[])).collect());
+        assert_eq!(h.s.adaptive_target(), 5, "10 tasks x 0.5 s (unmeasured) = 5 worker-seconds");
+        // Measured: these tasks take 2 s each; 9 remain.
+        h.ev(Event::FromWorker { id: 1, msg: ToScheduler::Finished { key: "t0".into(), nbytes: 1, seconds: 2.0 } });
+        assert_eq!(h.s.adaptive_target(), 9, "never more workers than tasks");
+        for i in 1..10 {
+            h.finish(1, &format!("t{i}"), 1);
+        }
+        assert_eq!(h.s.adaptive_target(), 0);
     }
 
     #[test]

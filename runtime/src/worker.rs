@@ -156,6 +156,9 @@ fn lock_slots(s: &Slots) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A task's outcome: its result and how long it ran, or its error.
+type Done = Result<(Payload, f64), String>;
+
 /// Why a task's arguments could not be assembled.
 #[derive(Debug)]
 enum ArgsError {
@@ -174,7 +177,7 @@ impl WorkerLoop {
         shutdown: CloseSignal,
     ) -> Result<(), CommError> {
         let (ready_tx, mut ready_rx) = mpsc::channel::<Ready>(4096);
-        let (done_tx, mut done_rx) = mpsc::channel::<(Key, Result<Payload, String>)>(4096);
+        let (done_tx, mut done_rx) = mpsc::channel::<(Key, Done)>(4096);
         let (copied_tx, mut copied_rx) = mpsc::channel::<Key>(4096);
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,7 +224,7 @@ impl WorkerLoop {
         &mut self,
         msg: FromScheduler,
         ready: &mpsc::Sender<Ready>,
-        done: &mpsc::Sender<(Key, Result<Payload, String>)>,
+        done: &mpsc::Sender<(Key, Done)>,
         copied: &mpsc::Sender<Key>,
     ) {
         match msg {
@@ -286,19 +289,14 @@ impl WorkerLoop {
         }
     }
 
-    fn execute(
-        &mut self,
-        key: Key,
-        func: &str,
-        args: Vec<Payload>,
-        done: &mpsc::Sender<(Key, Result<Payload, String>)>,
-    ) {
+    fn execute(&mut self, key: Key, func: &str, args: Vec<Payload>, done: &mpsc::Sender<(Key, Done)>) {
         let Some(f) = self.functions.get(func).cloned() else {
             return self.record(key, Err(format!("unknown function {func:?} on this worker")));
         };
         if !f.blocking {
+            let started = std::time::Instant::now();
             let result = run_guarded(&f.f, args);
-            return self.record(key, result);
+            return self.record(key, result.map(|p| (p, started.elapsed().as_secs_f64())));
         }
         let (threads, done, slots) = (self.threads.clone(), done.clone(), self.slots.clone());
         lock_slots(&slots).insert(key.clone(), Slot::Queued);
@@ -311,20 +309,22 @@ impl WorkerLoop {
                     None => return, // stolen while queued: another worker runs it
                 }
             }
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || run_guarded(&f.f, args))
                 .await
-                .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
+                .unwrap_or_else(|e| Err(format!("task panicked: {e}")))
+                .map(|p| (p, started.elapsed().as_secs_f64()));
             lock_slots(&slots).remove(&key);
             let _ = done.send((key, result)).await;
         });
     }
 
-    fn record(&mut self, key: Key, result: Result<Payload, String>) {
+    fn record(&mut self, key: Key, result: Result<(Payload, f64), String>) {
         match result {
-            Ok(value) => {
+            Ok((value, seconds)) => {
                 let nbytes = value.byte_len();
                 lock(&self.store).insert(key.clone(), value);
-                self.out.push(ToScheduler::Finished { key, nbytes });
+                self.out.push(ToScheduler::Finished { key, nbytes, seconds });
             }
             Err(error) => self.out.push(ToScheduler::Erred { key, error }),
         }

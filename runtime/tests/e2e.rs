@@ -45,3 +45,8 @@ async fn retirement_over_inproc() {
 async fn stealing_over_tcp() {
     support::stealing("tcp://127.0.0.1:0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_scaling_over_inproc() {
+    support::adaptive("inproc://").await;
+}

@@ -208,6 +208,34 @@ pub(crate) async fn stealing(listen: &str) {
     cluster.shutdown().await;
 }
 
+/// Adaptive scaling: a burst of slow tasks scales the cluster up, idleness scales it back to
+/// the minimum, and no result is lost on the way.
+pub(crate) async fn adaptive(listen: &str) {
+    let cluster = LocalCluster::in_process(registry(), listen, 1, 1, Functions::with_builtins()).await.unwrap();
+    let c = cluster.client().await.unwrap();
+    let _adaptive = cluster.adapt(1, 4).await.unwrap();
+    let slow: Vec<TaskFuture<f64>> = c.map("sleep", (0..12).map(|_| vec![arg(&0.2f64)])).await.unwrap();
+    let quick = c.map::<i64>("inc", (0..100i64).map(|i| vec![arg(&i)])).await.unwrap();
+    let mut most = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while slow.iter().any(|f| f.status() == Status::Pending) {
+        most = most.max(c.workers().len());
+        assert!(tokio::time::Instant::now() < deadline, "the burst never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most >= 3, "a burst of 12 slow tasks should scale up (saw at most {most} workers)");
+    assert!(most <= 4, "never beyond the maximum (saw {most})");
+    // Idle: back to the minimum, gracefully.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while c.workers().len() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never scaled down: {:?}", c.workers());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.gather(&slow).await.unwrap(), vec![0.2; 12], "no result lost");
+    assert_eq!(c.gather(&quick).await.unwrap(), (1..=100).collect::<Vec<_>>());
+    cluster.shutdown().await;
+}
+
 /// Every scenario on one cluster.
 pub(crate) async fn all_scenarios(listen: &str) {
     all_scenarios_with(registry(), listen).await;
