@@ -95,3 +95,31 @@ async fn flags_beat_environment_beat_the_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `courier perf` between two processes, per scheme: bytes arrive intact (not how fast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
+    for (listen, pattern, payload) in [
+        ("tcp://127.0.0.1:0", "stream", "1MiB"),
+        ("tcp://127.0.0.1:0", "echo", "100"),
+        ("unix://", "stream", "1MiB"),
+        ("zmq://127.0.0.1:0", "stream", "1MiB"),
+        ("zmq://127.0.0.1:0", "echo", "64KiB"),
+    ] {
+        let mut server =
+            courier().args(["perf", "server", "--once", "--listen", listen]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+        let url = line.strip_prefix("perf server listening at ").unwrap().to_owned();
+        let out = courier()
+            .args(["perf", "client", &url, "--pattern", pattern, "--payload", payload, "--duration", "0.3", "--json"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{listen} {pattern}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["corrupt"], 0, "{report}");
+        assert!(report["messages"].as_u64().unwrap() > 0 && report["bytes"].as_u64().unwrap() > 0, "{report}");
+        assert!(tokio::time::timeout(Duration::from_secs(30), server.wait()).await.unwrap().unwrap().success());
+    }
+}

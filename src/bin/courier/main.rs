@@ -6,6 +6,7 @@ use courier::RegistryExt as _;
 
 mod compare;
 mod config;
+mod perf;
 mod tasks;
 
 /// Courier: pluggable-transport messaging for n-d arrays.
@@ -75,6 +76,9 @@ enum Command {
         /// Its arguments, as JSON values.
         args: Vec<String>,
     },
+    /// iperf-like measurements of any transport between two processes or hosts.
+    #[command(subcommand)]
+    Perf(perf::Perf),
     /// Run a scheduler. Prints `scheduler listening at URL` once it accepts connections.
     Scheduler {
         /// Where to listen; the scheme picks the transport (tcp://, zmq://, …). Default
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             current.block_on(compare::echoes(&args, "current-thread"))
         }
+        Command::Perf(p) => multi()?.block_on(perf::run(p, registry)),
         Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
         Command::Submit { scheduler, function, args } => multi()?.block_on(async {
             let client = courier_runtime::Client::connect(registry, &scheduler).await?;

@@ -1,0 +1,228 @@
+//! `courier perf`: an iperf-like tool to measure any transport between two processes or hosts.
+//!
+//! The client opens a comm and sends a control header `{"pattern", "payload"}`; then
+//! - **stream**: it sends payload messages for the duration, each with a checksum in its header,
+//!   then `end`; the server verifies every message and answers with what it received;
+//! - **echo**: it sends a message and waits for it to come back, for the duration, timing each
+//!   round trip and verifying the echo.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use courier::{Comm, Message, Registry};
+use courier_bench::{Summary, format_bytes, payload_message};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Perf {
+    /// Accept perf clients (one at a time) until interrupted.
+    Server {
+        /// Where to listen; the scheme picks the transport.
+        #[arg(long)]
+        listen: String,
+        /// Serve one client, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Measure against a perf server.
+    Client {
+        /// The server's URL.
+        url: String,
+        /// Payload size per message (e.g. 100, 1MiB, 64MiB).
+        #[arg(long, default_value = "8MiB")]
+        payload: String,
+        /// stream (one-way throughput) or echo (round trips).
+        #[arg(long, default_value = "stream")]
+        pattern: String,
+        /// How long to measure, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Control {
+    pattern: String,
+    payload: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Tagged {
+    seq: u64,
+    sum: u64,
+    end: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Received {
+    messages: u64,
+    bytes: u64,
+    corrupt: u64,
+}
+
+/// The JSON result.
+#[derive(Debug, Serialize)]
+struct Report {
+    url: String,
+    pattern: String,
+    payload_bytes: usize,
+    seconds: f64,
+    messages: u64,
+    bytes: u64,
+    corrupt: u64,
+    throughput_bytes_per_s: f64,
+    messages_per_s: f64,
+    latency_p50_us: Option<f64>,
+    latency_p99_us: Option<f64>,
+    latency_max_us: Option<f64>,
+}
+
+/// A cheap checksum (wrapping sum of little-endian words) that catches lost, reordered or
+/// corrupted bytes without slowing the measurement much.
+fn checksum(b: &[u8]) -> u64 {
+    let mut words = b.chunks_exact(8);
+    let mut sum = 0u64;
+    for (i, w) in (&mut words).enumerate() {
+        sum = sum.wrapping_add(u64::from_le_bytes(w.try_into().expect("8 bytes")).rotate_left((i % 64) as u32));
+    }
+    for (i, &t) in words.remainder().iter().enumerate() {
+        sum = sum.wrapping_add(u64::from(t) << (8 * i));
+    }
+    sum.wrapping_add(b.len() as u64)
+}
+
+fn header<T: Serialize>(v: &T) -> anyhow::Result<Bytes> {
+    Ok(Bytes::from(serde_json::to_vec(v)?))
+}
+
+async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
+    let control: Control = serde_json::from_slice(&comm.recv().await?.header).context("perf control header")?;
+    match control.pattern.as_str() {
+        "stream" => {
+            let mut r = Received { messages: 0, bytes: 0, corrupt: 0 };
+            loop {
+                let m = comm.recv().await?;
+                let tag: Tagged = serde_json::from_slice(&m.header).context("perf message header")?;
+                if tag.end {
+                    break;
+                }
+                let frame = m.frames.first().cloned().unwrap_or_default();
+                if tag.seq != r.messages || checksum(&frame) != tag.sum || frame.len() != control.payload {
+                    r.corrupt += 1;
+                }
+                r.messages += 1;
+                r.bytes += frame.len() as u64;
+            }
+            comm.send(Message::from_header(header(&r)?)).await?;
+        }
+        "echo" => loop {
+            match comm.recv().await {
+                Ok(m) => comm.send(m).await?,
+                Err(e) if e.is_closed() => break,
+                Err(e) => return Err(e.into()),
+            }
+        },
+        other => bail!("unknown pattern {other:?}"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
+    match perf {
+        Perf::Server { listen, once } => {
+            let mut listener = registry.listen(&listen).await?;
+            println!("perf server listening at {}", listener.contact_address());
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            loop {
+                let comm = listener.accept().await?;
+                if let Err(e) = serve_one(comm).await {
+                    eprintln!("perf client failed: {e:#}");
+                }
+                if once {
+                    return Ok(());
+                }
+            }
+        }
+        Perf::Client { url, payload, pattern, duration, json } => {
+            let len = crate::compare::parse_size(&payload)?;
+            let mut comm = registry.connect(&url).await?;
+            comm.send(Message::from_header(header(&Control { pattern: pattern.clone(), payload: len })?)).await?;
+            let msg = payload_message(len);
+            let frame = msg.frames[0].clone();
+            let sum = checksum(&frame);
+            let budget = Duration::from_secs_f64(duration.max(0.01));
+            let start = Instant::now();
+            let (mut messages, mut corrupt, mut latencies) = (0u64, 0u64, Vec::new());
+            match pattern.as_str() {
+                "stream" => {
+                    while start.elapsed() < budget {
+                        let h = header(&Tagged { seq: messages, sum, end: false })?;
+                        comm.send(Message::new(h, vec![frame.clone()])).await?;
+                        messages += 1;
+                    }
+                    comm.send(Message::from_header(header(&Tagged { seq: messages, sum: 0, end: true })?)).await?;
+                    let r: Received = serde_json::from_slice(&comm.recv().await?.header)?;
+                    corrupt = r.corrupt + messages.abs_diff(r.messages);
+                }
+                "echo" => {
+                    while start.elapsed() < budget {
+                        let t = Instant::now();
+                        comm.send(Message::new(Bytes::from_static(b"echo"), vec![frame.clone()])).await?;
+                        let back = comm.recv().await?;
+                        latencies.push(t.elapsed());
+                        if back.frames.first().is_none_or(|f| checksum(f) != sum) {
+                            corrupt += 1;
+                        }
+                        messages += 1;
+                    }
+                }
+                other => bail!("unknown pattern {other:?} (stream or echo)"),
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            comm.close().await?;
+            let bytes = messages * len as u64;
+            let lat = Summary::of(&mut latencies);
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            let report = Report {
+                url,
+                pattern,
+                payload_bytes: len,
+                seconds,
+                messages,
+                bytes,
+                corrupt,
+                throughput_bytes_per_s: bytes as f64 / seconds,
+                messages_per_s: messages as f64 / seconds,
+                latency_p50_us: lat.map(|s| us(s.p50)),
+                latency_p99_us: lat.map(|s| us(s.p99)),
+                latency_max_us: lat.map(|s| us(s.max)),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} {} x {}: {}/s, {:.0} messages/s over {:.2} s, {} corrupt",
+                    report.url,
+                    report.pattern,
+                    format_bytes(len as u64),
+                    format_bytes(report.throughput_bytes_per_s as u64),
+                    report.messages_per_s,
+                    seconds,
+                    corrupt
+                );
+                if let (Some(p50), Some(p99)) = (report.latency_p50_us, report.latency_p99_us) {
+                    println!("round trip p50 {p50:.1} µs, p99 {p99:.1} µs");
+                }
+            }
+            if corrupt > 0 {
+                bail!("{corrupt} messages were lost or corrupted");
+            }
+            Ok(())
+        }
+    }
+}
