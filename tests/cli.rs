@@ -123,3 +123,19 @@ async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
         assert!(tokio::time::timeout(Duration::from_secs(30), server.wait()).await.unwrap().unwrap().success());
     }
 }
+
+/// A short stability run per transport: no failures, hangs or lost messages (the command
+/// exits non-zero otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_stability_run_is_clean_on_every_transport() {
+    let out = courier()
+        .args(["stability", "--repeat", "2", "--comms", "3", "--messages", "6", "--timeout", "60"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for scheme in ["tcp://", "unix://", "zmq://", "tls://", "inproc://"] {
+        assert!(stdout.contains(scheme), "{scheme} missing from {stdout}");
+    }
+}

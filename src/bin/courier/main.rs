@@ -7,6 +7,7 @@ use courier::RegistryExt as _;
 mod compare;
 mod config;
 mod perf;
+mod stability;
 mod tasks;
 
 /// Courier: pluggable-transport messaging for n-d arrays.
@@ -76,6 +77,9 @@ enum Command {
         /// Its arguments, as JSON values.
         args: Vec<String>,
     },
+    /// Stability runs: repeat a mixed workload per transport; count failures, hangs and lost
+    /// messages; sample memory and file descriptors.
+    Stability(stability::Args),
     /// iperf-like measurements of any transport between two processes or hosts.
     #[command(subcommand)]
     Perf(perf::Perf),
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             current.block_on(compare::echoes(&args, "current-thread"))
         }
+        Command::Stability(args) => multi()?.block_on(stability::run(args)),
         Command::Perf(p) => multi()?.block_on(perf::run(p, registry)),
         Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
         Command::Submit { scheduler, function, args } => multi()?.block_on(async {
