@@ -10,6 +10,7 @@ cargo build --release --bin courier
 python3 scripts/criterion_to_csv.py target/criterion results/transports.csv
 ./target/release/courier compare | tee results/compare.txt
 ./target/release/courier bench-tasks --json results/tasks.json | grep -v "worker serving" | tee results/tasks.txt
+./target/release/courier stability --json results/stability.json | tee results/stability.txt
 python3 - <<'PY' > results/manifest.json
 import json, os, platform, subprocess, datetime
 def sh(*a):
