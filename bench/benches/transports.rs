@@ -13,7 +13,7 @@ use courier_bench::{
 };
 use courier_core::compression::{DEFAULT_THRESHOLD, auto_decision};
 use courier_core::{Comm, CommConfig, Compression, Message};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use tokio::runtime::Runtime;
 
 const TRANSPORTS: [(&str, &str); 5] = [
@@ -153,5 +153,115 @@ fn echo_small(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stream, echo_small, compression);
-criterion_main!(benches);
+/// Array payloads as users send them (serialization included): Fortran order, a strided view
+/// (made contiguous on send), and 64 MiB of zeros with compression `auto` vs `none`; plus
+/// 1,000 messages of 100 bytes. The raw socket moves the same bytes for comparison.
+fn arrays(c: &mut Criterion) {
+    use courier_core::ndarray::{Array2, s};
+    use courier_core::{WireArray, to_message};
+    let rt = runtime();
+    let mut group = c.benchmark_group("arrays");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    let f_order = Array2::<f64>::from_shape_fn((2048, 4096), |(i, j)| (i ^ j) as f64).reversed_axes();
+    let wide = Array2::<f64>::from_shape_fn((4096, 4096), |(i, j)| (i * 3 + j) as f64);
+    // (name, how to build the message, compression to configure on the comms)
+    type Payload = (&'static str, Box<dyn Fn() -> Message>, Option<Compression>);
+    let payloads: Vec<Payload> = vec![
+        (
+            "64MiB-f64-F-order",
+            Box::new(move || to_message(&WireArray::from_array(f_order.clone())).expect("msg")),
+            None,
+        ),
+        (
+            "64MiB-f64-strided-view",
+            Box::new(move || to_message(&WireArray::from_view(wide.slice(s![..;2, ..]))).expect("msg")),
+            None,
+        ),
+        (
+            "64MiB-zeros-auto",
+            Box::new(|| to_message(&WireArray::from_array(Array2::<f64>::zeros((2048, 4096)))).expect("msg")),
+            Some(Compression::AUTO),
+        ),
+        (
+            "64MiB-zeros-none",
+            Box::new(|| to_message(&WireArray::from_array(Array2::<f64>::zeros((2048, 4096)))).expect("msg")),
+            Some(Compression::None),
+        ),
+    ];
+    for (name, make, compression) in &payloads {
+        let sample = make();
+        group.throughput(Throughput::Bytes(sample.byte_len()));
+        let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
+        let bytes = sample.frames[0].clone();
+        group.bench_function(BenchmarkId::new("raw", name), |b| {
+            b.iter_custom(|iters| {
+                let RawPair { mut client, mut server } = raw.take().expect("pair");
+                let n = iters as usize;
+                let rx = rt.spawn(async move {
+                    let mut buf = Vec::new();
+                    raw_stream_receiver(&mut server, n, &mut buf).await.expect("raw receiver");
+                    server
+                });
+                let took = rt.block_on(raw_stream_sender(&mut client, &bytes, n)).expect("raw sender");
+                raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
+                took
+            })
+        });
+        let transports: &[(&str, &str)] = if compression.is_some() { &TRANSPORTS[..2] } else { &TRANSPORTS };
+        for (transport, url) in transports {
+            let mut pair = Some(comm_pair_with(&rt, url, *compression));
+            group.bench_function(BenchmarkId::new(*transport, name), |b| {
+                b.iter_custom(|iters| {
+                    // Serializing (and, for views, making contiguous) is part of sending.
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = std::time::Instant::now();
+                        let msg = make();
+                        total += start.elapsed() + stream_iters(&rt, &mut pair, &msg, 1);
+                    }
+                    total
+                })
+            });
+        }
+    }
+    group.finish();
+
+    // 1,000 messages of 100 bytes, pipelined, one ack.
+    let mut group = c.benchmark_group("small");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    let msg = payload_message(100);
+    group.throughput(Throughput::Elements(1000));
+    let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
+    let bytes = msg.frames[0].clone();
+    group.bench_function(BenchmarkId::new("raw", "1000x100B"), |b| {
+        b.iter_custom(|iters| {
+            let RawPair { mut client, mut server } = raw.take().expect("pair");
+            let n = iters as usize * 1000;
+            let rx = rt.spawn(async move {
+                let mut buf = Vec::new();
+                raw_stream_receiver(&mut server, n, &mut buf).await.expect("raw receiver");
+                server
+            });
+            let took = rt.block_on(raw_stream_sender(&mut client, &bytes, n)).expect("raw sender");
+            raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
+            took
+        })
+    });
+    for (transport, url) in TRANSPORTS {
+        let mut pair = Some(comm_pair(&rt, url));
+        group.bench_function(BenchmarkId::new(transport, "1000x100B"), |b| {
+            b.iter_custom(|iters| stream_iters(&rt, &mut pair, &msg, iters * 1000))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stream, echo_small, compression, arrays);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    println!();
+    println!("HTML reports: target/criterion/report/index.html");
+    println!("Summary and plots: results/SUMMARY.md (regenerate: scripts/collect_results.sh)");
+}

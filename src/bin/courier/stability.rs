@@ -190,7 +190,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "RSS +MiB",
         "fds +"
     );
+    // Progress goes to stderr (hidden when it is not a terminal); results to stdout.
+    let progress = indicatif::ProgressBar::new((args.urls.len() * args.repeat) as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} repetitions {msg}").expect("template"),
+    );
     for url in &args.urls {
+        progress.set_message(url.clone());
         let mut row = Row { transport: url.clone(), repetitions: args.repeat, ..Row::default() };
         let mut latencies = Vec::new();
         let (mut rss0, mut fd0) = (0.0, 0);
@@ -213,6 +218,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Err(_) => row.hangs += 1,
             }
+            progress.inc(1);
             if r == 0 {
                 // Growth is measured from after the first repetition (warm pools, caches).
                 (rss0, fd0) = (rss_mib(), fds());
@@ -224,25 +230,28 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             row.p50_ms = s.p50.as_secs_f64() * 1e3;
             row.p99_ms = s.p99.as_secs_f64() * 1e3;
         }
-        println!(
-            "{:<22} {:>5} {:>4} {:>8} {:>5} {:>8} {:>12} {:>8.2} {:>8.2} {:>9.1} {:>7}",
-            row.transport,
-            row.repetitions,
-            row.ok,
-            row.failures,
-            row.hangs,
-            row.messages,
-            row.lost_or_corrupt,
-            row.p50_ms,
-            row.p99_ms,
-            row.rss_growth_mib,
-            row.fd_growth
-        );
-        for e in &row.errors {
-            println!("    error: {e}");
-        }
+        progress.suspend(|| {
+            println!(
+                "{:<22} {:>5} {:>4} {:>8} {:>5} {:>8} {:>12} {:>8.2} {:>8.2} {:>9.1} {:>7}",
+                row.transport,
+                row.repetitions,
+                row.ok,
+                row.failures,
+                row.hangs,
+                row.messages,
+                row.lost_or_corrupt,
+                row.p50_ms,
+                row.p99_ms,
+                row.rss_growth_mib,
+                row.fd_growth
+            );
+            for e in &row.errors {
+                println!("    error: {e}");
+            }
+        });
         rows.push(row);
     }
+    progress.finish_and_clear();
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?).context("writing JSON")?;
         println!("wrote {}", path.display());

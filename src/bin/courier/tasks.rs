@@ -83,7 +83,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
     }
     println!("{:<48} {:<28} {:>8} {:>14} {:>14}", "cluster", "measurement", "tasks", "median tasks/s", "best tasks/s");
+    let progress = indicatif::ProgressBar::new((clusters.len() * 2 * args.repeat.max(1)) as u64)
+        .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
     for (name, cluster) in &clusters {
+        progress.set_message(name.clone());
         let c = cluster.client().await?;
         for (measurement, n) in [("map + gather", args.tasks), ("as_completed, 200 in flight", args.as_completed_tasks)]
         {
@@ -95,10 +98,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     as_completed_loop(&c, n, args.in_flight).await?
                 };
                 rates.push(n as f64 / took.as_secs_f64());
+                progress.inc(1);
             }
             let best = rates.iter().cloned().fold(0.0, f64::max);
             let med = median(rates);
-            println!("{name:<48} {measurement:<28} {n:>8} {med:>14.0} {best:>14.0}");
+            progress.suspend(|| println!("{name:<48} {measurement:<28} {n:>8} {med:>14.0} {best:>14.0}"));
             rows.push(Row {
                 measurement: measurement.into(),
                 cluster: name.clone(),
