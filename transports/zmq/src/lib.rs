@@ -133,12 +133,19 @@ fn to_zmq(parts: Vec<Bytes>) -> ZmqMessage {
     ZmqMessage::try_from(parts).expect("a Courier zmq message always has a kind part")
 }
 
+/// A comm's send can only fail because its peer (or the socket) is gone — e.g. the ROUTER
+/// forgot a peer that just disconnected ("destination not found"): that is `Closed`, like a
+/// reset on tcp://, whatever the crate calls it.
+fn send_failed(e: ZmqError) -> CommError {
+    CommError::closed(format!("zmq:// peer is gone: {e}"))
+}
+
 struct DealerOutbox(Mutex<zeromq::DealerSendHalf>);
 
 #[async_trait]
 impl Outbox for DealerOutbox {
     async fn send(&self, parts: Vec<Bytes>) -> Result<(), CommError> {
-        self.0.lock().await.send(to_zmq(parts)).await.map_err(|e| zmq_error("sending over zmq", e))
+        self.0.lock().await.send(to_zmq(parts)).await.map_err(send_failed)
     }
 }
 
@@ -151,7 +158,7 @@ struct RouterOutbox {
 impl Outbox for RouterOutbox {
     async fn send(&self, mut parts: Vec<Bytes>) -> Result<(), CommError> {
         parts.insert(0, self.peer.clone());
-        self.socket.lock().await.send(to_zmq(parts)).await.map_err(|e| zmq_error("sending over zmq", e))
+        self.socket.lock().await.send(to_zmq(parts)).await.map_err(send_failed)
     }
 }
 

@@ -222,3 +222,25 @@ mod deviations {
         assert_eq!(theirs.compressions, 0, "zmq:// frames are always raw");
     }
 }
+
+/// Regression (found by 20 repeated runs): sending to a peer the ROUTER already forgot
+/// reported `Io` ("destination client not found") instead of `Closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_racing_a_vanished_peer_fail_with_closed() {
+    for _ in 0..20 {
+        let mut l = listener().await;
+        let peer = raw_peer(&*l).await;
+        let mut server = l.accept().await.unwrap();
+        drop(peer);
+        loop {
+            match server.send(Message::from_header(&b"x"[..])).await {
+                Ok(()) => tokio::task::yield_now().await,
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed);
+    }
+}
