@@ -99,20 +99,29 @@ async fn flags_beat_environment_beat_the_config_file() {
 /// `courier perf` between two processes, per scheme: bytes arrive intact (not how fast).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
+    let dir = temp_dir("perf");
+    let tls = pem_files(&dir, &TestPki::generate());
     for (listen, pattern, payload) in [
+        ("tls://127.0.0.1:0", "stream", "1MiB"),
+        ("tls://127.0.0.1:0", "echo", "1KiB"),
         ("tcp://127.0.0.1:0", "stream", "1MiB"),
         ("tcp://127.0.0.1:0", "echo", "100"),
         ("unix://", "stream", "1MiB"),
         ("zmq://127.0.0.1:0", "stream", "1MiB"),
         ("zmq://127.0.0.1:0", "echo", "64KiB"),
     ] {
-        let mut server =
-            courier().args(["perf", "server", "--once", "--listen", listen]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut server = courier()
+            .args(["perf", "server", "--once", "--listen", listen])
+            .args(&tls)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
         let url = line.strip_prefix("perf server listening at ").unwrap().to_owned();
         let out = courier()
             .args(["perf", "client", &url, "--pattern", pattern, "--payload", payload, "--duration", "0.3", "--json"])
+            .args(&tls)
             .output()
             .await
             .unwrap();

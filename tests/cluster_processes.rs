@@ -50,13 +50,11 @@ async fn survives_a_sigkilled_worker(listen: &str) {
     let c = cluster.client().await.unwrap();
     let (leaves, total) = tree(&c, LEAVES, 0.01).await;
     // Mid-run: once a fifth of the leaves are done, SIGKILL a worker process.
-    loop {
-        let done = leaves.iter().filter(|f| f.status() == courier::courier_runtime::Status::Finished).count();
-        if done >= LEAVES as usize / 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut completed = c.as_completed(leaves.iter().cloned());
+    for _ in 0..LEAVES / 5 {
+        futures::StreamExt::next(&mut completed).await.expect("a leaf completes");
     }
+    drop(completed);
     assert!(total.status() == courier::courier_runtime::Status::Pending, "the kill must land mid-run");
     cluster.kill_process(1).await.unwrap(); // child 0 is the scheduler
     let got = tokio::time::timeout(Duration::from_secs(60), total.result()).await.expect("no hang").unwrap();

@@ -76,7 +76,6 @@ struct KeyState {
 #[derive(Debug, Default)]
 struct State {
     keys: HashMap<Key, KeyState>,
-    workers: Vec<String>,
     lost: Option<String>,
     retirements: HashMap<u64, tokio::sync::oneshot::Sender<Option<String>>>,
     targets: HashMap<u64, tokio::sync::oneshot::Sender<(usize, Vec<String>)>>,
@@ -89,7 +88,8 @@ struct Inner {
     registry: Registry,
     to_scheduler: mpsc::Sender<ToScheduler>,
     state: Mutex<State>,
-    workers_changed: Notify,
+    /// The worker addresses as last reported; watchers wait on it race-free.
+    workers: tokio::sync::watch::Sender<Vec<String>>,
     prefix: String,
     counter: AtomicU64,
     peers: Peers,
@@ -323,7 +323,7 @@ impl Client {
             registry,
             to_scheduler,
             state: Mutex::default(),
-            workers_changed: Notify::new(),
+            workers: tokio::sync::watch::Sender::new(Vec::new()),
             prefix: format!("{:x}", fastrand::u64(..)),
             counter: AtomicU64::new(0),
             peers: Arc::default(),
@@ -378,8 +378,7 @@ impl Client {
                             }
                         }
                         FromScheduler::Workers { addresses } => {
-                            inner.state().workers = addresses;
-                            inner.workers_changed.notify_waiters();
+                            inner.workers.send_replace(addresses);
                         }
                         other => tracing::warn!(?other, "unexpected message for a client"),
                     }
@@ -490,18 +489,10 @@ impl Client {
 
     /// Puts values into worker memory (spread over the workers) and returns their futures.
     pub async fn scatter<T: Serialize>(&self, values: &[T]) -> Result<Vec<TaskFuture<T>>, CommError> {
-        let workers = loop {
-            let notified = self.inner.workers_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let w = self.inner.state().workers.clone();
-            if !w.is_empty() {
-                break w;
-            }
-            tokio::time::timeout(std::time::Duration::from_secs(30), notified)
+        let workers =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.wait_for_workers(|w| !w.is_empty()))
                 .await
                 .map_err(|_| CommError::closed("no workers to scatter to"))?;
-        };
         // Per worker: the store requests, and the keys with sizes to report.
         type Batch = (Vec<ToWorker>, Vec<(Key, u64)>);
         let mut per_worker: HashMap<&str, Batch> = HashMap::new();
@@ -587,7 +578,19 @@ impl Client {
 
     /// Current worker addresses, as the scheduler last reported them.
     pub fn workers(&self) -> Vec<String> {
-        self.inner.state().workers.clone()
+        self.inner.workers.borrow().clone()
+    }
+
+    /// Waits until the worker addresses satisfy `predicate` (checked now, then on every
+    /// change; no update is missed) and returns them. Pending forever if the scheduler goes.
+    pub async fn wait_for_workers(&self, mut predicate: impl FnMut(&Vec<String>) -> bool) -> Vec<String> {
+        let mut rx = self.inner.workers.subscribe();
+        // Clone out before any further await: the watch guard must not be held across one.
+        let found = rx.wait_for(|w| predicate(w)).await.map(|w| w.clone());
+        match found {
+            Ok(w) => w,
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Disconnects; the cluster releases this client's data.

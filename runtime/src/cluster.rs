@@ -143,15 +143,10 @@ impl LocalCluster {
     /// Waits until the scheduler reports at least `n` workers.
     pub async fn wait_for_workers(&self, n: usize) -> Result<(), CommError> {
         let client = self.client().await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while client.workers().len() < n {
-            if tokio::time::Instant::now() > deadline {
-                return Err(CommError::closed(format!("only {} of {n} workers joined", client.workers().len())));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let joined = tokio::time::timeout(Duration::from_secs(30), client.wait_for_workers(|w| w.len() >= n)).await;
+        let have = client.workers().len();
         client.close().await;
-        Ok(())
+        joined.map(|_| ()).map_err(|_| CommError::closed(format!("only {have} of {n} workers joined")))
     }
 
     /// Bytes the scheduler has received, for an in-process scheduler.

@@ -214,23 +214,29 @@ pub(crate) async fn adaptive(listen: &str) {
     let cluster = LocalCluster::in_process(registry(), listen, 1, 1, Functions::with_builtins()).await.unwrap();
     let c = cluster.client().await.unwrap();
     let _adaptive = cluster.adapt(1, 4).await.unwrap();
+    // Watch the worker count through every change (events, no polling).
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let watcher = {
+        let (c, most) = (c.clone(), most.clone());
+        tokio::spawn(async move {
+            c.wait_for_workers(|w| {
+                most.fetch_max(w.len(), std::sync::atomic::Ordering::Relaxed);
+                false
+            })
+            .await
+        })
+    };
     let slow: Vec<TaskFuture<f64>> = c.map("sleep", (0..12).map(|_| vec![arg(&0.2f64)])).await.unwrap();
     let quick = c.map::<i64>("inc", (0..100i64).map(|i| vec![arg(&i)])).await.unwrap();
-    let mut most = 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while slow.iter().any(|f| f.status() == Status::Pending) {
-        most = most.max(c.workers().len());
-        assert!(tokio::time::Instant::now() < deadline, "the burst never finished");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(60), c.wait(&slow)).await.expect("the burst finishes");
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
     assert!(most >= 3, "a burst of 12 slow tasks should scale up (saw at most {most} workers)");
     assert!(most <= 4, "never beyond the maximum (saw {most})");
     // Idle: back to the minimum, gracefully.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while c.workers().len() > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "never scaled down: {:?}", c.workers());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(60), c.wait_for_workers(|w| w.len() == 1))
+        .await
+        .unwrap_or_else(|_| panic!("never scaled down: {:?}", c.workers()));
+    watcher.abort();
     assert_eq!(c.gather(&slow).await.unwrap(), vec![0.2; 12], "no result lost");
     assert_eq!(c.gather(&quick).await.unwrap(), (1..=100).collect::<Vec<_>>());
     cluster.shutdown().await;

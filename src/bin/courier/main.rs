@@ -122,7 +122,13 @@ fn main() -> anyhow::Result<()> {
             // Round trips are dominated by task wake-ups: show both runtime flavours.
             multi()?.block_on(compare::echoes(&args, "multi-thread"))?;
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            current.block_on(compare::echoes(&args, "current-thread"))
+            current.block_on(compare::echoes(&args, "current-thread"))?;
+            println!();
+            println!("More: `cargo bench -p courier-bench` (criterion; HTML in target/criterion/report/index.html),");
+            println!(
+                "`courier stability`, `courier bench-tasks`, `courier perf`; recorded results and plots: results/SUMMARY.md"
+            );
+            Ok(())
         }
         Command::Stability(args) => multi()?.block_on(stability::run(args)),
         Command::Perf(p) => multi()?.block_on(perf::run(p, registry)),

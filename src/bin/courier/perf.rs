@@ -118,6 +118,9 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
                 r.bytes += frame.len() as u64;
             }
             comm.send(Message::from_header(header(&r)?)).await?;
+            // Linger until the client has the report and closes: on message transports (zmq://)
+            // a send is only queued, and exiting now could drop it.
+            while comm.recv().await.is_ok() {}
         }
         "echo" => loop {
             match comm.recv().await {

@@ -5,7 +5,8 @@
 //! echoed back, and one comm per repetition is dropped abruptly by its server mid-stream (its
 //! client must see `Closed`, never corrupt data). A repetition that takes longer than the
 //! timeout is a hang. Memory (RSS) and open file descriptors are sampled after each
-//! repetition to show growth.
+//! repetition to show growth. Each repetition also runs a task graph on a scheduler and two
+//! workers over the transport (a tree reduction with worker-to-worker transfers).
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ struct Row {
     messages: u64,
     lost_or_corrupt: u64,
     abrupt_closes_seen_as_closed: u64,
+    /// Task graphs (a tree reduction of arrays with worker-to-worker transfers) that gave the
+    /// right result.
+    graphs_ok: u64,
     p50_ms: f64,
     p99_ms: f64,
     rss_growth_mib: f64,
@@ -89,6 +93,32 @@ struct Outcome {
     bad: u64,
     closed_seen: u64,
     latencies: Vec<Duration>,
+}
+
+/// The runtime on this transport: scheduler and two workers; a tree reduction of 16 arrays
+/// whose inputs live on both workers, checked against the sum of the gathered inputs.
+async fn graph(registry: &Registry, url: &str, seed: u64) -> anyhow::Result<()> {
+    use courier::courier_core::WireArray;
+    use courier_runtime::{Functions, LocalCluster, TaskFuture, arg};
+    let cluster = LocalCluster::in_process(registry.clone(), url, 2, 1, Functions::with_builtins()).await?;
+    let c = cluster.client().await?;
+    let leaves: Vec<TaskFuture<WireArray>> =
+        c.map("random_array", (0..16u64).map(|i| vec![arg(&vec![64usize, 64]), arg(&(seed * 100 + i))])).await?;
+    let expected: f64 =
+        c.gather(&leaves).await?.iter().map(|a| a.cow::<f64>().map(|v| v.sum()).unwrap_or(f64::NAN)).sum();
+    let mut level = leaves;
+    while level.len() > 1 {
+        let mut next = Vec::new();
+        for pair in level.chunks(2) {
+            next.push(c.submit::<WireArray>("array_add", pair.iter().map(|f| f.arg()).collect()).await?);
+        }
+        level = next;
+    }
+    let total = c.submit::<f64>("array_sum", vec![level[0].arg()]).await?.result().await?;
+    c.close().await;
+    cluster.shutdown().await;
+    anyhow::ensure!((total - expected).abs() <= 1e-9 * expected.abs(), "graph gave {total}, expected {expected}");
+    Ok(())
 }
 
 async fn repetition(registry: &Registry, url: &str, args: &Args, seed: u64) -> anyhow::Result<Outcome> {
@@ -205,13 +235,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 repetition(&registry, url, &args, r as u64 + 1),
             );
             match attempt.await {
-                Ok(Ok(o)) => {
-                    row.ok += 1;
-                    row.messages += o.messages;
-                    row.lost_or_corrupt += o.bad;
-                    row.abrupt_closes_seen_as_closed += o.closed_seen;
-                    latencies.extend(o.latencies);
-                }
+                Ok(Ok(o)) => match graph(&registry, url, r as u64 + 1).await {
+                    Ok(()) => {
+                        row.ok += 1;
+                        row.graphs_ok += 1;
+                        row.messages += o.messages;
+                        row.lost_or_corrupt += o.bad;
+                        row.abrupt_closes_seen_as_closed += o.closed_seen;
+                        latencies.extend(o.latencies);
+                    }
+                    Err(e) => {
+                        row.failures += 1;
+                        row.errors.push(format!("task graph: {e:#}"));
+                    }
+                },
                 Ok(Err(e)) => {
                     row.failures += 1;
                     row.errors.push(format!("{e:#}"));
