@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Courier's benchmarks on this machine and writes results/: the criterion transport
-# comparison (CSV), `courier compare` and `courier bench-tasks` output, and a manifest of
-# the machine. Takes several minutes; run it on an otherwise idle machine.
+# comparison (CSV), `courier compare`, `courier bench-tasks` and `courier stability`
+# output, a manifest of the machine, and SVG plots of it all. Takes several minutes; run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p results
@@ -29,4 +29,5 @@ print(json.dumps({
                  "compare": "median of 5, 512 MiB per measurement", "bench_tasks": "best and median of 3"},
 }, indent=2))
 PY
+cargo run --release -p courier-bench --bin plots -- results
 echo "results written to results/"
