@@ -8,21 +8,14 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use courier_bench::{
-    RawPair, echo_client, echo_server, payload_message, raw_echo_client, raw_echo_server, raw_stream_receiver,
-    raw_stream_sender, registry, stream_receiver, stream_sender,
+    RawPair, TRANSPORTS, echo_client, echo_server, payload_message, raw_echo_client, raw_echo_server,
+    raw_stream_receiver, raw_stream_sender, registry, stream_receiver, stream_sender,
 };
 use courier_core::compression::{DEFAULT_THRESHOLD, auto_decision};
 use courier_core::{Comm, CommConfig, Compression, Message};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use tokio::runtime::Runtime;
 
-const TRANSPORTS: [(&str, &str); 5] = [
-    ("tcp", "tcp://127.0.0.1:0"),
-    ("tls", "tls://127.0.0.1:0"),
-    ("unix", "unix://"),
-    ("zmq", "zmq://127.0.0.1:0"),
-    ("inproc", "inproc://"),
-];
 const PAYLOADS: [(usize, &str); 3] = [(1 << 20, "1MiB"), (8 << 20, "8MiB"), (64 << 20, "64MiB")];
 
 fn runtime() -> Runtime {
@@ -42,6 +35,20 @@ fn comm_pair_with(rt: &Runtime, url: &str, compression: Option<Compression>) -> 
         let (c, s) = tokio::join!(r.connect_with(&contact, &config), l.accept());
         (c.expect("connect"), s.expect("accept"))
     })
+}
+
+/// Streams `count` length-prefixed copies of `bytes` over the raw pair; the receiver runs in
+/// its own task, as for the comms.
+fn raw_iters(rt: &Runtime, raw: &mut Option<RawPair>, bytes: &bytes::Bytes, count: usize) -> Duration {
+    let RawPair { mut client, mut server } = raw.take().expect("pair");
+    let rx = rt.spawn(async move {
+        let mut buf = Vec::new();
+        raw_stream_receiver(&mut server, count, &mut buf).await.expect("raw receiver");
+        server
+    });
+    let took = rt.block_on(raw_stream_sender(&mut client, bytes, count)).expect("raw sender");
+    *raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
+    took
 }
 
 /// Streams `msg` over `pair` `iters` times; the receiver runs in its own task.
@@ -99,18 +106,7 @@ fn stream(c: &mut Criterion) {
         let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
         let bytes = msg.frames[0].clone();
         group.bench_function(BenchmarkId::new("raw", name), |b| {
-            b.iter_custom(|iters| {
-                let RawPair { mut client, mut server } = raw.take().expect("pair");
-                let n = iters as usize;
-                let rx = rt.spawn(async move {
-                    let mut buf = Vec::new();
-                    raw_stream_receiver(&mut server, n, &mut buf).await.expect("raw receiver");
-                    server
-                });
-                let took = rt.block_on(raw_stream_sender(&mut client, &bytes, n)).expect("raw sender");
-                raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
-                took
-            })
+            b.iter_custom(|iters| raw_iters(&rt, &mut raw, &bytes, iters as usize))
         });
 
         for (transport, url) in TRANSPORTS {
@@ -188,18 +184,7 @@ fn arrays(c: &mut Criterion) {
         let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
         let bytes = sample.frames[0].clone();
         group.bench_function(BenchmarkId::new("raw", name), |b| {
-            b.iter_custom(|iters| {
-                let RawPair { mut client, mut server } = raw.take().expect("pair");
-                let n = iters as usize;
-                let rx = rt.spawn(async move {
-                    let mut buf = Vec::new();
-                    raw_stream_receiver(&mut server, n, &mut buf).await.expect("raw receiver");
-                    server
-                });
-                let took = rt.block_on(raw_stream_sender(&mut client, &bytes, n)).expect("raw sender");
-                raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
-                took
-            })
+            b.iter_custom(|iters| raw_iters(&rt, &mut raw, &bytes, iters as usize))
         });
         let transports: &[(&str, &str)] = if compression.is_some() { &TRANSPORTS[..2] } else { &TRANSPORTS };
         for (transport, url) in transports {
@@ -228,18 +213,7 @@ fn arrays(c: &mut Criterion) {
     let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
     let bytes = msg.frames[0].clone();
     group.bench_function(BenchmarkId::new("raw", "1000x100B"), |b| {
-        b.iter_custom(|iters| {
-            let RawPair { mut client, mut server } = raw.take().expect("pair");
-            let n = iters as usize * 1000;
-            let rx = rt.spawn(async move {
-                let mut buf = Vec::new();
-                raw_stream_receiver(&mut server, n, &mut buf).await.expect("raw receiver");
-                server
-            });
-            let took = rt.block_on(raw_stream_sender(&mut client, &bytes, n)).expect("raw sender");
-            raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
-            took
-        })
+        b.iter_custom(|iters| raw_iters(&rt, &mut raw, &bytes, iters as usize * 1000))
     });
     for (transport, url) in TRANSPORTS {
         let mut pair = Some(comm_pair(&rt, url));

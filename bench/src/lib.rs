@@ -25,6 +25,15 @@ use std::sync::Arc;
 
 use courier_core::Registry;
 
+/// The transports the comparisons measure: name and a listen URL giving a fresh address.
+pub const TRANSPORTS: [(&str, &str); 5] = [
+    ("tcp", "tcp://127.0.0.1:0"),
+    ("tls", "tls://127.0.0.1:0"),
+    ("unix", "unix://"),
+    ("zmq", "zmq://127.0.0.1:0"),
+    ("inproc", "inproc://"),
+];
+
 /// A registry with every transport this crate benchmarks. tls:// uses a throwaway CA and
 /// certificate generated in memory for the run.
 pub fn registry() -> Registry {

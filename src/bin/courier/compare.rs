@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use courier::{Comm, Registry};
 use courier_bench::{
-    RawPair, Summary, echo_client, echo_server, format_bytes, payload_message, raw_echo_client, raw_echo_server,
-    raw_stream_receiver, raw_stream_sender, stream_receiver, stream_sender,
+    RawPair, Summary, TRANSPORTS, echo_client, echo_server, format_bytes, payload_message, raw_echo_client,
+    raw_echo_server, raw_stream_receiver, raw_stream_sender, stream_receiver, stream_sender,
 };
 
 #[derive(Debug, clap::Args)]
@@ -40,14 +40,6 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<usize> {
     };
     n.checked_mul(mult).with_context(|| format!("{s:?} is too large"))
 }
-
-const TRANSPORTS: [(&str, &str); 5] = [
-    ("tcp", "tcp://127.0.0.1:0"),
-    ("tls", "tls://127.0.0.1:0"),
-    ("unix", "unix://"),
-    ("zmq", "zmq://127.0.0.1:0"),
-    ("inproc", "inproc://"),
-];
 
 async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
     let mut l = registry.listen(url).await?;
