@@ -1,10 +1,12 @@
 //! # Courier
 //!
 //! Messages of n-dimensional arrays between processes and machines, over pluggable
-//! transports chosen by URL scheme alone.
+//! transports chosen by URL scheme alone, and a task runtime on top.
 //!
-//! This facade re-exports the comm layer ([`courier_core`]) and the built-in transports, and
-//! builds a [`Registry`] holding them all:
+//! This facade re-exports the comm layer ([`courier_core`]), the built-in transports and the
+//! runtime ([`courier_runtime`]); builds a [`Registry`] holding every built-in transport; and
+//! runs nodes ([`node`]: `courier scheduler`, `courier worker`, and your own worker binary
+//! with [`worker_main`]). The `courier` command line lives in the `courier-cli` package.
 //!
 //! | scheme | crate | what |
 //! | --- | --- | --- |
@@ -33,6 +35,8 @@
 //! # }
 //! ```
 
+pub mod node;
+
 use std::sync::Arc;
 
 pub use courier_core::{
@@ -43,6 +47,7 @@ pub use courier_inproc::InprocTransport;
 pub use courier_tcp::{TcpOptions, TcpTransport};
 pub use courier_unix::UnixTransport;
 pub use courier_zmq::{ZmqOptions, ZmqTransport};
+pub use node::worker_main;
 pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_tls, courier_unix, courier_zmq};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.

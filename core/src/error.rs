@@ -32,6 +32,8 @@ pub enum ErrorKind {
     /// A message's content could not be (de)serialized: malformed MessagePack, a frame
     /// reference out of range, an array whose dtype, shape or size does not fit its data.
     Serialization,
+    /// A request got no reply within its timeout (the peer may be stalled or overloaded).
+    Timeout,
     /// Any other I/O failure.
     Io,
 }
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Compression => "compression error",
             ErrorKind::AddressInUse => "address in use",
             ErrorKind::Serialization => "serialization error",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "i/o error",
         }
     }

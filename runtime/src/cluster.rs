@@ -10,9 +10,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::driver::{SchedulerHandle, start_scheduler};
 use crate::functions::Functions;
 use crate::scheduler::SchedulerConfig;
-use crate::server::{SchedulerHandle, start_scheduler};
 use crate::worker::{WorkerConfig, WorkerHandle, start_worker};
 
 /// A local cluster. Dropping it stops in-process nodes and kills child processes.
@@ -93,6 +93,20 @@ impl LocalCluster {
         listen: &str,
         n_workers: usize,
     ) -> Result<Self, CommError> {
+        Self::processes_with(registry, courier_bin, listen, n_workers, courier_bin, &["worker"]).await
+    }
+
+    /// Like [`LocalCluster::processes`], with workers run as `worker_program [prefix…]
+    /// SCHEDULER --name NAME` (a custom worker binary built with `courier::worker_main` takes
+    /// no prefix).
+    pub async fn processes_with(
+        registry: Registry,
+        courier_bin: &Path,
+        listen: &str,
+        n_workers: usize,
+        worker_program: &Path,
+        prefix: &[&str],
+    ) -> Result<Self, CommError> {
         let io = |e: std::io::Error| CommError::from_io("starting a cluster process", e);
         let mut scheduler = Command::new(courier_bin)
             .args(["scheduler", "--listen", listen])
@@ -123,16 +137,24 @@ impl LocalCluster {
             nthreads: 1,
         };
         for i in 0..n_workers {
-            cluster.spawn_worker_process(courier_bin, &format!("worker-{i}")).await?;
+            cluster.spawn_worker_program(worker_program, prefix, &format!("worker-{i}")).await?;
         }
         cluster.wait_for_workers(n_workers).await?;
         Ok(cluster)
     }
 
-    /// Starts one more worker process.
+    /// Starts one more worker process of the `courier` binary at `courier_bin`.
     pub async fn spawn_worker_process(&mut self, courier_bin: &Path, name: &str) -> Result<(), CommError> {
-        let child = Command::new(courier_bin)
-            .args(["worker", &self.address, "--name", name])
+        self.spawn_worker_program(courier_bin, &["worker"], name).await
+    }
+
+    /// Starts one more worker process: `program [prefix…] SCHEDULER --name NAME`, for a
+    /// custom worker binary built with `courier::worker_main` (empty prefix) or `courier`
+    /// (prefix `["worker"]`).
+    pub async fn spawn_worker_program(&mut self, program: &Path, prefix: &[&str], name: &str) -> Result<(), CommError> {
+        let child = Command::new(program)
+            .args(prefix)
+            .args([self.address.as_str(), "--name", name])
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| CommError::from_io("starting a worker process", e))?;
@@ -146,7 +168,31 @@ impl LocalCluster {
         let joined = tokio::time::timeout(Duration::from_secs(30), client.wait_for_workers(|w| w.len() >= n)).await;
         let have = client.workers().len();
         client.close().await;
-        joined.map(|_| ()).map_err(|_| CommError::closed(format!("only {have} of {n} workers joined")))
+        match joined {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(CommError::closed(format!("only {have} of {n} workers joined within 30 s"))),
+        }
+    }
+
+    /// Waits until an in-process scheduler's table sizes satisfy `predicate` and returns them.
+    ///
+    /// # Panics
+    /// For a cluster of processes (there is no in-process scheduler), if the scheduler stops,
+    /// or if the predicate does not hold within 60 s (a guard against hangs in tests).
+    pub async fn wait_for_scheduler(
+        &self,
+        predicate: impl FnMut(&crate::scheduler::SchedulerStats) -> bool,
+    ) -> crate::scheduler::SchedulerStats {
+        let handle = self.scheduler.as_ref().expect("an in-process scheduler");
+        tokio::time::timeout(Duration::from_secs(60), handle.wait_for_stats(predicate))
+            .await
+            .unwrap_or_else(|_| panic!("scheduler stats still {:?} after 60 s", handle.stats()))
+            .expect("the scheduler stopped")
+    }
+
+    /// The in-process scheduler's handle, if any.
+    pub fn scheduler(&self) -> Option<&SchedulerHandle> {
+        self.scheduler.as_ref()
     }
 
     /// Bytes the scheduler has received, for an in-process scheduler.
@@ -172,6 +218,18 @@ impl LocalCluster {
     /// Child process `i`'s exit status, if it has exited.
     pub fn try_wait_process(&mut self, i: usize) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.children[i].try_wait()
+    }
+
+    /// Waits until one of the child processes `indices` exits; returns which, and how.
+    pub async fn wait_any_process(&mut self, indices: &[usize]) -> std::io::Result<(usize, std::process::ExitStatus)> {
+        let waits = self
+            .children
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| indices.contains(i))
+            .map(|(i, c)| Box::pin(async move { (i, c.wait().await) }));
+        let ((i, status), _, _) = futures::future::select_all(waits).await;
+        Ok((i, status?))
     }
 
     /// Waits for child process `i` to exit.

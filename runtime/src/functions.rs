@@ -115,7 +115,22 @@ impl Functions {
         self.map.get(name)
     }
 
-    /// The built-in set shipped with `courier worker`:
+    /// The names registered, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.map.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Adds every function of `other` (replacing same-named ones).
+    pub fn extend(&mut self, other: Functions) -> &mut Self {
+        self.map.extend(other.map);
+        self
+    }
+
+    /// The built-in set shipped with `courier worker`. None of them can harm the host: no
+    /// file system or process access, sleeps bounded to 60 s, array sizes bounded to
+    /// [`MAX_BUILTIN_ELEMENTS`] elements (1 GiB of f64), integer arithmetic checked.
     ///
     /// | name | arguments | result |
     /// | --- | --- | --- |
@@ -125,23 +140,17 @@ impl Functions {
     /// | `array_add` | f64 arrays… | elementwise sum |
     /// | `array_sum` | f64 array | sum of elements (`f64`) |
     /// | `array_mean` | f64 array | mean of elements (`f64`) |
-    /// | `matmul` | two 2-d f64 arrays | their product |
-    /// | `sleep` | seconds `f64` | the seconds slept (blocking) |
+    /// | `matmul` | two 2-d f64 arrays | their product (blocking) |
+    /// | `sleep` | seconds `f64` (at most 60) | the seconds slept (blocking) |
     /// | `fail` | message `String` | always fails with it |
-    /// | `flaky` | counter file `String`, failures `u32`, value `i64` | fails the first n calls, then the value |
-    /// | `slow_random_array` | shape, seed, seconds `f64` | `random_array` after sleeping (blocking) |
-    /// | `crash` | — | aborts the worker *process* (for failure tests; never use in-process) |
+    /// | `slow_random_array` | shape, seed, seconds `f64` (at most 60) | `random_array` after sleeping (blocking) |
     pub fn with_builtins() -> Self {
         let mut f = Functions::new();
-        f.register("inc", |(x,): (i64,)| Ok(x + 1));
-        f.register("add", |xs: Vec<i64>| Ok(xs.iter().sum::<i64>()));
-        f.register("random_array", |(shape, seed): (Vec<usize>, u64)| {
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let n: usize = shape.iter().product();
-            let a = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.f64()).collect())
-                .map_err(|e| e.to_string())?;
-            Ok(WireArray::from_array(a))
+        f.register("inc", |(x,): (i64,)| x.checked_add(1).ok_or_else(|| format!("{x} + 1 overflows i64")));
+        f.register("add", |xs: Vec<i64>| {
+            xs.iter().try_fold(0i64, |acc, &x| acc.checked_add(x)).ok_or_else(|| "the sum overflows i64".to_owned())
         });
+        f.register("random_array", |(shape, seed): (Vec<usize>, u64)| random_array(&shape, seed));
         f.register("array_add", |xs: Vec<WireArray>| {
             let mut it = xs.iter();
             let first = it.next().ok_or("array_add needs at least one array")?;
@@ -165,27 +174,109 @@ impl Functions {
             if a.ncols() != b.nrows() {
                 return Err(format!("cannot multiply {:?} by {:?}", a.dim(), b.dim()));
             }
+            check_elements(&[a.nrows(), b.ncols()])?;
             Ok(WireArray::from_array(a.dot(&b)))
         });
         f.register_blocking("sleep", |(secs,): (f64,)| {
-            std::thread::sleep(std::time::Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+            let secs = bounded_seconds(secs)?;
+            std::thread::sleep(std::time::Duration::from_secs_f64(secs));
             Ok(secs)
         });
         f.register("fail", |(msg,): (String,)| Err::<(), _>(msg));
         f.register_blocking("slow_random_array", |(shape, seed, secs): (Vec<usize>, u64, f64)| {
-            std::thread::sleep(std::time::Duration::from_secs_f64(secs.clamp(0.0, 60.0)));
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let n: usize = shape.iter().product();
-            let a = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.f64()).collect())
-                .map_err(|e| e.to_string())?;
-            Ok(WireArray::from_array(a))
-        });
-        f.register("crash", |(): ()| -> Result<(), String> { std::process::abort() });
-        f.register("flaky", |(path, failures, value): (String, u32, i64)| {
-            let n: u32 = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            std::fs::write(&path, (n + 1).to_string()).map_err(|e| format!("flaky counter {path}: {e}"))?;
-            if n < failures { Err(format!("flaky failure {} of {failures}", n + 1)) } else { Ok(value) }
+            std::thread::sleep(std::time::Duration::from_secs_f64(bounded_seconds(secs)?));
+            random_array(&shape, seed)
         });
         f
+    }
+}
+
+/// Largest array a built-in function creates: 2^27 elements (1 GiB of f64).
+pub const MAX_BUILTIN_ELEMENTS: usize = 1 << 27;
+
+/// Longest a built-in function sleeps, in seconds.
+pub const MAX_BUILTIN_SLEEP: f64 = 60.0;
+
+fn bounded_seconds(secs: f64) -> Result<f64, String> {
+    if secs.is_finite() && (0.0..=MAX_BUILTIN_SLEEP).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("{secs} seconds is outside 0..={MAX_BUILTIN_SLEEP}"))
+    }
+}
+
+fn check_elements(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .filter(|&n| n <= MAX_BUILTIN_ELEMENTS)
+        .ok_or_else(|| format!("an array of shape {shape:?} exceeds {MAX_BUILTIN_ELEMENTS} elements"))
+}
+
+fn random_array(shape: &[usize], seed: u64) -> Result<WireArray, String> {
+    let n = check_elements(shape)?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let a = ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| rng.f64()).collect()).map_err(|e| e.to_string())?;
+    Ok(WireArray::from_array(a))
+}
+
+/// Runs a task function; a panic becomes the task's error instead of killing the worker.
+pub(crate) fn run_guarded(f: &TaskFn, args: Vec<Payload>) -> Result<Payload, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args))).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        Err(format!("task panicked: {}", msg.unwrap_or_default()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtins_are_exactly_the_safe_list() {
+        assert_eq!(
+            Functions::with_builtins().names(),
+            vec![
+                "add",
+                "array_add",
+                "array_mean",
+                "array_sum",
+                "fail",
+                "inc",
+                "matmul",
+                "random_array",
+                "sleep",
+                "slow_random_array"
+            ]
+        );
+    }
+
+    #[test]
+    fn builtins_refuse_what_could_harm_the_host() {
+        let f = Functions::with_builtins();
+        let call = |name: &str, args: Vec<Payload>| run_guarded(&f.get(name).unwrap().f, args);
+        let p = |v: &dyn erased::Ser| v.payload();
+        let err = call("random_array", vec![p(&vec![1usize << 20, 1 << 20]), p(&1u64)]).unwrap_err();
+        assert!(err.contains("exceeds"), "{err}");
+        let err = call("random_array", vec![p(&vec![usize::MAX, 2]), p(&1u64)]).unwrap_err();
+        assert!(err.contains("exceeds"), "{err}");
+        let err = call("sleep", vec![p(&1e9f64)]).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
+        assert!(call("sleep", vec![p(&f64::NAN)]).is_err());
+        assert!(call("inc", vec![p(&i64::MAX)]).unwrap_err().contains("overflows"));
+        assert!(call("add", vec![p(&i64::MAX), p(&1i64)]).unwrap_err().contains("overflows"));
+        let v = call("add", vec![p(&40i64), p(&2i64)]).unwrap();
+        assert_eq!(v.decode::<i64>().unwrap(), 42);
+    }
+
+    mod erased {
+        pub(super) trait Ser {
+            fn payload(&self) -> courier_core::Payload;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn payload(&self) -> courier_core::Payload {
+                courier_core::Payload::new(self).unwrap()
+            }
+        }
     }
 }

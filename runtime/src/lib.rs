@@ -3,15 +3,29 @@
 //! A distributed task runtime on Courier comms, over any registered transport: the scheme of
 //! the scheduler's URL alone picks it.
 //!
-//! - [`Scheduler`]: a sans-IO state machine (`handle(event, now) -> actions`), tested without
-//!   sockets; [`start_scheduler`] drives it over comms, batching messages per destination.
-//! - Workers ([`start_worker`]) run [`Functions`] registered by name with typed serde
-//!   arguments, keep results in memory, fetch dependencies from peer workers directly (large
-//!   data never passes through the scheduler) and serve data to clients.
-//! - [`Client`]: `submit`, `map`, `gather`, `scatter`, `as_completed` (a stream that accepts
-//!   new futures while it runs), `persist` vs `compute`, `cancel`, retries, `wait`. Dropping
-//!   the last [`TaskFuture`] of a key lets the cluster forget its data.
-//! - [`LocalCluster`]: everything in this process over inproc://, or `courier` processes.
+//! ## Shape
+//!
+//! Every decider is a sans-IO state machine; the tokio drivers only move bytes and timers.
+//!
+//! - [`Scheduler`]: `handle(event, now) -> actions`; placement, the ready queue, stealing,
+//!   retirement, recovery from dead workers by lineage, ownership of keys.
+//! - [`WorkerState`](worker::WorkerState): `handle(event, now) -> actions`; execution slots,
+//!   dependency fetching, stealing's worker half, release, scatter tickets.
+//! - [`sim`]: a deterministic simulator running the scheduler, workers and clients together in
+//!   simulated time with message delays and injected deaths.
+//! - Drivers: [`start_scheduler`], [`start_worker`], and the [`Client`]. Each sends through
+//!   one batched outbox per peer that never blocks (a peer that stops reading is cut off),
+//!   and matches every reply to its request by id.
+//! - [`protocol`]: the typed message sets per role, specified in `docs/PROTOCOL.md` §7.
+//! - [`Functions`]: functions registered by name with typed (serde) arguments and results;
+//!   [`Functions::with_builtins`] is the safe set `courier worker` ships.
+//! - [`LocalCluster`]: everything in this process (inproc:// by default), or processes.
+//!
+//! ## Client verbs
+//!
+//! `submit`, `map`, `gather`, `scatter`, `as_completed` (a stream that accepts new futures
+//! while it runs), `persist` vs `compute`, `cancel`, retries, `wait`, `retire_workers`.
+//! Dropping the last [`TaskFuture`] of a key lets the cluster forget its data.
 //!
 //! ```
 //! use courier_runtime::{Functions, LocalCluster, arg};
@@ -29,17 +43,18 @@
 
 mod client;
 mod cluster;
+mod collections;
+pub mod driver;
 mod functions;
 pub mod protocol;
 pub mod scheduler;
-mod server;
-mod wire;
-mod worker;
+pub mod sim;
+pub mod worker;
 
-pub use client::{AsCompleted, Client, Graph, Status, TaskError, TaskFuture, arg};
+pub use client::{AsCompleted, Client, ClusterError, Graph, Status, TaskError, TaskFuture, arg, try_arg};
 pub use cluster::{Adaptive, LocalCluster};
-pub use functions::{Args, Functions, TaskFn};
-pub use protocol::{ArgSpec, Key};
+pub use driver::{SchedulerHandle, ServerConfig, start_scheduler};
+pub use functions::{Args, Functions, MAX_BUILTIN_ELEMENTS, MAX_BUILTIN_SLEEP, TaskFn};
+pub use protocol::{ArgSpec, Failure, Key};
 pub use scheduler::{Scheduler, SchedulerConfig};
-pub use server::{SchedulerHandle, start_scheduler};
 pub use worker::{WorkerConfig, WorkerHandle, start_worker};

@@ -148,3 +148,91 @@ async fn a_short_stability_run_is_clean_on_every_transport() {
         assert!(stdout.contains(scheme), "{scheme} missing from {stdout}");
     }
 }
+
+/// Every built-in function through `courier submit`, arrays included: array results print
+/// as a summary, `--out` writes a .npy, and `@FILE.npy` passes one as an argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn courier_submit_prints_the_result_of_every_builtin() {
+    let dir = temp_dir("submit");
+    let (_scheduler, addr) = scheduler(&["--listen", "tcp://127.0.0.1:0"], &[]).await;
+    let _worker = courier().args(["worker", &addr, "--nthreads", "2"]).spawn().unwrap();
+    let submit = |args: Vec<String>| {
+        let addr = addr.clone();
+        async move {
+            let out =
+                tokio::time::timeout(Duration::from_secs(60), courier().arg("submit").arg(&addr).args(&args).output())
+                    .await
+                    .expect("submit finishes")
+                    .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let ok = |r: (bool, String, String)| {
+        assert!(r.0, "{}", r.2);
+        r.1
+    };
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(ok(submit(s(&["inc", "41"])).await), "42");
+    assert_eq!(ok(submit(s(&["add", "1", "2", "39"])).await), "42");
+    assert_eq!(ok(submit(s(&["sleep", "0.01"])).await), "0.01");
+    let big = ok(submit(s(&["random_array", "[1000,1000]", "7"])).await);
+    assert!(big.starts_with("array f8 shape [1000, 1000] (1000000 elements, 8000000 bytes): [0."), "{big}");
+    assert!(big.contains("checksum fnv1a64:"), "{big}");
+    let a = ok(submit(vec!["random_array".into(), "[3,4]".into(), "1".into(), "--out".into(), path("a.npy")]).await);
+    assert!(a.contains("wrote") && std::fs::metadata(path("a.npy")).unwrap().len() == 128 + 96, "{a}");
+    ok(submit(vec!["random_array".into(), "[4,2]".into(), "2".into(), "--out".into(), path("b.npy")]).await);
+    let sum: f64 = ok(submit(vec!["array_sum".into(), format!("@{}", path("a.npy"))]).await).parse().unwrap();
+    let mean: f64 = ok(submit(vec!["array_mean".into(), format!("@{}", path("a.npy"))]).await).parse().unwrap();
+    assert!((sum / 12.0 - mean).abs() < 1e-12 && sum > 0.0 && sum < 12.0);
+    let doubled =
+        ok(submit(vec!["array_add".into(), format!("@{}", path("a.npy")), format!("@{}", path("a.npy"))]).await);
+    assert!(doubled.starts_with("array f8 shape [3, 4]"), "{doubled}");
+    let product = ok(submit(vec!["matmul".into(), format!("@{}", path("a.npy")), format!("@{}", path("b.npy"))]).await);
+    assert!(product.starts_with("array f8 shape [3, 2]"), "{product}");
+    let slow = ok(submit(s(&["slow_random_array", "[2,2]", "3", "0.01"])).await);
+    assert!(slow.starts_with("array f8 shape [2, 2]"), "{slow}");
+    let (success, _, stderr) = submit(s(&["fail", "disk on fire"])).await;
+    assert!(!success && stderr.contains("disk on fire"), "{stderr}");
+    // numpy reads what --out wrote, when it is installed.
+    if let Ok(python) = std::env::var("COURIER_PYTHON") {
+        let check = format!(
+            "import numpy; a = numpy.load({:?}); assert a.shape == (3, 4) and a.dtype == numpy.float64; print(a.sum())",
+            path("a.npy")
+        );
+        let out = Command::new(python).args(["-c", &check]).output().await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let numpy_sum: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!((numpy_sum - sum).abs() < 1e-12, "numpy {numpy_sum} vs courier {sum}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A worker whose scheduler dies exits non-zero (its main task failed), as does a scheduler
+/// that cannot listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exit_non_zero_when_their_main_task_fails() {
+    let (mut sched, addr) = scheduler(&["--listen", "tcp://127.0.0.1:0"], &[]).await;
+    let mut worker = courier().args(["worker", &addr]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("worker serving data at") {
+            break;
+        }
+    }
+    sched.kill().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "lost its scheduler: {status}");
+    let (_busy, busy_addr) = scheduler(&["--listen", "tcp://127.0.0.1:0"], &[]).await;
+    let out = courier().args(["scheduler", "--listen", &busy_addr]).output().await.unwrap();
+    assert!(!out.status.success(), "the address is taken");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("address in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,7 +1,7 @@
 //! Builds random arrays on the workers and reduces them there, pairwise, worker to worker.
 //!
 //! ```sh
-//! cargo run --release --example reduce_arrays -- tcp://127.0.0.1:8786 [arrays] [rows]
+//! cargo run --release -p courier-cli --example reduce_arrays -- tcp://127.0.0.1:8786 [arrays] [rows]
 //! ```
 
 use courier::courier_core::WireArray;

@@ -1,16 +1,15 @@
-//! Clusters of `courier scheduler` and `courier worker` processes: the runtime across
-//! processes, and what happens when worker processes die.
+//! Clusters of `courier scheduler` and worker processes: the runtime across processes, what
+//! happens when worker processes die, and custom worker binaries.
 
-use std::path::Path;
+mod support;
+
 use std::time::Duration;
 
 use courier::courier_core::WireArray;
-use courier::courier_runtime::{Client, LocalCluster, TaskError, TaskFuture, arg};
+use courier::courier_runtime::protocol::Failure;
+use courier::courier_runtime::{Client, LocalCluster, TaskFuture, arg};
 use courier::{Registry, RegistryExt};
-
-fn courier_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_courier"))
-}
+use support::{courier_bin, example};
 
 /// A tree reduction with `leaves` slow leaves: 2 × leaves tasks in all.
 async fn tree(c: &Client, leaves: u64, delay: f64) -> (Vec<TaskFuture<WireArray>>, TaskFuture<f64>) {
@@ -31,15 +30,11 @@ async fn tree(c: &Client, leaves: u64, delay: f64) -> (Vec<TaskFuture<WireArray>
 }
 
 async fn reference_result(leaves: u64) -> f64 {
-    let cluster =
-        LocalCluster::inproc(Registry::with_default_transports(), 2, courier_runtime_functions()).await.unwrap();
+    let functions = courier::courier_runtime::Functions::with_builtins();
+    let cluster = LocalCluster::inproc(Registry::with_default_transports(), 2, functions).await.unwrap();
     let c = cluster.client().await.unwrap();
     let (_, total) = tree(&c, leaves, 0.0).await;
     total.result().await.unwrap()
-}
-
-fn courier_runtime_functions() -> courier::courier_runtime::Functions {
-    courier::courier_runtime::Functions::with_builtins()
 }
 
 async fn survives_a_sigkilled_worker(listen: &str) {
@@ -72,12 +67,13 @@ async fn tree_reduction_survives_a_sigkilled_worker_over_zmq() {
     survives_a_sigkilled_worker("zmq://127.0.0.1:0").await;
 }
 
+/// Failure injection comes from the test-only chaos worker, never from `courier worker`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_kills_every_worker_fails_as_killed_worker() {
+    let chaos = example("chaos_worker");
+    let registry = Registry::with_default_transports();
     let mut cluster =
-        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), "tcp://127.0.0.1:0", 1)
-            .await
-            .unwrap();
+        LocalCluster::processes_with(registry, courier_bin(), "tcp://127.0.0.1:0", 1, &chaos, &[]).await.unwrap();
     let c = cluster.client().await.unwrap();
     let bomb = c.submit::<()>("crash", vec![]).await.unwrap();
     // Each death needs a fresh worker to run the task again; default allowed failures is 3.
@@ -85,16 +81,16 @@ async fn a_task_that_kills_every_worker_fails_as_killed_worker() {
     let err = loop {
         let status = tokio::time::timeout(Duration::from_secs(30), cluster.wait_process(child)).await.unwrap().unwrap();
         assert!(!status.success(), "the worker process was killed by the task");
-        if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), bomb.wait()).await {
-            break r.unwrap_err();
+        if child == 4 {
+            break tokio::time::timeout(Duration::from_secs(30), bomb.wait()).await.expect("no hang").unwrap_err();
         }
-        assert!(child < 8, "the task never failed");
-        cluster.spawn_worker_process(courier_bin(), &format!("worker-{child}")).await.unwrap();
+        cluster.spawn_worker_program(&chaos, &[], &format!("worker-{child}")).await.unwrap();
         child += 1;
     };
-    let msg = err.to_string();
-    assert!(matches!(err, TaskError::Failed { .. }) && msg.contains("KilledWorker"), "{msg}");
-    assert!(msg.contains("4 workers"), "{msg}");
+    match err.failure() {
+        Some(Failure::KilledWorker { workers }) => assert_eq!(workers.len(), 4, "{err}"),
+        other => panic!("expected KilledWorker, got {other:?}"),
+    }
     // The cluster still runs other work.
     cluster.spawn_worker_process(courier_bin(), "survivor").await.unwrap();
     cluster.wait_for_workers(1).await.unwrap();
@@ -125,19 +121,29 @@ async fn a_retired_worker_process_exits_cleanly_and_its_data_stays() {
     c.wait(&data).await;
     let leaving = c.workers()[0].clone();
     c.retire_workers(std::slice::from_ref(&leaving)).await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            for i in [1, 2] {
-                if let Some(status) = cluster.try_wait_process(i).unwrap() {
-                    return status;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the retired worker process exits");
+    let (_, status) =
+        tokio::time::timeout(Duration::from_secs(30), cluster.wait_any_process(&[1, 2])).await.unwrap().unwrap();
     assert!(status.success(), "clean exit, got {status}");
     assert_eq!(c.gather(&data).await.unwrap(), (1..=100).collect::<Vec<_>>());
+    cluster.shutdown().await;
+}
+
+/// examples/custom_worker.rs against a `courier scheduler` process: its functions, the
+/// built-ins, and `courier submit` reaching them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_worker_binary_serves_its_functions() {
+    let custom = example("custom_worker");
+    let registry = Registry::with_default_transports();
+    let cluster =
+        LocalCluster::processes_with(registry, courier_bin(), "tcp://127.0.0.1:0", 1, &custom, &[]).await.unwrap();
+    let url = cluster.scheduler_address().to_owned();
+    let c = cluster.client().await.unwrap();
+    let sq = c.submit::<f64>("square", vec![arg(&3.0f64)]).await.unwrap();
+    assert_eq!(sq.result().await.unwrap(), 9.0);
+    let out = support::courier().args(["submit", &url, "word_count", "\"to be or not to be\""]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    let inc = c.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
+    assert_eq!(inc.result().await.unwrap(), 42);
     cluster.shutdown().await;
 }

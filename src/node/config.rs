@@ -20,8 +20,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Deserialize;
+
+use super::NodeError;
 
 /// The whole file; every section and key is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -61,10 +62,11 @@ pub(crate) struct TlsSection {
 
 impl FileConfig {
     /// Reads `path`, or returns the empty configuration when there is none.
-    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<FileConfig, NodeError> {
         let Some(path) = path else { return Ok(FileConfig::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let text =
+            std::fs::read_to_string(path).map_err(|e| NodeError::Config(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| NodeError::Config(format!("parsing {}: {e}", path.display())))
     }
 }
 

@@ -99,7 +99,7 @@ struct Outcome {
 /// whose inputs live on both workers, checked against the sum of the gathered inputs.
 async fn graph(registry: &Registry, url: &str, seed: u64) -> anyhow::Result<()> {
     use courier::courier_core::WireArray;
-    use courier_runtime::{Functions, LocalCluster, TaskFuture, arg};
+    use courier::courier_runtime::{Functions, LocalCluster, TaskFuture, arg};
     let cluster = LocalCluster::in_process(registry.clone(), url, 2, 1, Functions::with_builtins()).await?;
     let c = cluster.client().await?;
     let leaves: Vec<TaskFuture<WireArray>> =

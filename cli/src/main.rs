@@ -1,0 +1,76 @@
+//! The `courier` command line: run a scheduler or workers, submit a task, and measure the
+//! transports and the runtime.
+
+use clap::{Parser, Subcommand};
+use courier::node::{CommonArgs, SchedulerArgs, WorkerArgs};
+
+mod compare;
+mod npy;
+mod perf;
+mod stability;
+mod submit;
+mod tasks;
+
+/// Courier: pluggable-transport messaging for n-d arrays, and a task runtime on top.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compare the transports on this machine: array-sized stream throughput and small-message
+    /// round trips over every built-in transport, next to a raw tokio socket, in one run.
+    Compare(compare::Args),
+    /// Measure task throughput: map + gather and an as_completed loop, on an in-process
+    /// cluster and on scheduler + worker processes per scheme.
+    BenchTasks(tasks::Args),
+    /// Run one task on a cluster and print its result: `courier submit URL inc 41` prints 42.
+    /// Each argument is JSON (a bare word is a string). An array result is summarised (dtype,
+    /// shape, first values, checksum); `--out FILE.npy` writes it whole for numpy.
+    Submit(submit::Args),
+    /// Stability runs: repeat a mixed workload per transport; count failures, hangs and lost
+    /// messages; sample memory and file descriptors.
+    Stability(stability::Args),
+    /// iperf-like measurements of any transport between two processes or hosts.
+    #[command(subcommand)]
+    Perf(perf::Perf),
+    /// Run a scheduler. Prints `scheduler listening at URL` once it accepts connections.
+    Scheduler(SchedulerArgs),
+    /// Run a worker with the built-in functions, connected to a scheduler.
+    Worker(WorkerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    courier::node::init_logging();
+    let cli = Cli::parse();
+    let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match cli.command {
+        Command::Compare(args) => {
+            multi()?.block_on(compare::streams(&args))?;
+            // Round trips are dominated by task wake-ups: show both runtime flavours.
+            multi()?.block_on(compare::echoes(&args, "multi-thread"))?;
+            let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            current.block_on(compare::echoes(&args, "current-thread"))?;
+            println!();
+            println!("More: `cargo bench -p courier-bench` (criterion; HTML in target/criterion/report/index.html),");
+            println!(
+                "`courier stability`, `courier bench-tasks`, `courier perf`; recorded results and plots: results/SUMMARY.md"
+            );
+            Ok(())
+        }
+        Command::Stability(args) => multi()?.block_on(stability::run(args)),
+        Command::Perf(p) => multi()?.block_on(perf::run(p, cli.common.registry()?)),
+        Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
+        Command::Submit(args) => multi()?.block_on(submit::run(args, cli.common.registry()?)),
+        Command::Scheduler(args) => Ok(multi()?.block_on(courier::node::run_scheduler(args, &cli.common))?),
+        Command::Worker(args) => {
+            let functions = courier::courier_runtime::Functions::with_builtins();
+            Ok(multi()?.block_on(courier::node::run_worker(args, &cli.common, functions))?)
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Task futures and their reference counts: the client's view of each key it wants.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use courier_core::{CommError, Payload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use super::Inner;
+use super::as_completed::Completions;
+use crate::collections::Map;
+use crate::protocol::{ArgSpec, ClientToScheduler, Failure, Key};
+
+/// Why a future has no value.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The scheduler reports that the task failed; [`Failure`] says how (the function's
+    /// error, cancelled, `KilledWorker`, data lost, rejected, or inherited from a dependency).
+    #[error("task {key} failed: {failure}")]
+    Failed {
+        /// The task.
+        key: Key,
+        /// How.
+        failure: Failure,
+    },
+    /// The result could not be fetched from any worker holding it, or not decoded.
+    #[error("result of {key} unavailable: {source}")]
+    Fetch {
+        /// The task.
+        key: Key,
+        /// The cause.
+        source: CommError,
+    },
+    /// Talking to the cluster failed (the scheduler is gone, the client is closed).
+    #[error(transparent)]
+    Comm(#[from] CommError),
+}
+
+impl TaskError {
+    /// The scheduler's verdict, if this is one.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            TaskError::Failed { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+
+    /// True when the task, or one it depends on, was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.failure().is_some_and(Failure::is_cancelled)
+    }
+}
+
+/// A future's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not finished (or being computed again after its data was lost).
+    Pending,
+    /// Finished; the result is on the workers.
+    Finished,
+    /// Failed.
+    Failed(Failure),
+    /// The client lost the scheduler (or was closed) before the task finished.
+    Disconnected(String),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum KeyStatus {
+    Pending,
+    Done(Vec<String>),
+    Failed(Failure),
+    Disconnected(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct KeyState {
+    pub(crate) status: KeyStatus,
+    refs: usize,
+    pub(crate) changed: Arc<Notify>,
+    pub(crate) subscribers: Vec<Arc<Completions>>,
+}
+
+/// The client's table of keys it holds futures for.
+#[derive(Debug, Default)]
+pub(crate) struct Keys {
+    pub(crate) keys: Map<Key, KeyState>,
+    /// Set once the scheduler is lost: new futures fail at once with this.
+    pub(crate) lost: Option<String>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn track(&self, key: &Key) {
+        let mut s = lock(&self.keys);
+        let lost = s.lost.clone();
+        let k = s.keys.entry(key.clone()).or_insert_with(|| KeyState {
+            status: KeyStatus::Pending,
+            refs: 0,
+            changed: Arc::new(Notify::new()),
+            subscribers: Vec::new(),
+        });
+        k.refs += 1;
+        if let Some(why) = lost
+            && matches!(k.status, KeyStatus::Pending)
+        {
+            k.status = KeyStatus::Disconnected(why);
+        }
+    }
+
+    fn untrack(&self, key: &Key) {
+        let mut s = lock(&self.keys);
+        let Some(k) = s.keys.get_mut(key) else { return };
+        k.refs -= 1;
+        if k.refs == 0 {
+            s.keys.remove(key);
+            crate::collections::shrink_map(&mut s.keys);
+            drop(s);
+            // The last reference is gone: the cluster may forget the data. Never blocks.
+            let _ = self.outbox.send(ClientToScheduler::Release { keys: vec![key.clone()] });
+        }
+    }
+
+    /// Records a new status; wakes waiters; completion subscribers hear of final states.
+    pub(crate) fn settle(&self, key: &Key, status: KeyStatus) {
+        let mut s = lock(&self.keys);
+        let Some(k) = s.keys.get_mut(key) else { return };
+        if matches!(k.status, KeyStatus::Failed(_) | KeyStatus::Disconnected(_)) {
+            return; // final
+        }
+        let complete = !matches!(status, KeyStatus::Pending);
+        k.status = status;
+        k.changed.notify_waiters();
+        if complete {
+            for sub in k.subscribers.drain(..) {
+                sub.push(key.clone());
+            }
+        }
+    }
+
+    pub(crate) fn status(&self, key: &Key) -> Option<KeyStatus> {
+        lock(&self.keys).keys.get(key).map(|k| k.status.clone())
+    }
+
+    /// Waits until `key` is done (its holders) or failed.
+    pub(crate) async fn holders(&self, key: &Key) -> Result<Vec<String>, TaskError> {
+        loop {
+            let changed = {
+                let s = lock(&self.keys);
+                let Some(k) = s.keys.get(key) else {
+                    return Err(TaskError::Comm(CommError::closed(format!("{key} is not tracked"))));
+                };
+                match &k.status {
+                    KeyStatus::Done(h) => return Ok(h.clone()),
+                    KeyStatus::Failed(f) => return Err(TaskError::Failed { key: key.clone(), failure: f.clone() }),
+                    KeyStatus::Disconnected(why) => return Err(TaskError::Comm(CommError::closed(why.clone()))),
+                    KeyStatus::Pending => k.changed.clone(),
+                }
+            };
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !matches!(self.status(key), Some(KeyStatus::Pending)) {
+                continue;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A task's eventual result of type `T`. Cloning is cheap; when the last future of a key is
+/// dropped, the cluster forgets its data.
+pub struct TaskFuture<T> {
+    pub(crate) key: Key,
+    pub(crate) inner: Arc<Inner>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for TaskFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFuture").field("key", &self.key).finish()
+    }
+}
+
+impl<T> Clone for TaskFuture<T> {
+    fn clone(&self) -> Self {
+        self.inner.track(&self.key);
+        TaskFuture { key: self.key.clone(), inner: self.inner.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> Drop for TaskFuture<T> {
+    fn drop(&mut self) {
+        self.inner.untrack(&self.key);
+    }
+}
+
+/// A task argument: a value, or another task's result.
+///
+/// # Panics
+/// If `value` cannot be serialized (a type whose `Serialize` fails); use [`try_arg`] to get
+/// the error instead.
+pub fn arg<T: Serialize + ?Sized>(value: &T) -> ArgSpec {
+    try_arg(value).expect("task arguments must serialize")
+}
+
+/// A task argument, or why `value` cannot be serialized.
+pub fn try_arg<T: Serialize + ?Sized>(value: &T) -> Result<ArgSpec, CommError> {
+    Ok(ArgSpec::Value(Payload::new(value)?))
+}
+
+impl<T> TaskFuture<T> {
+    pub(crate) fn new(key: Key, inner: Arc<Inner>) -> Self {
+        inner.track(&key);
+        TaskFuture { key, inner, _t: PhantomData }
+    }
+
+    /// The task's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// This future as an argument of another task (a dependency).
+    pub fn arg(&self) -> ArgSpec {
+        ArgSpec::Key(self.key.clone())
+    }
+
+    /// The workers holding the result (empty until it is finished).
+    pub fn who_has(&self) -> Vec<String> {
+        match self.inner.status(&self.key) {
+            Some(KeyStatus::Done(h)) => h,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Where the task is.
+    pub fn status(&self) -> Status {
+        match self.inner.status(&self.key) {
+            Some(KeyStatus::Done(_)) => Status::Finished,
+            Some(KeyStatus::Failed(f)) => Status::Failed(f),
+            Some(KeyStatus::Disconnected(w)) => Status::Disconnected(w),
+            Some(KeyStatus::Pending) | None => Status::Pending,
+        }
+    }
+
+    /// Waits until the task finished or failed.
+    pub async fn wait(&self) -> Result<(), TaskError> {
+        self.inner.holders(&self.key).await.map(|_| ())
+    }
+}
+
+impl<T: DeserializeOwned> TaskFuture<T> {
+    /// Waits for the task and fetches its result from a worker holding it.
+    pub async fn result(&self) -> Result<T, TaskError> {
+        let payload = self.payload().await?;
+        payload.decode::<T>().map_err(|source| TaskError::Fetch { key: self.key.clone(), source })
+    }
+}
+
+impl<T> TaskFuture<T> {
+    /// Waits for the task and fetches its result undecoded.
+    pub async fn payload(&self) -> Result<Payload, TaskError> {
+        super::fetch::fetch_one(&self.inner, &self.key).await
+    }
+}

@@ -1,0 +1,68 @@
+//! Hash maps for the state machines: randomly keyed (resistant to peers choosing colliding
+//! keys) in production, fixed-keyed inside the simulator so that a seed replays exactly.
+
+use std::cell::Cell;
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+thread_local! {
+    static DETERMINISTIC: Cell<bool> = const { Cell::new(false) };
+}
+
+/// SipHash with random keys, or with fixed keys while [`Deterministic`] is in force on this
+/// thread (iteration order then depends only on what was inserted).
+#[derive(Clone, Debug)]
+pub(crate) struct Hashing(Option<RandomState>);
+
+impl Default for Hashing {
+    fn default() -> Self {
+        if DETERMINISTIC.with(Cell::get) { Hashing(None) } else { Hashing(Some(RandomState::new())) }
+    }
+}
+
+impl BuildHasher for Hashing {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        match &self.0 {
+            Some(s) => s.build_hasher(),
+            None => DefaultHasher::new(),
+        }
+    }
+}
+
+pub(crate) type Map<K, V> = HashMap<K, V, Hashing>;
+pub(crate) type Set<K> = HashSet<K, Hashing>;
+
+/// While alive, maps created on this thread hash deterministically.
+#[derive(Debug)]
+pub(crate) struct Deterministic {
+    previous: bool,
+}
+
+impl Deterministic {
+    pub(crate) fn enter() -> Self {
+        Deterministic { previous: DETERMINISTIC.with(|d| d.replace(true)) }
+    }
+}
+
+impl Drop for Deterministic {
+    fn drop(&mut self) {
+        DETERMINISTIC.with(|d| d.set(self.previous));
+    }
+}
+
+/// Gives memory back when a map has shrunk to a small fraction of its capacity.
+pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V>(m: &mut Map<K, V>) {
+    if m.capacity() > 1024 && m.len() < m.capacity() / 8 {
+        m.shrink_to(m.len() * 2);
+    }
+}
+
+/// Gives memory back when a set has shrunk to a small fraction of its capacity.
+pub(crate) fn shrink_set<K: Eq + std::hash::Hash>(s: &mut Set<K>) {
+    if s.capacity() > 1024 && s.len() < s.capacity() / 8 {
+        s.shrink_to(s.len() * 2);
+    }
+}

@@ -1,0 +1,464 @@
+//! The scheduler's tokio driver: accepts comms, turns their messages into [`Event`]s for the
+//! sans-IO [`Scheduler`], and pushes the resulting messages into per-peer batched outboxes.
+//!
+//! The event loop never awaits a peer. Each peer has a reader task that decodes its messages
+//! and waits for room in the (bounded) event queue, so a peer flooding the scheduler is slowed
+//! down by its own back-pressure while the others keep their turns; each peer has an
+//! [`Outbox`] that the loop pushes into without waiting, so a peer that stops reading only
+//! grows its own backlog, and past the bound it is disconnected with a log line that says so.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use courier_core::{CloseSignal, Comm, CommError, CommReceiver, Registry, from_message};
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::batched::Outbox;
+use crate::collections::{Map, Set};
+use crate::protocol::{ClientToScheduler, Hello, SchedulerToClient, SchedulerToWorker, WorkerToScheduler};
+use crate::scheduler::{Action, ClientId, Event, Scheduler, SchedulerConfig, SchedulerStats, WorkerId};
+
+/// How long a new comm may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often time passes for the state machine.
+const TICK: Duration = Duration::from_millis(100);
+/// Items queued from peers' readers before they wait.
+const EVENT_QUEUE: usize = 8192;
+/// Messages handled per round before the outboxes are flushed.
+const ROUND: usize = 4096;
+
+/// Settings of the scheduler's driver, beside the state machine's [`SchedulerConfig`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The state machine's settings.
+    pub scheduler: SchedulerConfig,
+    /// Unsent messages a peer may accumulate before it is disconnected (default 1,000,000).
+    pub outbox_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { scheduler: SchedulerConfig::default(), outbox_limit: 1_000_000 }
+    }
+}
+
+impl From<SchedulerConfig> for ServerConfig {
+    fn from(scheduler: SchedulerConfig) -> Self {
+        ServerConfig { scheduler, ..ServerConfig::default() }
+    }
+}
+
+/// A running scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerHandle {
+    /// The contact address clients and workers connect to.
+    pub address: String,
+    shutdown: CloseSignal,
+    received: Arc<AtomicU64>,
+    stats: tokio::sync::watch::Sender<SchedulerStats>,
+}
+
+impl SchedulerHandle {
+    /// Bytes of messages the scheduler has received from all peers (headers and frames).
+    /// Task data moves worker to worker, so this stays small however large the results.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// The scheduler's table sizes after its latest round of events.
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Waits until the scheduler's table sizes satisfy `predicate` (checked now, then after
+    /// every round of events) and returns them; `None` if the scheduler stopped first.
+    pub async fn wait_for_stats(&self, mut predicate: impl FnMut(&SchedulerStats) -> bool) -> Option<SchedulerStats> {
+        let mut rx = self.stats.subscribe();
+        rx.wait_for(|s| predicate(s)).await.map(|s| s.clone()).ok()
+    }
+
+    /// Stops the scheduler; its comms close, so workers and clients see it go.
+    pub fn shutdown(&self) {
+        self.shutdown.close();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Peer {
+    Worker(WorkerId),
+    Client(ClientId),
+}
+
+#[derive(Debug)]
+enum PeerOutbox {
+    Worker(Outbox<SchedulerToWorker>),
+    Client(Outbox<SchedulerToClient>),
+}
+
+impl PeerOutbox {
+    fn flush(&self) {
+        match self {
+            PeerOutbox::Worker(o) => o.flush(),
+            PeerOutbox::Client(o) => o.flush(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            PeerOutbox::Worker(o) => o.close(),
+            PeerOutbox::Client(o) => o.close(),
+        }
+    }
+}
+
+/// What a peer's reader hands the event loop. Each peer's items are handled in the order
+/// sent; different peers take turns.
+enum Item {
+    Joined(PeerOutbox, Event),
+    Batch(Vec<Event>, OwnedSemaphorePermit),
+    Left(Event),
+}
+
+struct FromPeer(Peer, Item);
+
+/// Batches a peer may have waiting in the event loop before its reader stops reading.
+const PEER_CREDIT: usize = 2;
+/// Messages of one peer handled before the next peer's turn.
+const SLICE: usize = 256;
+
+/// Listens on `listen` and runs a scheduler until [`SchedulerHandle::shutdown`]. The join
+/// handle resolves with an error if the scheduler stops for any other reason.
+pub async fn start_scheduler(
+    registry: Registry,
+    listen: &str,
+    config: impl Into<ServerConfig>,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<Result<(), CommError>>), CommError> {
+    let config = config.into();
+    let mut listener = registry.listen(listen).await?;
+    let address = listener.contact_address().to_string();
+    let shutdown = CloseSignal::new();
+    let (events_tx, events) = mpsc::channel::<FromPeer>(EVENT_QUEUE);
+    let received = Arc::new(AtomicU64::new(0));
+    let stats = tokio::sync::watch::Sender::new(SchedulerStats::default());
+    let ids = Arc::new(AtomicU64::new(1));
+
+    let stop = shutdown.clone();
+    let (counter, limit) = (received.clone(), config.outbox_limit);
+    tokio::spawn(async move {
+        loop {
+            let comm = tokio::select! {
+                () = stop.closed() => break,
+                c = listener.accept() => match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the scheduler's listener failed");
+                        stop.close();
+                        break;
+                    }
+                },
+            };
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(serve_peer(comm, id, events_tx.clone(), stop.clone(), counter.clone(), limit));
+        }
+        listener.close().await;
+    });
+    let core = Core::new(Scheduler::new(config.scheduler), stats.clone());
+    let task = tokio::spawn(core.run(events, shutdown.clone()));
+    Ok((SchedulerHandle { address, shutdown, received, stats }, task))
+}
+
+/// The event loop's state: the state machine, the outboxes, and each peer's waiting items.
+struct Core {
+    scheduler: Scheduler,
+    outboxes: Map<Peer, PeerOutbox>,
+    touched: Set<Peer>,
+    /// Items received and not yet handled, per peer, and the order peers take turns in.
+    waiting: Map<Peer, VecDeque<Item>>,
+    turns: VecDeque<Peer>,
+    /// Departures found while routing (overflowed outboxes), handled next.
+    departed: VecDeque<Event>,
+    stats: tokio::sync::watch::Sender<SchedulerStats>,
+}
+
+impl Core {
+    fn new(scheduler: Scheduler, stats: tokio::sync::watch::Sender<SchedulerStats>) -> Self {
+        Core {
+            scheduler,
+            outboxes: Map::default(),
+            touched: Set::default(),
+            waiting: Map::default(),
+            turns: VecDeque::new(),
+            departed: VecDeque::new(),
+            stats,
+        }
+    }
+
+    fn enqueue(&mut self, FromPeer(peer, item): FromPeer) {
+        let queue = self.waiting.entry(peer).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(peer);
+        }
+        queue.push_back(item);
+    }
+
+    fn handle(&mut self, event: Event) {
+        match &event {
+            Event::WorkerLeft { id } => drop(self.outboxes.remove(&Peer::Worker(*id))),
+            Event::ClientLeft { id } => drop(self.outboxes.remove(&Peer::Client(*id))),
+            _ => {}
+        }
+        let actions = self.scheduler.handle(event, Instant::now());
+        route(actions, &mut self.outboxes, &mut self.touched, &mut self.departed);
+        while let Some(e) = self.departed.pop_front() {
+            let actions = self.scheduler.handle(e, Instant::now());
+            route(actions, &mut self.outboxes, &mut self.touched, &mut self.departed);
+        }
+    }
+
+    /// One peer's turn: up to `SLICE` of its messages, in order.
+    fn turn(&mut self) {
+        let Some(peer) = self.turns.pop_front() else { return };
+        let mut budget = SLICE;
+        while budget > 0 {
+            let Some(item) = self.waiting.get_mut(&peer).and_then(VecDeque::pop_front) else { break };
+            match item {
+                Item::Joined(outbox, event) => {
+                    self.outboxes.insert(peer, outbox);
+                    self.handle(event);
+                    budget -= 1;
+                }
+                Item::Left(event) => {
+                    self.handle(event);
+                    budget = 0;
+                }
+                Item::Batch(mut events, permit) => {
+                    let take = events.len().min(budget);
+                    let rest = events.split_off(take);
+                    for e in events {
+                        self.handle(e);
+                    }
+                    budget -= take;
+                    if !rest.is_empty()
+                        && let Some(q) = self.waiting.get_mut(&peer)
+                    {
+                        q.push_front(Item::Batch(rest, permit));
+                    }
+                }
+            }
+        }
+        match self.waiting.get(&peer) {
+            Some(q) if !q.is_empty() => self.turns.push_back(peer),
+            _ => {
+                self.waiting.remove(&peer);
+            }
+        }
+    }
+
+    async fn run(mut self, mut events: mpsc::Receiver<FromPeer>, stop: CloseSignal) -> Result<(), CommError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.turns.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = stop.closed() => break,
+                    _ = tick.tick() => self.handle(Event::Tick),
+                    e = events.recv() => match e {
+                        Some(e) => self.enqueue(e),
+                        None => break,
+                    },
+                }
+            } else if stop.is_closed() {
+                break;
+            } else if tick.tick().now_or_never().is_some() {
+                self.handle(Event::Tick);
+            }
+            while let Ok(e) = events.try_recv() {
+                self.enqueue(e);
+            }
+            let mut handled = 0;
+            while handled < ROUND && !self.turns.is_empty() {
+                self.turn();
+                handled += SLICE;
+            }
+            for peer in self.touched.drain() {
+                if let Some(o) = self.outboxes.get(&peer) {
+                    o.flush();
+                }
+            }
+            let now = self.scheduler.stats();
+            self.stats.send_if_modified(|s| {
+                let changed = *s != now;
+                *s = now;
+                changed
+            });
+        }
+        for o in self.outboxes.values() {
+            o.close();
+        }
+        stop.close();
+        Ok(())
+    }
+}
+
+/// Pushes actions into outboxes without waiting. A peer whose outbox overflows is dropped
+/// (its comm is already closed), and its departure handled as the next event.
+fn route(
+    actions: Vec<Action>,
+    outboxes: &mut Map<Peer, PeerOutbox>,
+    touched: &mut Set<Peer>,
+    left: &mut VecDeque<Event>,
+) {
+    for action in actions {
+        let (peer, pushed) = match action {
+            Action::ToWorker(id, msg) => {
+                let peer = Peer::Worker(id);
+                match outboxes.get(&peer) {
+                    Some(PeerOutbox::Worker(o)) => (peer, o.push(msg)),
+                    _ => continue,
+                }
+            }
+            Action::ToClient(id, msg) => {
+                let peer = Peer::Client(id);
+                match outboxes.get(&peer) {
+                    Some(PeerOutbox::Client(o)) => (peer, o.push(msg)),
+                    _ => continue,
+                }
+            }
+            Action::DropWorker { id, reason } => {
+                tracing::warn!(worker = id, %reason, "dropping a worker");
+                if let Some(o) = outboxes.remove(&Peer::Worker(id)) {
+                    o.close();
+                }
+                continue;
+            }
+        };
+        match pushed {
+            Ok(()) => {
+                touched.insert(peer);
+            }
+            Err(e) => {
+                if outboxes.remove(&peer).is_some() {
+                    tracing::warn!(?peer, error = %e, "a peer stopped reading; disconnected it");
+                    left.push_back(match peer {
+                        Peer::Worker(id) => Event::WorkerLeft { id },
+                        Peer::Client(id) => Event::ClientLeft { id },
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Receives one batch, counting its bytes.
+async fn recv_batch<T: DeserializeOwned>(rx: &mut CommReceiver, counter: &AtomicU64) -> Result<Vec<T>, CommError> {
+    let msg = rx.recv().await?;
+    counter.fetch_add(msg.byte_len(), Ordering::Relaxed);
+    from_message(&msg)
+}
+
+async fn serve_peer(
+    comm: Comm,
+    id: u64,
+    events: mpsc::Sender<FromPeer>,
+    stop: CloseSignal,
+    counter: Arc<AtomicU64>,
+    limit: usize,
+) {
+    let remote = comm.peer_address().to_string();
+    let (tx, mut rx) = comm.split();
+    let hello = tokio::select! {
+        () = stop.closed() => return,
+        h = tokio::time::timeout(HELLO_TIMEOUT, recv_batch::<Hello>(&mut rx, &counter)) => h,
+    };
+    let hello = match hello {
+        Ok(Ok(mut batch)) if batch.len() == 1 => batch.pop().expect("one"),
+        Ok(Ok(batch)) => {
+            tracing::warn!(%remote, messages = batch.len(), "a peer's first message was not a single hello; dropped it");
+            return;
+        }
+        Ok(Err(e)) => {
+            if !e.is_closed() {
+                tracing::warn!(%remote, error = %e, "a peer did not start with a hello; dropped it");
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "a peer sent no hello within {HELLO_TIMEOUT:?}; dropped it");
+            return;
+        }
+    };
+    let credit = Arc::new(Semaphore::new(PEER_CREDIT));
+    let ctx = Relay { events: &events, stop: &stop, counter: &counter, remote: &remote, credit: &credit };
+    match hello {
+        Hello::Worker { name, address, nthreads } => {
+            let peer = Peer::Worker(id);
+            let outbox = Outbox::spawn(tx, limit, format!("worker {address}"));
+            let event = Event::WorkerJoined { id, name, address, nthreads };
+            if events.send(FromPeer(peer, Item::Joined(PeerOutbox::Worker(outbox.clone()), event))).await.is_err() {
+                return;
+            }
+            ctx.run::<WorkerToScheduler, _>(peer, &mut rx, &outbox, |msg| Event::FromWorker { id, msg }).await;
+            let _ = events.send(FromPeer(peer, Item::Left(Event::WorkerLeft { id }))).await;
+        }
+        Hello::Client { name } => {
+            let peer = Peer::Client(id);
+            let outbox = Outbox::spawn(tx, limit, format!("client {remote}"));
+            let event = Event::ClientJoined { id, name };
+            if events.send(FromPeer(peer, Item::Joined(PeerOutbox::Client(outbox.clone()), event))).await.is_err() {
+                return;
+            }
+            ctx.run::<ClientToScheduler, _>(peer, &mut rx, &outbox, |msg| Event::FromClient { id, msg }).await;
+            let _ = events.send(FromPeer(peer, Item::Left(Event::ClientLeft { id }))).await;
+        }
+    }
+}
+
+/// A peer's reader.
+struct Relay<'a> {
+    events: &'a mpsc::Sender<FromPeer>,
+    stop: &'a CloseSignal,
+    counter: &'a AtomicU64,
+    remote: &'a str,
+    credit: &'a Arc<Semaphore>,
+}
+
+impl Relay<'_> {
+    /// Forwards a peer's batches until its comm ends, it sends something malformed, or its
+    /// outbox is closed (it was dropped). A batch is read only when the peer has credit: at
+    /// most `PEER_CREDIT` of its batches wait in the event loop, so a flooding peer is slowed
+    /// by its own back-pressure and cannot crowd others out.
+    async fn run<T: DeserializeOwned, O: serde::Serialize + Send + 'static>(
+        &self,
+        peer: Peer,
+        rx: &mut CommReceiver,
+        outbox: &Outbox<O>,
+        wrap: impl Fn(T) -> Event,
+    ) {
+        loop {
+            let Ok(permit) = self.credit.clone().acquire_owned().await else { return };
+            let batch = tokio::select! {
+                () = self.stop.closed() => return,
+                () = outbox.closed() => return,
+                b = recv_batch::<T>(rx, self.counter) => match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if !e.is_closed() {
+                            tracing::warn!(remote = %self.remote, error = %e, "malformed message from a peer; disconnected it");
+                        }
+                        outbox.abort();
+                        return;
+                    }
+                },
+            };
+            let batch: Vec<Event> = batch.into_iter().map(&wrap).collect();
+            if self.events.send(FromPeer(peer, Item::Batch(batch, permit))).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The runtime's wire protocol: one typed message set per pair of roles.
+//!
+//! | module | between | messages |
+//! | --- | --- | --- |
+//! | [`client`] | client ↔ scheduler | [`ClientToScheduler`], [`SchedulerToClient`] |
+//! | [`worker`] | worker ↔ scheduler | [`WorkerToScheduler`], [`SchedulerToWorker`] |
+//! | [`data`] | any peer ↔ a worker's data listener | [`DataRequest`], [`DataReply`] |
+//!
+//! Every Courier message on a runtime comm carries a **batch**: a MessagePack array of one of
+//! these enums (serde's default external tagging; structs as maps). Task arguments and results
+//! are [`Payload`]s, whose buffers travel as frames, so the scheduler relays them without
+//! decoding. Every request that expects a reply carries a [`RequestId`] chosen by the asker and
+//! echoed in the reply; replies are matched by id, never by order, so an abandoned request
+//! can never be answered into another one. Every computation a scheduler hands a worker
+//! carries a [`RunId`]; a worker's report names it, and a report about a superseded run is
+//! ignored. Every value a peer announces is checked against [`bounds`] before it is used.
+//!
+//! `docs/PROTOCOL.md` §7 specifies all of this for implementers in other languages; a test
+//! checks that its message table matches these types.
+
+pub mod bounds;
+pub mod client;
+pub mod data;
+mod failure;
+pub mod worker;
+
+use courier_core::Payload;
+use serde::{Deserialize, Serialize};
+
+pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient};
+pub use data::{DataReply, DataRequest};
+pub use failure::Failure;
+pub use worker::{SchedulerToWorker, WorkerToScheduler};
+
+/// The first message on a comm to the scheduler: who is connecting. Alone in the first batch;
+/// the scheduler drops a peer whose first message is anything else, or that sends none within
+/// its registration timeout (10 s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Hello {
+    /// A client. The scheduler answers with [`SchedulerToClient::Workers`] listing every worker.
+    Client {
+        /// A name for logs (at most [`MAX_NAME_LEN`](bounds::MAX_NAME_LEN) bytes).
+        name: String,
+    },
+    /// A worker.
+    Worker {
+        /// A name for logs (at most [`MAX_NAME_LEN`](bounds::MAX_NAME_LEN) bytes).
+        name: String,
+        /// Where peers and clients reach its data listener (a URL, unique in the cluster).
+        address: String,
+        /// Runs it executes at once (1..=[`MAX_NTHREADS`](bounds::MAX_NTHREADS)).
+        nthreads: u32,
+    },
+}
+
+/// A task's name, unique in the cluster. A key names one computation: submitting the same key
+/// twice means the same function on the same arguments.
+pub type Key = String;
+
+/// Chosen by whoever sends a request; echoed in its reply.
+pub type RequestId = u64;
+
+/// Identifies one assignment of a task to a worker. A task computed again (after a worker
+/// died, a steal, a retry) gets a new run id, so late reports of old runs are recognised.
+pub type RunId = u64;
+
+/// A one-time permission, issued by the scheduler, for a client to store one scattered key on
+/// one worker.
+pub type Ticket = u64;
+
+/// An argument of a task: a value, or the result of another task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ArgSpec {
+    /// A serialized value.
+    Value(Payload),
+    /// The result of the task with this key (a dependency).
+    Key(Key),
+}
+
+/// A task as a client submits it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Its key: new, or the client's own (see [`ClientToScheduler::Submit`]).
+    pub key: Key,
+    /// The registered function to run.
+    pub func: String,
+    /// Its arguments.
+    pub args: Vec<ArgSpec>,
+    /// How many times to retry after the function fails.
+    pub retries: u32,
+    /// Whether the client wants the result kept until it releases the key. An unwanted task
+    /// (an intermediate step of a graph) is forgotten once its dependents have finished.
+    pub wanted: bool,
+}
+
+impl TaskSpec {
+    /// The distinct keys among the arguments, in order of first appearance.
+    pub fn dependencies(&self) -> Vec<Key> {
+        let mut deps: Vec<Key> = Vec::new();
+        for a in &self.args {
+            if let ArgSpec::Key(k) = a
+                && !deps.contains(k)
+            {
+                deps.push(k.clone());
+            }
+        }
+        deps
+    }
+}

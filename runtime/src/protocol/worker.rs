@@ -1,0 +1,126 @@
+//! Worker ↔ scheduler messages.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ArgSpec, Key, RequestId, RunId, Ticket};
+
+/// What a worker sends the scheduler, after its [`Hello::Worker`](super::Hello::Worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerToScheduler {
+    /// A run finished; its result is held here.
+    Finished {
+        /// Key.
+        key: Key,
+        /// The run, as in `Compute`.
+        run: RunId,
+        /// Result size in bytes.
+        nbytes: u64,
+        /// How long the function ran, in seconds.
+        seconds: f64,
+    },
+    /// A run's function failed.
+    Erred {
+        /// Key.
+        key: Key,
+        /// The run.
+        run: RunId,
+        /// The error message.
+        message: String,
+    },
+    /// A run could not start: no holder of `dep` could serve it. The worker has dropped the
+    /// run.
+    MissingData {
+        /// Key.
+        key: Key,
+        /// The run.
+        run: RunId,
+        /// The dependency that could not be fetched.
+        dep: Key,
+        /// The holders that were asked and failed.
+        tried: Vec<String>,
+    },
+    /// The answer to `Steal`: `true` when the run had not started and was dropped here.
+    StealReply {
+        /// Key.
+        key: Key,
+        /// The run.
+        run: RunId,
+        /// Whether it was given up.
+        stolen: bool,
+    },
+    /// The answer to `Replicate`: `ok` when the worker now holds a copy.
+    Replicated {
+        /// Key.
+        key: Key,
+        /// Whether the copy succeeded.
+        ok: bool,
+    },
+    /// The answer to `ExpectScatter`: the tickets are in force.
+    ScatterReady {
+        /// The scheduler's id from `ExpectScatter`.
+        id: RequestId,
+    },
+    /// A client stored a scattered value here, with a valid ticket.
+    Stored {
+        /// Key.
+        key: Key,
+        /// Its size in bytes.
+        nbytes: u64,
+    },
+    /// Still alive (every heartbeat interval, 1 s).
+    Heartbeat,
+}
+
+/// What the scheduler sends a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SchedulerToWorker {
+    /// Compute `key`: fetch the dependencies it does not hold from the listed holders, run
+    /// `func`, keep the result, answer `Finished` or `Erred` (or `MissingData`).
+    Compute {
+        /// Key.
+        key: Key,
+        /// This assignment's id.
+        run: RunId,
+        /// Function.
+        func: String,
+        /// Arguments.
+        args: Vec<ArgSpec>,
+        /// Per dependency, the data addresses of workers holding it.
+        who_has: Vec<(Key, Vec<String>)>,
+    },
+    /// Forget these keys: drop their data, and any run of them not yet started (a started
+    /// run is finished quietly and its result dropped).
+    Release {
+        /// Keys.
+        keys: Vec<Key>,
+    },
+    /// Give up this run if it has not started; answer `StealReply`.
+    Steal {
+        /// Key.
+        key: Key,
+        /// The run.
+        run: RunId,
+    },
+    /// Fetch `key` from one of `from` and keep a copy (retirement moves data away); answer
+    /// `Replicated`.
+    Replicate {
+        /// Key.
+        key: Key,
+        /// Data addresses of workers holding it.
+        from: Vec<String>,
+    },
+    /// Accept `Store` requests for these keys with these tickets; answer `ScatterReady`.
+    ExpectScatter {
+        /// Echoed in `ScatterReady`.
+        id: RequestId,
+        /// Keys and tickets.
+        keys: Vec<(Key, Ticket)>,
+    },
+    /// This worker left the cluster: fail fetches from it at once.
+    PeerGone {
+        /// Its data address.
+        address: String,
+    },
+    /// Exit: the worker has been retired and its data moved.
+    Shutdown,
+}

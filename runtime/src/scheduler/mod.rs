@@ -1,0 +1,392 @@
+//! The scheduler as a sans-IO state machine: [`Scheduler::handle`] takes an [`Event`] and the
+//! current time and returns [`Action`]s (messages to send, peers to drop). It has no I/O and
+//! no clock; the driver ([`crate::start_scheduler`]) owns the comms and only moves messages.
+//! Every decision is therefore tested deterministically, alone (unit tests) and together with
+//! workers and clients in simulated time ([`crate::sim`]).
+//!
+//! ## Task life cycle
+//!
+//! `Waiting` (some dependencies not in memory) → `Queued` (ready, no worker has room) →
+//! `Processing(worker, run)` → `Memory(holders)`; or `Erred(failure)`. A result no client
+//! wants and no unfinished task needs is `Released` (data dropped, spec kept as lineage while
+//! dependents exist, so a lost dependent can be recomputed); a task nothing refers to is
+//! forgotten. Scattered values are `Scattering(worker)` until the client's `Store` arrives.
+//! One function, `set_state`, moves a task between states and keeps every index in step
+//! (workers' processing and holdings, the queue, per-function counts, dependents' counts).
+//!
+//! ## Costs
+//!
+//! Every event costs time proportional to what it touches, never to the size of the tables:
+//! placement looks at the holders of a task's dependencies and at the least-loaded worker
+//! (an ordered index, O(log W)); stealing visits only overloaded workers and idle threads;
+//! requeueing is O(1) (the queue is validated lazily); failure, release and recomputation walk
+//! explicit work lists over the tasks concerned (no recursion, however deep the lineage);
+//! heartbeat timeouts are a heap; the adaptive target is kept as running counts per function.
+//!
+//! ## Trust
+//!
+//! Peers are validated, not trusted: registrations and task specs are checked against
+//! [`bounds`](crate::protocol::bounds); keys belong to the client that created them (others
+//! cannot cancel, release or overwrite them); reports about runs that are not current are
+//! ignored; scattered data is accepted only from the worker the scheduler chose, for the
+//! ticket it issued.
+
+mod adaptive;
+mod placement;
+mod recovery;
+mod retire;
+mod scatter;
+mod state;
+mod tasks;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::collections::{Map, shrink_map};
+use crate::protocol::{ClientToScheduler, Key, RunId, SchedulerToClient, SchedulerToWorker, WorkerToScheduler};
+
+pub use state::TaskState;
+use state::{ClientState, Task, Worker};
+
+/// A worker's id, given by the driver.
+pub type WorkerId = u64;
+/// A client's id, given by the driver.
+pub type ClientId = u64;
+
+/// Scheduling settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Tasks a worker may have assigned per thread (running or waiting on it); ready tasks
+    /// beyond that wait on the scheduler. Default 128.
+    pub tasks_per_thread: usize,
+    /// How many workers may die while running a task before it fails as `KilledWorker`.
+    /// Default 3.
+    pub allowed_failures: u32,
+    /// A worker silent for longer than this (no heartbeat, no message) is removed as dead.
+    /// Default 30 s.
+    pub worker_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { tasks_per_thread: 128, allowed_failures: 3, worker_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A worker's comm registered (its first message was `Hello::Worker`).
+    WorkerJoined {
+        /// Driver-given id.
+        id: WorkerId,
+        /// Its name.
+        name: String,
+        /// Its data address.
+        address: String,
+        /// Its thread count.
+        nthreads: u32,
+    },
+    /// A worker's comm closed: it is dead or gone.
+    WorkerLeft {
+        /// Id.
+        id: WorkerId,
+    },
+    /// A client's comm registered.
+    ClientJoined {
+        /// Id.
+        id: ClientId,
+        /// Its name.
+        name: String,
+    },
+    /// A client's comm closed: everything it wanted is released.
+    ClientLeft {
+        /// Id.
+        id: ClientId,
+    },
+    /// A client sent something.
+    FromClient {
+        /// Id.
+        id: ClientId,
+        /// The message.
+        msg: ClientToScheduler,
+    },
+    /// A worker sent something.
+    FromWorker {
+        /// Id.
+        id: WorkerId,
+        /// The message.
+        msg: WorkerToScheduler,
+    },
+    /// Time passed: check for silent workers, steal work for idle threads.
+    Tick,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A message for a worker.
+    ToWorker(WorkerId, SchedulerToWorker),
+    /// A message for a client.
+    ToClient(ClientId, SchedulerToClient),
+    /// Close a worker's comm: it registered with invalid values, or it was declared dead.
+    DropWorker {
+        /// The worker.
+        id: WorkerId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Figures about the scheduler, for tests, benchmarks and monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Tasks in the table.
+    pub tasks: usize,
+    /// Workers.
+    pub workers: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Ready tasks waiting for room on a worker.
+    pub queued: usize,
+    /// Tasks waiting, queued or processing.
+    pub outstanding: usize,
+    /// Workers retiring.
+    pub retiring: usize,
+}
+
+/// Where issued scatter tickets come from: the OS's randomness, or a seeded sequence in the
+/// simulator.
+#[derive(Debug)]
+enum TicketSource {
+    Os,
+    Seeded(fastrand::Rng),
+}
+
+impl TicketSource {
+    fn next(&mut self) -> u64 {
+        match self {
+            TicketSource::Os => getrandom::u64().unwrap_or_else(|_| fastrand::u64(..)),
+            TicketSource::Seeded(rng) => rng.u64(..),
+        }
+    }
+}
+
+/// The scheduler state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    tasks: Map<Key, Task>,
+    workers: BTreeMap<WorkerId, Worker>,
+    by_address: Map<String, WorkerId>,
+    clients: Map<ClientId, ClientState>,
+    /// Running (not retiring) workers by load: placement takes the first.
+    placeable: BTreeSet<(u64, WorkerId)>,
+    /// Every worker by load: stealing takes victims from the end.
+    by_load: BTreeSet<(u64, WorkerId)>,
+    /// Running workers with nothing assigned.
+    idle: BTreeSet<WorkerId>,
+    /// Threads of running workers with nothing to run.
+    idle_threads: usize,
+    queue: VecDeque<(Key, u64)>,
+    queued: usize,
+    queue_seq: u64,
+    next_run: RunId,
+    steals_in_flight: usize,
+    timeouts: BinaryHeap<std::cmp::Reverse<(Instant, WorkerId)>>,
+    retirements: BTreeMap<u64, retire::Retirement>,
+    next_retirement: u64,
+    scatters: BTreeMap<u64, scatter::PendingScatter>,
+    next_scatter: u64,
+    durations: Map<Arc<str>, (f64, u64)>,
+    outstanding: Map<Arc<str>, usize>,
+    outstanding_total: usize,
+    total_threads: u64,
+    tickets: TicketSource,
+    out: Vec<Action>,
+    now: Instant,
+}
+
+impl Scheduler {
+    /// A scheduler with `config`; tickets come from the OS's randomness.
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler {
+            config,
+            tasks: Map::default(),
+            workers: BTreeMap::new(),
+            by_address: Map::default(),
+            clients: Map::default(),
+            placeable: BTreeSet::new(),
+            by_load: BTreeSet::new(),
+            idle: BTreeSet::new(),
+            idle_threads: 0,
+            queue: VecDeque::new(),
+            queued: 0,
+            queue_seq: 0,
+            next_run: 1,
+            steals_in_flight: 0,
+            timeouts: BinaryHeap::new(),
+            retirements: BTreeMap::new(),
+            next_retirement: 1,
+            scatters: BTreeMap::new(),
+            next_scatter: 1,
+            durations: Map::default(),
+            outstanding: Map::default(),
+            outstanding_total: 0,
+            total_threads: 0,
+            tickets: TicketSource::Os,
+            out: Vec::new(),
+            now: Instant::now(),
+        }
+    }
+
+    /// A scheduler whose tickets come from a seeded sequence (for the simulator).
+    pub fn with_seed(config: SchedulerConfig, seed: u64) -> Self {
+        Scheduler { tickets: TicketSource::Seeded(fastrand::Rng::with_seed(seed)), ..Scheduler::new(config) }
+    }
+
+    /// Applies one event at time `now`; returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        self.now = now;
+        match event {
+            Event::WorkerJoined { id, name, address, nthreads } => self.worker_joined(id, name, address, nthreads),
+            Event::WorkerLeft { id } => self.worker_left(id),
+            Event::ClientJoined { id, name } => self.client_joined(id, name),
+            Event::ClientLeft { id } => self.client_left(id),
+            Event::FromClient { id, msg } => {
+                if self.clients.contains_key(&id) {
+                    self.on_client(id, msg);
+                }
+            }
+            Event::FromWorker { id, msg } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.last_seen = now;
+                    self.on_worker(id, msg);
+                }
+            }
+            Event::Tick => {
+                self.expire_silent_workers();
+                self.steal();
+                shrink_map(&mut self.tasks);
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn on_client(&mut self, client: ClientId, msg: ClientToScheduler) {
+        match msg {
+            ClientToScheduler::Submit { tasks } => self.submit(client, tasks),
+            ClientToScheduler::Release { keys } => {
+                for k in keys {
+                    self.release(client, &k);
+                }
+            }
+            ClientToScheduler::Cancel { keys } => {
+                for k in keys {
+                    self.cancel(client, &k);
+                }
+            }
+            ClientToScheduler::Scatter { id, keys } => self.scatter(client, id, keys),
+            ClientToScheduler::WhoHas { id, keys } => {
+                let holders = keys
+                    .iter()
+                    .take(crate::protocol::bounds::MAX_KEYS_PER_MESSAGE)
+                    .map(|k| self.holder_addresses(k))
+                    .collect();
+                self.out.push(Action::ToClient(client, SchedulerToClient::WhoHasReply { id, holders }));
+            }
+            ClientToScheduler::Retire { id, workers } => self.retire(client, id, workers),
+            ClientToScheduler::AdaptiveTarget { id } => {
+                let (workers, idle) = (self.adaptive_target(), self.idle_addresses(1024));
+                self.out.push(Action::ToClient(client, SchedulerToClient::Target { id, workers, idle }));
+            }
+        }
+    }
+
+    fn on_worker(&mut self, w: WorkerId, msg: WorkerToScheduler) {
+        match msg {
+            WorkerToScheduler::Finished { key, run, nbytes, seconds } => self.finished(w, key, run, nbytes, seconds),
+            WorkerToScheduler::Erred { key, run, message } => self.erred(w, key, run, message),
+            WorkerToScheduler::MissingData { key, run, dep, tried } => self.missing_data(w, key, run, dep, tried),
+            WorkerToScheduler::StealReply { key, run, stolen } => self.steal_reply(w, key, run, stolen),
+            WorkerToScheduler::Replicated { key, ok } => self.replicated(w, key, ok),
+            WorkerToScheduler::ScatterReady { id } => self.scatter_ready(w, id),
+            WorkerToScheduler::Stored { key, nbytes } => self.stored(w, key, nbytes),
+            WorkerToScheduler::Heartbeat => {}
+        }
+    }
+
+    fn client_joined(&mut self, id: ClientId, name: String) {
+        tracing::debug!(client = id, %name, "client joined");
+        self.clients.insert(id, ClientState::default());
+        let added = self.workers.values().map(|w| w.address.clone()).collect();
+        self.out.push(Action::ToClient(id, SchedulerToClient::Workers { added, removed: Vec::new() }));
+    }
+
+    fn client_left(&mut self, id: ClientId) {
+        let Some(client) = self.clients.remove(&id) else { return };
+        tracing::debug!(client = id, keys = client.wanted.len(), "client left; releasing what it wanted");
+        for key in client.wanted {
+            if let Some(t) = self.tasks.get_mut(&key) {
+                t.wanted = false;
+                self.maybe_forget(&key);
+            }
+        }
+        for r in self.retirements.values_mut() {
+            if r.client == Some(id) {
+                r.client = None;
+            }
+        }
+        self.scatters.retain(|_, s| s.client != id);
+    }
+
+    /// The state of a task, if the scheduler still knows it.
+    pub fn task_state(&self, key: &str) -> Option<&TaskState> {
+        self.tasks.get(key).map(|t| &t.state)
+    }
+
+    /// The run id of a task's current or last assignment.
+    pub fn task_run(&self, key: &str) -> Option<RunId> {
+        self.tasks.get(key).map(|t| t.run)
+    }
+
+    /// How many tasks the scheduler knows.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Counts of the scheduler's tables.
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            tasks: self.tasks.len(),
+            workers: self.workers.len(),
+            clients: self.clients.len(),
+            queued: self.queued,
+            outstanding: self.outstanding_total,
+            retiring: self.workers.len() - self.placeable.len(),
+        }
+    }
+
+    /// Tasks each worker has completed, by address.
+    pub fn tasks_run(&self) -> Vec<(String, u64)> {
+        self.workers.values().map(|w| (w.address.clone(), w.ran)).collect()
+    }
+
+    fn send_worker(&mut self, w: WorkerId, msg: SchedulerToWorker) {
+        if self.workers.contains_key(&w) {
+            self.out.push(Action::ToWorker(w, msg));
+        }
+    }
+
+    fn send_client(&mut self, c: ClientId, msg: SchedulerToClient) {
+        self.out.push(Action::ToClient(c, msg));
+    }
+
+    fn new_run(&mut self) -> RunId {
+        self.next_run += 1;
+        self.next_run
+    }
+}

@@ -1,0 +1,165 @@
+//! Placement, the ready queue and work stealing.
+
+use super::state::TaskState;
+use super::{Scheduler, WorkerId};
+use crate::protocol::{Key, RunId, SchedulerToWorker};
+
+impl Scheduler {
+    fn has_room(&self, w: WorkerId) -> bool {
+        self.workers.get(&w).is_some_and(|worker| {
+            worker.running() && worker.processing.len() < worker.nthreads as usize * self.config.tasks_per_thread
+        })
+    }
+
+    /// The worker for a ready task: among the holders of its dependencies that have room, the
+    /// one holding the most of its input bytes (ties: the least loaded); else the least
+    /// loaded worker with room. `None` when no worker has room.
+    ///
+    /// Cost: O(dependencies × holders) for the data-local choice, O(log W) for the least
+    /// loaded (an ordered index), whatever the number of workers.
+    pub(crate) fn decide_worker(&self, key: &Key, avoid: Option<WorkerId>) -> Option<WorkerId> {
+        let task = self.tasks.get(key)?;
+        let mut local: Vec<(WorkerId, u64)> = Vec::new();
+        for d in &task.deps {
+            let Some(dt) = self.tasks.get(d) else { continue };
+            if let TaskState::Memory(holders) = &dt.state {
+                for &h in holders {
+                    match local.iter_mut().find(|(w, _)| *w == h) {
+                        Some((_, bytes)) => *bytes += dt.nbytes.max(1),
+                        None => local.push((h, dt.nbytes.max(1))),
+                    }
+                }
+            }
+        }
+        let best = local
+            .into_iter()
+            .filter(|(w, _)| Some(*w) != avoid && self.has_room(*w))
+            .max_by_key(|(w, bytes)| (*bytes, std::cmp::Reverse(self.workers[w].load_key), std::cmp::Reverse(*w)));
+        if let Some((w, _)) = best {
+            return Some(w);
+        }
+        // The least loaded other worker has room if any other has.
+        match self.placeable.iter().map(|&(_, w)| w).find(|w| Some(*w) != avoid) {
+            Some(w) if self.has_room(w) => Some(w),
+            _ => avoid.filter(|w| self.has_room(*w)),
+        }
+    }
+
+    /// Places a task whose dependencies are all in memory, or queues it.
+    pub(crate) fn make_ready(&mut self, key: &Key, avoid: Option<WorkerId>) {
+        match self.decide_worker(key, avoid) {
+            Some(w) => self.assign(key, w),
+            None => {
+                if self.tasks.get(key).is_some_and(|t| t.state != TaskState::Queued) {
+                    self.set_state(key, TaskState::Queued);
+                    self.compact_queue();
+                }
+            }
+        }
+    }
+
+    /// Sends a task to a worker as a new run, with where each dependency lives.
+    pub(crate) fn assign(&mut self, key: &Key, w: WorkerId) {
+        let run = self.new_run();
+        if let Some(t) = self.tasks.get_mut(key) {
+            t.run = run;
+        }
+        self.set_state(key, TaskState::Processing(w));
+        let Some(t) = self.tasks.get(key) else { return };
+        let who_has = t.deps.iter().map(|d| (d.clone(), self.holder_addresses(d))).collect();
+        let msg = SchedulerToWorker::Compute {
+            key: key.clone(),
+            run,
+            func: t.func.to_string(),
+            args: t.args.clone(),
+            who_has,
+        };
+        self.send_worker(w, msg);
+    }
+
+    /// Assigns queued tasks while some worker has room. Stale queue entries (tasks that left
+    /// the queue) are skipped as they come up.
+    pub(crate) fn fill_from_queue(&mut self) {
+        while let Some((key, seq)) = self.queue.front() {
+            let current = self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq);
+            if !current {
+                self.queue.pop_front();
+                continue;
+            }
+            let key = key.clone();
+            let Some(w) = self.decide_worker(&key, None) else { break };
+            self.queue.pop_front();
+            self.assign(&key, w);
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 4096 {
+            self.queue.shrink_to(64);
+        }
+    }
+
+    /// Drops stale queue entries once they outnumber the live ones (amortised O(1)).
+    fn compact_queue(&mut self) {
+        if self.queue.len() > 2 * self.queued + 1024 {
+            let tasks = &self.tasks;
+            self.queue
+                .retain(|(k, seq)| tasks.get(k).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq));
+        }
+    }
+
+    /// Work stealing: while threads are idle, asks overloaded workers (more tasks than
+    /// threads, most loaded first) to give up tasks they have not started. A task moves only
+    /// when its worker confirms ([`Scheduler::steal_reply`]), so stealing never runs a task
+    /// twice. Cost: O(steals issued + overloaded workers visited).
+    pub(crate) fn steal(&mut self) {
+        let mut budget = self.idle_threads.saturating_sub(self.steals_in_flight);
+        if budget == 0 {
+            return;
+        }
+        let victims: Vec<WorkerId> =
+            self.by_load.iter().rev().take_while(|(load, _)| *load > 1024).take(budget).map(|&(_, w)| w).collect();
+        for victim in victims {
+            let Some(worker) = self.workers.get(&victim) else { continue };
+            let excess = worker.processing.len().saturating_sub(worker.nthreads as usize);
+            let picks: Vec<(Key, RunId)> = worker
+                .processing
+                .iter()
+                .filter_map(|k| self.tasks.get(k).map(|t| (k, t)))
+                .filter(|(_, t)| !t.stealing && !t.steal_refused)
+                .take(excess.min(budget))
+                .map(|(k, t)| (k.clone(), t.run))
+                .collect();
+            for (key, run) in picks {
+                if let Some(t) = self.tasks.get_mut(&key) {
+                    t.stealing = true;
+                }
+                self.steals_in_flight += 1;
+                budget -= 1;
+                self.send_worker(victim, SchedulerToWorker::Steal { key, run });
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    /// The victim's answer to `Steal`. Given up: the task is placed again, elsewhere if
+    /// possible. Refused: it has started, and is not asked again.
+    pub(crate) fn steal_reply(&mut self, w: WorkerId, key: Key, run: RunId, stolen: bool) {
+        if !self.is_current(&key, w, run) || !self.tasks.get(&key).is_some_and(|t| t.stealing) {
+            return;
+        }
+        if let Some(t) = self.tasks.get_mut(&key) {
+            t.stealing = false;
+            t.steal_refused = !stolen;
+        }
+        self.steals_in_flight -= 1;
+        if stolen {
+            self.make_ready(&key, Some(w));
+        }
+        if let Some(super::state::Worker { status: super::state::WorkerStatus::Retiring(r), .. }) = self.workers.get(&w)
+        {
+            let r = *r;
+            self.advance_retirement(r);
+        }
+        self.fill_from_queue();
+    }
+}

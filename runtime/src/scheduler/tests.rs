@@ -1,0 +1,659 @@
+//! Unit tests of the scheduler alone, fed events at simulated instants. After every event the
+//! harness checks every index against the tables.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use courier_core::Payload;
+
+use super::*;
+use crate::protocol::{ArgSpec, Failure, RetireError, ScatterError, TaskSpec};
+
+const CLIENT: ClientId = 100;
+const OTHER: ClientId = 200;
+
+/// A scheduler fed events at simulated instants; collects what it sends.
+struct Harness {
+    s: Scheduler,
+    now: Instant,
+}
+
+impl Harness {
+    fn with(config: SchedulerConfig, workers: &[(WorkerId, u32)]) -> Self {
+        let mut h = Harness { s: Scheduler::with_seed(config, 7), now: Instant::now() };
+        for &(id, nthreads) in workers {
+            h.join(id, nthreads);
+        }
+        h.ev(Event::ClientJoined { id: CLIENT, name: "c".into() });
+        h.ev(Event::ClientJoined { id: OTHER, name: "other".into() });
+        h
+    }
+
+    fn new(workers: &[(WorkerId, u32)]) -> Self {
+        Self::with(SchedulerConfig { tasks_per_thread: 2, allowed_failures: 2, ..SchedulerConfig::default() }, workers)
+    }
+
+    fn join(&mut self, id: WorkerId, nthreads: u32) -> Vec<Action> {
+        self.ev(Event::WorkerJoined { id, name: format!("w{id}"), address: addr(id), nthreads })
+    }
+
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        self.now += Duration::from_millis(1);
+        let out = self.s.handle(e, self.now);
+        if let Err(e) = self.s.check_invariants() {
+            panic!("invariant broken: {e}");
+        }
+        out
+    }
+
+    fn submit(&mut self, tasks: Vec<TaskSpec>) -> Vec<Action> {
+        self.submit_as(CLIENT, tasks)
+    }
+
+    fn submit_as(&mut self, client: ClientId, tasks: Vec<TaskSpec>) -> Vec<Action> {
+        self.ev(Event::FromClient { id: client, msg: ClientToScheduler::Submit { tasks } })
+    }
+
+    fn run(&self, key: &str) -> RunId {
+        self.s.task_run(key).expect("known task")
+    }
+
+    fn finish(&mut self, w: WorkerId, key: &str, nbytes: u64) -> Vec<Action> {
+        let run = self.run(key);
+        let msg = WorkerToScheduler::Finished { key: key.into(), run, nbytes, seconds: 0.0 };
+        self.ev(Event::FromWorker { id: w, msg })
+    }
+
+    fn processing_on(&self, key: &str) -> WorkerId {
+        match self.s.task_state(key) {
+            Some(TaskState::Processing(w)) => *w,
+            s => panic!("{key} is {s:?}"),
+        }
+    }
+}
+
+fn addr(id: WorkerId) -> String {
+    format!("tcp://10.0.0.{id}:9000")
+}
+
+fn task(key: &str, deps: &[&str]) -> TaskSpec {
+    let mut args: Vec<ArgSpec> = deps.iter().map(|d| ArgSpec::Key((*d).into())).collect();
+    args.push(ArgSpec::Value(Payload::new(&1).unwrap()));
+    TaskSpec { key: key.into(), func: "f".into(), args, retries: 0, wanted: true }
+}
+
+fn unwanted(key: &str, deps: &[&str]) -> TaskSpec {
+    TaskSpec { wanted: false, ..task(key, deps) }
+}
+
+fn computes(actions: &[Action]) -> Vec<(WorkerId, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToWorker(w, SchedulerToWorker::Compute { key, .. }) => Some((*w, key.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_client(actions: &[Action], client: ClientId) -> Vec<&SchedulerToClient> {
+    actions
+        .iter()
+        .filter_map(|a| if let Action::ToClient(c, m) = a { (*c == client).then_some(m) } else { None })
+        .collect()
+}
+
+fn failures(actions: &[Action]) -> Vec<(String, Failure)> {
+    to_client(actions, CLIENT)
+        .into_iter()
+        .filter_map(|m| match m {
+            SchedulerToClient::Erred { key, failure } => Some((key.clone(), failure.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn releases_to(actions: &[Action], w: WorkerId) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToWorker(x, SchedulerToWorker::Release { keys }) if *x == w => Some(keys.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn independent_tasks_spread_over_least_loaded_workers_with_bounded_queues() {
+    let mut h = Harness::new(&[(1, 1), (2, 1)]);
+    let out = h.submit((0..6).map(|i| task(&format!("t{i}"), &[])).collect());
+    let assigned = computes(&out);
+    // Each worker takes nthreads * tasks_per_thread = 2; the rest wait in the scheduler.
+    assert_eq!(assigned.len(), 4);
+    assert_eq!(assigned.iter().filter(|(w, _)| *w == 1).count(), 2);
+    assert_eq!(h.s.task_state("t4"), Some(&TaskState::Queued));
+    let (w, k) = assigned[0].clone();
+    let out = h.finish(w, &k, 8);
+    assert_eq!(computes(&out), vec![(w, "t4".into())], "room on the worker takes the next queued task");
+    assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Done { key: k, holders: vec![addr(w)] }));
+}
+
+#[test]
+fn dependents_go_where_their_largest_inputs_live_and_learn_who_has_them() {
+    let mut h = Harness::new(&[(1, 4), (2, 4)]);
+    let out = h.submit(vec![task("a", &[]), task("b", &[]), task("c", &["a", "b"])]);
+    let placed: HashMap<String, WorkerId> = computes(&out).into_iter().map(|(w, k)| (k, w)).collect();
+    assert_ne!(placed["a"], placed["b"], "idle workers share the roots");
+    assert_eq!(h.s.task_state("c"), Some(&TaskState::Waiting));
+    h.finish(placed["a"], "a", 10);
+    let out = h.finish(placed["b"], "b", 1_000_000);
+    let Some(Action::ToWorker(w, SchedulerToWorker::Compute { who_has, run, .. })) =
+        out.iter().find(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::Compute { .. })))
+    else {
+        panic!("c was not scheduled: {out:?}")
+    };
+    assert_eq!(*w, placed["b"], "c runs where the 1 MB input lives");
+    assert_eq!(*run, h.run("c"));
+    let who: HashMap<_, _> = who_has.iter().cloned().collect();
+    assert_eq!(who["a"], vec![addr(placed["a"])], "the worker fetches a from its peer directly");
+}
+
+#[test]
+fn released_results_are_forgotten_once_dependents_finish_and_tables_empty() {
+    let mut h = Harness::new(&[(1, 4)]);
+    h.submit(vec![task("a", &[]), task("b", &["a"])]);
+    h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec!["a".into()] } });
+    assert!(h.s.task_state("a").is_some(), "b still needs a");
+    h.finish(1, "a", 1);
+    let out = h.finish(1, "b", 1);
+    assert_eq!(h.s.task_state("a"), Some(&TaskState::Released), "data released, lineage kept for b");
+    assert_eq!(releases_to(&out, 1), vec!["a".to_owned()]);
+    h.ev(Event::ClientLeft { id: CLIENT });
+    assert_eq!(h.s.task_count(), 0, "a client that leaves releases everything it wanted");
+    assert_eq!(h.s.stats().outstanding, 0);
+}
+
+#[test]
+fn graph_intermediates_are_released_as_soon_as_their_dependents_finish() {
+    let mut h = Harness::new(&[(1, 4)]);
+    h.submit(vec![unwanted("x", &[]), unwanted("y", &["x"]), task("z", &["y"])]);
+    h.finish(1, "x", 1);
+    h.finish(1, "y", 1);
+    assert_eq!(h.s.task_state("x"), Some(&TaskState::Released));
+    let out = h.finish(1, "z", 1);
+    assert_eq!(h.s.task_state("y"), Some(&TaskState::Released));
+    assert!(releases_to(&out, 1).contains(&"y".to_owned()));
+    h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec!["z".into()] } });
+    assert_eq!(h.s.task_count(), 0, "the whole graph is forgotten");
+}
+
+#[test]
+fn errors_retry_then_propagate_to_dependents_as_typed_failures() {
+    let mut h = Harness::new(&[(1, 4)]);
+    let mut flaky = task("a", &[]);
+    flaky.retries = 1;
+    h.submit(vec![flaky, task("b", &["a"])]);
+    let err = |h: &mut Harness| {
+        let run = h.run("a");
+        h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::Erred { key: "a".into(), run, message: "bad".into() } })
+    };
+    let first_run = h.run("a");
+    let out = err(&mut h);
+    assert_eq!(computes(&out), vec![(1, "a".into())], "one retry");
+    assert_ne!(h.run("a"), first_run, "a retry is a new run");
+    let out = err(&mut h);
+    let errs = failures(&out);
+    assert_eq!(errs.len(), 2);
+    assert!(errs.contains(&("a".into(), Failure::Error { message: "bad".into() })));
+    assert!(errs.contains(&(
+        "b".into(),
+        Failure::Dependency { root: "a".into(), cause: Box::new(Failure::Error { message: "bad".into() }) }
+    )));
+}
+
+#[test]
+fn unknown_dependencies_and_cancel_fail_with_typed_failures() {
+    let mut h = Harness::new(&[(1, 1)]);
+    let out = h.submit(vec![task("x", &["never-submitted"])]);
+    assert!(matches!(&failures(&out)[0].1, Failure::Rejected { reason } if reason.contains("does not know")));
+    assert_eq!(h.s.task_count(), 0, "a rejected task leaves nothing behind");
+    h.submit(vec![task("slow", &[])]);
+    let run = h.run("slow");
+    let out = h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Cancel { keys: vec!["slow".into()] } });
+    assert_eq!(failures(&out), vec![("slow".into(), Failure::Cancelled)]);
+    assert_eq!(releases_to(&out, 1), vec!["slow".to_owned()], "the worker is told to stop it");
+    assert_eq!(h.s.task_count(), 0);
+    // The worker finishing it anyway is told to drop the result.
+    let msg = WorkerToScheduler::Finished { key: "slow".into(), run, nbytes: 1, seconds: 0.1 };
+    let out = h.ev(Event::FromWorker { id: 1, msg });
+    assert_eq!(releases_to(&out, 1), vec!["slow".to_owned()]);
+}
+
+#[test]
+fn dependency_cycles_are_rejected_at_submission_and_leave_nothing_behind() {
+    let mut h = Harness::new(&[(1, 1)]);
+    let out =
+        h.submit(vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"]), task("d", &["c"]), task("ok", &[])]);
+    let mut rejected: Vec<String> = failures(&out).into_iter().map(|(k, _)| k).collect();
+    rejected.sort();
+    assert_eq!(rejected, vec!["a", "b", "c", "d"]);
+    assert!(matches!(&failures(&out)[0].1, Failure::Rejected { reason } if reason.contains("cycle")));
+    assert_eq!(computes(&out), vec![(1, "ok".into())], "the rest of the batch runs");
+    assert_eq!(h.s.task_count(), 1);
+    assert_eq!(h.s.adaptive_target(), 1, "cycles do not inflate the adaptive target");
+    // A task depending on itself.
+    let out = h.submit(vec![task("self", &["self"])]);
+    assert_eq!(failures(&out).len(), 1);
+}
+
+#[test]
+fn keys_belong_to_the_client_that_created_them() {
+    let mut h = Harness::new(&[(1, 1)]);
+    h.submit(vec![task("mine", &[])]);
+    // Another client can neither cancel, release nor overwrite it.
+    let other = |h: &mut Harness, msg| h.ev(Event::FromClient { id: OTHER, msg });
+    let out = other(&mut h, ClientToScheduler::Cancel { keys: vec!["mine".into()] });
+    assert!(out.is_empty(), "{out:?}");
+    other(&mut h, ClientToScheduler::Release { keys: vec!["mine".into()] });
+    assert!(h.s.task_state("mine").is_some());
+    let out = h.submit_as(OTHER, vec![task("mine", &[])]);
+    assert!(matches!(
+        to_client(&out, OTHER)[..],
+        [SchedulerToClient::Erred { failure: Failure::Rejected { reason }, .. }] if reason.contains("another client")
+    ));
+    let out = other(&mut h, ClientToScheduler::Scatter { id: 1, keys: vec![("mine".into(), 8)] });
+    assert!(matches!(
+        to_client(&out, OTHER)[..],
+        [SchedulerToClient::ScatterTargets { result: Err(ScatterError::InvalidKey { .. }), .. }]
+    ));
+    // It may still use it as an input.
+    h.finish(1, "mine", 8);
+    let out = h.submit_as(OTHER, vec![task("uses", &["mine"])]);
+    assert_eq!(computes(&out), vec![(1, "uses".into())]);
+    // The owner's release works.
+    h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec!["mine".into()] } });
+    h.finish(1, "uses", 8);
+    h.ev(Event::FromClient { id: OTHER, msg: ClientToScheduler::Release { keys: vec!["uses".into()] } });
+    assert_eq!(h.s.task_count(), 0);
+}
+
+#[test]
+fn a_dead_workers_tasks_and_results_are_recomputed_elsewhere() {
+    let mut h = Harness::new(&[(1, 4), (2, 4)]);
+    let out = h.submit(vec![task("a", &[]), task("b", &["a"])]);
+    let wa = computes(&out)[0].0;
+    h.finish(wa, "a", 1);
+    // b was sent to wa (a lives there); wa dies before finishing b.
+    let out = h.ev(Event::WorkerLeft { id: wa });
+    let other = if wa == 1 { 2 } else { 1 };
+    assert_eq!(computes(&out), vec![(other, "a".into())], "lost a is recomputed first");
+    assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Lost { key: "a".into() }));
+    assert!(out.contains(&Action::ToWorker(other, SchedulerToWorker::PeerGone { address: addr(wa) })));
+    let out = h.finish(other, "a", 1);
+    assert_eq!(computes(&out), vec![(other, "b".into())]);
+    h.finish(other, "b", 1);
+    assert!(matches!(h.s.task_state("b"), Some(TaskState::Memory(_))));
+}
+
+#[test]
+fn a_task_that_keeps_killing_workers_fails_as_killed_worker() {
+    let mut h = Harness::new(&[]);
+    h.submit(vec![task("bomb", &[])]);
+    for id in 1..=3 {
+        h.join(id, 1);
+        let out = h.ev(Event::WorkerLeft { id });
+        if id == 3 {
+            let f = failures(&out);
+            assert_eq!(f, vec![("bomb".into(), Failure::KilledWorker { workers: vec![addr(1), addr(2), addr(3)] })]);
+        }
+    }
+}
+
+#[test]
+fn results_lost_after_their_inputs_were_released_are_recomputed_from_lineage() {
+    let mut h = Harness::new(&[(1, 4), (2, 4)]);
+    h.submit(vec![task("a", &[]), task("b", &["a"]), task("c", &["b"])]);
+    for k in ["a", "b"] {
+        h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec![k.into()] } });
+    }
+    let wa = h.processing_on("a");
+    h.finish(wa, "a", 1);
+    h.finish(wa, "b", 1);
+    assert_eq!(h.s.task_state("a"), Some(&TaskState::Released));
+    // c is running on wa, which dies with b's data: a and then b are recomputed.
+    let out = h.ev(Event::WorkerLeft { id: wa });
+    let other = if wa == 1 { 2 } else { 1 };
+    assert_eq!(computes(&out), vec![(other, "a".into())]);
+    let out = h.finish(other, "a", 1);
+    assert_eq!(computes(&out), vec![(other, "b".into())]);
+    let out = h.finish(other, "b", 1);
+    assert_eq!(computes(&out), vec![(other, "c".into())]);
+}
+
+/// Regression: lineage was recomputed recursively and a chain of 6,000 released tasks
+/// overflowed the stack when the worker holding its end died.
+#[test]
+fn a_deep_released_lineage_is_recomputed_without_recursion() {
+    const N: usize = 20_000;
+    let mut h = Harness::with(SchedulerConfig { tasks_per_thread: 2, ..SchedulerConfig::default() }, &[(1, 1), (2, 1)]);
+    let keys: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
+    let mut specs = vec![unwanted(&keys[0], &[])];
+    for i in 1..N {
+        specs.push(if i == N - 1 { task(&keys[i], &[&keys[i - 1]]) } else { unwanted(&keys[i], &[&keys[i - 1]]) });
+    }
+    // Submitted and run without the per-event invariant check (it is O(tables)).
+    let mut now = h.now;
+    let mut step = |s: &mut Scheduler, e| {
+        now += Duration::from_millis(1);
+        s.handle(e, now)
+    };
+    step(&mut h.s, Event::FromClient { id: CLIENT, msg: ClientToScheduler::Submit { tasks: specs } });
+    for k in &keys {
+        let run = h.s.task_run(k).unwrap();
+        let msg = WorkerToScheduler::Finished { key: k.clone(), run, nbytes: 1, seconds: 0.0 };
+        let w = match h.s.task_state(k) {
+            Some(TaskState::Processing(w)) => *w,
+            s => panic!("{k}: {s:?}"),
+        };
+        step(&mut h.s, Event::FromWorker { id: w, msg });
+    }
+    assert_eq!(h.s.task_state(&keys[N - 2]), Some(&TaskState::Released));
+    let holder = match h.s.task_state(&keys[N - 1]) {
+        Some(TaskState::Memory(hs)) => hs[0],
+        s => panic!("{s:?}"),
+    };
+    let out = step(&mut h.s, Event::WorkerLeft { id: holder });
+    let survivor = if holder == 1 { 2 } else { 1 };
+    assert_eq!(computes(&out), vec![(survivor, keys[0].clone())], "the chain restarts at its root");
+    h.s.check_invariants().unwrap();
+    assert_eq!(h.s.stats().outstanding, N);
+}
+
+#[test]
+fn a_worker_missing_a_dependency_gets_it_recomputed() {
+    let mut h = Harness::new(&[(1, 4), (2, 4)]);
+    let out = h.submit(vec![task("a", &[])]);
+    let wa = computes(&out)[0].0;
+    h.finish(wa, "a", 1);
+    h.ev(Event::WorkerJoined { id: 3, name: "w3".into(), address: addr(3), nthreads: 4 });
+    h.submit(vec![task("b", &["a"])]);
+    let wb = h.processing_on("b");
+    let run = h.run("b");
+    let msg = WorkerToScheduler::MissingData { key: "b".into(), run, dep: "a".into(), tried: vec![addr(wa)] };
+    let out = h.ev(Event::FromWorker { id: wb, msg });
+    assert_eq!(releases_to(&out, wa), vec!["a".to_owned()], "the holder that failed is told to drop it");
+    assert!(computes(&out).iter().any(|(_, k)| k == "a"), "{out:?}");
+    assert_eq!(h.s.task_state("b"), Some(&TaskState::Waiting));
+    // A stale report of the old run changes nothing.
+    let msg = WorkerToScheduler::MissingData { key: "b".into(), run, dep: "a".into(), tried: vec![] };
+    assert!(h.ev(Event::FromWorker { id: wb, msg }).is_empty());
+}
+
+#[test]
+fn retirement_copies_unique_results_then_shuts_the_worker_down() {
+    let mut h = Harness::new(&[(1, 4), (2, 4)]);
+    h.submit(vec![task("a", &[])]);
+    let wa = h.processing_on("a");
+    h.finish(wa, "a", 8);
+    let other = if wa == 1 { 2 } else { 1 };
+    let out = h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Retire { id: 7, workers: vec![addr(wa)] } });
+    assert!(
+        out.contains(&Action::ToWorker(other, SchedulerToWorker::Replicate { key: "a".into(), from: vec![addr(wa)] }))
+    );
+    // Nothing new is placed on a retiring worker.
+    let out = h.submit(vec![task("b", &[])]);
+    assert_eq!(computes(&out), vec![(other, "b".into())]);
+    h.finish(other, "b", 1);
+    let out = h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::Replicated { key: "a".into(), ok: true } });
+    assert!(out.contains(&Action::ToWorker(wa, SchedulerToWorker::Shutdown)));
+    assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Retired { id: 7, result: Ok(()) }));
+    assert!(
+        to_client(&out, CLIENT).contains(&&SchedulerToClient::Done { key: "a".into(), holders: vec![addr(other)] })
+    );
+    assert_eq!(h.s.task_state("a"), Some(&TaskState::Memory(vec![other])));
+    assert_eq!(h.s.stats().workers, 1);
+}
+
+#[test]
+fn retirement_is_refused_when_nobody_can_take_the_data() {
+    let mut h = Harness::new(&[(1, 4)]);
+    h.submit(vec![task("a", &[])]);
+    h.finish(1, "a", 8);
+    let out = h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Retire { id: 1, workers: vec![addr(1)] } });
+    assert!(
+        matches!(
+            to_client(&out, CLIENT)[..],
+            [SchedulerToClient::Retired { result: Err(RetireError::Refused { .. }), .. }]
+        ),
+        "{out:?}"
+    );
+    let out = h.ev(Event::FromClient {
+        id: CLIENT,
+        msg: ClientToScheduler::Retire { id: 2, workers: vec!["tcp://nowhere:1".into()] },
+    });
+    assert!(matches!(
+        to_client(&out, CLIENT)[..],
+        [SchedulerToClient::Retired { result: Err(RetireError::UnknownWorker { .. }), .. }]
+    ));
+    // The worker stays and keeps working.
+    let out = h.submit(vec![task("b", &[])]);
+    assert_eq!(computes(&out), vec![(1, "b".into())]);
+}
+
+/// Regression: retiring a busy worker that then disconnected left it in the pending
+/// retirement, and the next finished task panicked (`self.workers[w]`), ending the scheduler.
+#[test]
+fn a_busy_retiring_worker_that_dies_ends_its_retirement_with_an_error() {
+    let mut h = Harness::new(&[(1, 1), (2, 1)]);
+    h.submit(vec![task("long", &[]), task("other", &[])]);
+    let w = h.processing_on("long");
+    let survivor = h.processing_on("other");
+    h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Retire { id: 9, workers: vec![addr(w)] } });
+    let run = h.run("long");
+    h.ev(Event::FromWorker { id: w, msg: WorkerToScheduler::StealReply { key: "long".into(), run, stolen: false } });
+    let out = h.ev(Event::WorkerLeft { id: w });
+    assert!(
+        to_client(&out, CLIENT).contains(&&SchedulerToClient::Retired {
+            id: 9,
+            result: Err(RetireError::Died { workers: vec![addr(w)] })
+        })
+    );
+    // Tasks keep finishing; nothing panics.
+    h.finish(survivor, "other", 1);
+    let long_on = h.processing_on("long");
+    h.finish(long_on, "long", 1);
+    assert!(matches!(h.s.task_state("long"), Some(TaskState::Memory(_))));
+}
+
+#[test]
+fn a_silent_worker_is_removed_after_the_timeout_in_simulated_time() {
+    let mut h = Harness::new(&[(1, 1), (2, 1)]);
+    h.s.config.worker_timeout = Duration::from_secs(10);
+    // The deadlines queued at registration use the default; reset them.
+    h.s.timeouts.clear();
+    for id in [1, 2] {
+        h.s.timeouts.push(std::cmp::Reverse((h.now + Duration::from_secs(10), id)));
+    }
+    h.submit(vec![task("a", &[]), task("b", &[])]);
+    h.now += Duration::from_secs(6);
+    h.ev(Event::FromWorker { id: 2, msg: WorkerToScheduler::Heartbeat });
+    assert!(h.ev(Event::Tick).iter().all(|a| !matches!(a, Action::DropWorker { .. })), "6 s of silence is fine");
+    h.now += Duration::from_secs(6);
+    let out = h.ev(Event::Tick);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::DropWorker { id: 1, .. })),
+        "12 s of silence from worker 1: {out:?}"
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::DropWorker { id: 2, .. })), "worker 2 heartbeated");
+    let moved = computes(&out);
+    assert!(moved.iter().all(|(w, _)| *w == 2) && !moved.is_empty(), "worker 1's task moves to worker 2: {out:?}");
+}
+
+#[test]
+fn stealing_moves_unstarted_tasks_only_when_the_victim_agrees() {
+    let mut h = Harness::with(SchedulerConfig { tasks_per_thread: 8, ..SchedulerConfig::default() }, &[(1, 1)]);
+    let out = h.ev(Event::FromClient {
+        id: CLIENT,
+        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 1 << 20)] },
+    });
+    let Some(Action::ToWorker(1, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
+        panic!("{out:?}")
+    };
+    let sid = *sid;
+    h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::ScatterReady { id: sid } });
+    h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 1 << 20 } });
+    // Every task needs d, which lives on worker 1: they all go there.
+    let out = h.submit((0..4).map(|i| task(&format!("t{i}"), &["d"])).collect());
+    assert!(computes(&out).iter().all(|(w, _)| *w == 1));
+    h.join(2, 1);
+    let out = h.ev(Event::Tick);
+    let steals: Vec<(String, RunId)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToWorker(1, SchedulerToWorker::Steal { key, run }) => Some((key.clone(), *run)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steals.len(), 1, "one idle thread, one steal: {out:?}");
+    // The victim had already started it: nothing moves, and it is not asked again.
+    let (key, run) = steals[0].clone();
+    let out =
+        h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::StealReply { key: key.clone(), run, stolen: false } });
+    assert!(computes(&out).is_empty());
+    let out = h.ev(Event::Tick);
+    let Some((key2, run2)) = out.iter().find_map(|a| match a {
+        Action::ToWorker(1, SchedulerToWorker::Steal { key, run }) => Some((key.clone(), *run)),
+        _ => None,
+    }) else {
+        panic!("{out:?}")
+    };
+    assert_ne!(key2, key, "a started task is not asked for again");
+    let out = h.ev(Event::FromWorker {
+        id: 1,
+        msg: WorkerToScheduler::StealReply { key: key2.clone(), run: run2, stolen: true },
+    });
+    assert_eq!(computes(&out), vec![(2, key2.clone())]);
+    // A late Finished from the victim's superseded run changes nothing but its data.
+    let msg = WorkerToScheduler::Finished { key: key2.clone(), run: run2, nbytes: 1, seconds: 0.0 };
+    let out = h.ev(Event::FromWorker { id: 1, msg });
+    assert_eq!(releases_to(&out, 1), vec![key2.clone()]);
+    assert_eq!(h.s.task_state(&key2), Some(&TaskState::Processing(2)));
+}
+
+#[test]
+fn the_adaptive_target_follows_queued_work_and_measured_durations() {
+    let mut h = Harness::new(&[(1, 1)]);
+    assert_eq!(h.s.adaptive_target(), 0, "no work, no workers needed");
+    h.submit((0..10).map(|i| task(&format!("t{i}"), &[])).collect());
+    assert_eq!(h.s.adaptive_target(), 5, "10 tasks x 0.5 s (unmeasured) = 5 worker-seconds");
+    // Measured: these tasks take 2 s each; 9 remain.
+    let run = h.run("t0");
+    let msg = WorkerToScheduler::Finished { key: "t0".into(), run, nbytes: 1, seconds: 2.0 };
+    h.ev(Event::FromWorker { id: 1, msg });
+    assert_eq!(h.s.adaptive_target(), 9, "never more workers than tasks");
+    for i in 1..10 {
+        let k = format!("t{i}");
+        let w = h.processing_on(&k);
+        h.finish(w, &k, 1);
+    }
+    assert_eq!(h.s.adaptive_target(), 0);
+}
+
+#[test]
+fn scatter_issues_tickets_and_lost_scattered_data_fails_its_dependents() {
+    let mut h = Harness::new(&[(1, 1), (2, 1)]);
+    let out =
+        h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Scatter { id: 5, keys: vec![("s".into(), 8)] } });
+    let (w, sid, ticket) = match &out[..] {
+        [Action::ToWorker(w, SchedulerToWorker::ExpectScatter { id, keys })] => (*w, *id, keys[0].1),
+        other => panic!("{other:?}"),
+    };
+    let out = h.ev(Event::FromWorker { id: w, msg: WorkerToScheduler::ScatterReady { id: sid } });
+    assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::ScatterTargets {
+        id: 5,
+        result: Ok(vec![crate::protocol::ScatterTarget { key: "s".into(), worker: addr(w), ticket }])
+    }));
+    // A Stored from another worker (a forged store) is refused.
+    let other = if w == 1 { 2 } else { 1 };
+    let out = h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::Stored { key: "s".into(), nbytes: 8 } });
+    assert_eq!(releases_to(&out, other), vec!["s".to_owned()]);
+    h.ev(Event::FromWorker { id: w, msg: WorkerToScheduler::Stored { key: "s".into(), nbytes: 8 } });
+    h.submit(vec![task("use", &["s"])]);
+    let out = h.ev(Event::WorkerLeft { id: w });
+    let f = failures(&out);
+    assert!(f.iter().any(|(k, f)| k == "s" && matches!(f, Failure::DataLost { .. })), "{f:?}");
+    assert!(f.iter().any(|(k, f)| k == "use" && matches!(f.root_cause(), Failure::DataLost { .. })), "{f:?}");
+}
+
+/// Regression: a registered worker announcing 2^32 - 1 threads absorbed 60,000 tasks.
+#[test]
+fn registrations_outside_the_bounds_are_refused() {
+    let mut h = Harness::new(&[(1, 1)]);
+    for (id, name, address, nthreads) in [
+        (2, "big", addr(2), u32::MAX),
+        (3, "zero", addr(3), 0),
+        (4, "dup", addr(1), 1),
+        (5, "bad", "not a url".to_owned(), 1),
+        (6, "", addr(6), 1),
+    ] {
+        let out = h.ev(Event::WorkerJoined { id, name: name.into(), address, nthreads });
+        assert!(matches!(&out[..], [Action::DropWorker { id: x, .. }] if *x == id), "{name}: {out:?}");
+    }
+    assert_eq!(h.s.stats().workers, 1);
+}
+
+/// Regression: requeueing a departed worker's tasks called `queued.retain` once per task
+/// (quadratic: 60,000 tasks stalled the scheduler for 9-15 s). Requeueing is O(1) per task
+/// and the queue never holds more than twice its live entries plus a constant.
+#[test]
+fn a_departing_worker_with_many_tasks_is_requeued_in_linear_work() {
+    const N: usize = 60_000;
+    let mut h = Harness::with(SchedulerConfig { tasks_per_thread: N, ..SchedulerConfig::default() }, &[(1, 1)]);
+    let mut now = h.now;
+    let specs: Vec<TaskSpec> = (0..N).map(|i| task(&format!("t{i}"), &[])).collect();
+    let mut step = |s: &mut Scheduler, e| {
+        now += Duration::from_millis(1);
+        s.handle(e, now)
+    };
+    for chunk in specs.chunks(20_000) {
+        step(&mut h.s, Event::FromClient { id: CLIENT, msg: ClientToScheduler::Submit { tasks: chunk.to_vec() } });
+    }
+    assert_eq!(h.s.workers[&1].processing.len(), N);
+    step(&mut h.s, Event::WorkerJoined { id: 2, name: "w2".into(), address: addr(2), nthreads: 1 });
+    h.s.config.tasks_per_thread = 4;
+    let out = step(&mut h.s, Event::WorkerLeft { id: 1 });
+    assert_eq!(computes(&out).len(), 4, "the survivor takes what it has room for");
+    assert_eq!(h.s.stats().queued, N - 4);
+    assert!(h.s.queue.len() <= 2 * h.s.queued + 1024, "queue of {} for {} queued", h.s.queue.len(), h.s.queued);
+    h.s.check_invariants().unwrap();
+}
+
+#[test]
+fn submissions_over_the_bound_are_rejected_whole() {
+    let mut h = Harness::new(&[(1, 1)]);
+    let n = crate::protocol::bounds::MAX_TASKS_PER_SUBMIT + 1;
+    let out = h.submit((0..n).map(|i| task(&format!("t{i}"), &[])).collect());
+    assert_eq!(failures(&out).len(), n);
+    assert_eq!(h.s.task_count(), 0);
+    let bad = TaskSpec { key: "k\n".into(), ..task("x", &[]) };
+    let out = h.submit(vec![bad, TaskSpec { retries: 1_000_000, ..task("r", &[]) }]);
+    assert_eq!(failures(&out).len(), 2);
+}
+
+#[test]
+fn memory_is_returned_when_tables_shrink() {
+    let mut h = Harness::new(&[(1, 1)]);
+    let mut now = h.now;
+    let mut step = |s: &mut Scheduler, e| {
+        now += Duration::from_millis(1);
+        s.handle(e, now)
+    };
+    let specs: Vec<TaskSpec> = (0..50_000).map(|i| task(&format!("t{i}"), &[])).collect();
+    step(&mut h.s, Event::FromClient { id: CLIENT, msg: ClientToScheduler::Submit { tasks: specs } });
+    let big = h.s.tasks.capacity();
+    step(&mut h.s, Event::ClientLeft { id: CLIENT });
+    step(&mut h.s, Event::Tick);
+    assert_eq!(h.s.task_count(), 0);
+    assert!(h.s.tasks.capacity() < big / 8, "capacity {} after holding {big}", h.s.tasks.capacity());
+}

@@ -1,0 +1,331 @@
+//! The worker's tokio driver: feeds the [`WorkerState`] machine and carries out its actions.
+//! It decides nothing. Quick functions run inline on the event loop; blocking ones on tokio's
+//! blocking pool (the state machine never starts more than `nthreads` at once). Fetches run
+//! as independent tasks through a [`DataPool`] (ids, timeouts, no shared lock), so fetches
+//! from different peers proceed independently.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_core::{CloseSignal, CommError, Payload, Registry, from_message};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::HEARTBEAT_INTERVAL;
+use super::state::{ConnId, FetchId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
+use crate::collections::Map;
+use crate::driver::batched::Outbox;
+use crate::driver::pool::DataPool;
+use crate::functions::Functions;
+use crate::protocol::{DataReply, DataRequest, Hello, Key, RunId, SchedulerToWorker, WorkerToScheduler};
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The scheduler's URL; its scheme picks the transport for everything.
+    pub scheduler: String,
+    /// Where to listen for peers and clients (default: the scheduler's scheme on
+    /// 127.0.0.1, any port; `inproc://` and `unix://` get a fresh name).
+    pub listen: Option<String>,
+    /// Runs executed at once (default 1).
+    pub nthreads: u32,
+    /// A name (default: the data address).
+    pub name: Option<String>,
+    /// How long a fetch from a peer may take before it is abandoned (default 60 s).
+    pub fetch_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// A worker of one thread for `scheduler`.
+    pub fn new(scheduler: impl Into<String>) -> Self {
+        WorkerConfig {
+            scheduler: scheduler.into(),
+            listen: None,
+            nthreads: 1,
+            name: None,
+            fetch_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running worker's handle.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    /// Its data address.
+    pub address: String,
+    shutdown: CloseSignal,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.close();
+    }
+}
+
+/// What reaches the worker's event loop.
+pub(crate) enum Input {
+    Scheduler(Vec<SchedulerToWorker>),
+    SchedulerLost(CommError),
+    DataConn(ConnId, Outbox<DataReply>),
+    DataConnClosed(ConnId),
+    Data(ConnId, DataRequest),
+    FetchDone(FetchId, Result<Vec<Option<Payload>>, String>),
+    ExecuteDone(Key, RunId, Result<Payload, String>, f64),
+}
+
+/// The address a node listens on for data, on the same transport as the scheduler.
+pub(crate) fn data_listen_url(scheduler: &str) -> String {
+    match scheduler.split_once("://").map(|(s, _)| s) {
+        Some("inproc") | None => "inproc://".into(),
+        Some("unix") => "unix://".into(),
+        Some(scheme) => format!("{scheme}://127.0.0.1:0"),
+    }
+}
+
+/// Starts a worker; returns once it has sent its hello to the scheduler. The worker runs
+/// until the scheduler retires it (`Ok`), [`WorkerHandle::shutdown`] (`Ok`), or the scheduler
+/// is lost (`Err`).
+pub async fn start_worker(
+    registry: Registry,
+    functions: Arc<Functions>,
+    config: WorkerConfig,
+) -> Result<(WorkerHandle, tokio::task::JoinHandle<Result<(), CommError>>), CommError> {
+    let listen = config.listen.clone().unwrap_or_else(|| data_listen_url(&config.scheduler));
+    let listener = registry.listen(&listen).await?;
+    let address = listener.contact_address().to_string();
+    let shutdown = CloseSignal::new();
+    let (inputs_tx, inputs) = mpsc::channel::<Input>(4096);
+    super::data_server::spawn(listener, inputs_tx.clone(), shutdown.clone());
+
+    let name = config.name.clone().unwrap_or_else(|| address.clone());
+    let comm = match registry.connect(&config.scheduler).await {
+        Ok(c) => c,
+        Err(e) => {
+            shutdown.close();
+            return Err(e);
+        }
+    };
+    let (tx, mut rx) = comm.split();
+    let nthreads = config.nthreads.max(1);
+    // The hello goes first and alone, as the protocol requires.
+    let mut tx = tx;
+    tx.send(courier_core::to_message(&[Hello::Worker { name, address: address.clone(), nthreads }])?).await?;
+    let scheduler: Outbox<WorkerToScheduler> = Outbox::spawn(tx, 1 << 20, config.scheduler.clone());
+    let reader_inputs = inputs_tx.clone();
+    let reader_stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                () = reader_stop.closed() => return,
+                m = rx.recv() => m,
+            };
+            let input = match m.and_then(|m| from_message::<Vec<SchedulerToWorker>>(&m)) {
+                Ok(batch) => Input::Scheduler(batch),
+                Err(e) => Input::SchedulerLost(e),
+            };
+            let lost = matches!(input, Input::SchedulerLost(_));
+            if reader_inputs.send(input).await.is_err() || lost {
+                return;
+            }
+        }
+    });
+    let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone() };
+    let driver = Driver {
+        state: WorkerState::new(WorkerLimits::new(address, nthreads as usize)),
+        functions,
+        pool: DataPool::new(registry, config.fetch_timeout),
+        scheduler,
+        data_conns: Map::default(),
+        fetches: Map::default(),
+        inputs_tx,
+        local: VecDeque::new(),
+    };
+    let task = tokio::spawn(driver.run(inputs, shutdown));
+    Ok((handle, task))
+}
+
+struct Driver {
+    state: WorkerState,
+    functions: Arc<Functions>,
+    pool: DataPool,
+    scheduler: Outbox<WorkerToScheduler>,
+    data_conns: Map<ConnId, Outbox<DataReply>>,
+    fetches: Map<FetchId, AbortHandle>,
+    inputs_tx: mpsc::Sender<Input>,
+    /// Events produced by carrying out actions (inline executions), handled next.
+    local: VecDeque<WorkerEvent>,
+}
+
+impl Driver {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, shutdown: CloseSignal) -> Result<(), CommError> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            let event = tokio::select! {
+                biased;
+                () = shutdown.closed() => break Ok(()),
+                () = self.scheduler.closed() => {
+                    break Err(CommError::closed("the comm to the scheduler closed"));
+                }
+                input = inputs.recv() => match input {
+                    Some(i) => i,
+                    None => break Ok(()),
+                },
+                _ = heartbeat.tick() => {
+                    self.step(WorkerEvent::Tick);
+                    self.flush();
+                    continue;
+                }
+            };
+            match event {
+                Input::Scheduler(batch) => self.on_scheduler_batch(batch),
+                Input::SchedulerLost(e) => {
+                    break if e.is_closed() {
+                        Err(CommError::closed(format!("lost the scheduler: {e}")))
+                    } else {
+                        Err(e)
+                    };
+                }
+                Input::DataConn(conn, outbox) => {
+                    self.data_conns.insert(conn, outbox);
+                }
+                Input::DataConnClosed(conn) => {
+                    self.data_conns.remove(&conn);
+                }
+                Input::Data(conn, request) => self.step(WorkerEvent::Data { conn, request }),
+                Input::FetchDone(id, result) => {
+                    self.fetches.remove(&id);
+                    self.step(WorkerEvent::FetchDone { id, result });
+                }
+                Input::ExecuteDone(key, run, result, seconds) => {
+                    self.step(WorkerEvent::ExecuteDone { key, run, result, seconds })
+                }
+            }
+            // Whatever else is already here joins this round before anything is written.
+            let mut more = 0;
+            while more < 1024 {
+                let Ok(input) = inputs.try_recv() else { break };
+                more += 1;
+                match input {
+                    Input::Scheduler(batch) => self.on_scheduler_batch(batch),
+                    Input::Data(conn, request) => self.step(WorkerEvent::Data { conn, request }),
+                    Input::FetchDone(id, result) => {
+                        self.fetches.remove(&id);
+                        self.step(WorkerEvent::FetchDone { id, result });
+                    }
+                    Input::ExecuteDone(key, run, result, seconds) => {
+                        self.step(WorkerEvent::ExecuteDone { key, run, result, seconds })
+                    }
+                    Input::DataConn(conn, outbox) => {
+                        self.data_conns.insert(conn, outbox);
+                    }
+                    Input::DataConnClosed(conn) => {
+                        self.data_conns.remove(&conn);
+                    }
+                    Input::SchedulerLost(e) => {
+                        self.flush();
+                        shutdown.close();
+                        return Err(CommError::closed(format!("lost the scheduler: {e}")));
+                    }
+                }
+            }
+            self.flush();
+            if self.state.is_shutting_down() {
+                tracing::info!("retired by the scheduler; exiting");
+                break Ok(());
+            }
+        };
+        shutdown.close();
+        for (_, f) in self.fetches.drain() {
+            f.abort();
+        }
+        self.scheduler.close();
+        self.pool.close();
+        result
+    }
+
+    fn on_scheduler_batch(&mut self, batch: Vec<SchedulerToWorker>) {
+        for msg in &batch {
+            if let SchedulerToWorker::PeerGone { address } = msg {
+                self.pool.forget(address);
+            }
+        }
+        self.step(WorkerEvent::SchedulerBatch(batch));
+    }
+
+    /// Feeds one event, then every event its actions produce inline.
+    fn step(&mut self, event: WorkerEvent) {
+        self.local.push_back(event);
+        while let Some(e) = self.local.pop_front() {
+            let actions = self.state.handle(e, Instant::now());
+            for a in actions {
+                self.carry_out(a);
+            }
+        }
+    }
+
+    fn carry_out(&mut self, action: WorkerAction) {
+        match action {
+            WorkerAction::ToScheduler(msg) => {
+                if let Err(e) = self.scheduler.push(msg) {
+                    tracing::error!(error = %e, "cannot reach the scheduler");
+                }
+            }
+            WorkerAction::Reply { conn, reply } => {
+                if let Some(outbox) = self.data_conns.get(&conn)
+                    && let Err(e) = outbox.push(reply)
+                {
+                    tracing::warn!(conn, error = %e, "a data requester is not reading its replies; disconnected it");
+                    self.data_conns.remove(&conn);
+                }
+            }
+            WorkerAction::Fetch { id, peer, keys } => {
+                let (pool, tx) = (self.pool.clone(), self.inputs_tx.clone());
+                let task = tokio::spawn(async move {
+                    let result = pool.get(&peer, keys).await.map_err(|e| e.to_string());
+                    let _ = tx.send(Input::FetchDone(id, result)).await;
+                });
+                self.fetches.insert(id, task.abort_handle());
+            }
+            WorkerAction::AbortFetch { id } => {
+                if let Some(f) = self.fetches.remove(&id) {
+                    f.abort();
+                }
+            }
+            WorkerAction::Execute { key, run, func, args } => self.execute(key, run, &func, args),
+            WorkerAction::Shutdown => {}
+        }
+    }
+
+    fn execute(&mut self, key: Key, run: RunId, func: &str, args: Vec<Payload>) {
+        let Some(f) = self.functions.get(func).cloned() else {
+            let error = format!("unknown function {func:?} on this worker");
+            self.local.push_back(WorkerEvent::ExecuteDone { key, run, result: Err(error), seconds: 0.0 });
+            return;
+        };
+        if !f.blocking {
+            let started = Instant::now();
+            let result = crate::functions::run_guarded(&f.f, args);
+            let seconds = started.elapsed().as_secs_f64();
+            self.local.push_back(WorkerEvent::ExecuteDone { key, run, result, seconds });
+            return;
+        }
+        let tx = self.inputs_tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = tokio::task::spawn_blocking(move || crate::functions::run_guarded(&f.f, args))
+                .await
+                .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
+            let _ = tx.send(Input::ExecuteDone(key, run, result, started.elapsed().as_secs_f64())).await;
+        });
+    }
+
+    fn flush(&mut self) {
+        self.scheduler.flush();
+        for outbox in self.data_conns.values() {
+            outbox.flush();
+        }
+    }
+}

@@ -1,0 +1,773 @@
+//! The worker as a sans-IO state machine: [`WorkerState::handle`] takes a [`WorkerEvent`] and
+//! the time, and returns [`WorkerAction`]s for the driver to carry out (send to the scheduler,
+//! reply to a data request, fetch from a peer, execute a function). No locks, no spawns, no
+//! clock: Dask's `WorkerState.handle_stimulus` is the model.
+//!
+//! ## What it decides
+//!
+//! - **Execution slots.** At most `nthreads` runs execute at once; runs whose inputs are all
+//!   here wait in a ready queue (validated lazily, so dropping one is O(1)).
+//! - **Fetching.** A dependency it lacks is fetched from a holder the scheduler named, at most
+//!   `fetches_per_peer` requests in flight per peer and `fetches_total` overall, several keys
+//!   per request. A holder that fails (error, timeout, "not here", or `PeerGone`) is marked
+//!   tried and the next is asked; when all have failed, the runs that needed the dependency
+//!   are dropped and reported as `MissingData`. A fetched copy is kept only while local runs
+//!   need it.
+//! - **Stealing's worker half.** `Steal` gives a run up only if it has not started executing;
+//!   otherwise it is refused. Either way the answer is exact, so no run executes twice.
+//! - **Release and cancellation.** `Release` drops data and unstarted runs; a run already
+//!   executing finishes quietly and its result is dropped. A newer run of the same key waits
+//!   for that old execution to end.
+//! - **Scatter tickets.** A `Store` is accepted only for a key the scheduler announced with
+//!   `ExpectScatter`, with the same ticket, and never overwrites a held key.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use courier_core::Payload;
+
+use crate::collections::{Map, Set, shrink_map};
+use crate::protocol::bounds::{MAX_KEYS_PER_MESSAGE, clip_message};
+use crate::protocol::{
+    ArgSpec, DataReply, DataRequest, Key, RequestId, RunId, SchedulerToWorker, Ticket, WorkerToScheduler,
+};
+
+/// A data connection, numbered by the driver.
+pub type ConnId = u64;
+/// A fetch request, numbered by the state machine.
+pub type FetchId = u64;
+
+/// Limits of the worker state machine.
+#[derive(Debug, Clone)]
+pub struct WorkerLimits {
+    /// This worker's own data address (it never fetches from itself).
+    pub address: String,
+    /// Runs executing at once.
+    pub nthreads: usize,
+    /// Fetch requests in flight to one peer. Default 4.
+    pub fetches_per_peer: usize,
+    /// Fetch requests in flight in all. Default 64.
+    pub fetches_total: usize,
+    /// Keys asked for in one fetch request. Default 128.
+    pub keys_per_fetch: usize,
+    /// How long a scatter ticket stays valid. Default 5 minutes.
+    pub ticket_ttl: Duration,
+}
+
+impl WorkerLimits {
+    /// Defaults for a worker at `address` with `nthreads` threads.
+    pub fn new(address: impl Into<String>, nthreads: usize) -> Self {
+        WorkerLimits {
+            address: address.into(),
+            nthreads: nthreads.max(1),
+            fetches_per_peer: 4,
+            fetches_total: 64,
+            keys_per_fetch: 128,
+            ticket_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What happened to a worker.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    /// The scheduler sent something.
+    Scheduler(SchedulerToWorker),
+    /// The scheduler sent a batch (one comm message): handled in order, then fetches and
+    /// executions are started, so the batch's dependencies share fetch requests.
+    SchedulerBatch(Vec<SchedulerToWorker>),
+    /// A peer or client sent a data request on connection `conn`.
+    Data {
+        /// The connection, to address the reply.
+        conn: ConnId,
+        /// The request.
+        request: DataRequest,
+    },
+    /// A fetch finished: the values in the order asked (`None`: the peer does not hold it),
+    /// or why it failed (connection error, timeout, refusal).
+    FetchDone {
+        /// The fetch.
+        id: FetchId,
+        /// The outcome.
+        result: Result<Vec<Option<Payload>>, String>,
+    },
+    /// A run's function returned.
+    ExecuteDone {
+        /// Key.
+        key: Key,
+        /// The run.
+        run: RunId,
+        /// The result, or the function's error.
+        result: Result<Payload, String>,
+        /// How long it ran.
+        seconds: f64,
+    },
+    /// Time passed (the heartbeat interval).
+    Tick,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerAction {
+    /// Send to the scheduler.
+    ToScheduler(WorkerToScheduler),
+    /// Reply on data connection `conn`.
+    Reply {
+        /// The connection.
+        conn: ConnId,
+        /// The reply.
+        reply: DataReply,
+    },
+    /// Ask `peer` for `keys` (a `Get`), with a timeout; report with `FetchDone`.
+    Fetch {
+        /// The fetch's id.
+        id: FetchId,
+        /// The peer's data address.
+        peer: String,
+        /// Keys.
+        keys: Vec<Key>,
+    },
+    /// A fetch's result is no longer wanted; the driver may stop waiting for it.
+    AbortFetch {
+        /// The fetch.
+        id: FetchId,
+    },
+    /// Run `func` on `args`; report with `ExecuteDone`.
+    Execute {
+        /// Key.
+        key: Key,
+        /// The run.
+        run: RunId,
+        /// Function name.
+        func: String,
+        /// Argument values.
+        args: Vec<Payload>,
+    },
+    /// Exit: the scheduler retired this worker.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Some inputs are being fetched.
+    Fetching,
+    /// Every input is here; waiting for a slot.
+    Ready,
+    /// Executing.
+    Executing,
+}
+
+#[derive(Debug)]
+struct Run {
+    run: RunId,
+    func: String,
+    args: Vec<ArgSpec>,
+    deps: Vec<Key>,
+    /// Inputs not here yet.
+    missing: usize,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Origin {
+    /// Computed here, stored by a client, or replicated at the scheduler's request: the
+    /// scheduler counts this worker as a holder.
+    Own,
+    /// Fetched for local runs: kept while `users` of them still need it.
+    Fetched { users: usize },
+}
+
+#[derive(Debug)]
+struct Held {
+    value: Payload,
+    origin: Origin,
+}
+
+#[derive(Debug, Default)]
+struct Dep {
+    holders: Vec<String>,
+    tried: Vec<String>,
+    /// Local runs waiting for it.
+    waiters: Set<Key>,
+    /// The scheduler asked for a copy (retirement).
+    replicate: bool,
+    in_flight: Option<FetchId>,
+    queued_on: Option<String>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    peer: String,
+    keys: Vec<Key>,
+}
+
+/// The worker state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct WorkerState {
+    limits: WorkerLimits,
+    runs: Map<Key, Run>,
+    ready: VecDeque<(Key, RunId)>,
+    /// Keys executing now, and the run each execution belongs to (a released run's
+    /// execution stays here until it returns).
+    executing: Map<Key, RunId>,
+    /// Ready runs held back until an old execution of the same key returns.
+    deferred: Set<Key>,
+    data: Map<Key, Held>,
+    deps: Map<Key, Dep>,
+    in_flight: Map<FetchId, InFlight>,
+    per_peer: Map<String, usize>,
+    peer_queues: Map<String, VecDeque<Key>>,
+    /// Peers the scheduler said are gone (most recent 1,024).
+    gone: VecDeque<String>,
+    tickets: Map<Key, (Ticket, Instant)>,
+    next_fetch: FetchId,
+    shutting_down: bool,
+    out: Vec<WorkerAction>,
+    now: Instant,
+}
+
+impl WorkerState {
+    /// A worker with these limits, holding nothing.
+    pub fn new(limits: WorkerLimits) -> Self {
+        WorkerState {
+            limits,
+            runs: Map::default(),
+            ready: VecDeque::new(),
+            executing: Map::default(),
+            deferred: Set::default(),
+            data: Map::default(),
+            deps: Map::default(),
+            in_flight: Map::default(),
+            per_peer: Map::default(),
+            peer_queues: Map::default(),
+            gone: VecDeque::new(),
+            tickets: Map::default(),
+            next_fetch: 0,
+            shutting_down: false,
+            out: Vec::new(),
+            now: Instant::now(),
+        }
+    }
+
+    /// Applies one event at time `now`; returns what to do, in order.
+    pub fn handle(&mut self, event: WorkerEvent, now: Instant) -> Vec<WorkerAction> {
+        self.now = now;
+        match event {
+            WorkerEvent::Scheduler(msg) => self.on_scheduler(msg),
+            WorkerEvent::SchedulerBatch(batch) => {
+                for msg in batch {
+                    self.on_scheduler(msg);
+                }
+            }
+            WorkerEvent::Data { conn, request } => self.on_data(conn, request),
+            WorkerEvent::FetchDone { id, result } => self.fetch_done(id, result),
+            WorkerEvent::ExecuteDone { key, run, result, seconds } => self.execute_done(key, run, result, seconds),
+            WorkerEvent::Tick => {
+                self.send(WorkerToScheduler::Heartbeat);
+                let ttl = self.limits.ticket_ttl;
+                self.tickets.retain(|_, (_, issued)| now.saturating_duration_since(*issued) < ttl);
+                shrink_map(&mut self.data);
+                shrink_map(&mut self.runs);
+            }
+        }
+        self.schedule();
+        std::mem::take(&mut self.out)
+    }
+
+    /// True once the scheduler told this worker to shut down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// The value held under `key`, if any.
+    pub fn value(&self, key: &str) -> Option<&Payload> {
+        self.data.get(key).map(|h| &h.value)
+    }
+
+    /// Keys held (own results, stored, replicated and fetched copies).
+    pub fn held_keys(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Runs assigned and not finished (fetching, ready or executing).
+    pub fn assigned(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Executions in progress (including released runs finishing quietly).
+    pub fn executing(&self) -> usize {
+        self.executing.len()
+    }
+
+    /// Fetch requests in flight.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn send(&mut self, msg: WorkerToScheduler) {
+        self.out.push(WorkerAction::ToScheduler(msg));
+    }
+
+    fn on_scheduler(&mut self, msg: SchedulerToWorker) {
+        match msg {
+            SchedulerToWorker::Compute { key, run, func, args, who_has } => self.compute(key, run, func, args, who_has),
+            SchedulerToWorker::Release { keys } => {
+                for k in keys {
+                    self.release(&k);
+                }
+            }
+            SchedulerToWorker::Steal { key, run } => {
+                let stolen = self.runs.get(&key).is_some_and(|r| r.run == run && r.phase != Phase::Executing);
+                if stolen {
+                    self.drop_run(&key);
+                }
+                self.send(WorkerToScheduler::StealReply { key, run, stolen });
+            }
+            SchedulerToWorker::Replicate { key, from } => self.replicate(key, from),
+            SchedulerToWorker::ExpectScatter { id, keys } => {
+                for (k, ticket) in keys {
+                    self.tickets.insert(k, (ticket, self.now));
+                }
+                self.send(WorkerToScheduler::ScatterReady { id });
+            }
+            SchedulerToWorker::PeerGone { address } => self.peer_gone(address),
+            SchedulerToWorker::Shutdown => {
+                self.shutting_down = true;
+                self.out.push(WorkerAction::Shutdown);
+            }
+        }
+    }
+
+    fn compute(&mut self, key: Key, run: RunId, func: String, args: Vec<ArgSpec>, who_has: Vec<(Key, Vec<String>)>) {
+        if let Some(held) = self.data.get_mut(&key) {
+            // Already here (a fetched copy counts: the value is the same computation's).
+            held.origin = Origin::Own;
+            let nbytes = held.value.byte_len();
+            self.send(WorkerToScheduler::Finished { key, run, nbytes, seconds: 0.0 });
+            return;
+        }
+        if let Some(existing) = self.runs.get(&key) {
+            if existing.run == run {
+                return;
+            }
+            self.drop_run(&key);
+        }
+        let mut deps: Vec<Key> = Vec::new();
+        for a in &args {
+            if let ArgSpec::Key(k) = a
+                && !deps.contains(k)
+            {
+                deps.push(k.clone());
+            }
+        }
+        // Holders the scheduler names now are alive (a `PeerGone` for an address reused by a
+        // new worker arrived before this message).
+        self.gone.retain(|g| !who_has.iter().any(|(_, h)| h.contains(g)));
+        let holders: Map<&Key, &Vec<String>> = who_has.iter().map(|(k, h)| (k, h)).collect();
+        // A dependency neither here, nor being fetched, nor with any holder to ask: report it
+        // before registering anything.
+        for d in &deps {
+            let available = self.data.contains_key(d)
+                || self.deps.contains_key(d)
+                || holders.get(d).is_some_and(|h| h.iter().any(|a| self.may_ask(a)));
+            if !available {
+                self.send(WorkerToScheduler::MissingData { key, run, dep: d.clone(), tried: Vec::new() });
+                return;
+            }
+        }
+        let mut missing = 0;
+        for d in &deps {
+            if let Some(held) = self.data.get_mut(d) {
+                if let Origin::Fetched { users } = &mut held.origin {
+                    *users += 1;
+                }
+                continue;
+            }
+            missing += 1;
+            let dep = self.deps.entry(d.clone()).or_default();
+            dep.waiters.insert(key.clone());
+            for a in holders.get(d).map(|h| h.iter()).into_iter().flatten().take(64) {
+                if !dep.holders.contains(a) {
+                    dep.holders.push(a.clone());
+                }
+            }
+            if dep.in_flight.is_none() && dep.queued_on.is_none() {
+                self.enqueue_fetch(d.clone());
+            }
+        }
+        let phase = if missing == 0 { Phase::Ready } else { Phase::Fetching };
+        self.runs.insert(key.clone(), Run { run, func, args, deps, missing, phase });
+        if missing == 0 {
+            self.ready.push_back((key, run));
+        }
+    }
+
+    fn may_ask(&self, peer: &str) -> bool {
+        peer != self.limits.address && !self.gone.iter().any(|g| g == peer)
+    }
+
+    /// Queues a fetch of `key` on its next untried holder, or gives up on it.
+    fn enqueue_fetch(&mut self, key: Key) {
+        let Some(dep) = self.deps.get(&key) else { return };
+        let next = dep.holders.iter().find(|h| !dep.tried.contains(h) && self.may_ask(h)).cloned();
+        match next {
+            Some(peer) => {
+                if let Some(dep) = self.deps.get_mut(&key) {
+                    dep.queued_on = Some(peer.clone());
+                }
+                self.peer_queues.entry(peer).or_default().push_back(key);
+            }
+            None => self.fetch_exhausted(&key),
+        }
+    }
+
+    /// No holder of `key` could serve it: runs that needed it are dropped and reported.
+    fn fetch_exhausted(&mut self, key: &Key) {
+        let Some(dep) = self.deps.remove(key) else { return };
+        if dep.replicate {
+            self.send(WorkerToScheduler::Replicated { key: key.clone(), ok: false });
+        }
+        let mut waiters: Vec<Key> = dep.waiters.into_iter().collect();
+        waiters.sort();
+        for w in waiters {
+            let Some(run) = self.runs.get(&w).map(|r| r.run) else { continue };
+            self.drop_run(&w);
+            self.send(WorkerToScheduler::MissingData { key: w, run, dep: key.clone(), tried: dep.tried.clone() });
+        }
+    }
+
+    fn fetch_done(&mut self, id: FetchId, result: Result<Vec<Option<Payload>>, String>) {
+        let Some(fl) = self.in_flight.remove(&id) else { return };
+        self.peer_slot_freed(&fl.peer);
+        match result {
+            Ok(values) if values.len() == fl.keys.len() => {
+                for (k, v) in fl.keys.into_iter().zip(values) {
+                    match v {
+                        Some(value) => self.dep_arrived(k, value, id),
+                        None => self.dep_failed(k, &fl.peer, id),
+                    }
+                }
+            }
+            Ok(values) => {
+                tracing::warn!(peer = %fl.peer, asked = fl.keys.len(), got = values.len(), "a peer answered a fetch with the wrong number of values");
+                for k in fl.keys {
+                    self.dep_failed(k, &fl.peer, id);
+                }
+            }
+            Err(why) => {
+                tracing::debug!(peer = %fl.peer, %why, "fetch failed");
+                for k in fl.keys {
+                    self.dep_failed(k, &fl.peer, id);
+                }
+            }
+        }
+    }
+
+    fn peer_slot_freed(&mut self, peer: &str) {
+        if let Some(n) = self.per_peer.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+    }
+
+    fn dep_arrived(&mut self, key: Key, value: Payload, id: FetchId) {
+        if self.deps.get(&key).is_none_or(|d| d.in_flight != Some(id)) {
+            return;
+        }
+        let dep = self.deps.remove(&key).expect("present");
+        let users = dep.waiters.len();
+        if dep.replicate {
+            self.data.insert(key.clone(), Held { value, origin: Origin::Own });
+            self.send(WorkerToScheduler::Replicated { key: key.clone(), ok: true });
+        } else if users > 0 {
+            self.data.insert(key.clone(), Held { value, origin: Origin::Fetched { users } });
+        }
+        for w in dep.waiters {
+            if let Some(r) = self.runs.get_mut(&w) {
+                r.missing -= 1;
+                if r.missing == 0 {
+                    r.phase = Phase::Ready;
+                    let run = r.run;
+                    self.ready.push_back((w, run));
+                }
+            }
+        }
+    }
+
+    fn dep_failed(&mut self, key: Key, peer: &str, id: FetchId) {
+        let Some(dep) = self.deps.get_mut(&key) else { return };
+        if dep.in_flight != Some(id) {
+            return;
+        }
+        dep.in_flight = None;
+        dep.tried.push(peer.to_owned());
+        self.enqueue_fetch(key);
+    }
+
+    fn peer_gone(&mut self, address: String) {
+        if !self.gone.contains(&address) {
+            if self.gone.len() == 1024 {
+                self.gone.pop_front();
+            }
+            self.gone.push_back(address.clone());
+        }
+        let failed: Vec<FetchId> =
+            self.in_flight.iter().filter(|(_, f)| f.peer == address).map(|(&id, _)| id).collect();
+        for id in failed {
+            self.out.push(WorkerAction::AbortFetch { id });
+            self.fetch_done(id, Err(format!("{address} left the cluster")));
+        }
+        if let Some(queue) = self.peer_queues.remove(&address) {
+            for k in queue {
+                if let Some(dep) = self.deps.get_mut(&k)
+                    && dep.queued_on.as_deref() == Some(&address)
+                {
+                    dep.queued_on = None;
+                    dep.tried.push(address.clone());
+                    self.enqueue_fetch(k);
+                }
+            }
+        }
+    }
+
+    fn replicate(&mut self, key: Key, from: Vec<String>) {
+        if let Some(held) = self.data.get_mut(&key) {
+            held.origin = Origin::Own;
+            self.send(WorkerToScheduler::Replicated { key, ok: true });
+            return;
+        }
+        self.gone.retain(|g| !from.contains(g));
+        let dep = self.deps.entry(key.clone()).or_default();
+        dep.replicate = true;
+        for a in from.into_iter().take(64) {
+            if !dep.holders.contains(&a) {
+                dep.holders.push(a);
+            }
+        }
+        if dep.in_flight.is_none() && dep.queued_on.is_none() {
+            self.enqueue_fetch(key);
+        }
+    }
+
+    /// Forgets a run that has not started executing, and its claims on inputs.
+    fn drop_run(&mut self, key: &Key) {
+        let Some(run) = self.runs.remove(key) else { return };
+        if run.phase == Phase::Executing {
+            // Its execution finishes quietly: `executing` still names the old run.
+            return;
+        }
+        self.deferred.remove(key);
+        for d in &run.deps {
+            self.unclaim(d, key);
+        }
+    }
+
+    /// `user` no longer needs dependency `d`.
+    fn unclaim(&mut self, d: &Key, user: &Key) {
+        if let Some(held) = self.data.get_mut(d) {
+            if let Origin::Fetched { users } = &mut held.origin {
+                *users -= 1;
+                if *users == 0 {
+                    self.data.remove(d);
+                }
+            }
+        } else if let Some(dep) = self.deps.get_mut(d) {
+            dep.waiters.remove(user);
+            if dep.waiters.is_empty() && !dep.replicate {
+                // Not wanted any more: an answer in flight is ignored; a queued entry is skipped.
+                self.deps.remove(d);
+            }
+        }
+    }
+
+    fn release(&mut self, key: &Key) {
+        if self.data.get(key).is_some_and(|h| matches!(h.origin, Origin::Own)) {
+            self.data.remove(key);
+        }
+        self.tickets.remove(key);
+        if let Some(dep) = self.deps.get_mut(key)
+            && dep.replicate
+        {
+            dep.replicate = false;
+            if dep.waiters.is_empty() {
+                self.deps.remove(key);
+            }
+        }
+        self.drop_run(key);
+    }
+
+    fn on_data(&mut self, conn: ConnId, request: DataRequest) {
+        let reply = match request {
+            DataRequest::Get { id, keys } => {
+                if keys.len() > MAX_KEYS_PER_MESSAGE {
+                    refused(id, format!("{} keys asked for; at most {MAX_KEYS_PER_MESSAGE}", keys.len()))
+                } else if self.shutting_down {
+                    refused(id, "this worker is shutting down".into())
+                } else {
+                    DataReply::Data { id, values: keys.iter().map(|k| self.value(k).cloned()).collect() }
+                }
+            }
+            DataRequest::Store { id, key, ticket, value } => {
+                let valid = self.tickets.get(&key).is_some_and(|(t, _)| *t == ticket);
+                if !valid {
+                    refused(id, format!("no scatter of {key} with this ticket was announced to this worker"))
+                } else if self.data.contains_key(&key) {
+                    refused(id, format!("{key} is already held here"))
+                } else {
+                    self.tickets.remove(&key);
+                    let nbytes = value.byte_len();
+                    self.data.insert(key.clone(), Held { value, origin: Origin::Own });
+                    self.send(WorkerToScheduler::Stored { key, nbytes });
+                    DataReply::Stored { id }
+                }
+            }
+        };
+        self.out.push(WorkerAction::Reply { conn, reply });
+    }
+
+    fn execute_done(&mut self, key: Key, run: RunId, result: Result<Payload, String>, seconds: f64) {
+        if self.executing.get(&key) != Some(&run) {
+            return;
+        }
+        self.executing.remove(&key);
+        let current = self.runs.get(&key).is_some_and(|r| r.run == run && r.phase == Phase::Executing);
+        if current {
+            self.runs.remove(&key);
+            match result {
+                Ok(value) => {
+                    let nbytes = value.byte_len();
+                    self.data.insert(key.clone(), Held { value, origin: Origin::Own });
+                    self.send(WorkerToScheduler::Finished { key: key.clone(), run, nbytes, seconds });
+                }
+                Err(message) => {
+                    self.send(WorkerToScheduler::Erred { key: key.clone(), run, message: clip_message(message) })
+                }
+            }
+        }
+        if self.deferred.remove(&key)
+            && let Some(r) = self.runs.get(&key)
+        {
+            let run = r.run;
+            self.ready.push_front((key, run));
+        }
+    }
+
+    /// Starts fetches and executions while there is room.
+    fn schedule(&mut self) {
+        self.schedule_fetches();
+        self.schedule_executions();
+    }
+
+    fn schedule_fetches(&mut self) {
+        if self.peer_queues.is_empty() || self.in_flight.len() >= self.limits.fetches_total {
+            return;
+        }
+        let mut peers: Vec<String> = self.peer_queues.keys().cloned().collect();
+        peers.sort();
+        for peer in peers {
+            while self.in_flight.len() < self.limits.fetches_total
+                && self.per_peer.get(&peer).copied().unwrap_or(0) < self.limits.fetches_per_peer
+            {
+                let mut keys = Vec::new();
+                let Some(queue) = self.peer_queues.get_mut(&peer) else { break };
+                while keys.len() < self.limits.keys_per_fetch {
+                    let Some(k) = queue.pop_front() else { break };
+                    if self.deps.get(&k).is_some_and(|d| d.queued_on.as_deref() == Some(&peer) && d.in_flight.is_none())
+                    {
+                        keys.push(k);
+                    }
+                }
+                if queue.is_empty() {
+                    self.peer_queues.remove(&peer);
+                }
+                if keys.is_empty() {
+                    break;
+                }
+                self.next_fetch += 1;
+                let id = self.next_fetch;
+                for k in &keys {
+                    if let Some(d) = self.deps.get_mut(k) {
+                        d.queued_on = None;
+                        d.in_flight = Some(id);
+                    }
+                }
+                *self.per_peer.entry(peer.clone()).or_insert(0) += 1;
+                self.in_flight.insert(id, InFlight { peer: peer.clone(), keys: keys.clone() });
+                self.out.push(WorkerAction::Fetch { id, peer: peer.clone(), keys });
+            }
+        }
+    }
+
+    fn schedule_executions(&mut self) {
+        while self.executing_current() < self.limits.nthreads && !self.shutting_down {
+            let Some((key, run)) = self.ready.pop_front() else { break };
+            let Some(r) = self.runs.get(&key) else { continue };
+            if r.run != run || r.phase != Phase::Ready {
+                continue;
+            }
+            if self.executing.contains_key(&key) {
+                // An old, released execution of this key is still running.
+                self.deferred.insert(key);
+                continue;
+            }
+            let mut args = Vec::with_capacity(r.args.len());
+            let mut absent = None;
+            for a in &r.args {
+                match a {
+                    ArgSpec::Value(p) => args.push(p.clone()),
+                    ArgSpec::Key(k) => match self.data.get(k) {
+                        Some(h) => args.push(h.value.clone()),
+                        None => {
+                            absent = Some(k.clone());
+                            break;
+                        }
+                    },
+                }
+            }
+            if let Some(dep) = absent {
+                // Released under it (cannot happen while the run claims it); report rather
+                // than run with a wrong input.
+                self.drop_run(&key);
+                self.send(WorkerToScheduler::MissingData { key, run, dep, tried: Vec::new() });
+                continue;
+            }
+            let r = self.runs.get_mut(&key).expect("present");
+            r.phase = Phase::Executing;
+            let func = r.func.clone();
+            let deps = r.deps.clone();
+            self.executing.insert(key.clone(), run);
+            for d in &deps {
+                self.unclaim(d, &key);
+            }
+            self.out.push(WorkerAction::Execute { key, run, func, args });
+        }
+    }
+
+    /// Executions that hold a slot: every execution, released or not, occupies a thread.
+    fn executing_current(&self) -> usize {
+        self.executing.len()
+    }
+
+    /// A stable description for tests: counts of each table (and the first held keys).
+    pub fn describe(&self) -> String {
+        let mut held: Vec<&Key> = self.data.keys().collect();
+        held.sort();
+        held.truncate(4);
+        format!(
+            "runs {} ready {} executing {} data {} {held:?} deps {} in_flight {} tickets {}",
+            self.runs.len(),
+            self.ready.len(),
+            self.executing.len(),
+            self.data.len(),
+            self.deps.len(),
+            self.in_flight.len(),
+            self.tickets.len()
+        )
+    }
+}
+
+fn refused(id: RequestId, reason: String) -> DataReply {
+    DataReply::Refused { id, reason }
+}

@@ -1,0 +1,289 @@
+//! Unit tests of the worker state machine alone, fed events at simulated instants.
+
+use std::time::{Duration, Instant};
+
+use courier_core::Payload;
+
+use super::state::*;
+use crate::protocol::{ArgSpec, DataReply, DataRequest, Key, RunId, SchedulerToWorker, WorkerToScheduler};
+
+const ME: &str = "tcp://10.0.0.1:9000";
+const PEER: &str = "tcp://10.0.0.2:9000";
+const PEER2: &str = "tcp://10.0.0.3:9000";
+
+struct W {
+    s: WorkerState,
+    now: Instant,
+}
+
+impl W {
+    fn new(nthreads: usize) -> Self {
+        W { s: WorkerState::new(WorkerLimits::new(ME, nthreads)), now: Instant::now() }
+    }
+
+    fn ev(&mut self, e: WorkerEvent) -> Vec<WorkerAction> {
+        self.now += Duration::from_millis(1);
+        self.s.handle(e, self.now)
+    }
+
+    fn sched(&mut self, m: SchedulerToWorker) -> Vec<WorkerAction> {
+        self.ev(WorkerEvent::Scheduler(m))
+    }
+
+    fn compute(&mut self, key: &str, run: RunId, deps: &[(&str, &[&str])]) -> Vec<WorkerAction> {
+        let mut args: Vec<ArgSpec> = deps.iter().map(|(d, _)| ArgSpec::Key((*d).into())).collect();
+        args.push(ArgSpec::Value(v(1)));
+        let who_has = deps.iter().map(|(d, h)| ((*d).to_owned(), h.iter().map(|s| s.to_string()).collect())).collect();
+        self.sched(SchedulerToWorker::Compute { key: key.into(), run, func: "f".into(), args, who_has })
+    }
+
+    fn done(&mut self, key: &str, run: RunId, value: i64) -> Vec<WorkerAction> {
+        self.ev(WorkerEvent::ExecuteDone { key: key.into(), run, result: Ok(v(value)), seconds: 0.5 })
+    }
+}
+
+fn v(x: i64) -> Payload {
+    Payload::new(&x).unwrap()
+}
+
+fn executes(a: &[WorkerAction]) -> Vec<(Key, RunId)> {
+    a.iter()
+        .filter_map(|a| match a {
+            WorkerAction::Execute { key, run, .. } => Some((key.clone(), *run)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fetches(a: &[WorkerAction]) -> Vec<(FetchId, String, Vec<Key>)> {
+    a.iter()
+        .filter_map(|a| match a {
+            WorkerAction::Fetch { id, peer, keys } => Some((*id, peer.clone(), keys.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_scheduler(a: &[WorkerAction]) -> Vec<WorkerToScheduler> {
+    a.iter()
+        .filter_map(|a| match a {
+            WorkerAction::ToScheduler(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn runs_execute_in_at_most_nthreads_slots_and_report_with_their_run() {
+    let mut w = W::new(2);
+    let mut started = Vec::new();
+    for (i, k) in ["a", "b", "c"].iter().enumerate() {
+        started.extend(executes(&w.compute(k, 10 + i as u64, &[])));
+    }
+    assert_eq!(started, vec![("a".into(), 10), ("b".into(), 11)], "two slots");
+    let out = w.done("a", 10, 5);
+    assert_eq!(executes(&out), vec![("c".into(), 12)], "a freed slot starts the next");
+    assert_eq!(
+        to_scheduler(&out),
+        vec![WorkerToScheduler::Finished { key: "a".into(), run: 10, nbytes: v(5).byte_len(), seconds: 0.5 }]
+    );
+    assert_eq!(w.s.value("a"), Some(&v(5)));
+    let out = w.ev(WorkerEvent::ExecuteDone { key: "b".into(), run: 11, result: Err("boom".into()), seconds: 0.1 });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::Erred { key: "b".into(), run: 11, message: "boom".into() }]);
+    assert_eq!(w.s.value("b"), None);
+}
+
+#[test]
+fn missing_inputs_are_fetched_from_holders_batched_and_bounded_per_peer() {
+    let mut w = W::new(1);
+    let batch = (0..200)
+        .map(|i| SchedulerToWorker::Compute {
+            key: format!("t{i}"),
+            run: i,
+            func: "f".into(),
+            args: vec![ArgSpec::Key(format!("d{i}"))],
+            who_has: vec![(format!("d{i}"), vec![PEER.into()])],
+        })
+        .collect();
+    let out = w.ev(WorkerEvent::SchedulerBatch(batch));
+    let f = fetches(&out);
+    assert!(executes(&out).is_empty(), "nothing runs before its input is here");
+    // 128 keys per request, at most 4 requests in flight to one peer.
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(f[0].2.len(), 128);
+    assert!(f.iter().all(|(_, p, _)| p == PEER));
+    let (id, _, keys) = &f[0];
+    let values = keys.iter().map(|_| Some(v(7))).collect();
+    let out = w.ev(WorkerEvent::FetchDone { id: *id, result: Ok(values) });
+    assert_eq!(executes(&out).len(), 1, "one thread");
+    // Fetched copies are kept only while local runs need them.
+    assert_eq!(w.s.held_keys(), 127);
+}
+
+#[test]
+fn a_failing_holder_is_skipped_and_when_all_fail_the_run_is_reported_missing() {
+    let mut w = W::new(1);
+    let out = w.compute("t", 3, &[("d", &[PEER, PEER2])]);
+    let (id, peer, _) = fetches(&out)[0].clone();
+    assert_eq!(peer, PEER);
+    let out = w.ev(WorkerEvent::FetchDone { id, result: Err("connection refused".into()) });
+    let (id2, peer2, _) = fetches(&out)[0].clone();
+    assert_eq!(peer2, PEER2, "the next holder is asked");
+    let out = w.ev(WorkerEvent::FetchDone { id: id2, result: Ok(vec![None]) });
+    assert_eq!(
+        to_scheduler(&out),
+        vec![WorkerToScheduler::MissingData {
+            key: "t".into(),
+            run: 3,
+            dep: "d".into(),
+            tried: vec![PEER.into(), PEER2.into()]
+        }]
+    );
+    assert_eq!(w.s.assigned(), 0, "the run was dropped");
+    // A late answer to an abandoned fetch is ignored.
+    assert!(w.ev(WorkerEvent::FetchDone { id, result: Ok(vec![Some(v(1))]) }).is_empty());
+}
+
+#[test]
+fn a_departed_peer_fails_its_fetches_at_once() {
+    let mut w = W::new(1);
+    let out = w.compute("t", 1, &[("d", &[PEER, PEER2])]);
+    let (id, _, _) = fetches(&out)[0].clone();
+    let out = w.sched(SchedulerToWorker::PeerGone { address: PEER.into() });
+    assert!(out.contains(&WorkerAction::AbortFetch { id }));
+    assert_eq!(fetches(&out)[0].1, PEER2, "moved to the other holder without waiting for a timeout");
+}
+
+#[test]
+fn steal_gives_up_only_runs_that_have_not_started() {
+    let mut w = W::new(1);
+    w.compute("running", 1, &[]);
+    w.compute("queued", 2, &[]);
+    w.compute("fetching", 3, &[("d", &[PEER])]);
+    for (key, run, expect) in [("running", 1, false), ("queued", 2, true), ("fetching", 3, true), ("queued", 2, false)]
+    {
+        let out = w.sched(SchedulerToWorker::Steal { key: key.into(), run });
+        assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::StealReply { key: key.into(), run, stolen: expect }]);
+    }
+    // A steal of an old run of a key does not touch the current one.
+    w.compute("queued", 20, &[]);
+    let out = w.sched(SchedulerToWorker::Steal { key: "queued".into(), run: 2 });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::StealReply { key: "queued".into(), run: 2, stolen: false }]);
+    // The stolen run never executes here.
+    let out = w.done("running", 1, 1);
+    assert_eq!(executes(&out), vec![("queued".into(), 20)]);
+}
+
+#[test]
+fn release_drops_data_and_unstarted_runs_and_a_started_run_finishes_quietly() {
+    let mut w = W::new(1);
+    w.compute("a", 1, &[]);
+    w.done("a", 1, 1);
+    w.compute("running", 2, &[]);
+    w.compute("waiting", 3, &[]);
+    let out = w.sched(SchedulerToWorker::Release { keys: vec!["a".into(), "running".into(), "waiting".into()] });
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(w.s.value("a"), None);
+    assert_eq!(w.s.executing(), 1, "the started run keeps its thread");
+    // A newer run of the same key waits for the old execution to end.
+    let out = w.compute("running", 4, &[]);
+    assert!(executes(&out).is_empty());
+    let out = w.done("running", 2, 99);
+    assert!(to_scheduler(&out).is_empty(), "the released run's result is dropped");
+    assert_eq!(executes(&out), vec![("running".into(), 4)]);
+    let out = w.done("running", 4, 5);
+    assert!(matches!(&to_scheduler(&out)[..], [WorkerToScheduler::Finished { run: 4, .. }]));
+    assert_eq!(w.s.value("running"), Some(&v(5)));
+    assert_eq!(w.s.value("waiting"), None);
+}
+
+#[test]
+fn replicate_fetches_a_copy_and_keeps_it_as_its_own() {
+    let mut w = W::new(1);
+    let out = w.sched(SchedulerToWorker::Replicate { key: "k".into(), from: vec![PEER.into()] });
+    let (id, peer, keys) = fetches(&out)[0].clone();
+    assert_eq!((peer.as_str(), keys), (PEER, vec!["k".to_owned()]));
+    let out = w.ev(WorkerEvent::FetchDone { id, result: Ok(vec![Some(v(3))]) });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::Replicated { key: "k".into(), ok: true }]);
+    assert_eq!(w.s.value("k"), Some(&v(3)));
+    let out = w.sched(SchedulerToWorker::Replicate { key: "gone".into(), from: vec![PEER.into()] });
+    let (id, _, _) = fetches(&out)[0].clone();
+    let out = w.ev(WorkerEvent::FetchDone { id, result: Ok(vec![None]) });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::Replicated { key: "gone".into(), ok: false }]);
+}
+
+#[test]
+fn stores_need_the_announced_ticket_and_never_overwrite() {
+    let mut w = W::new(1);
+    let store = |w: &mut W, id, key: &str, ticket| {
+        w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Store { id, key: key.into(), ticket, value: v(1337) } })
+    };
+    let out = store(&mut w, 1, "victim", 42);
+    assert!(matches!(&out[..], [WorkerAction::Reply { reply: DataReply::Refused { id: 1, .. }, .. }]), "{out:?}");
+    w.sched(SchedulerToWorker::ExpectScatter { id: 5, keys: vec![("s".into(), 777)] });
+    assert!(matches!(&store(&mut w, 2, "s", 776)[..], [WorkerAction::Reply { reply: DataReply::Refused { .. }, .. }]));
+    let out = store(&mut w, 3, "s", 777);
+    assert!(out.contains(&WorkerAction::Reply { conn: 1, reply: DataReply::Stored { id: 3 } }));
+    assert!(out.contains(&WorkerAction::ToScheduler(WorkerToScheduler::Stored {
+        key: "s".into(),
+        nbytes: v(1337).byte_len()
+    })));
+    // The ticket is used up.
+    assert!(matches!(&store(&mut w, 4, "s", 777)[..], [WorkerAction::Reply { reply: DataReply::Refused { .. }, .. }]));
+    // Results computed here cannot be overwritten either.
+    w.compute("r", 1, &[]);
+    w.done("r", 1, 1);
+    w.sched(SchedulerToWorker::ExpectScatter { id: 6, keys: vec![("r".into(), 1)] });
+    assert!(matches!(&store(&mut w, 5, "r", 1)[..], [WorkerAction::Reply { reply: DataReply::Refused { .. }, .. }]));
+    assert_eq!(w.s.value("r"), Some(&v(1)));
+}
+
+#[test]
+fn get_serves_held_values_and_bounds_the_request() {
+    let mut w = W::new(1);
+    w.compute("a", 1, &[]);
+    w.done("a", 1, 11);
+    let out =
+        w.ev(WorkerEvent::Data { conn: 9, request: DataRequest::Get { id: 4, keys: vec!["a".into(), "b".into()] } });
+    assert_eq!(
+        out,
+        vec![WorkerAction::Reply { conn: 9, reply: DataReply::Data { id: 4, values: vec![Some(v(11)), None] } }]
+    );
+    let keys = vec!["a".to_owned(); crate::protocol::bounds::MAX_KEYS_PER_MESSAGE + 1];
+    let out = w.ev(WorkerEvent::Data { conn: 9, request: DataRequest::Get { id: 5, keys } });
+    assert!(matches!(&out[..], [WorkerAction::Reply { reply: DataReply::Refused { id: 5, .. }, .. }]));
+}
+
+#[test]
+fn a_compute_for_a_key_already_held_is_answered_at_once() {
+    let mut w = W::new(1);
+    w.compute("a", 1, &[]);
+    w.done("a", 1, 4);
+    let out = w.compute("a", 7, &[]);
+    assert!(executes(&out).is_empty());
+    assert!(
+        matches!(&to_scheduler(&out)[..], [WorkerToScheduler::Finished { run: 7, seconds, .. }] if *seconds == 0.0)
+    );
+}
+
+#[test]
+fn heartbeats_and_retirement() {
+    let mut w = W::new(1);
+    assert_eq!(to_scheduler(&w.ev(WorkerEvent::Tick)), vec![WorkerToScheduler::Heartbeat]);
+    let out = w.sched(SchedulerToWorker::Shutdown);
+    assert!(out.contains(&WorkerAction::Shutdown));
+    assert!(w.s.is_shutting_down());
+    let out = w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec![] } });
+    assert!(matches!(&out[..], [WorkerAction::Reply { reply: DataReply::Refused { .. }, .. }]));
+}
+
+#[test]
+fn a_missing_dependency_without_holders_is_reported_before_anything_is_claimed() {
+    let mut w = W::new(1);
+    let out = w.compute("t", 2, &[("d", &[])]);
+    assert_eq!(
+        to_scheduler(&out),
+        vec![WorkerToScheduler::MissingData { key: "t".into(), run: 2, dep: "d".into(), tried: vec![] }]
+    );
+    assert_eq!(w.s.describe(), WorkerState::new(WorkerLimits::new(ME, 1)).describe());
+}
