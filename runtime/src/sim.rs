@@ -172,6 +172,8 @@ pub struct SimClient {
     /// Answers to `Retire`, by request id.
     retired: Map<RequestId, Result<(), crate::protocol::RetireError>>,
     next_id: RequestId,
+    /// Disconnected.
+    gone: bool,
 }
 
 impl SimClient {
@@ -420,6 +422,14 @@ impl Sim {
         id
     }
 
+    /// Client `c` disconnects: the scheduler releases what it wanted; it hears nothing more.
+    pub fn disconnect_client(&mut self, c: usize) {
+        let event = Event::ClientLeft { id: client_id(c) };
+        self.send(Node::Client(c), Node::Scheduler, Delivery::ToScheduler(event));
+        self.clients[c].gone = true;
+        self.clients[c].keys.clear();
+    }
+
     /// Sends any message as client `c` (hostile or malformed ones included).
     pub fn client_sends(&mut self, c: usize, msg: ClientToScheduler) {
         self.client_to_scheduler(c, msg);
@@ -634,6 +644,7 @@ impl Sim {
                     let c = (id - 1_000_000) as usize;
                     self.send(Node::Scheduler, Node::Client(c), Delivery::ToClient(c, msg));
                 }
+                Action::DropClient { .. } => {}
                 Action::DropWorker { id, .. } => {
                     // The scheduler closed its comm: the worker process exits.
                     let w = (id - 1) as usize;
@@ -765,6 +776,9 @@ impl Sim {
 
     fn client_message(&mut self, c: usize, msg: SchedulerToClient) {
         let client = &mut self.clients[c];
+        if client.gone {
+            return;
+        }
         match msg {
             SchedulerToClient::Done { key, holders } => {
                 if let Some(v) = client.keys.get_mut(&key)
@@ -808,6 +822,9 @@ impl Sim {
     }
 
     fn client_data(&mut self, c: usize, reply: DataReply) {
+        if self.clients[c].gone {
+            return;
+        }
         let id = reply.id();
         let Some(key) = self.clients[c].fetching.remove(&id) else { return };
         match reply {

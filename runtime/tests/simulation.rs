@@ -196,6 +196,17 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
     };
     let mut sim = Sim::new(config);
     let c = sim.add_client();
+    // A second client with work of its own, which may leave at any moment: what it leaves
+    // behind must neither block nor disturb the first.
+    let other = sim.add_client();
+    let other_tasks: Vec<TaskSpec> = (0..rng.usize(0..40))
+        .map(|i| {
+            let deps: Vec<String> = if i > 0 && rng.bool() { vec![format!("o{}", rng.usize(0..i))] } else { vec![] };
+            let refs: Vec<&str> = deps.iter().map(String::as_str).collect();
+            add(&format!("o{i}"), &refs, 1, rng.bool())
+        })
+        .collect();
+    let other_leaves = ms(rng.u64(0..1500));
 
     // A random DAG in topological order.
     let n = rng.usize(1..=60);
@@ -251,6 +262,8 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
     // Faults and client actions at random simulated times.
     #[derive(Debug)]
     enum Act {
+        OtherSubmits,
+        OtherLeaves,
         Submit(usize),
         Kill,
         Freeze,
@@ -262,6 +275,8 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
     }
     let mut plan: Vec<(Duration, Act)> = Vec::new();
     let mut at = Duration::ZERO;
+    plan.push((ms(rng.u64(0..100)), Act::OtherSubmits));
+    plan.push((other_leaves, Act::OtherLeaves));
     for ci in 0..bounds.len() {
         plan.push((at, Act::Submit(ci)));
         at += ms(rng.u64(0..200));
@@ -279,6 +294,7 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
         };
         plan.push((t, act));
     }
+    // Stable: the other client's submission precedes its departure at equal times.
     plan.sort_by_key(|(t, _)| *t);
 
     let mut cancelled: Vec<String> = Vec::new();
@@ -290,6 +306,8 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
     for (t, act) in plan {
         sim.run_until(|s| s.now() >= t).map_err(|e| e.to_string())?;
         match act {
+            Act::OtherSubmits => sim.submit(other, other_tasks.clone()),
+            Act::OtherLeaves => sim.disconnect_client(other),
             Act::Submit(ci) => {
                 let end = bounds[ci];
                 sim.submit(c, (chunk_start..end).map(spec).collect());

@@ -274,8 +274,12 @@ impl Core {
                 }
             } else if stop.is_closed() {
                 break;
-            } else if tick.tick().now_or_never().is_some() {
-                self.handle(Event::Tick);
+            } else {
+                // Work is waiting: let the tasks woken last round (writers, readers) run first.
+                tokio::task::yield_now().await;
+                if tick.tick().now_or_never().is_some() {
+                    self.handle(Event::Tick);
+                }
             }
             while let Ok(e) = events.try_recv() {
                 self.enqueue(e);
@@ -334,6 +338,14 @@ fn route(
                 if let Some(o) = outboxes.remove(&Peer::Worker(id)) {
                     o.close();
                 }
+                continue;
+            }
+            Action::DropClient { id, reason } => {
+                tracing::warn!(client = id, %reason, "dropping a client that broke the protocol");
+                if let Some(o) = outboxes.remove(&Peer::Client(id)) {
+                    o.close();
+                }
+                left.push_back(Event::ClientLeft { id });
                 continue;
             }
         };

@@ -16,8 +16,9 @@ pub const MAX_ADDRESS_LEN: usize = 1024;
 pub const MAX_ARGS: usize = 65_536;
 /// Most retries of one task.
 pub const MAX_RETRIES: u32 = 1_000;
-/// Most tasks in one `Submit`; larger graphs are submitted in several messages.
-pub const MAX_TASKS_PER_SUBMIT: usize = 65_536;
+/// Most tasks in one `Submit`; larger graphs are submitted in several messages. Bounds the
+/// time the scheduler spends on one message (other peers wait that long at most).
+pub const MAX_TASKS_PER_SUBMIT: usize = 16_384;
 /// Most keys in one `Release`, `Cancel`, `Scatter`, `WhoHas` or `Get`.
 pub const MAX_KEYS_PER_MESSAGE: usize = 65_536;
 /// Most workers named in one `Retire`.

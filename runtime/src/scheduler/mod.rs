@@ -139,6 +139,13 @@ pub enum Action {
         /// Why, for the log.
         reason: String,
     },
+    /// Close a client's comm: it broke the protocol (a message over a documented bound).
+    DropClient {
+        /// The client.
+        id: ClientId,
+        /// Why, for the log.
+        reason: String,
+    },
 }
 
 /// Figures about the scheduler, for tests, benchmarks and monitoring.
@@ -206,6 +213,8 @@ pub struct Scheduler {
     outstanding_total: usize,
     total_threads: u64,
     tickets: TicketSource,
+    /// Keys to release, per worker, not yet sent.
+    releases: BTreeMap<WorkerId, Vec<Key>>,
     out: Vec<Action>,
     now: Instant,
 }
@@ -238,6 +247,7 @@ impl Scheduler {
             outstanding_total: 0,
             total_threads: 0,
             tickets: TicketSource::Os,
+            releases: BTreeMap::new(),
             out: Vec::new(),
             now: Instant::now(),
         }
@@ -271,6 +281,14 @@ impl Scheduler {
                 self.expire_silent_workers();
                 self.steal();
                 shrink_map(&mut self.tasks);
+            }
+        }
+        // Whatever the event freed (a finish, a release, a departure, a new worker), ready
+        // tasks take it: O(1) when the queue is empty or its head cannot be placed.
+        self.fill_from_queue();
+        for (w, keys) in std::mem::take(&mut self.releases) {
+            if self.workers.contains_key(&w) {
+                self.out.push(Action::ToWorker(w, SchedulerToWorker::Release { keys }));
             }
         }
         std::mem::take(&mut self.out)
@@ -377,7 +395,20 @@ impl Scheduler {
 
     fn send_worker(&mut self, w: WorkerId, msg: SchedulerToWorker) {
         if self.workers.contains_key(&w) {
+            // Releases gathered for this worker go first: order per worker is preserved.
+            if let Some(keys) = self.releases.remove(&w) {
+                self.out.push(Action::ToWorker(w, SchedulerToWorker::Release { keys }));
+            }
             self.out.push(Action::ToWorker(w, msg));
+        }
+    }
+
+    /// Tells `w` to drop `key`. Releases are gathered per worker into one message (a client
+    /// leaving with 100,000 keys makes one message per worker, not 100,000), sent before any
+    /// later message to that worker and at the end of the event.
+    fn release_on(&mut self, w: WorkerId, key: Key) {
+        if self.workers.contains_key(&w) {
+            self.releases.entry(w).or_default().push(key);
         }
     }
 

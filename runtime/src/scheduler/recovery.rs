@@ -283,7 +283,7 @@ impl Scheduler {
                 continue;
             }
             last |= self.remove_holder(&dep, h);
-            self.send_worker(h, SchedulerToWorker::Release { keys: vec![dep.clone()] });
+            self.release_on(h, dep.clone());
         }
         if last {
             self.lose(&dep, "its holders could not serve it");

@@ -50,17 +50,17 @@ impl Scheduler {
             let Some(&w) = self.by_address.get(a) else {
                 return self.answer_retire(Some(client), id, Err(RetireError::UnknownWorker { address: a.clone() }));
             };
-            if !self.workers[&w].running() {
+            if self.workers.get(&w).is_none_or(|w| !w.running()) {
                 let e = refuse(format!("{a} is already retiring"), &addresses);
                 return self.answer_retire(Some(client), id, Err(e));
             }
             ids.push(w);
         }
         let staying = self.placeable.len() - ids.len();
-        let busy = ids.iter().any(|w| {
-            let w = &self.workers[w];
-            !w.has.is_empty() || !w.processing.is_empty() || !w.expecting.is_empty()
-        });
+        let busy = ids
+            .iter()
+            .filter_map(|w| self.workers.get(w))
+            .any(|w| !w.has.is_empty() || !w.processing.is_empty() || !w.expecting.is_empty());
         if staying == 0 && busy {
             let e = refuse("no other worker can take their data and tasks".into(), &addresses);
             return self.answer_retire(Some(client), id, Err(e));
@@ -87,7 +87,7 @@ impl Scheduler {
             self.reindex(w);
         }
         for &w in &ids {
-            let worker = &self.workers[&w];
+            let Some(worker) = self.workers.get(&w) else { continue };
             // Unstarted tasks leave through the steal protocol (so none runs twice).
             let to_steal: Vec<(Key, u64)> = worker
                 .processing
@@ -191,12 +191,10 @@ impl Scheduler {
     pub(crate) fn retirement_worker_left(&mut self, w: WorkerId, now_unique: &[Key]) {
         let rs: Vec<u64> = self.retirements.keys().copied().collect();
         for r in rs {
-            let redo: Vec<(Key, u32)> = self.retirements[&r]
-                .copying
-                .iter()
-                .filter(|(_, (t, _))| *t == w)
-                .map(|(k, (_, a))| (k.clone(), *a))
-                .collect();
+            // Finishing one retirement removes its workers, which can end others: look again.
+            let Some(ret) = self.retirements.get(&r) else { continue };
+            let redo: Vec<(Key, u32)> =
+                ret.copying.iter().filter(|(_, (t, _))| *t == w).map(|(k, (_, a))| (k.clone(), *a)).collect();
             for (k, attempt) in redo {
                 self.copy(r, &k, attempt);
             }
@@ -219,7 +217,7 @@ impl Scheduler {
         if busy || !ret.copying.is_empty() {
             return;
         }
-        let ret = self.retirements.remove(&r).expect("present");
+        let Some(ret) = self.retirements.remove(&r) else { return };
         let mut moved = Vec::new();
         for &w in &ret.workers {
             let held: Vec<Key> = self.workers.get(&w).map(|w| w.has.iter().cloned().collect()).unwrap_or_default();

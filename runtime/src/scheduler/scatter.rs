@@ -73,7 +73,8 @@ impl Scheduler {
             }
             self.set_state(&key, TaskState::Scattering(w));
             per_worker[slot].1.push((key.clone(), ticket));
-            targets.push(ScatterTarget { key, worker: self.workers[&w].address.clone(), ticket });
+            let worker = self.workers.get(&w).map(|w| w.address.clone()).unwrap_or_default();
+            targets.push(ScatterTarget { key, worker, ticket });
         }
         let awaiting = workers.iter().copied().collect();
         for (w, keys) in per_worker {
@@ -85,8 +86,9 @@ impl Scheduler {
     pub(crate) fn scatter_ready(&mut self, w: WorkerId, sid: RequestId) {
         let Some(s) = self.scatters.get_mut(&sid) else { return };
         s.awaiting.remove(&w);
-        if s.awaiting.is_empty() {
-            let s = self.scatters.remove(&sid).expect("present");
+        if s.awaiting.is_empty()
+            && let Some(s) = self.scatters.remove(&sid)
+        {
             self.answer_scatter(s.client, s.id, Ok(s.targets));
         }
     }
@@ -108,7 +110,7 @@ impl Scheduler {
         let failed: Vec<u64> =
             self.scatters.iter().filter(|(_, s)| s.awaiting.contains(&w)).map(|(&id, _)| id).collect();
         for sid in failed {
-            let s = self.scatters.remove(&sid).expect("present");
+            let Some(s) = self.scatters.remove(&sid) else { continue };
             self.answer_scatter(s.client, s.id, Err(ScatterError::WorkerLeft { worker: address.to_owned() }));
         }
     }

@@ -9,7 +9,7 @@ use super::state::{Task, TaskState, WorkerStatus};
 use super::{ClientId, Scheduler, WorkerId};
 use crate::collections::Map;
 use crate::protocol::bounds::{MAX_TASKS_PER_SUBMIT, check_task, clip_message};
-use crate::protocol::{Failure, Key, RunId, SchedulerToClient, SchedulerToWorker, TaskSpec};
+use crate::protocol::{Failure, Key, RunId, SchedulerToClient, TaskSpec};
 
 impl Scheduler {
     fn reject(&mut self, client: ClientId, key: Key, failure: Failure) {
@@ -29,13 +29,10 @@ impl Scheduler {
     /// the batch's tasks depending on them. O(batch + its edges).
     pub(crate) fn submit(&mut self, client: ClientId, specs: Vec<TaskSpec>) {
         if specs.len() > MAX_TASKS_PER_SUBMIT {
-            let reason = format!(
-                "a submission of {} tasks exceeds {MAX_TASKS_PER_SUBMIT}; submit them in several messages",
-                specs.len()
-            );
-            for s in specs {
-                self.reject(client, s.key, Failure::rejected(reason.clone()));
-            }
+            // A protocol violation: answering each key would let one message make the
+            // scheduler queue millions of replies. The client is cut off instead.
+            let reason = format!("a Submit of {} tasks exceeds the bound of {MAX_TASKS_PER_SUBMIT}", specs.len());
+            self.out.push(super::Action::DropClient { id: client, reason });
             return;
         }
         // 1. Validate each spec; keys already known are this client's or refused.
@@ -136,9 +133,15 @@ impl Scheduler {
             let mut task = Task::new(client, self.intern(&spec.func), spec.args, Vec::new());
             task.retries = spec.retries;
             task.wanted = spec.wanted;
+            if let Some(d) = ds.iter().find(|d| !self.tasks.contains_key(*d)) {
+                // Validated above; defensive all the same: a gap is a rejection, not a panic.
+                let reason = format!("depends on {d}, which the scheduler does not know");
+                self.reject(client, key, Failure::rejected(reason));
+                continue;
+            }
             let mut waiting = 0;
             for d in &ds {
-                let dt = self.tasks.get_mut(d).expect("dependencies are known or earlier in the batch");
+                let Some(dt) = self.tasks.get_mut(d) else { continue };
                 dt.dependents.insert(key.clone());
                 match dt.state {
                     TaskState::Memory(_) => {}
@@ -193,7 +196,7 @@ impl Scheduler {
     pub(crate) fn release_stray(&mut self, w: WorkerId, key: Key) {
         if !self.expects(w, &key) {
             tracing::debug!(worker = w, %key, "dropping a copy nobody accounts for");
-            self.send_worker(w, SchedulerToWorker::Release { keys: vec![key] });
+            self.release_on(w, key);
         }
     }
 
@@ -287,7 +290,7 @@ impl Scheduler {
             touched.extend(t.deps.iter().cloned());
             let (owner, wanted) = (t.owner, t.wanted);
             for w in stop {
-                self.send_worker(w, SchedulerToWorker::Release { keys: vec![k.clone()] });
+                self.release_on(w, k.clone());
             }
             self.set_state(&k, TaskState::Erred(f.clone()));
             if wanted && self.clients.contains_key(&owner) {
@@ -347,22 +350,21 @@ impl Scheduler {
             match t.state.clone() {
                 TaskState::Memory(holders) => {
                     for w in holders {
-                        self.send_worker(w, SchedulerToWorker::Release { keys: vec![k.clone()] });
+                        self.release_on(w, k.clone());
                     }
                     self.set_state(&k, TaskState::Released);
                 }
                 TaskState::Processing(w) | TaskState::Scattering(w) => {
-                    self.send_worker(w, SchedulerToWorker::Release { keys: vec![k.clone()] });
+                    self.release_on(w, k.clone());
                     self.set_state(&k, TaskState::Released);
                 }
                 TaskState::Waiting | TaskState::Queued => self.set_state(&k, TaskState::Released),
                 TaskState::Released | TaskState::Erred(_) => {}
             }
-            let t = &self.tasks[&k];
-            if !t.dependents.is_empty() {
+            if self.tasks.get(&k).is_none_or(|t| !t.dependents.is_empty()) {
                 continue;
             }
-            let t = self.tasks.remove(&k).expect("present");
+            let Some(t) = self.tasks.remove(&k) else { continue };
             for d in t.deps {
                 if let Some(dt) = self.tasks.get_mut(&d) {
                     dt.dependents.remove(&k);

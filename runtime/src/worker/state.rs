@@ -476,7 +476,7 @@ impl WorkerState {
         if self.deps.get(&key).is_none_or(|d| d.in_flight != Some(id)) {
             return;
         }
-        let dep = self.deps.remove(&key).expect("present");
+        let Some(dep) = self.deps.remove(&key) else { return };
         let users = dep.waiters.len();
         if dep.replicate {
             self.data.insert(key.clone(), Held { value, origin: Origin::Own });
@@ -733,7 +733,7 @@ impl WorkerState {
                 self.send(WorkerToScheduler::MissingData { key, run, dep, tried: Vec::new() });
                 continue;
             }
-            let r = self.runs.get_mut(&key).expect("present");
+            let Some(r) = self.runs.get_mut(&key) else { continue };
             r.phase = Phase::Executing;
             let func = r.func.clone();
             let deps = r.deps.clone();

@@ -1,0 +1,188 @@
+//! The drivers against peers that misbehave: one that stops reading, one that floods the
+//! scheduler with submissions, one that forges stores at a worker's data port.
+
+mod support;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use courier_core::{Comm, Payload, from_message, to_message};
+use courier_runtime::protocol::{
+    ArgSpec, ClientToScheduler, DataReply, DataRequest, Hello, SchedulerToClient, TaskSpec,
+};
+use courier_runtime::{
+    Client, Functions, SchedulerHandle, ServerConfig, WorkerConfig, arg, start_scheduler, start_worker,
+};
+
+/// Everything logged by this test binary, to check that a disconnection says why.
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+        let writer = move || Capture(buffer);
+        let subscriber = tracing_subscriber::fmt().with_writer(writer).with_ansi(false).finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        buffer
+    })
+}
+
+struct Capture(&'static Mutex<Vec<u8>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged(text: &str) -> bool {
+    String::from_utf8_lossy(&logs().lock().unwrap()).contains(text)
+}
+
+async fn cluster(config: ServerConfig, workers: usize) -> SchedulerHandle {
+    let registry = support::registry();
+    let (sched, _) = start_scheduler(registry.clone(), "tcp://127.0.0.1:0", config).await.unwrap();
+    for _ in 0..workers {
+        let config = WorkerConfig { nthreads: 2, ..WorkerConfig::new(sched.address.clone()) };
+        start_worker(registry.clone(), Arc::new(Functions::with_builtins()), config).await.unwrap();
+    }
+    sched
+}
+
+async fn raw_client(url: &str) -> Comm {
+    let mut comm = support::registry().connect(url).await.unwrap();
+    comm.send(to_message(&[Hello::Client { name: "raw".into() }]).unwrap()).await.unwrap();
+    comm
+}
+
+fn inc(key: String, x: i64) -> TaskSpec {
+    TaskSpec { key, func: "inc".into(), args: vec![arg(&x)], retries: 0, wanted: true }
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), f).await.unwrap_or_else(|_| panic!("{what}: no progress in 120 s"))
+}
+
+/// Regression: a client that never read its replies froze the whole scheduler. Now its
+/// outbox passes the bound, it is disconnected with a log line, what it wanted is released,
+/// and 100,000 tasks of another client finish meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_while_others_finish() {
+    logs();
+    let sched = cluster(ServerConfig { outbox_limit: 2_000, ..ServerConfig::default() }, 2).await;
+    // 20,000 tasks with 500-byte keys: their Done messages (about 10 MB) overflow the socket
+    // buffers, then the 2,000-message outbox.
+    let mut stuck = raw_client(&sched.address).await;
+    let pad = "x".repeat(490);
+    for chunk in 0..5 {
+        let tasks = (0..4000).map(|i| inc(format!("{pad}-{chunk}-{i}"), i)).collect();
+        stuck.send(to_message(&[ClientToScheduler::Submit { tasks }]).unwrap()).await.unwrap();
+    }
+    let good = Client::connect(support::registry(), &sched.address).await.unwrap();
+    let xs = good.map::<i64>("inc", (0..100_000i64).map(|i| vec![arg(&i)])).await.unwrap();
+    let results = within("the good client's gather", good.gather(&xs)).await.unwrap();
+    assert_eq!(results, (1..=100_000).collect::<Vec<i64>>());
+    within("the stuck client's disconnection", sched.wait_for_stats(|s| s.clients == 1)).await.unwrap();
+    assert!(logged("a peer stopped reading; disconnected it"), "no log line says why");
+    // Its comm is closed: what was sent before the cut arrives, then Closed.
+    let err = within("reading the stuck comm", async {
+        loop {
+            if let Err(e) = stuck.recv().await {
+                break e;
+            }
+        }
+    })
+    .await;
+    assert!(err.is_closed(), "{err}");
+    // Everything it wanted was released; after the good client goes, nothing is left.
+    drop(xs);
+    good.close().await;
+    let stats = within("release", sched.wait_for_stats(|s| s.tasks == 0 && s.clients == 0)).await.unwrap();
+    assert_eq!(stats.outstanding, 0);
+}
+
+/// A client flooding the scheduler with maximal submissions gets one slice at a time: another
+/// client's task is served while most of the flood is still unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_submissions_does_not_starve_another_client() {
+    use courier_runtime::protocol::bounds::MAX_TASKS_PER_SUBMIT;
+    const MESSAGES: usize = 24;
+    let sched = cluster(ServerConfig::default(), 1).await;
+    let mut flood = raw_client(&sched.address).await;
+    // Every flood task waits on a scattered value that never comes: pure scheduler load.
+    flood
+        .send(to_message(&[ClientToScheduler::Scatter { id: 1, keys: vec![("never".into(), 8)] }]).unwrap())
+        .await
+        .unwrap();
+    let sender = tokio::spawn(async move {
+        for m in 0..MESSAGES {
+            let tasks = (0..MAX_TASKS_PER_SUBMIT)
+                .map(|i| TaskSpec {
+                    key: format!("f{m}-{i}"),
+                    func: "inc".into(),
+                    args: vec![ArgSpec::Key("never".into())],
+                    retries: 0,
+                    wanted: true,
+                })
+                .collect();
+            if flood.send(to_message(&[ClientToScheduler::Submit { tasks }]).unwrap()).await.is_err() {
+                break;
+            }
+        }
+        flood
+    });
+    within("the flood to start", sched.wait_for_stats(|s| s.tasks > MAX_TASKS_PER_SUBMIT)).await.unwrap();
+    let good = Client::connect(support::registry(), &sched.address).await.unwrap();
+    let x = good.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
+    assert_eq!(within("the good client's task", x.result()).await.unwrap(), 42);
+    let seen = sched.stats().tasks;
+    assert!(seen < MESSAGES * MAX_TASKS_PER_SUBMIT / 2, "served only after {seen} flood tasks");
+    drop(sender);
+}
+
+/// Regression: the data port stored anything anyone sent, overwriting results. Now a store
+/// needs the ticket the scheduler issued for that key and worker, and never overwrites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stores_at_a_data_port_are_refused_and_change_nothing() {
+    let sched = cluster(ServerConfig::default(), 1).await;
+    let victim = Client::connect(support::registry(), &sched.address).await.unwrap();
+    let x = victim.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
+    x.wait().await.unwrap();
+    let worker = x.who_has()[0].clone();
+    let mut attacker = support::registry().connect(&worker).await.unwrap();
+    let forged = |id, key: &str, ticket| DataRequest::Store {
+        id,
+        key: key.into(),
+        ticket,
+        value: Payload::new(&1337i64).unwrap(),
+    };
+    let requests = vec![forged(1, x.key(), 0), forged(2, x.key(), fastrand::u64(..)), forged(3, "brand-new", 7)];
+    attacker.send(to_message(&requests).unwrap()).await.unwrap();
+    let mut refused = 0;
+    while refused < 3 {
+        let replies: Vec<DataReply> = from_message(&attacker.recv().await.unwrap()).unwrap();
+        for r in replies {
+            assert!(matches!(r, DataReply::Refused { .. }), "{r:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(x.result().await.unwrap(), 42, "the victim's result is intact");
+    // A scheduler message typed for a worker, from a client comm, is malformed there.
+    let mut raw = raw_client(&sched.address).await;
+    raw.send(to_message(&[courier_runtime::protocol::WorkerToScheduler::Heartbeat]).unwrap()).await.unwrap();
+    let e = within("the malformed comm to close", async {
+        loop {
+            match raw.recv().await {
+                Ok(m) => drop(from_message::<Vec<SchedulerToClient>>(&m)),
+                Err(e) => break e,
+            }
+        }
+    })
+    .await;
+    assert!(e.is_closed(), "{e}");
+    assert_eq!(victim.gather(std::slice::from_ref(&x)).await.unwrap(), vec![42]);
+}
