@@ -18,8 +18,8 @@ pub(crate) struct Args {
     /// Tasks kept in flight by the as_completed loop.
     #[arg(long, default_value_t = 200)]
     in_flight: usize,
-    /// Repetitions; the best is reported with the median.
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions; the median is reported with the smallest and largest.
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
     /// Schemes for the process clusters.
     #[arg(long, value_delimiter = ',', default_value = "tcp,zmq")]
@@ -55,9 +55,12 @@ async fn as_completed_loop(c: &Client, total: usize, in_flight: usize) -> anyhow
     Ok(start.elapsed())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of a non-empty sample (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 #[derive(serde::Serialize)]
@@ -66,7 +69,9 @@ struct Row {
     cluster: String,
     tasks: usize,
     median_tasks_per_s: f64,
-    best_tasks_per_s: f64,
+    min_tasks_per_s: f64,
+    max_tasks_per_s: f64,
+    samples_tasks_per_s: Vec<f64>,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -82,7 +87,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let cluster = LocalCluster::processes(Registry::with_default_transports(), &exe, &listen, 2).await?;
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
     }
-    println!("{:<48} {:<28} {:>8} {:>14} {:>14}", "cluster", "measurement", "tasks", "median tasks/s", "best tasks/s");
+    println!("{:<48} {:<28} {:>8} {:>14} {:>20}", "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)");
     let progress = indicatif::ProgressBar::new((clusters.len() * 2 * args.repeat.max(1)) as u64)
         .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
     for (name, cluster) in &clusters {
@@ -100,15 +105,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 rates.push(n as f64 / took.as_secs_f64());
                 progress.inc(1);
             }
-            let best = rates.iter().cloned().fold(0.0, f64::max);
-            let med = median(rates);
-            progress.suspend(|| println!("{name:<48} {measurement:<28} {n:>8} {med:>14.0} {best:>14.0}"));
+            let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            let med = median(&rates);
+            let spread = format!("{lo:.0}-{hi:.0}");
+            progress.suspend(|| println!("{name:<48} {measurement:<28} {n:>8} {med:>14.0} {spread:>20}"));
             rows.push(Row {
                 measurement: measurement.into(),
                 cluster: name.clone(),
                 tasks: n,
                 median_tasks_per_s: med,
-                best_tasks_per_s: best,
+                min_tasks_per_s: lo,
+                max_tasks_per_s: hi,
+                samples_tasks_per_s: rates,
             });
         }
         c.close().await;

@@ -389,6 +389,9 @@ impl Sim {
 
     /// Client `c` submits tasks; it tracks the wanted ones.
     pub fn submit(&mut self, c: usize, tasks: Vec<TaskSpec>) {
+        if self.clients[c].gone {
+            return;
+        }
         for t in tasks.iter().filter(|t| t.wanted) {
             self.clients[c].keys.insert(t.key.clone(), KeyView::Pending);
         }

@@ -206,7 +206,8 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
             add(&format!("o{i}"), &refs, 1, rng.bool())
         })
         .collect();
-    let other_leaves = ms(rng.u64(0..1500));
+    let other_submits = ms(rng.u64(0..100));
+    let other_leaves = other_submits + ms(rng.u64(0..1500));
 
     // A random DAG in topological order.
     let n = rng.usize(1..=60);
@@ -275,7 +276,7 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
     }
     let mut plan: Vec<(Duration, Act)> = Vec::new();
     let mut at = Duration::ZERO;
-    plan.push((ms(rng.u64(0..100)), Act::OtherSubmits));
+    plan.push((other_submits, Act::OtherSubmits));
     plan.push((other_leaves, Act::OtherLeaves));
     for ci in 0..bounds.len() {
         plan.push((at, Act::Submit(ci)));
@@ -507,12 +508,13 @@ fn random_graphs_with_random_faults_match_the_failure_free_result() {
     run_cases(0, count);
 }
 
-/// The long run: 20,000 further cases. `cargo test --release -p courier-runtime --test
-/// simulation -- --ignored --nocapture`.
+/// The long run: 20,000 further cases (`COURIER_SIM_FIRST` and `COURIER_SIM_CASES` choose
+/// others). `cargo test --release -p courier-runtime --test simulation -- --ignored --nocapture`.
 #[test]
 #[ignore = "long run: 20,000 simulated cases"]
 fn random_graphs_long_run() {
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let started = std::time::Instant::now();
-    let n = run_cases(1_000_000, 20_000);
+    let n = run_cases(env("COURIER_SIM_FIRST", 1_000_000), env("COURIER_SIM_CASES", 20_000));
     println!("{n} simulated cases passed in {:.1} s", started.elapsed().as_secs_f64());
 }

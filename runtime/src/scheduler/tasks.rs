@@ -126,6 +126,17 @@ impl Scheduler {
         for i in order {
             let (Some(spec), Some(ds)) = (specs[i].take(), deps[i].take()) else { continue };
             if let Some(f) = failure[i].take() {
+                if spec.wanted {
+                    // Kept as failed while wanted, so a later submission depending on it
+                    // inherits its failure instead of finding an unknown key.
+                    let mut task = Task::new(client, self.intern(&spec.func), Vec::new(), Vec::new());
+                    task.wanted = true;
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        c.wanted.insert(spec.key.clone());
+                    }
+                    self.tasks.insert(spec.key.clone(), task);
+                    self.set_state(&spec.key, TaskState::Erred(f.clone()));
+                }
                 self.reject(client, spec.key, f);
                 continue;
             }

@@ -217,7 +217,13 @@ fn unknown_dependencies_and_cancel_fail_with_typed_failures() {
     let mut h = Harness::new(&[(1, 1)]);
     let out = h.submit(vec![task("x", &["never-submitted"])]);
     assert!(matches!(&failures(&out)[0].1, Failure::Rejected { reason } if reason.contains("does not know")));
-    assert_eq!(h.s.task_count(), 0, "a rejected task leaves nothing behind");
+    // Kept as failed while wanted (later submissions inherit the failure), then forgotten.
+    let out = h.submit(vec![task("y", &["x"])]);
+    assert!(matches!(&failures(&out)[0].1, Failure::Dependency { root, .. } if root == "x"), "{out:?}");
+    for k in ["x", "y"] {
+        h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec![k.into()] } });
+    }
+    assert_eq!(h.s.task_count(), 0, "a rejected task leaves nothing behind once released");
     h.submit(vec![task("slow", &[])]);
     let run = h.run("slow");
     let out = h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Cancel { keys: vec!["slow".into()] } });
