@@ -21,7 +21,7 @@ pub(crate) struct Args {
     /// Repetitions; the median is reported with the smallest and largest.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-    /// Schemes for the process clusters.
+    /// Schemes for the process clusters (empty: in-process only).
     #[arg(long, value_delimiter = ',', default_value = "tcp,zmq")]
     schemes: Vec<String>,
     /// Write the results as JSON to this file.
@@ -82,7 +82,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "LocalCluster inproc:// (in-process, 2 workers)".into(),
         LocalCluster::inproc(Registry::with_default_transports(), 2, Functions::with_builtins()).await?,
     ));
-    for scheme in &args.schemes {
+    for scheme in args.schemes.iter().filter(|s| !s.is_empty()) {
         let listen = format!("{scheme}://127.0.0.1:0");
         let cluster = LocalCluster::processes(Registry::with_default_transports(), &exe, &listen, 2).await?;
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));

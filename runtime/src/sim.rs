@@ -516,7 +516,21 @@ impl Sim {
     }
 
     fn only_ticks_left(&self) -> bool {
-        self.pending.values().all(|(_, d)| matches!(d, Delivery::SchedulerTick | Delivery::Heartbeat(..)))
+        self.pending.values().all(|(_, d)| self.is_timer(d))
+    }
+
+    /// Periodic ticks, and request timeouts whose request was already answered: they change
+    /// nothing, so a run with only these left is idle.
+    fn is_timer(&self, d: &Delivery) -> bool {
+        match d {
+            Delivery::SchedulerTick | Delivery::Heartbeat(..) => true,
+            Delivery::ToWorker(w, life, WorkerEvent::FetchDone { id, result: Err(_) }) => {
+                let w = &self.workers[*w];
+                !w.alive || w.life != *life || !w.state.fetch_pending(*id)
+            }
+            Delivery::DataReply(c, DataReply::Refused { id, .. }) => !self.clients[*c].fetching.contains_key(id),
+            _ => false,
+        }
     }
 
     fn check(&mut self) -> Result<(), SimError> {
@@ -708,12 +722,10 @@ impl Sim {
                             Node::Worker(t),
                             Delivery::ToWorker(t, tlife, WorkerEvent::Data { conn, request }),
                         );
-                        if self.workers[t].frozen {
-                            // The driver's timeout: the fetch fails if the peer stays frozen.
-                            let timeout = self.config.fetch_timeout;
-                            let event = WorkerEvent::FetchDone { id, result: Err("timed out".into()) };
-                            self.at(timeout, from, Delivery::ToWorker(w, life, event));
-                        }
+                        // The driver's timeout (ignored if the answer came first).
+                        let timeout = self.config.fetch_timeout;
+                        let event = WorkerEvent::FetchDone { id, result: Err("timed out".into()) };
+                        self.at(timeout, from, Delivery::ToWorker(w, life, event));
                     }
                     None => {
                         let event = WorkerEvent::FetchDone { id, result: Err(format!("{peer}: connection refused")) };
@@ -876,6 +888,9 @@ impl Sim {
                         Node::Worker(t),
                         Delivery::ToWorker(t, life, WorkerEvent::Data { conn, request }),
                     );
+                    // The client's request timeout (ignored if the answer came first).
+                    let reply = DataReply::Refused { id: conn, reason: "timed out".into() };
+                    self.at(self.config.fetch_timeout, Node::Client(c), Delivery::DataReply(c, reply));
                 }
                 None => {
                     let reply = DataReply::Refused { id: conn, reason: "connection refused".into() };

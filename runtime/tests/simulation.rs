@@ -518,3 +518,17 @@ fn random_graphs_long_run() {
     let n = run_cases(env("COURIER_SIM_FIRST", 1_000_000), env("COURIER_SIM_CASES", 20_000));
     println!("{n} simulated cases passed in {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// Seeds that once failed (each comment says what was wrong), replayed on every run.
+#[test]
+fn seeds_that_once_failed() {
+    for seed in [
+        2_020_452, // a stolen run whose input was lost while it ran was placed without it
+        2_015_111, // a fetch from a worker frozen after the request was sent never timed out
+        2_033_604, // likewise
+        2_063_116, // likewise
+        1_007_613, // a later submission found a rejected key unknown instead of inheriting its failure
+    ] {
+        random_case(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}

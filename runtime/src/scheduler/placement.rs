@@ -153,7 +153,7 @@ impl Scheduler {
         }
         self.steals_in_flight -= 1;
         if stolen {
-            self.make_ready(&key, Some(w));
+            self.reschedule(&key, Some(w));
         }
         if let Some(super::state::Worker { status: super::state::WorkerStatus::Retiring(r), .. }) = self.workers.get(&w)
         {

@@ -119,7 +119,7 @@ impl Scheduler {
                 let workers = t.deaths.clone();
                 self.fail(k, Failure::KilledWorker { workers });
             } else {
-                self.reschedule(k);
+                self.reschedule(k, None);
             }
         }
         for k in &worker.expecting {
@@ -235,9 +235,12 @@ impl Scheduler {
         }
     }
 
-    /// A task that was processing must run again (its worker died, or could not get its
-    /// inputs): it waits for whatever inputs are not in memory, recomputing released ones.
-    pub(crate) fn reschedule(&mut self, key: &Key) {
+    /// A task that was processing must run again (its worker died, gave it up to a steal or
+    /// could not get its inputs, or it failed and is retried). Its inputs may have been lost
+    /// while it ran: it waits for those not in memory (recomputing released ones), else is
+    /// placed at once, on a worker other than `avoid` if possible. Every return from
+    /// `Processing` goes through here.
+    pub(crate) fn reschedule(&mut self, key: &Key, avoid: Option<WorkerId>) {
         let Some(t) = self.tasks.get(key) else { return };
         let mut waiting = 0;
         let mut revive = Vec::new();
@@ -264,7 +267,7 @@ impl Scheduler {
             self.recompute(&d);
         }
         if waiting == 0 {
-            self.make_ready(key, None);
+            self.make_ready(key, avoid);
         }
     }
 
@@ -289,7 +292,7 @@ impl Scheduler {
             self.lose(&dep, "its holders could not serve it");
         }
         if self.is_current(&key, w, run) {
-            self.reschedule(&key);
+            self.reschedule(&key, None);
         }
         self.fill_from_queue();
     }

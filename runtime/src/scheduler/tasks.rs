@@ -269,7 +269,7 @@ impl Scheduler {
             r
         });
         if retry {
-            self.make_ready(&key, None);
+            self.reschedule(&key, None);
         } else {
             self.fail(&key, Failure::Error { message });
         }

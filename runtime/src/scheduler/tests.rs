@@ -667,3 +667,28 @@ fn memory_is_returned_when_tables_shrink() {
     assert_eq!(h.s.task_count(), 0);
     assert!(h.s.tasks.capacity() < big / 8, "capacity {} after holding {big}", h.s.tasks.capacity());
 }
+
+/// Regression (found by the simulator): a running task whose input was lost meanwhile, given up
+/// to a steal, was placed as if the input were still there. It now waits for the input.
+#[test]
+fn a_stolen_run_whose_input_was_lost_waits_for_it_again() {
+    let mut h = Harness::with(SchedulerConfig { tasks_per_thread: 1, ..SchedulerConfig::default() }, &[(1, 1), (2, 1)]);
+    h.submit(vec![task("a", &[])]);
+    let wa = h.processing_on("a");
+    h.finish(wa, "a", 1);
+    let other = if wa == 1 { 2 } else { 1 };
+    // The holder of `a` is kept busy, so `t0` (which needs `a`) runs on the other worker.
+    h.submit(vec![task("blocker", &["a"])]);
+    assert_eq!(h.processing_on("blocker"), wa);
+    h.submit(vec![task("t0", &["a"])]);
+    assert_eq!(h.processing_on("t0"), other);
+    // `a`'s holder dies: `a` must be recomputed; `t0` keeps running (it may have fetched `a`).
+    h.ev(Event::WorkerLeft { id: wa });
+    assert_eq!(h.processing_on("t0"), other);
+    // `t0` is stolen before it starts: it must wait for `a`, not be placed without it.
+    let run = h.run("t0");
+    h.s.tasks.get_mut("t0").unwrap().stealing = true;
+    h.s.steals_in_flight += 1;
+    h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::StealReply { key: "t0".into(), run, stolen: true } });
+    assert_eq!(h.s.task_state("t0"), Some(&TaskState::Waiting), "its input is not in memory");
+}

@@ -299,6 +299,11 @@ impl WorkerState {
         self.executing.len()
     }
 
+    /// True while fetch `id` is in flight (its answer would be used).
+    pub fn fetch_pending(&self, id: FetchId) -> bool {
+        self.in_flight.contains_key(&id)
+    }
+
     /// Fetch requests in flight.
     pub fn fetches_in_flight(&self) -> usize {
         self.in_flight.len()
