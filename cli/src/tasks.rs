@@ -87,7 +87,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let cluster = LocalCluster::processes(Registry::with_default_transports(), &exe, &listen, 2).await?;
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
     }
-    println!("{:<48} {:<28} {:>8} {:>14} {:>20}", "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)");
+    println!(
+        "{:<48} {:<28} {:>8} {:>14} {:>20}",
+        "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"
+    );
     let progress = indicatif::ProgressBar::new((clusters.len() * 2 * args.repeat.max(1)) as u64)
         .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
     for (name, cluster) in &clusters {

@@ -1,8 +1,8 @@
-//! Hash maps for the state machines: randomly keyed (resistant to peers choosing colliding
-//! keys) in production, fixed-keyed inside the simulator so that a seed replays exactly.
+//! Hash maps for the state machines: aHash, randomly keyed (designed to resist peers choosing
+//! colliding keys, and several times faster than SipHash on short keys) in production,
+//! fixed-keyed inside the simulator so that a seed replays exactly.
 
 use std::cell::Cell;
-use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
@@ -10,25 +10,26 @@ thread_local! {
     static DETERMINISTIC: Cell<bool> = const { Cell::new(false) };
 }
 
-/// SipHash with random keys, or with fixed keys while [`Deterministic`] is in force on this
+/// aHash with random keys, or with fixed keys while [`Deterministic`] is in force on this
 /// thread (iteration order then depends only on what was inserted).
 #[derive(Clone, Debug)]
-pub(crate) struct Hashing(Option<RandomState>);
+pub(crate) struct Hashing(ahash::RandomState);
 
 impl Default for Hashing {
     fn default() -> Self {
-        if DETERMINISTIC.with(Cell::get) { Hashing(None) } else { Hashing(Some(RandomState::new())) }
+        if DETERMINISTIC.with(Cell::get) {
+            Hashing(ahash::RandomState::with_seeds(1, 2, 3, 4))
+        } else {
+            Hashing(ahash::RandomState::new())
+        }
     }
 }
 
 impl BuildHasher for Hashing {
-    type Hasher = DefaultHasher;
+    type Hasher = ahash::AHasher;
 
-    fn build_hasher(&self) -> DefaultHasher {
-        match &self.0 {
-            Some(s) => s.build_hasher(),
-            None => DefaultHasher::new(),
-        }
+    fn build_hasher(&self) -> ahash::AHasher {
+        self.0.build_hasher()
     }
 }
 

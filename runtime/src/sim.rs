@@ -402,7 +402,7 @@ impl Sim {
     pub fn release(&mut self, c: usize, key: &str) {
         self.clients[c].keys.remove(key);
         self.clients[c].values.remove(key);
-        self.client_to_scheduler(c, ClientToScheduler::Release { keys: vec![key.to_owned()] });
+        self.client_to_scheduler(c, ClientToScheduler::Release { keys: vec![key.into()] });
     }
 
     /// Client `c` cancels `key`: it fails as cancelled (finished or not), as with the
@@ -412,7 +412,7 @@ impl Sim {
             *v = KeyView::Failed(Failure::Cancelled);
             self.clients[c].values.remove(key);
         }
-        self.client_to_scheduler(c, ClientToScheduler::Cancel { keys: vec![key.to_owned()] });
+        self.client_to_scheduler(c, ClientToScheduler::Cancel { keys: vec![key.into()] });
     }
 
     /// Client `c` asks to retire worker `w`; the answer lands in

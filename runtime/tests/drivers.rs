@@ -60,7 +60,7 @@ async fn raw_client(url: &str) -> Comm {
 }
 
 fn inc(key: String, x: i64) -> TaskSpec {
-    TaskSpec { key, func: "inc".into(), args: vec![arg(&x)], retries: 0, wanted: true }
+    TaskSpec { key: key.into(), func: "inc".into(), args: vec![arg(&x)], retries: 0, wanted: true }
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -122,7 +122,7 @@ async fn a_flood_of_submissions_does_not_starve_another_client() {
         for m in 0..MESSAGES {
             let tasks = (0..MAX_TASKS_PER_SUBMIT)
                 .map(|i| TaskSpec {
-                    key: format!("f{m}-{i}"),
+                    key: format!("f{m}-{i}").into(),
                     func: "inc".into(),
                     args: vec![ArgSpec::Key("never".into())],
                     retries: 0,

@@ -298,8 +298,8 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
     // Stable: the other client's submission precedes its departure at equal times.
     plan.sort_by_key(|(t, _)| *t);
 
-    let mut cancelled: Vec<String> = Vec::new();
-    let mut released: Vec<String> = Vec::new();
+    let mut cancelled: Vec<courier_runtime::Key> = Vec::new();
+    let mut released: Vec<courier_runtime::Key> = Vec::new();
     let mut killed: Vec<String> = Vec::new();
     let mut frozen: Vec<usize> = Vec::new();
     let mut chunk_start = 0;
@@ -346,7 +346,7 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
                 }
             }
             Act::Cancel | Act::Release => {
-                let pending: Vec<(String, KeyView)> = sim.client(c).views();
+                let pending: Vec<(courier_runtime::Key, KeyView)> = sim.client(c).views();
                 if pending.is_empty() {
                     continue;
                 }

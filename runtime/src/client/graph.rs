@@ -28,7 +28,7 @@ impl Graph {
 
     /// Adds a task; returns its key, usable as an argument via [`ArgSpec::Key`].
     pub fn task(&mut self, func: &str, args: Vec<ArgSpec>) -> Key {
-        let key = format!("{func}-g{:016x}-{}", self.prefix, self.tasks.len());
+        let key: Key = format!("{func}-g{:016x}-{}", self.prefix, self.tasks.len()).into();
         self.tasks.push(TaskSpec { key: key.clone(), func: func.to_owned(), args, retries: 0, wanted: false });
         key
     }
@@ -47,13 +47,13 @@ impl Graph {
     /// valid), with `wanted` set for `outputs`. A cycle is left in place for the scheduler to
     /// reject.
     pub(crate) fn specs(&self, outputs: &[Key]) -> Vec<TaskSpec> {
-        let outputs: crate::collections::Set<&str> = outputs.iter().map(String::as_str).collect();
-        let index: Map<&str, usize> = self.tasks.iter().enumerate().map(|(i, t)| (t.key.as_str(), i)).collect();
+        let outputs: crate::collections::Set<&str> = outputs.iter().map(|k| &**k).collect();
+        let index: Map<&str, usize> = self.tasks.iter().enumerate().map(|(i, t)| (&*t.key, i)).collect();
         let mut indegree = vec![0usize; self.tasks.len()];
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
         for (i, t) in self.tasks.iter().enumerate() {
             for d in t.dependencies() {
-                if let Some(&j) = index.get(d.as_str()) {
+                if let Some(&j) = index.get(&*d) {
                     indegree[i] += 1;
                     children[j].push(i);
                 }
@@ -79,7 +79,7 @@ impl Graph {
             .into_iter()
             .map(|i| {
                 let mut t = self.tasks[i].clone();
-                t.wanted = outputs.contains(t.key.as_str());
+                t.wanted = outputs.contains(&*t.key);
                 t
             })
             .collect()

@@ -215,7 +215,7 @@ impl Client {
 
     fn new_key(&self, func: &str) -> Key {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{func}-{}-{n}", self.inner.prefix)
+        format!("{func}-{}-{n}", self.inner.prefix).into()
     }
 
     async fn send(&self, msg: ClientToScheduler) -> Result<(), CommError> {

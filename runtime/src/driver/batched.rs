@@ -168,6 +168,9 @@ impl<T: Serialize + Send + 'static> Outbox<T> {
     /// Waits until the backlog is at most `n` (or the comm closed): for producers that can
     /// afford to wait (a client submitting a million tasks), never for the scheduler.
     pub(crate) async fn wait_below(&self, n: usize) {
+        if self.backlog() <= n || self.is_closed() {
+            return;
+        }
         loop {
             let drained = self.shared.drained.notified();
             tokio::pin!(drained);

@@ -56,7 +56,7 @@ impl Failure {
     pub fn inherited(&self, failed: &str) -> Failure {
         match self {
             Failure::Dependency { .. } => self.clone(),
-            own => Failure::Dependency { root: failed.to_owned(), cause: Box::new(own.clone()) },
+            own => Failure::Dependency { root: failed.into(), cause: Box::new(own.clone()) },
         }
     }
 

@@ -54,8 +54,10 @@ pub enum Hello {
 }
 
 /// A task's name, unique in the cluster. A key names one computation: submitting the same key
-/// twice means the same function on the same arguments.
-pub type Key = String;
+/// twice means the same function on the same arguments. Shared (`Arc<str>`): the scheduler and
+/// workers index a key in several tables and messages without copying it. On the wire it is a
+/// plain string.
+pub type Key = std::sync::Arc<str>;
 
 /// Chosen by whoever sends a request; echoed in its reply.
 pub type RequestId = u64;

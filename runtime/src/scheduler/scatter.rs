@@ -33,7 +33,7 @@ impl Scheduler {
     pub(crate) fn scatter(&mut self, client: ClientId, id: RequestId, keys: Vec<(Key, u64)>) {
         if keys.len() > MAX_KEYS_PER_MESSAGE {
             let e = ScatterError::InvalidKey {
-                key: String::new(),
+                key: "".into(),
                 reason: format!("{} keys in one scatter; at most {MAX_KEYS_PER_MESSAGE}", keys.len()),
             };
             return self.answer_scatter(client, id, Err(e));
@@ -41,7 +41,7 @@ impl Scheduler {
         let mut seen = Set::default();
         for (k, _) in &keys {
             let reason = check_text("key", k, MAX_KEY_LEN).err().or_else(|| {
-                if self.tasks.contains_key(k) || !seen.insert(k.as_str()) {
+                if self.tasks.contains_key(k) || !seen.insert(&**k) {
                     Some("the key already exists".to_owned())
                 } else {
                     None

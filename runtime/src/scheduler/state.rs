@@ -143,7 +143,6 @@ impl Scheduler {
         t.steal_refused = false;
         let nbytes = t.nbytes;
         let func = t.func.clone();
-        let entering = t.state.clone();
         // Leave the old state.
         match old {
             TaskState::Processing(w) => {
@@ -169,17 +168,20 @@ impl Scheduler {
             }
             TaskState::Waiting | TaskState::Released | TaskState::Erred(_) => {}
         }
-        // Enter the new one.
-        match entering {
+        // Enter the new one (split borrows: the state is read in place, not cloned).
+        let Scheduler { tasks, workers, .. } = self;
+        let Some(t) = tasks.get_mut(key) else { return };
+        let mut reindex = None;
+        match &t.state {
             TaskState::Processing(w) => {
-                if let Some(worker) = self.workers.get_mut(&w) {
+                if let Some(worker) = workers.get_mut(w) {
                     worker.processing.insert(key.clone());
                 }
-                self.reindex(w);
+                reindex = Some(*w);
             }
             TaskState::Memory(holders) => {
                 for w in holders {
-                    if let Some(worker) = self.workers.get_mut(&w) {
+                    if let Some(worker) = workers.get_mut(w) {
                         worker.has.insert(key.clone());
                         worker.nbytes += nbytes;
                     }
@@ -188,18 +190,18 @@ impl Scheduler {
             TaskState::Queued => {
                 self.queued += 1;
                 self.queue_seq += 1;
-                let seq = self.queue_seq;
-                if let Some(t) = self.tasks.get_mut(key) {
-                    t.queue_seq = seq;
-                }
-                self.queue.push_back((key.clone(), seq));
+                t.queue_seq = self.queue_seq;
+                self.queue.push_back((key.clone(), self.queue_seq));
             }
             TaskState::Scattering(w) => {
-                if let Some(worker) = self.workers.get_mut(&w) {
+                if let Some(worker) = workers.get_mut(w) {
                     worker.expecting.insert(key.clone());
                 }
             }
             TaskState::Waiting | TaskState::Released | TaskState::Erred(_) => {}
+        }
+        if let Some(w) = reindex {
+            self.reindex(w);
         }
         if was_out != is_out {
             self.count_outstanding(key, &func, is_out);

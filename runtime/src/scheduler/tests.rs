@@ -86,7 +86,7 @@ fn unwanted(key: &str, deps: &[&str]) -> TaskSpec {
     TaskSpec { wanted: false, ..task(key, deps) }
 }
 
-fn computes(actions: &[Action]) -> Vec<(WorkerId, String)> {
+fn computes(actions: &[Action]) -> Vec<(WorkerId, Key)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -103,7 +103,7 @@ fn to_client(actions: &[Action], client: ClientId) -> Vec<&SchedulerToClient> {
         .collect()
 }
 
-fn failures(actions: &[Action]) -> Vec<(String, Failure)> {
+fn failures(actions: &[Action]) -> Vec<(Key, Failure)> {
     to_client(actions, CLIENT)
         .into_iter()
         .filter_map(|m| match m {
@@ -113,7 +113,7 @@ fn failures(actions: &[Action]) -> Vec<(String, Failure)> {
         .collect()
 }
 
-fn releases_to(actions: &[Action], w: WorkerId) -> Vec<String> {
+fn releases_to(actions: &[Action], w: WorkerId) -> Vec<Key> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -143,7 +143,7 @@ fn independent_tasks_spread_over_least_loaded_workers_with_bounded_queues() {
 fn dependents_go_where_their_largest_inputs_live_and_learn_who_has_them() {
     let mut h = Harness::new(&[(1, 4), (2, 4)]);
     let out = h.submit(vec![task("a", &[]), task("b", &[]), task("c", &["a", "b"])]);
-    let placed: HashMap<String, WorkerId> = computes(&out).into_iter().map(|(w, k)| (k, w)).collect();
+    let placed: HashMap<Key, WorkerId> = computes(&out).into_iter().map(|(w, k)| (k, w)).collect();
     assert_ne!(placed["a"], placed["b"], "idle workers share the roots");
     assert_eq!(h.s.task_state("c"), Some(&TaskState::Waiting));
     h.finish(placed["a"], "a", 10);
@@ -168,7 +168,7 @@ fn released_results_are_forgotten_once_dependents_finish_and_tables_empty() {
     h.finish(1, "a", 1);
     let out = h.finish(1, "b", 1);
     assert_eq!(h.s.task_state("a"), Some(&TaskState::Released), "data released, lineage kept for b");
-    assert_eq!(releases_to(&out, 1), vec!["a".to_owned()]);
+    assert_eq!(releases_to(&out, 1), vec![Key::from("a")]);
     h.ev(Event::ClientLeft { id: CLIENT });
     assert_eq!(h.s.task_count(), 0, "a client that leaves releases everything it wanted");
     assert_eq!(h.s.stats().outstanding, 0);
@@ -183,7 +183,7 @@ fn graph_intermediates_are_released_as_soon_as_their_dependents_finish() {
     assert_eq!(h.s.task_state("x"), Some(&TaskState::Released));
     let out = h.finish(1, "z", 1);
     assert_eq!(h.s.task_state("y"), Some(&TaskState::Released));
-    assert!(releases_to(&out, 1).contains(&"y".to_owned()));
+    assert!(releases_to(&out, 1).contains(&Key::from("y")));
     h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec!["z".into()] } });
     assert_eq!(h.s.task_count(), 0, "the whole graph is forgotten");
 }
@@ -219,7 +219,7 @@ fn unknown_dependencies_and_cancel_fail_with_typed_failures() {
     assert!(matches!(&failures(&out)[0].1, Failure::Rejected { reason } if reason.contains("does not know")));
     // Kept as failed while wanted (later submissions inherit the failure), then forgotten.
     let out = h.submit(vec![task("y", &["x"])]);
-    assert!(matches!(&failures(&out)[0].1, Failure::Dependency { root, .. } if root == "x"), "{out:?}");
+    assert!(matches!(&failures(&out)[0].1, Failure::Dependency { root, .. } if &**root == "x"), "{out:?}");
     for k in ["x", "y"] {
         h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Release { keys: vec![k.into()] } });
     }
@@ -228,12 +228,12 @@ fn unknown_dependencies_and_cancel_fail_with_typed_failures() {
     let run = h.run("slow");
     let out = h.ev(Event::FromClient { id: CLIENT, msg: ClientToScheduler::Cancel { keys: vec!["slow".into()] } });
     assert_eq!(failures(&out), vec![("slow".into(), Failure::Cancelled)]);
-    assert_eq!(releases_to(&out, 1), vec!["slow".to_owned()], "the worker is told to stop it");
+    assert_eq!(releases_to(&out, 1), vec![Key::from("slow")], "the worker is told to stop it");
     assert_eq!(h.s.task_count(), 0);
     // The worker finishing it anyway is told to drop the result.
     let msg = WorkerToScheduler::Finished { key: "slow".into(), run, nbytes: 1, seconds: 0.1 };
     let out = h.ev(Event::FromWorker { id: 1, msg });
-    assert_eq!(releases_to(&out, 1), vec!["slow".to_owned()]);
+    assert_eq!(releases_to(&out, 1), vec![Key::from("slow")]);
 }
 
 #[test]
@@ -241,9 +241,9 @@ fn dependency_cycles_are_rejected_at_submission_and_leave_nothing_behind() {
     let mut h = Harness::new(&[(1, 1)]);
     let out =
         h.submit(vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"]), task("d", &["c"]), task("ok", &[])]);
-    let mut rejected: Vec<String> = failures(&out).into_iter().map(|(k, _)| k).collect();
+    let mut rejected: Vec<Key> = failures(&out).into_iter().map(|(k, _)| k).collect();
     rejected.sort();
-    assert_eq!(rejected, vec!["a", "b", "c", "d"]);
+    assert_eq!(rejected, ["a", "b", "c", "d"].map(Key::from));
     assert!(matches!(&failures(&out)[0].1, Failure::Rejected { reason } if reason.contains("cycle")));
     assert_eq!(computes(&out), vec![(1, "ok".into())], "the rest of the batch runs");
     assert_eq!(h.s.task_count(), 1);
@@ -343,7 +343,7 @@ fn results_lost_after_their_inputs_were_released_are_recomputed_from_lineage() {
 fn a_deep_released_lineage_is_recomputed_without_recursion() {
     const N: usize = 20_000;
     let mut h = Harness::with(SchedulerConfig { tasks_per_thread: 2, ..SchedulerConfig::default() }, &[(1, 1), (2, 1)]);
-    let keys: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
+    let keys: Vec<Key> = (0..N).map(|i| Key::from(format!("k{i}"))).collect();
     let mut specs = vec![unwanted(&keys[0], &[])];
     for i in 1..N {
         specs.push(if i == N - 1 { task(&keys[i], &[&keys[i - 1]]) } else { unwanted(&keys[i], &[&keys[i - 1]]) });
@@ -390,8 +390,8 @@ fn a_worker_missing_a_dependency_gets_it_recomputed() {
     let run = h.run("b");
     let msg = WorkerToScheduler::MissingData { key: "b".into(), run, dep: "a".into(), tried: vec![addr(wa)] };
     let out = h.ev(Event::FromWorker { id: wb, msg });
-    assert_eq!(releases_to(&out, wa), vec!["a".to_owned()], "the holder that failed is told to drop it");
-    assert!(computes(&out).iter().any(|(_, k)| k == "a"), "{out:?}");
+    assert_eq!(releases_to(&out, wa), vec![Key::from("a")], "the holder that failed is told to drop it");
+    assert!(computes(&out).iter().any(|(_, k)| &**k == "a"), "{out:?}");
     assert_eq!(h.s.task_state("b"), Some(&TaskState::Waiting));
     // A stale report of the old run changes nothing.
     let msg = WorkerToScheduler::MissingData { key: "b".into(), run, dep: "a".into(), tried: vec![] };
@@ -516,7 +516,7 @@ fn stealing_moves_unstarted_tasks_only_when_the_victim_agrees() {
     assert!(computes(&out).iter().all(|(w, _)| *w == 1));
     h.join(2, 1);
     let out = h.ev(Event::Tick);
-    let steals: Vec<(String, RunId)> = out
+    let steals: Vec<(Key, RunId)> = out
         .iter()
         .filter_map(|a| match a {
             Action::ToWorker(1, SchedulerToWorker::Steal { key, run }) => Some((key.clone(), *run)),
@@ -585,13 +585,13 @@ fn scatter_issues_tickets_and_lost_scattered_data_fails_its_dependents() {
     // A Stored from another worker (a forged store) is refused.
     let other = if w == 1 { 2 } else { 1 };
     let out = h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::Stored { key: "s".into(), nbytes: 8 } });
-    assert_eq!(releases_to(&out, other), vec!["s".to_owned()]);
+    assert_eq!(releases_to(&out, other), vec![Key::from("s")]);
     h.ev(Event::FromWorker { id: w, msg: WorkerToScheduler::Stored { key: "s".into(), nbytes: 8 } });
     h.submit(vec![task("use", &["s"])]);
     let out = h.ev(Event::WorkerLeft { id: w });
     let f = failures(&out);
-    assert!(f.iter().any(|(k, f)| k == "s" && matches!(f, Failure::DataLost { .. })), "{f:?}");
-    assert!(f.iter().any(|(k, f)| k == "use" && matches!(f.root_cause(), Failure::DataLost { .. })), "{f:?}");
+    assert!(f.iter().any(|(k, f)| &**k == "s" && matches!(f, Failure::DataLost { .. })), "{f:?}");
+    assert!(f.iter().any(|(k, f)| &**k == "use" && matches!(f.root_cause(), Failure::DataLost { .. })), "{f:?}");
 }
 
 /// Regression: a registered worker announcing 2^32 - 1 threads absorbed 60,000 tasks.

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{CloseSignal, CommError, Payload, Registry, from_message};
+use courier_core::{CloseSignal, CommError, CommReceiver, Payload, Registry, from_message};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -107,30 +107,12 @@ pub async fn start_worker(
             return Err(e);
         }
     };
-    let (tx, mut rx) = comm.split();
+    let (tx, rx) = comm.split();
     let nthreads = config.nthreads.max(1);
     // The hello goes first and alone, as the protocol requires.
     let mut tx = tx;
     tx.send(courier_core::to_message(&[Hello::Worker { name, address: address.clone(), nthreads }])?).await?;
     let scheduler: Outbox<WorkerToScheduler> = Outbox::spawn(tx, 1 << 20, config.scheduler.clone());
-    let reader_inputs = inputs_tx.clone();
-    let reader_stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let m = tokio::select! {
-                () = reader_stop.closed() => return,
-                m = rx.recv() => m,
-            };
-            let input = match m.and_then(|m| from_message::<Vec<SchedulerToWorker>>(&m)) {
-                Ok(batch) => Input::Scheduler(batch),
-                Err(e) => Input::SchedulerLost(e),
-            };
-            let lost = matches!(input, Input::SchedulerLost(_));
-            if reader_inputs.send(input).await.is_err() || lost {
-                return;
-            }
-        }
-    });
     let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone() };
     let driver = Driver {
         state: WorkerState::new(WorkerLimits::new(address, nthreads as usize)),
@@ -142,7 +124,7 @@ pub async fn start_worker(
         inputs_tx,
         local: VecDeque::new(),
     };
-    let task = tokio::spawn(driver.run(inputs, shutdown));
+    let task = tokio::spawn(driver.run(inputs, rx, shutdown));
     Ok((handle, task))
 }
 
@@ -159,7 +141,12 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, shutdown: CloseSignal) -> Result<(), CommError> {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut from_scheduler: CommReceiver,
+        shutdown: CloseSignal,
+    ) -> Result<(), CommError> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -169,6 +156,12 @@ impl Driver {
                 () = self.scheduler.closed() => {
                     break Err(CommError::closed("the comm to the scheduler closed"));
                 }
+                // Read in the loop itself (cancel-safe): no task hop between the scheduler and
+                // the state machine.
+                m = from_scheduler.recv() => match m.and_then(|m| from_message::<Vec<SchedulerToWorker>>(&m)) {
+                    Ok(batch) => Input::Scheduler(batch),
+                    Err(e) => Input::SchedulerLost(e),
+                },
                 input = inputs.recv() => match input {
                     Some(i) => i,
                     None => break Ok(()),

@@ -33,7 +33,7 @@ impl W {
     fn compute(&mut self, key: &str, run: RunId, deps: &[(&str, &[&str])]) -> Vec<WorkerAction> {
         let mut args: Vec<ArgSpec> = deps.iter().map(|(d, _)| ArgSpec::Key((*d).into())).collect();
         args.push(ArgSpec::Value(v(1)));
-        let who_has = deps.iter().map(|(d, h)| ((*d).to_owned(), h.iter().map(|s| s.to_string()).collect())).collect();
+        let who_has = deps.iter().map(|(d, h)| (Key::from(*d), h.iter().map(|s| s.to_string()).collect())).collect();
         self.sched(SchedulerToWorker::Compute { key: key.into(), run, func: "f".into(), args, who_has })
     }
 
@@ -98,11 +98,11 @@ fn missing_inputs_are_fetched_from_holders_batched_and_bounded_per_peer() {
     let mut w = W::new(1);
     let batch = (0..200)
         .map(|i| SchedulerToWorker::Compute {
-            key: format!("t{i}"),
+            key: format!("t{i}").into(),
             run: i,
             func: "f".into(),
-            args: vec![ArgSpec::Key(format!("d{i}"))],
-            who_has: vec![(format!("d{i}"), vec![PEER.into()])],
+            args: vec![ArgSpec::Key(format!("d{i}").into())],
+            who_has: vec![(format!("d{i}").into(), vec![PEER.into()])],
         })
         .collect();
     let out = w.ev(WorkerEvent::SchedulerBatch(batch));
@@ -202,7 +202,7 @@ fn replicate_fetches_a_copy_and_keeps_it_as_its_own() {
     let mut w = W::new(1);
     let out = w.sched(SchedulerToWorker::Replicate { key: "k".into(), from: vec![PEER.into()] });
     let (id, peer, keys) = fetches(&out)[0].clone();
-    assert_eq!((peer.as_str(), keys), (PEER, vec!["k".to_owned()]));
+    assert_eq!((peer.as_str(), keys), (PEER, vec![Key::from("k")]));
     let out = w.ev(WorkerEvent::FetchDone { id, result: Ok(vec![Some(v(3))]) });
     assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::Replicated { key: "k".into(), ok: true }]);
     assert_eq!(w.s.value("k"), Some(&v(3)));
@@ -249,7 +249,7 @@ fn get_serves_held_values_and_bounds_the_request() {
         out,
         vec![WorkerAction::Reply { conn: 9, reply: DataReply::Data { id: 4, values: vec![Some(v(11)), None] } }]
     );
-    let keys = vec!["a".to_owned(); crate::protocol::bounds::MAX_KEYS_PER_MESSAGE + 1];
+    let keys = vec![Key::from("a"); crate::protocol::bounds::MAX_KEYS_PER_MESSAGE + 1];
     let out = w.ev(WorkerEvent::Data { conn: 9, request: DataRequest::Get { id: 5, keys } });
     assert!(matches!(&out[..], [WorkerAction::Reply { reply: DataReply::Refused { id: 5, .. }, .. }]));
 }

@@ -171,7 +171,7 @@ pub(crate) async fn failures_reach_the_client(c: &Client) {
     }
     let dependent = c.submit::<i64>("inc", vec![f.arg()]).await.unwrap();
     let err = dependent.result().await.unwrap_err();
-    assert!(matches!(err.failure(), Some(Failure::Dependency { root, .. }) if root == f.key()), "{err:?}");
+    assert!(matches!(err.failure(), Some(Failure::Dependency { root, .. }) if &**root == f.key()), "{err:?}");
     assert!(err.to_string().contains("boom: disk on fire"), "{err}");
 }
 
