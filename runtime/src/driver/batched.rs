@@ -211,10 +211,21 @@ async fn write_loop<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, label
     }
 }
 
-/// Writes one batch. A batch the peer's limits refuse (more frames or bytes than it accepts
-/// in one message) is split in halves and retried; a single message too large for the peer
-/// is dropped with an error. Returns false once the comm is unusable.
+/// Writes one batch. Returns false once the comm is unusable.
 async fn write_batch<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, label: &str, batch: Vec<T>) -> bool {
+    tokio::select! {
+        () = shared.closed.closed() => false,
+        r = send_split(tx, label, batch) => {
+            shared.drained.notify_waiters();
+            r.is_ok()
+        }
+    }
+}
+
+/// Sends `batch` as one message. A batch the peer's limits refuse (more frames or bytes than
+/// it accepts in one message) is split in halves and retried; a single message too large for
+/// the peer is dropped with an error. Fails only when the comm is unusable.
+pub(crate) async fn send_split<T: Serialize>(tx: &mut CommSender, label: &str, batch: Vec<T>) -> Result<(), CommError> {
     let mut parts = std::collections::VecDeque::from([batch]);
     while let Some(mut part) = parts.pop_front() {
         let msg = match to_message(&part) {
@@ -224,12 +235,8 @@ async fn write_batch<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, labe
                 continue;
             }
         };
-        let sent = tokio::select! {
-            () = shared.closed.closed() => return false,
-            r = tx.send(msg) => r,
-        };
-        match sent {
-            Ok(()) => shared.drained.notify_waiters(),
+        match tx.send(msg).await {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::FrameTooLarge && part.len() > 1 => {
                 let back = part.split_off(part.len() / 2);
                 parts.push_front(back);
@@ -240,9 +247,9 @@ async fn write_batch<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, labe
             }
             Err(e) => {
                 tracing::debug!(peer = %label, error = %e, "sending failed; closing");
-                return false;
+                return Err(e);
             }
         }
     }
-    true
+    Ok(())
 }

@@ -16,6 +16,7 @@ use super::HEARTBEAT_INTERVAL;
 use super::state::{ConnId, FetchId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
 use crate::collections::Map;
 use crate::driver::batched::Outbox;
+use courier_core::CommSender;
 use crate::driver::pool::DataPool;
 use crate::functions::Functions;
 use crate::protocol::{DataReply, DataRequest, Hello, Key, RunId, SchedulerToWorker, WorkerToScheduler};
@@ -112,7 +113,7 @@ pub async fn start_worker(
     // The hello goes first and alone, as the protocol requires.
     let mut tx = tx;
     tx.send(courier_core::to_message(&[Hello::Worker { name, address: address.clone(), nthreads }])?).await?;
-    let scheduler: Outbox<WorkerToScheduler> = Outbox::spawn(tx, 1 << 20, config.scheduler.clone());
+    let scheduler = SchedulerLink::new(tx, config.scheduler.clone());
     let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone() };
     let driver = Driver {
         state: WorkerState::new(WorkerLimits::new(address, nthreads as usize)),
@@ -132,7 +133,7 @@ struct Driver {
     state: WorkerState,
     functions: Arc<Functions>,
     pool: DataPool,
-    scheduler: Outbox<WorkerToScheduler>,
+    scheduler: SchedulerLink,
     data_conns: Map<ConnId, Outbox<DataReply>>,
     fetches: Map<FetchId, AbortHandle>,
     inputs_tx: mpsc::Sender<Input>,
@@ -153,9 +154,13 @@ impl Driver {
             let event = tokio::select! {
                 biased;
                 () = shutdown.closed() => break Ok(()),
-                () = self.scheduler.closed() => {
-                    break Err(CommError::closed("the comm to the scheduler closed"));
-                }
+                written = self.scheduler.written(), if self.scheduler.is_writing() => match written {
+                    Ok(()) => {
+                        self.scheduler.start();
+                        continue;
+                    }
+                    Err(e) => break Err(CommError::closed(format!("the comm to the scheduler failed: {e}"))),
+                },
                 // Read in the loop itself (cancel-safe): no task hop between the scheduler and
                 // the state machine.
                 m = from_scheduler.recv() => match m.and_then(|m| from_message::<Vec<SchedulerToWorker>>(&m)) {
@@ -225,6 +230,9 @@ impl Driver {
                 }
             }
             self.flush();
+            if self.scheduler.overflowed() {
+                break Err(CommError::closed("the scheduler stopped reading this worker's messages"));
+            }
             if self.state.is_shutting_down() {
                 tracing::info!("retired by the scheduler; exiting");
                 break Ok(());
@@ -234,7 +242,7 @@ impl Driver {
         for (_, f) in self.fetches.drain() {
             f.abort();
         }
-        self.scheduler.close();
+        self.scheduler.close().await;
         self.pool.close();
         result
     }
@@ -261,11 +269,7 @@ impl Driver {
 
     fn carry_out(&mut self, action: WorkerAction) {
         match action {
-            WorkerAction::ToScheduler(msg) => {
-                if let Err(e) = self.scheduler.push(msg) {
-                    tracing::error!(error = %e, "cannot reach the scheduler");
-                }
-            }
+            WorkerAction::ToScheduler(msg) => self.scheduler.push(msg),
             WorkerAction::Reply { conn, reply } => {
                 if let Some(outbox) = self.data_conns.get(&conn)
                     && let Err(e) = outbox.push(reply)
@@ -316,9 +320,80 @@ impl Driver {
     }
 
     fn flush(&mut self) {
-        self.scheduler.flush();
+        self.scheduler.start();
         for outbox in self.data_conns.values() {
             outbox.flush();
+        }
+    }
+}
+
+/// Unsent messages to the scheduler beyond which the worker gives up on it.
+const SCHEDULER_BACKLOG: usize = 1 << 20;
+
+/// Messages to the scheduler, written by the event loop itself: a write in flight is one of
+/// the loop's `select!` branches, so the loop keeps reading and serving data while it
+/// completes, and no task hop sits between the state machine and the socket (the latency of
+/// every task's round trip). What accumulates during a write goes out as the next batch.
+struct SchedulerLink {
+    label: String,
+    idle: Option<CommSender>,
+    writing: Option<WriteFuture>,
+    queue: Vec<WorkerToScheduler>,
+}
+
+type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (CommSender, Result<(), CommError>)> + Send>>;
+
+impl SchedulerLink {
+    fn new(tx: CommSender, label: String) -> Self {
+        SchedulerLink { label, idle: Some(tx), writing: None, queue: Vec::new() }
+    }
+
+    fn push(&mut self, msg: WorkerToScheduler) {
+        self.queue.push(msg);
+    }
+
+    fn is_writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// True when messages pile up beyond what a reading scheduler would leave (it is stuck).
+    fn overflowed(&self) -> bool {
+        self.queue.len() > SCHEDULER_BACKLOG
+    }
+
+    /// Starts writing what is queued, unless a write is in flight.
+    fn start(&mut self) {
+        if self.writing.is_some() || self.queue.is_empty() {
+            return;
+        }
+        let Some(mut tx) = self.idle.take() else { return };
+        let batch = std::mem::take(&mut self.queue);
+        let label = self.label.clone();
+        self.writing = Some(Box::pin(async move {
+            let r = crate::driver::batched::send_split(&mut tx, &label, batch).await;
+            (tx, r)
+        }));
+    }
+
+    /// Resolves when the write in flight completes (cancel-safe: polling it again continues
+    /// the same write).
+    async fn written(&mut self) -> Result<(), CommError> {
+        let Some(w) = self.writing.as_mut() else { return Ok(()) };
+        let (tx, r) = w.await;
+        self.writing = None;
+        self.idle = Some(tx);
+        r
+    }
+
+    /// Sends what is queued, then closes the comm.
+    async fn close(&mut self) {
+        if self.written().await.is_err() {
+            return;
+        }
+        self.start();
+        let _ = self.written().await;
+        if let Some(mut tx) = self.idle.take() {
+            let _ = tx.close().await;
         }
     }
 }
