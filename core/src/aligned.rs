@@ -167,6 +167,13 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.filled) }
     }
 
+    /// The written bytes, mutably (the buffer is exclusively owned until frozen).
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the first `filled` bytes were initialised through BufMut, and `&mut self`
+        // guarantees no other reference to them exists.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.filled) }
+    }
+
     /// Turns a full buffer into `Bytes` without copying. A partially filled buffer is
     /// truncated to what was written.
     pub fn freeze(self) -> Bytes {

@@ -16,6 +16,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::aligned::AlignedBuf;
+use crate::budget::{RecvBudget, SPECULATIVE_MAX};
 use crate::compression::{self, Codec, Compression};
 use crate::error::{CommError, ErrorKind};
 use crate::limits::Limits;
@@ -38,6 +39,7 @@ fn to_usize(n: u64) -> Result<usize, CommError> {
         .map_err(|_| CommError::new(ErrorKind::FrameTooLarge, format!("length {n} does not fit this platform")))
 }
 
+/// A size over its limit (for lengths in bytes; counts have their own wording).
 fn too_large(what: &str, len: u64, limit: u64) -> CommError {
     CommError::new(ErrorKind::FrameTooLarge, format!("{what} of {len} bytes exceeds the limit of {limit} bytes"))
 }
@@ -46,7 +48,10 @@ fn too_large(what: &str, len: u64, limit: u64) -> CommError {
 /// with `FrameTooLarge` before writing anything.
 pub fn check_limits(msg: &Message, limits: &Limits) -> Result<(), CommError> {
     if msg.frames.len() as u64 > u64::from(limits.max_frames) {
-        return Err(too_large("frame count", msg.frames.len() as u64, u64::from(limits.max_frames)));
+        return Err(CommError::new(
+            ErrorKind::FrameTooLarge,
+            format!("{} frames exceed the limit of {} frames", msg.frames.len(), limits.max_frames),
+        ));
     }
     if msg.header.len() as u64 > limits.max_header_size {
         return Err(too_large("header", msg.header.len() as u64, limits.max_header_size));
@@ -124,31 +129,71 @@ struct FrameDesc {
     codec: Codec,
 }
 
+/// The buffer of the frame being received: exact-size once the whole frame has been
+/// committed, smaller (and grown by doubling) while a frame over [`SPECULATIVE_MAX`] is
+/// still arriving.
+#[derive(Debug)]
+struct Incoming {
+    buf: AlignedBuf,
+    /// The frame's length on the wire.
+    wire_len: usize,
+}
+
 #[derive(Debug)]
 enum State {
     Head,
     Table { nframes: usize, header_len: usize },
     Header { header_len: usize, descs: Vec<FrameDesc> },
-    Frames { header: Bytes, descs: Vec<FrameDesc>, frames: Vec<Bytes>, current: Option<AlignedBuf> },
+    Frames { header: Bytes, descs: Vec<FrameDesc>, frames: Vec<Bytes>, current: Option<Incoming> },
     Failed,
 }
 
 /// Decodes messages from a byte stream split anywhere. See the module docs.
+///
+/// Memory is committed as bytes arrive: a frame's buffer is allocated at most
+/// [`SPECULATIVE_MAX`] ahead of its bytes, and every byte committed to a partial message
+/// (header, frame buffers, decompressed output) is first reserved from the decoder's
+/// [`RecvBudget`], released when the message is returned.
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
+    /// Codecs this side announced (a handshake mask); others are protocol errors.
+    codecs: u32,
+    budget: RecvBudget,
+    /// Most bytes allocated for a frame ahead of its data.
+    speculative: usize,
     state: State,
 }
 
 impl Decoder {
-    /// A decoder enforcing `limits` (this side's receive limits).
+    /// A decoder enforcing `limits` (this side's receive limits), accepting every codec,
+    /// without a budget.
     pub fn new(limits: Limits) -> Self {
-        Decoder { limits, state: State::Head }
+        Self::with(limits, u32::MAX, RecvBudget::unlimited())
+    }
+
+    /// A decoder enforcing `limits`, accepting compressed frames only for the codecs in
+    /// `codecs` (the mask this side announced in its hello), and committing memory from
+    /// `budget`.
+    pub fn with(limits: Limits, codecs: u32, budget: RecvBudget) -> Self {
+        Decoder { limits, codecs, budget, speculative: SPECULATIVE_MAX, state: State::Head }
+    }
+
+    /// Sets how far ahead of a frame's bytes its buffer may be allocated (default
+    /// [`SPECULATIVE_MAX`]); tests use small values to exercise growth.
+    pub fn with_speculative_max(mut self, bytes: usize) -> Self {
+        self.speculative = bytes.max(1);
+        self
     }
 
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Bytes committed to the message being received.
+    pub fn committed(&self) -> u64 {
+        self.budget.used()
     }
 
     /// True between messages (no partial message buffered).
@@ -160,17 +205,22 @@ impl Decoder {
     /// layer should read into it directly (after `src` was drained by [`Decoder::decode`]).
     pub fn read_target(&mut self) -> Option<&mut AlignedBuf> {
         match &mut self.state {
-            State::Frames { current: Some(buf), .. } if buf.remaining() >= DIRECT_READ_MIN => Some(buf),
+            State::Frames { current: Some(inc), .. } if inc.buf.remaining() >= DIRECT_READ_MIN => Some(&mut inc.buf),
             _ => None,
         }
     }
 
     /// Consumes what it can from `src`. Returns a message when one is complete, `None` when
-    /// more bytes are needed. After an error the decoder stays failed.
+    /// more bytes are needed. After an error the decoder stays failed (and holds nothing).
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CommError> {
         let result = self.step(src);
-        if result.is_err() {
-            self.state = State::Failed;
+        match &result {
+            Err(_) => {
+                self.state = State::Failed;
+                self.budget.release_all();
+            }
+            Ok(Some(_)) => self.budget.release_all(),
+            Ok(None) => {}
         }
         result
     }
@@ -193,13 +243,19 @@ impl Decoder {
                         )));
                     }
                     if nframes > self.limits.max_frames {
-                        return Err(too_large("frame count", nframes.into(), self.limits.max_frames.into()));
+                        return Err(CommError::new(
+                            ErrorKind::FrameTooLarge,
+                            format!("{nframes} frames exceed the limit of {} frames", self.limits.max_frames),
+                        ));
                     }
                     if header_len > self.limits.max_header_size || header_len > self.limits.max_message_size {
                         let limit = self.limits.max_header_size.min(self.limits.max_message_size);
                         return Err(too_large("header", header_len, limit));
                     }
                     let header_len = to_usize(header_len)?;
+                    // The table is at most max_frames * 16 bytes; the header is committed here.
+                    self.budget
+                        .reserve((header_len as u64).saturating_add(u64::from(nframes) * FRAME_ENTRY_LEN as u64))?;
                     self.state = State::Table { nframes: nframes as usize, header_len };
                 }
                 State::Table { nframes, header_len } => {
@@ -211,6 +267,7 @@ impl Decoder {
                         src.reserve((need - src.len()).min(RESERVE_MAX));
                         return Ok(None);
                     }
+                    // The whole table is validated before any byte of the header or frames.
                     let mut table = src.split_to(need);
                     let mut total = header_len as u64;
                     let mut descs = Vec::with_capacity(nframes);
@@ -223,6 +280,11 @@ impl Decoder {
                             .ok_or_else(|| CommError::protocol(format!("frame {i}: unknown codec {codec_id}")))?;
                         if reserved != [0; 7] {
                             return Err(CommError::protocol(format!("frame {i}: reserved bytes must be 0")));
+                        }
+                        if codec != Codec::None && self.codecs & codec.mask_bit() == 0 {
+                            return Err(CommError::protocol(format!(
+                                "frame {i}: compressed with {codec:?}, which this side did not announce"
+                            )));
                         }
                         let max_wire = match codec {
                             Codec::None => self.limits.max_frame_size,
@@ -269,17 +331,29 @@ impl Decoder {
                             continue;
                         }
                         if current.is_none() {
-                            *current = Some(AlignedBuf::try_new(desc.wire_len)?);
+                            let first = desc.wire_len.min(self.speculative);
+                            self.budget.reserve(first as u64)?;
+                            *current = Some(Incoming { buf: AlignedBuf::try_new(first)?, wire_len: desc.wire_len });
                         }
-                        let buf = current.as_mut().expect("current frame buffer was just set");
-                        let n = buf.remaining().min(src.len());
-                        buf.put_slice(&src[..n]);
+                        let inc = current.as_mut().expect("current frame buffer was just set");
+                        let n = inc.buf.remaining().min(src.len());
+                        inc.buf.put_slice(&src[..n]);
                         src.advance(n);
-                        if !buf.is_full() {
+                        if !inc.buf.is_full() {
                             return Ok(None);
                         }
-                        let buf = current.take().expect("current frame was just filled");
-                        frames.push(self_finish(buf, desc.codec, &self.limits, frames.len())?);
+                        if inc.buf.len() < inc.wire_len {
+                            // A large frame: its buffer doubles as bytes arrive.
+                            let grown = inc.wire_len.min(inc.buf.len().saturating_mul(2));
+                            self.budget.reserve((grown - inc.buf.len()) as u64)?;
+                            let mut bigger = AlignedBuf::try_new(grown)?;
+                            bigger.put_slice(inc.buf.filled());
+                            inc.buf = bigger;
+                            continue;
+                        }
+                        let inc = current.take().expect("current frame was just filled");
+                        let index = frames.len();
+                        frames.push(finish_frame(inc.buf, desc.codec, &self.limits, &mut self.budget, index)?);
                     }
                     let msg = Message { header: std::mem::take(header), frames: std::mem::take(frames) };
                     self.state = State::Head;
@@ -290,30 +364,45 @@ impl Decoder {
     }
 }
 
-fn self_finish(buf: AlignedBuf, codec: Codec, limits: &Limits, index: usize) -> Result<Bytes, CommError> {
+/// Snappy never expands data more than this many times (a 3-byte copy element yields at
+/// most 64 bytes), so a declared length beyond it is a lie told to make the receiver allocate.
+const SNAPPY_MAX_EXPANSION: u64 = 22;
+
+fn finish_frame(
+    buf: AlignedBuf,
+    codec: Codec,
+    limits: &Limits,
+    budget: &mut RecvBudget,
+    index: usize,
+) -> Result<Bytes, CommError> {
     match codec {
         Codec::None => Ok(buf.freeze()),
         Codec::Snappy => {
-            let len = compression::snappy_decompressed_len(buf.filled())?;
-            if len as u64 > limits.max_frame_size {
-                return Err(too_large(&format!("frame {index} (decompressed)"), len as u64, limits.max_frame_size));
+            let compressed = buf.filled();
+            let len = compression::snappy_decompressed_len(compressed)? as u64;
+            if len > limits.max_frame_size {
+                return Err(too_large(&format!("frame {index} (decompressed)"), len, limits.max_frame_size));
             }
+            let plausible = (compressed.len() as u64).saturating_mul(SNAPPY_MAX_EXPANSION).saturating_add(64);
+            if len > plausible {
+                return Err(CommError::new(
+                    ErrorKind::Compression,
+                    format!(
+                        "frame {index}: {} compressed bytes cannot decompress to the {len} bytes declared",
+                        compressed.len()
+                    ),
+                ));
+            }
+            budget.reserve(len)?;
+            let len = to_usize(len)?;
             let mut out = AlignedBuf::try_new(len)?;
-            // Zero-initialise once so the decompressor can write into a plain slice.
+            // Zero-initialised once so the decompressor writes into an ordinary slice of an
+            // allocation this code owns exclusively; frozen only when complete.
             out.put_bytes(0, len);
-            let mut raw = out.freeze();
-            let slice = bytes_mut_slice(&mut raw);
-            compression::snappy_decompress_into(buf.filled(), slice)?;
-            Ok(raw)
+            compression::snappy_decompress_into(compressed, out.filled_mut())?;
+            Ok(out.freeze())
         }
     }
-}
-
-/// A mutable view of freshly frozen, uniquely owned bytes.
-fn bytes_mut_slice(b: &mut Bytes) -> &mut [u8] {
-    // SAFETY: `b` was created by `AlignedBuf::freeze` just now and has not been cloned, so
-    // this is the only reference to its memory; the allocation is writable.
-    unsafe { std::slice::from_raw_parts_mut(b.as_ptr() as *mut u8, b.len()) }
 }
 
 #[cfg(test)]
@@ -435,6 +524,88 @@ mod tests {
             let err = decode_all(&bytes, 3, small).unwrap_err();
             assert_eq!(err.kind(), kind, "case {i}: {err}");
         }
+    }
+
+    #[test]
+    fn large_frames_grow_as_their_bytes_arrive_from_every_split() {
+        let m = msg(b"h", &[10_000, 3, 70_001]);
+        let bytes = wire(&m, Compression::None);
+        for split in [1, 7, 999, 1000, 1001, 4096, 65_536, bytes.len()] {
+            let mut d = Decoder::new(Limits::default()).with_speculative_max(1000);
+            let mut src = BytesMut::new();
+            let mut got = Vec::new();
+            let mut most = 0;
+            for chunk in bytes.chunks(split) {
+                src.extend_from_slice(chunk);
+                while let Some(m) = d.decode(&mut src).unwrap() {
+                    got.push(m);
+                }
+                most = most.max(d.committed());
+            }
+            assert_eq!(got, vec![m.clone()], "split {split}");
+            assert!(got[0].frames.iter().all(|f| (f.as_ptr() as usize).is_multiple_of(FRAME_ALIGN)));
+            assert_eq!(d.committed(), 0, "released once delivered");
+            assert!(most < 2 * 70_001 + 20_000, "split {split}: committed {most}");
+        }
+    }
+
+    #[test]
+    fn an_announced_huge_frame_commits_memory_only_as_bytes_arrive() {
+        // 4 GiB announced, 100 bytes sent.
+        let mut bytes = vec![1, 0, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&(4u64 << 30).to_le_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&[7; 100]);
+        let mut d = Decoder::with(Limits::default(), 0, RecvBudget::unlimited()).with_speculative_max(1 << 20);
+        assert!(d.decode(&mut BytesMut::from(&bytes[..])).unwrap().is_none());
+        assert!(d.committed() <= (1 << 20) + 1000, "{}", d.committed());
+        // With a budget smaller than the first chunk, the message fails at once.
+        let mut d = Decoder::with(Limits::default(), 0, RecvBudget::new(4096, None));
+        let e = d.decode(&mut BytesMut::from(&bytes[..])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        assert!(e.to_string().contains("budget"), "{e}");
+        assert_eq!(d.committed(), 0);
+    }
+
+    #[test]
+    fn snappy_bombs_and_unannounced_codecs_are_refused_before_allocating() {
+        // A 16-byte snappy frame declaring 4 GiB - 1 (the varint preamble), then garbage.
+        let mut bomb = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
+        bomb.extend_from_slice(&[0; 11]);
+        let frame = |codec: u8, payload: &[u8]| {
+            let mut b = vec![1, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(&0u64.to_le_bytes());
+            b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            b.push(codec);
+            b.extend_from_slice(&[0; 7]);
+            b.extend_from_slice(payload);
+            b
+        };
+        let snappy = Codec::Snappy.mask_bit();
+        let mut d = Decoder::with(Limits::default(), snappy, RecvBudget::unlimited());
+        let e = d.decode(&mut BytesMut::from(&frame(1, &bomb)[..])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Compression, "{e}");
+        assert!(e.to_string().contains("cannot decompress to the 4294967295 bytes declared"), "{e}");
+        let small = Limits { max_frame_size: 1 << 20, ..Limits::default() };
+        let mut d = Decoder::with(small, snappy, RecvBudget::unlimited());
+        let e = d.decode(&mut BytesMut::from(&frame(1, &bomb)[..])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+        // Compressed frames from a peer to whom this side announced no codecs.
+        let good = wire(&Message::new(Bytes::new(), vec![Bytes::from(vec![0u8; 100_000])]), Compression::Snappy);
+        let mut d = Decoder::with(Limits::default(), 0, RecvBudget::unlimited());
+        let e = d.decode(&mut BytesMut::from(&good[..])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("did not announce"), "{e}");
+        let mut d = Decoder::with(Limits::default(), snappy, RecvBudget::new(1 << 20, None));
+        assert_eq!(d.decode(&mut BytesMut::from(&good[..])).unwrap().unwrap().frames[0].len(), 100_000);
+    }
+
+    #[test]
+    fn error_texts_name_counts_and_bytes_correctly() {
+        let small = Limits { max_frames: 4, ..Limits::default() };
+        let e = decode_all(&wire(&msg(b"", &[1, 1, 1, 1, 1]), Compression::None), 3, small).unwrap_err();
+        assert_eq!(e.to_string(), "frame too large: 5 frames exceed the limit of 4 frames");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct PeerInfo {
     pub name: String,
     /// The peer's wire version (0 for transports without a wire, such as inproc://).
     pub version: u16,
+    /// The role the peer's credential grants, when this side checked one (see
+    /// [`AccessList`](crate::AccessList)); `None` when nothing was checked.
+    pub role: Option<String>,
 }
 
 /// A full-duplex comm: one message at a time in each direction, usable from one task, or

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Serialization,
     /// A request got no reply within its timeout (the peer may be stalled or overloaded).
     Timeout,
+    /// The peer refused this side's credential, or this side refused the peer's.
+    Unauthorized,
     /// Any other I/O failure.
     Io,
 }
@@ -54,6 +56,7 @@ impl ErrorKind {
             ErrorKind::AddressInUse => "address in use",
             ErrorKind::Serialization => "serialization error",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Io => "i/o error",
         }
     }

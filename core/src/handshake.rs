@@ -23,8 +23,14 @@ pub const MAX_BODY_LEN: usize = 4096;
 pub const MAX_NAME_LEN: usize = 1024;
 const FIXED_BODY_LEN: usize = 34;
 
+/// In [`Hello::flags`]: this listener checks credentials, and sends a verdict
+/// ([`VERDICT_OK`], or closes) after reading the peer's hello.
+pub const FLAG_REQUIRES_CREDENTIAL: u32 = 1;
+/// The four bytes a listener that checks credentials sends when it accepts the peer's.
+pub const VERDICT_OK: [u8; 4] = *b"CRok";
+
 /// What one side announces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Wire version.
     pub version: u16,
@@ -34,6 +40,23 @@ pub struct Hello {
     pub compressions: u32,
     /// A free-form identity (worker name, client id); may be empty.
     pub name: String,
+    /// A shared secret presented to a listener that checks credentials (empty: none).
+    pub credential: Vec<u8>,
+    /// Bit flags ([`FLAG_REQUIRES_CREDENTIAL`]).
+    pub flags: u32,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("version", &self.version)
+            .field("limits", &self.limits)
+            .field("compressions", &self.compressions)
+            .field("name", &self.name)
+            .field("credential", &if self.credential.is_empty() { "none" } else { "<redacted>" })
+            .field("flags", &self.flags)
+            .finish()
+    }
 }
 
 impl Hello {
@@ -47,12 +70,31 @@ impl Hello {
             }
             name.truncate(cut);
         }
-        Hello { version: WIRE_VERSION, limits, compressions: compression.offered_mask(), name }
+        Hello {
+            version: WIRE_VERSION,
+            limits,
+            compressions: compression.offered_mask(),
+            name,
+            credential: Vec::new(),
+            flags: 0,
+        }
+    }
+
+    /// This hello presenting `credential`.
+    pub fn with_credential(mut self, credential: Option<&crate::auth::Credential>) -> Self {
+        self.credential = credential.map(|c| c.expose().to_vec()).unwrap_or_default();
+        self
+    }
+
+    /// This hello with `flags`.
+    pub fn with_flags(mut self, flags: u32) -> Self {
+        self.flags = flags;
+        self
     }
 
     /// The hello's bytes.
     pub fn encode(&self) -> Bytes {
-        let body_len = FIXED_BODY_LEN + self.name.len();
+        let body_len = FIXED_BODY_LEN + self.name.len() + 2 + self.credential.len() + 4;
         let mut b = BytesMut::with_capacity(PREFIX_LEN + body_len);
         b.put_slice(&MAGIC);
         b.put_u16_le(self.version);
@@ -64,6 +106,9 @@ impl Hello {
         b.put_u64_le(self.limits.max_message_size);
         b.put_u16_le(self.name.len() as u16);
         b.put_slice(self.name.as_bytes());
+        b.put_u16_le(self.credential.len() as u16);
+        b.put_slice(&self.credential);
+        b.put_u32_le(self.flags);
         b.freeze()
     }
 
@@ -79,10 +124,11 @@ impl Hello {
             ));
         }
         if src[..magic_seen] != MAGIC[..magic_seen] {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
             return Err(CommError::protocol(format!(
-                "bad magic {:02x?}: the peer does not speak the Courier wire protocol (expected {:02x?} \"CRWR\")",
-                &src[..magic_seen],
-                MAGIC
+                "bad magic bytes {} (hex): the peer does not speak the Courier wire protocol (expected {} = \"CRWR\")",
+                hex(&src[..magic_seen]),
+                hex(&MAGIC)
             )));
         }
         if src.len() < PREFIX_LEN {
@@ -114,13 +160,27 @@ impl Hello {
         let compressions = body.get_u32_le();
         let limits = Limits { max_header_size: body.get_u64_le(), max_message_size: body.get_u64_le(), ..limits };
         let name_len = body.get_u16_le() as usize;
+        if name_len > MAX_NAME_LEN {
+            return Err(CommError::protocol(format!("hello name of {name_len} bytes exceeds {MAX_NAME_LEN} bytes")));
+        }
         if name_len > body.len() {
             return Err(CommError::protocol(format!("hello name of {name_len} bytes overruns the body")));
         }
         let name = String::from_utf8(body[..name_len].to_vec())
             .map_err(|e| CommError::protocol("hello name is not UTF-8").with_source(e))?;
-        // Bytes after the name are fields of later minor versions: ignored.
-        Ok(Some(Hello { version, limits, compressions, name }))
+        body.advance(name_len);
+        // Fields added after the name: absent in older hellos (then: no credential, no flags).
+        let mut credential = Vec::new();
+        if body.len() >= 2 {
+            let len = body.get_u16_le() as usize;
+            if len > crate::auth::MAX_CREDENTIAL_LEN || len > body.len() {
+                return Err(CommError::protocol(format!("hello credential of {len} bytes is malformed")));
+            }
+            credential = body.split_to(len).to_vec();
+        }
+        let flags = if body.len() >= 4 { body.get_u32_le() } else { 0 };
+        // Bytes after these are fields of later minor versions: ignored.
+        Ok(Some(Hello { version, limits, compressions, name, credential, flags }))
     }
 }
 
@@ -172,6 +232,23 @@ mod tests {
     }
 
     #[test]
+    fn magic_is_printed_in_hex_and_names_are_bounded() {
+        let e = Hello::decode(&mut BytesMut::from(&b"\x10\x20"[..])).unwrap_err().to_string();
+        assert!(e.contains("bad magic bytes 10 20 (hex)") && e.contains("43 52 57 52"), "{e}");
+        // A hello whose body ends with a name one byte over the limit.
+        let mut long =
+            Hello::new(Limits::default(), Compression::None, "").encode()[..PREFIX_LEN + FIXED_BODY_LEN].to_vec();
+        let name = vec![b'a'; MAX_NAME_LEN + 1];
+        let body_len = (FIXED_BODY_LEN + name.len()) as u16;
+        long[6..8].copy_from_slice(&body_len.to_le_bytes());
+        let n = long.len();
+        long[n - 2..].copy_from_slice(&(name.len() as u16).to_le_bytes());
+        long.extend_from_slice(&name);
+        let e = Hello::decode(&mut BytesMut::from(&long[..])).unwrap_err().to_string();
+        assert!(e.contains("exceeds 1024 bytes"), "{e}");
+    }
+
+    #[test]
     fn a_tls_peer_is_recognised() {
         for record in [&[0x16u8, 0x03, 0x01, 0x02][..], &[0x15, 0x03, 0x03, 0x00, 0x02]] {
             let e = Hello::decode(&mut BytesMut::from(record)).unwrap_err();
@@ -200,9 +277,26 @@ mod tests {
         overrun[n] = 200;
         assert_eq!(Hello::decode(&mut overrun).unwrap_err().kind(), ErrorKind::Protocol);
         let mut not_utf8 = BytesMut::from(&good[..]);
-        let last = not_utf8.len() - 1;
-        not_utf8[last] = 0xff;
+        not_utf8[PREFIX_LEN + FIXED_BODY_LEN] = 0xff;
         assert_eq!(Hello::decode(&mut not_utf8).unwrap_err().kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn credentials_and_flags_round_trip_and_older_hellos_have_none() {
+        let c = crate::auth::Credential::new("s3cret").unwrap();
+        let h = Hello::new(Limits::default(), Compression::None, "w")
+            .with_credential(Some(&c))
+            .with_flags(FLAG_REQUIRES_CREDENTIAL);
+        let back = Hello::decode(&mut BytesMut::from(&h.encode()[..])).unwrap().unwrap();
+        assert_eq!(back.credential, b"s3cret");
+        assert_eq!(back.flags, FLAG_REQUIRES_CREDENTIAL);
+        assert!(!format!("{back:?}").contains("s3cret"), "never printed");
+        // A version-1 hello from before these fields: the body ends after the name.
+        let old = &h.encode()[..PREFIX_LEN + FIXED_BODY_LEN + 1];
+        let mut old = old.to_vec();
+        old[6..8].copy_from_slice(&((FIXED_BODY_LEN + 1) as u16).to_le_bytes());
+        let back = Hello::decode(&mut BytesMut::from(&old[..])).unwrap().unwrap();
+        assert!(back.credential.is_empty() && back.flags == 0);
     }
 
     #[test]

@@ -40,6 +40,8 @@
 mod address;
 pub mod aligned;
 mod array;
+pub mod auth;
+pub mod budget;
 pub mod codec;
 mod comm;
 pub mod compression;
@@ -47,6 +49,7 @@ mod error;
 pub mod handshake;
 mod limits;
 mod message;
+pub mod ratelimit;
 mod registry;
 pub mod serial;
 pub mod stream;
@@ -56,6 +59,8 @@ mod transport;
 
 pub use address::{Address, Host, HostPort};
 pub use array::{DType, Element, WireArray};
+pub use auth::{AccessList, Credential};
+pub use budget::{BudgetConfig, RecvBudget, SharedBudget};
 pub use comm::{CloseSignal, Comm, CommReceiver, CommRecv, CommSend, CommSender, PeerInfo};
 pub use compression::{Codec, Compression};
 pub use error::{CommError, ErrorKind};

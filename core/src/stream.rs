@@ -6,8 +6,12 @@
 //! turns a [`StreamAcceptor`] into a [`Listener`] that handshakes each peer in its own task
 //! (with the handshake timeout) so a silent or hostile peer never delays the others.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,20 +20,25 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::address::Address;
+use crate::budget::{RecvBudget, SharedBudget};
 use crate::codec::{Decoder, Encoder};
 use crate::comm::{CloseSignal, Comm, CommRecv, CommSend, PeerInfo};
 use crate::compression::Compression;
 use crate::error::{CommError, ErrorKind};
-use crate::handshake::{Hello, negotiate};
+use crate::handshake::{FLAG_REQUIRES_CREDENTIAL, Hello, VERDICT_OK, negotiate};
 use crate::message::Message;
+use crate::ratelimit::RateLimit;
 use crate::transport::{CommConfig, Listener, RejectionLog};
 
 /// Bytes requested from the stream per read when not reading a large frame directly.
 pub const READ_CHUNK: usize = 256 * 1024;
 /// IoSlices handed to one vectored write.
 const MAX_IOV: usize = 64;
-/// Handshakes a listener runs at once; further peers wait in the OS backlog.
+/// Handshakes a listener runs at once (among peers that have sent bytes).
 const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// First and largest pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A connected byte stream, split, with its addresses.
 #[derive(Debug)]
@@ -47,8 +56,10 @@ pub struct StreamParts<R, W> {
     pub default_compression: Compression,
 }
 
-/// Runs the handshake over a connected stream and returns the comm, within
-/// `config.handshake_timeout` (else `HandshakeTimeout`).
+/// Runs the handshake over a connected stream (the connecting side) and returns the comm,
+/// within `config.handshake_timeout` (else `HandshakeTimeout`). If the listener checks
+/// credentials, `config.credential` is presented and the listener's verdict awaited: a
+/// refusal is `Unauthorized`.
 pub async fn handshake_stream<R, W>(parts: StreamParts<R, W>, config: &CommConfig) -> Result<Comm, CommError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -56,7 +67,7 @@ where
 {
     let timeout = config.handshake_timeout;
     let peer = parts.peer.clone();
-    match tokio::time::timeout(timeout, handshake_inner(parts, config)).await {
+    match tokio::time::timeout(timeout, handshake_inner(parts, config, None)).await {
         Ok(result) => result,
         Err(_) => {
             Err(CommError::new(ErrorKind::HandshakeTimeout, format!("no handshake from {peer} within {timeout:?}")))
@@ -64,14 +75,30 @@ where
     }
 }
 
-async fn handshake_inner<R, W>(parts: StreamParts<R, W>, config: &CommConfig) -> Result<Comm, CommError>
+/// What the listening side of a handshake brings: the listener's memory pool and its count
+/// of open connections.
+struct Accepting {
+    pool: Arc<SharedBudget>,
+    guard: Arc<ConnGuard>,
+}
+
+async fn handshake_inner<R, W>(
+    parts: StreamParts<R, W>,
+    config: &CommConfig,
+    accepting: Option<Accepting>,
+) -> Result<Comm, CommError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let StreamParts { mut read, mut write, local, peer, default_compression } = parts;
     let compression = config.compression.unwrap_or(default_compression);
-    let hello = Hello::new(config.limits, compression, config.name.clone());
+    let checks = accepting.is_some() && config.access.is_some();
+    let flags = if checks { FLAG_REQUIRES_CREDENTIAL } else { 0 };
+    let mut hello = Hello::new(config.limits, compression, config.name.clone()).with_flags(flags);
+    if accepting.is_none() {
+        hello = hello.with_credential(config.credential.as_ref());
+    }
     let writing = async {
         write.write_all(&hello.encode()).await?;
         write.flush().await
@@ -92,9 +119,53 @@ where
     let (written, theirs) = tokio::join!(writing, reading);
     let theirs = theirs?;
     written.map_err(|e| CommError::from_io(format!("sending handshake to {peer}"), e))?;
+    let mut role = None;
+    if checks {
+        let access = config.access.as_ref().expect("checked above");
+        match access.check(&theirs.credential) {
+            Some(r) => {
+                role = Some(r.to_owned());
+                write.write_all(&VERDICT_OK).await.map_err(|e| CommError::from_io(format!("answering {peer}"), e))?;
+                write.flush().await.map_err(|e| CommError::from_io(format!("answering {peer}"), e))?;
+            }
+            None => {
+                let what =
+                    if theirs.credential.is_empty() { "no credential" } else { "a credential not accepted here" };
+                return Err(CommError::new(ErrorKind::Unauthorized, format!("{peer} presented {what}")));
+            }
+        }
+    } else if accepting.is_none() && theirs.flags & FLAG_REQUIRES_CREDENTIAL != 0 {
+        if config.credential.is_none() {
+            return Err(CommError::new(
+                ErrorKind::Unauthorized,
+                format!("{peer} requires a credential (an auth token) and none is configured"),
+            ));
+        }
+        while rbuf.len() < VERDICT_OK.len() {
+            let n =
+                read.read_buf(&mut rbuf).await.map_err(|e| CommError::from_io(format!("handshake with {peer}"), e))?;
+            if n == 0 {
+                return Err(CommError::new(ErrorKind::Unauthorized, format!("{peer} refused this side's credential")));
+            }
+        }
+        if rbuf.split_to(VERDICT_OK.len())[..] != VERDICT_OK {
+            return Err(CommError::protocol(format!("{peer} sent a malformed handshake verdict")));
+        }
+    }
     let session = negotiate(config.limits, compression, theirs);
-    let info = PeerInfo { name: session.peer.name.clone(), version: session.peer.version };
+    let info = PeerInfo { name: session.peer.name.clone(), version: session.peer.version, role };
     let close = CloseSignal::new();
+    let (budget, guard, first_deadline) = match accepting {
+        Some(a) => {
+            let per_conn = config.budget.per_connection.unwrap_or(session.recv_limits.max_message_size);
+            let deadline = config.first_message_timeout.map(|t| tokio::time::Instant::now() + t);
+            (RecvBudget::new(per_conn, Some(a.pool)), Some(a.guard), deadline)
+        }
+        None => {
+            let per_conn = config.budget.per_connection.unwrap_or(session.recv_limits.max_message_size);
+            (RecvBudget::new(per_conn, None), None, None)
+        }
+    };
     let send = StreamSend {
         write,
         encoder: Encoder::new(session.send_limits, session.send_compression),
@@ -102,11 +173,36 @@ where
         close: close.clone(),
         state: SendState::Open,
         peer: peer.clone(),
+        _guard: guard.clone(),
     };
-    let recv =
-        StreamRecv { read, rbuf, decoder: Decoder::new(session.recv_limits), close, failed: false, peer: peer.clone() };
+    let recv = StreamRecv {
+        read,
+        rbuf,
+        decoder: Decoder::with(session.recv_limits, compression.offered_mask(), budget),
+        close,
+        failed: false,
+        peer: peer.clone(),
+        first_deadline,
+        message_timeout: config.message_timeout,
+        _guard: guard,
+    };
     Ok(Comm::new(Box::new(send), Box::new(recv), local, peer, info))
 }
+
+/// One open connection of a listener; dropping the last clone (both halves of its comm)
+/// frees its place under the listener's connection cap.
+#[derive(Debug)]
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs of refused connections and protocol violations, at most 10 lines a second each.
+static REFUSED: RateLimit = RateLimit::new(10);
+static VIOLATIONS: RateLimit = RateLimit::new(10);
 
 #[derive(Debug, PartialEq)]
 enum SendState {
@@ -123,6 +219,7 @@ struct StreamSend<W> {
     close: CloseSignal,
     state: SendState,
     peer: Address,
+    _guard: Option<Arc<ConnGuard>>,
 }
 
 impl<W> std::fmt::Debug for StreamSend<W> {
@@ -205,6 +302,11 @@ struct StreamRecv<R> {
     close: CloseSignal,
     failed: bool,
     peer: Address,
+    /// For comms a listener accepted: the first message must arrive by then.
+    first_deadline: Option<tokio::time::Instant>,
+    /// Inside a message, a read must bring bytes within this.
+    message_timeout: Duration,
+    _guard: Option<Arc<ConnGuard>>,
 }
 
 impl<R> std::fmt::Debug for StreamRecv<R> {
@@ -223,17 +325,45 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for StreamRecv<R> {
                 return Err(CommError::closed(format!("comm with {} is closed", self.peer)));
             }
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(msg)) => return Ok(msg),
+                Ok(Some(msg)) => {
+                    self.first_deadline = None;
+                    return Ok(msg);
+                }
                 Ok(None) => {}
                 Err(e) => {
+                    if let Some(suppressed) = VIOLATIONS.allow() {
+                        tracing::warn!(peer = %self.peer, error = %e, suppressed, "closing a comm that broke the protocol");
+                    }
                     self.fail();
                     return Err(e);
                 }
             }
+            // Mid-message the peer must keep sending; before its first message an accepted
+            // peer has a deadline; otherwise a comm may idle.
+            let mid_message = !self.decoder.is_idle() || !self.rbuf.is_empty();
+            let progress = mid_message.then(|| tokio::time::Instant::now() + self.message_timeout);
+            // Both bounds apply: the next bytes of a message, and the first message overall.
+            let stalled = match (progress, self.first_deadline) {
+                (Some(p), Some(f)) => p <= f,
+                (p, _) => p.is_some(),
+            };
+            let deadline = match (progress, self.first_deadline) {
+                (Some(p), Some(f)) => Some(p.min(f)),
+                (p, f) => p.or(f),
+            };
             let Self { read, rbuf, decoder, close, .. } = self;
             let read_result = tokio::select! {
                 biased;
                 () = close.closed() => continue,
+                () = sleep_until_or_forever(deadline) => {
+                    let why = if stalled {
+                        format!("{} stalled in the middle of a message for {:?}", self.peer, self.message_timeout)
+                    } else {
+                        format!("{} sent no message after connecting", self.peer)
+                    };
+                    self.fail();
+                    return Err(CommError::new(ErrorKind::Timeout, why));
+                }
                 r = async {
                     match decoder.read_target() {
                         Some(target) => read.read_buf(target).await,
@@ -258,6 +388,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for StreamRecv<R> {
                 }
             }
         }
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -287,6 +424,18 @@ pub trait StreamAcceptor: Send + Sync + 'static {
 
     /// Turns an accepted connection into stream halves with addresses.
     async fn upgrade(&self, conn: Self::Conn) -> Result<StreamParts<Self::Read, Self::Write>, CommError>;
+
+    /// Resolves once the connection has bytes to read (or fails). The listener waits for
+    /// this before giving the connection a handshake slot, so silent connections do not
+    /// hold slots. Default: at once.
+    async fn readable(&self, _conn: &Self::Conn) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The peer's IP address, for per-address limits (`None`: not an IP transport).
+    fn peer_ip(&self, _conn: &Self::Conn) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 /// A [`Listener`] over a [`StreamAcceptor`]: accepts in a background task, handshakes each
@@ -302,50 +451,130 @@ pub struct HandshakingListener {
 
 impl HandshakingListener {
     /// Starts accepting with `acceptor`.
+    ///
+    /// Admission: at most `config.connection_cap()` connections open at once (handshaking
+    /// or accepted; beyond it new ones are closed at once); at most
+    /// `config.max_pending_per_address` handshaking from one IP; a connection gets one of
+    /// the 256 handshake slots only once its first bytes arrive, and must complete the
+    /// handshake within `config.handshake_timeout`. Accept errors (out of file descriptors)
+    /// back off exponentially up to a second. Every refusal is recorded and logged (at most
+    /// ten lines a second).
     pub fn spawn<A: StreamAcceptor>(acceptor: A, listen: Address, contact: Address, config: CommConfig) -> Self {
         let (tx, ready) = mpsc::channel(config.queue_capacity.max(1));
         let rejections = RejectionLog::default();
         let log = rejections.clone();
         let acceptor = Arc::new(acceptor);
+        let pool = SharedBudget::new(config.budget.listener_bytes());
+        let cap = config.connection_cap();
         let config = Arc::new(config);
+        let open = Arc::new(AtomicUsize::new(0));
+        let pending: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let task = tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+            let mut backoff = ACCEPT_BACKOFF_MIN;
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
                 let conn = match acceptor.accept_raw().await {
-                    Ok(conn) => conn,
+                    Ok(conn) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        conn
+                    }
                     Err(e) => {
                         // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        if let Some(suppressed) = REFUSED.allow() {
+                            tracing::warn!(error = %e, ?backoff, suppressed, "accept failed; backing off");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 };
-                let (acceptor, config, tx, log) = (acceptor.clone(), config.clone(), tx.clone(), log.clone());
+                let ip = acceptor.peer_ip(&conn);
+                let refuse = |why: String| {
+                    let e = CommError::new(ErrorKind::Closed, why);
+                    if let Some(suppressed) = REFUSED.allow() {
+                        tracing::warn!(peer = ?ip, error = %e, suppressed, "refused a connection");
+                    }
+                    log.record(&e);
+                };
+                if open.load(Ordering::Acquire) >= cap {
+                    drop(conn);
+                    refuse(format!("the listener has {cap} connections open, its cap"));
+                    continue;
+                }
+                let pending_guard = match ip {
+                    Some(ip) => {
+                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let n = p.entry(ip).or_insert(0);
+                        if *n >= config.max_pending_per_address {
+                            drop(p);
+                            drop(conn);
+                            refuse(format!(
+                                "{ip} has {} handshakes pending, its limit",
+                                config.max_pending_per_address
+                            ));
+                            continue;
+                        }
+                        *n += 1;
+                        Some(PendingGuard { map: pending.clone(), ip })
+                    }
+                    None => None,
+                };
+                open.fetch_add(1, Ordering::AcqRel);
+                let guard = Arc::new(ConnGuard(open.clone()));
+                let (acceptor, config, tx, log, permits, pool) =
+                    (acceptor.clone(), config.clone(), tx.clone(), log.clone(), permits.clone(), pool.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
                     let timeout = config.handshake_timeout;
                     let attempt = async {
+                        // No slot until the peer says something: silent peers hold none.
+                        acceptor.readable(&conn).await.map_err(|e| CommError::from_io("waiting for a handshake", e))?;
+                        let _permit =
+                            permits.acquire_owned().await.map_err(|_| CommError::closed("listener closed"))?;
                         let parts = acceptor.upgrade(conn).await?;
-                        handshake_stream(parts, &config).await
+                        handshake_inner(parts, &config, Some(Accepting { pool, guard })).await
                     };
                     let result = match tokio::time::timeout(timeout, attempt).await {
                         Ok(r) => r,
-                        Err(_) => {
-                            Err(CommError::new(ErrorKind::HandshakeTimeout, format!("no handshake within {timeout:?}")))
-                        }
+                        Err(_) => Err(CommError::new(
+                            ErrorKind::HandshakeTimeout,
+                            format!("no complete handshake within {timeout:?}"),
+                        )),
                     };
+                    drop(pending_guard);
                     match result {
                         Ok(comm) => {
                             // The listener was dropped: the comm is dropped, closing it.
                             let _ = tx.send(comm).await;
                         }
-                        Err(e) => log.record(&e),
+                        Err(e) => {
+                            if let Some(suppressed) = REFUSED.allow() {
+                                tracing::warn!(peer = ?ip, error = %e, suppressed, "refused a handshake");
+                            }
+                            log.record(&e);
+                        }
                     }
                 });
             }
         });
         HandshakingListener { listen, contact, ready, rejections, task: Some(task) }
+    }
+}
+
+/// A connection's place among its address's pending handshakes.
+struct PendingGuard {
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut p = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = p.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::address::Address;
+use crate::auth::{AccessList, Credential};
+use crate::budget::BudgetConfig;
 use crate::comm::Comm;
 use crate::compression::Compression;
 use crate::error::{CommError, ErrorKind};
@@ -30,6 +32,25 @@ pub struct CommConfig {
     pub name: String,
     /// Capacity of bounded queues (messages), where a transport has them (default 16).
     pub queue_capacity: usize,
+    /// The secret presented when connecting to a listener that checks credentials.
+    pub credential: Option<Credential>,
+    /// Listeners: the credentials accepted, and the role each grants. `None` (the default)
+    /// admits every peer that completes the handshake.
+    pub access: Option<AccessList>,
+    /// Bytes partially received messages may hold, per comm and per listener.
+    pub budget: BudgetConfig,
+    /// Listeners: a comm accepted must receive its first message within this, else it is
+    /// closed (default 60 s). Idle connections cannot pile up.
+    pub first_message_timeout: Option<Duration>,
+    /// A message being received must make progress: no bytes for this long in the middle
+    /// of a message fails the comm (default 60 s).
+    pub message_timeout: Duration,
+    /// Listeners: most connections open at once (handshaking or accepted). Default: the
+    /// process's file descriptor limit less 64, at least 64. Beyond it new connections are
+    /// closed at once.
+    pub max_connections: Option<usize>,
+    /// Listeners: most connections from one IP address still in their handshake (default 64).
+    pub max_pending_per_address: usize,
 }
 
 impl Default for CommConfig {
@@ -41,8 +62,33 @@ impl Default for CommConfig {
             compression: None,
             name: String::new(),
             queue_capacity: 16,
+            credential: None,
+            access: None,
+            budget: BudgetConfig::default(),
+            first_message_timeout: Some(Duration::from_secs(60)),
+            message_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_pending_per_address: 64,
         }
     }
+}
+
+impl CommConfig {
+    /// The per-listener connection cap in force (see [`CommConfig::max_connections`]).
+    pub fn connection_cap(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let mut limit = libc_nofile().unwrap_or(1024);
+            limit = limit.saturating_sub(64);
+            limit.max(64)
+        })
+    }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux).
+fn libc_nofile() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// A transport: one per URL scheme.
@@ -96,9 +142,10 @@ pub trait Listener: Send + fmt::Debug {
 }
 
 impl ErrorKind {
-    /// True for failures worth retrying while connecting.
+    /// True for failures worth retrying while connecting (a handshake that timed out is: the
+    /// listener may have been saturated for a moment).
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::ConnectionRefused | ErrorKind::Io | ErrorKind::Closed)
+        matches!(self, ErrorKind::ConnectionRefused | ErrorKind::Io | ErrorKind::Closed | ErrorKind::HandshakeTimeout)
     }
 }
 
@@ -125,7 +172,6 @@ impl RejectionLog {
 
     /// Records a refused connection.
     pub fn record(&self, err: &CommError) {
-        tracing::debug!(error = %err, "refused a connection");
         let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
         s.total += 1;
         if s.recent.len() == Self::KEEP {

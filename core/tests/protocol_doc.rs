@@ -62,7 +62,17 @@ fn hello_matches_the_documented_offsets() {
     assert_eq!(u64_at(24), 3, "max_header_size at 24");
     assert_eq!(u64_at(32), 4, "max_message_size at 32");
     assert_eq!(u16_at(40), 2, "name_len at 40");
-    assert_eq!(&h[42..], b"ab");
+    assert_eq!(&h[42..44], b"ab");
+    assert_eq!(u16_at(44), 0, "cred_len at 42 + name_len");
+    assert_eq!(u32_at(46), 0, "flags at 44 + name_len + cred_len");
+    assert_eq!(h.len(), 50);
+    let c = courier_core::Credential::new("xyz").unwrap();
+    let h = Hello::new(limits, Compression::AUTO, "ab")
+        .with_credential(Some(&c))
+        .with_flags(courier_core::handshake::FLAG_REQUIRES_CREDENTIAL)
+        .encode();
+    assert_eq!((u16_at_of(&h, 44), &h[46..49], u32_at_of(&h, 49)), (3, &b"xyz"[..], 1));
+    assert!(doc.contains("`43 52 6f 6b`") && courier_core::handshake::VERDICT_OK == *b"CRok");
     for (name, value) in [
         ("max_frame_size 4 GiB", Limits::DEFAULT_MAX_FRAME_SIZE == 4 << 30),
         ("max_frames 65,536", Limits::DEFAULT_MAX_FRAMES == 65_536),
@@ -71,6 +81,14 @@ fn hello_matches_the_documented_offsets() {
     ] {
         assert!(value && doc.contains(name), "documented default {name:?} differs from the code");
     }
+}
+
+fn u16_at_of(h: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(h[o..o + 2].try_into().unwrap())
+}
+
+fn u32_at_of(h: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(h[o..o + 4].try_into().unwrap())
 }
 
 #[test]

@@ -16,10 +16,10 @@ use super::HEARTBEAT_INTERVAL;
 use super::state::{ConnId, FetchId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
 use crate::collections::Map;
 use crate::driver::batched::Outbox;
-use courier_core::CommSender;
 use crate::driver::pool::DataPool;
 use crate::functions::Functions;
 use crate::protocol::{DataReply, DataRequest, Hello, Key, RunId, SchedulerToWorker, WorkerToScheduler};
+use courier_core::CommSender;
 
 /// How to start a worker.
 #[derive(Debug, Clone)]

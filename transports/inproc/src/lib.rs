@@ -37,6 +37,8 @@ struct Request {
     to_client: mpsc::Sender<Message>,
     client_closed: CloseSignal,
     server_closed: CloseSignal,
+    /// The role the client's credential grants, when the listener checks credentials.
+    role: Option<String>,
 }
 
 struct Entry {
@@ -44,6 +46,8 @@ struct Entry {
     limits: Limits,
     name: String,
     id: u64,
+    /// The listener's access list: checked at connect time, in this process.
+    access: Option<courier_core::AccessList>,
 }
 
 static TABLE: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(Default::default);
@@ -83,12 +87,27 @@ impl Transport for InprocTransport {
 
     async fn connect(&self, addr: &Address, config: &CommConfig) -> Result<Comm, CommError> {
         check_scheme(addr)?;
-        let (requests, server_limits, server_name) = {
+        let (requests, server_limits, server_name, role) = {
             let t = table();
             let entry = t.get(addr.location()).ok_or_else(|| {
                 CommError::new(ErrorKind::ConnectionRefused, format!("no inproc listener named {addr}"))
             })?;
-            (entry.requests.clone(), entry.limits, entry.name.clone())
+            let role = match &entry.access {
+                None => None,
+                Some(access) => {
+                    let presented = config.credential.as_ref().map(|c| c.expose()).unwrap_or_default();
+                    match access.check(presented) {
+                        Some(r) => Some(r.to_owned()),
+                        None => {
+                            return Err(CommError::new(
+                                ErrorKind::Unauthorized,
+                                format!("{addr} refused this side's credential"),
+                            ));
+                        }
+                    }
+                }
+            };
+            (entry.requests.clone(), entry.limits, entry.name.clone(), role)
         };
         let cap = config.queue_capacity.max(1);
         let (to_server_tx, to_server_rx) = mpsc::channel(cap);
@@ -103,6 +122,7 @@ impl Transport for InprocTransport {
             to_client: to_client_tx,
             client_closed: client_closed.clone(),
             server_closed: server_closed.clone(),
+            role,
         };
         match tokio::time::timeout(config.connect_timeout, requests.send(request)).await {
             Ok(Ok(())) => {}
@@ -123,7 +143,7 @@ impl Transport for InprocTransport {
             peer_limits: server_limits,
         };
         let recv = InprocRecv { rx: to_client_rx, me: client_closed };
-        let info = PeerInfo { name: server_name, version: 0 };
+        let info = PeerInfo { name: server_name, version: 0, role: None };
         Ok(Comm::new(Box::new(send), Box::new(recv), client_addr, addr.clone(), info))
     }
 
@@ -138,7 +158,14 @@ impl Transport for InprocTransport {
             if t.contains_key(&name) {
                 return Err(CommError::new(ErrorKind::AddressInUse, format!("{contact} is already listening")));
             }
-            t.insert(name.clone(), Entry { requests: tx, limits: config.limits, name: config.name.clone(), id });
+            let entry = Entry {
+                requests: tx,
+                limits: config.limits,
+                name: config.name.clone(),
+                id,
+                access: config.access.clone(),
+            };
+            t.insert(name.clone(), entry);
         }
         Ok(Box::new(InprocListener { listen: addr.clone(), contact, name, id, requests: rx, open: true }))
     }
@@ -188,7 +215,7 @@ impl Listener for InprocListener {
             peer_limits: r.client_limits,
         };
         let recv = InprocRecv { rx: r.to_server, me: r.server_closed };
-        let info = PeerInfo { name: r.client_name, version: 0 };
+        let info = PeerInfo { name: r.client_name, version: 0, role: r.role };
         Ok(Comm::new(Box::new(send), Box::new(recv), self.contact.clone(), r.client_addr, info))
     }
 

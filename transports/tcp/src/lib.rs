@@ -210,6 +210,14 @@ impl StreamAcceptor for TcpAcceptor {
     async fn upgrade(&self, conn: TcpStream) -> Result<StreamParts<OwnedReadHalf, OwnedWriteHalf>, CommError> {
         parts(conn, &self.options)
     }
+
+    async fn readable(&self, conn: &TcpStream) -> io::Result<()> {
+        conn.readable().await
+    }
+
+    fn peer_ip(&self, conn: &TcpStream) -> Option<std::net::IpAddr> {
+        conn.peer_addr().ok().map(|a| a.ip())
+    }
 }
 
 #[cfg(test)]

@@ -113,7 +113,10 @@ async fn silent_peers(port: u16) -> Vec<TcpStream> {
 /// A raw client that handshakes correctly and then misbehaves: the server's comm gets the
 /// typed error; other comms and the listener are unaffected.
 async fn after_handshake(limits: Limits, payload: &[u8], expect: ErrorKind) {
-    let config = CommConfig { limits, ..CommConfig::default() };
+    after_handshake_with(CommConfig { limits, ..CommConfig::default() }, payload, expect).await;
+}
+
+async fn after_handshake_with(config: CommConfig, payload: &[u8], expect: ErrorKind) {
     let mut l = listener(config).await;
     let mut raw = TcpStream::connect(("127.0.0.1", port(&*l))).await.unwrap();
     raw.write_all(&Hello::new(Limits::default(), Compression::None, "raw").encode()).await.unwrap();
@@ -187,7 +190,18 @@ async fn unknown_codec_and_reserved_bits() {
 async fn corrupt_snappy_frame() {
     let mut bytes = message_head(1, 0, &[(20, 1)]);
     bytes.extend_from_slice(&[0xff; 20]);
-    after_handshake(Limits::default(), &bytes, ErrorKind::Compression).await;
+    // The listener announces Snappy, so the frame reaches the decompressor and fails there.
+    let config = CommConfig { compression: Some(Compression::Snappy), ..CommConfig::default() };
+    after_handshake_with(config, &bytes, ErrorKind::Compression).await;
+}
+
+#[tokio::test]
+async fn codec_the_receiver_did_not_announce() {
+    // Loopback listeners announce no codecs: a Snappy frame is a protocol violation, refused
+    // before any decompression work.
+    let mut bytes = message_head(1, 0, &[(20, 1)]);
+    bytes.extend_from_slice(&[0xff; 20]);
+    after_handshake(Limits::default(), &bytes, ErrorKind::Protocol).await;
 }
 
 #[tokio::test]

@@ -301,4 +301,12 @@ impl StreamAcceptor for TlsAccept {
         let tls = self.acceptor.accept(tcp).await.map_err(|e| tls_error(&format!("handshake with {peer}"), e))?;
         Ok(parts(Tls::Server(tls), local, peer))
     }
+
+    async fn readable(&self, conn: &TcpStream) -> io::Result<()> {
+        conn.readable().await
+    }
+
+    fn peer_ip(&self, conn: &TcpStream) -> Option<std::net::IpAddr> {
+        conn.peer_addr().ok().map(|a| a.ip())
+    }
 }

@@ -210,6 +210,10 @@ impl StreamAcceptor for UnixAcceptor {
     async fn upgrade(&self, conn: UnixStream) -> Result<StreamParts<OwnedReadHalf, OwnedWriteHalf>, CommError> {
         Ok(parts(conn))
     }
+
+    async fn readable(&self, conn: &UnixStream) -> io::Result<()> {
+        conn.readable().await
+    }
 }
 
 /// Removes a path-based socket file when the listener closes.

@@ -195,7 +195,7 @@ impl Transport for ZmqTransport {
             other => return Err(CommError::protocol(format!("expected a hello from {addr}, got {other:?}"))),
         };
         let local = Address::new(SCHEME, &name)?;
-        let info = PeerInfo { name: hello.name.clone(), version: hello.version };
+        let info = PeerInfo { name: hello.name.clone(), version: hello.version, role: None };
         let done = CloseSignal::new();
         let exit = done.clone();
         let (comm, entry) = new_comm(
@@ -395,7 +395,7 @@ impl Demux {
         };
         self.reply(&id, hello_parts(&self.config)).await;
         let outbox = Arc::new(RouterOutbox { socket: self.socket.clone(), peer: id.clone() });
-        let info = PeerInfo { name: hello.name.clone(), version: hello.version };
+        let info = PeerInfo { name: hello.name.clone(), version: hello.version, role: None };
         let (gone, exit_id) = (gone.clone(), id.clone());
         let (comm, entry) = new_comm(
             outbox,
