@@ -110,6 +110,15 @@ impl RecvBudget {
         Ok(())
     }
 
+    /// Returns `n` of the bytes held (at most what is held).
+    pub fn release(&mut self, n: u64) {
+        let n = n.min(self.used);
+        if let Some(shared) = &self.shared {
+            shared.give_back(n);
+        }
+        self.used -= n;
+    }
+
     /// Returns everything held (the message was delivered or abandoned).
     pub fn release_all(&mut self) {
         if let Some(shared) = &self.shared {
@@ -168,8 +177,10 @@ mod tests {
         assert_eq!(shared.used(), 100);
         drop(a);
         assert_eq!(shared.used(), 50);
-        b.release_all();
-        assert_eq!((b.used(), shared.used()), (0, 0));
+        b.release(20);
+        assert_eq!((b.used(), shared.used()), (30, 30));
+        b.release(1000);
+        assert_eq!((b.used(), shared.used()), (0, 0), "releasing more than held returns what is held");
         assert!(RecvBudget::unlimited().reserve(u64::MAX).is_ok());
         assert!(RecvBudget::new(10, None).reserve(u64::MAX).is_err(), "no overflow");
     }

@@ -75,17 +75,59 @@ where
     }
 }
 
-/// What the listening side of a handshake brings: the listener's memory pool and its count
-/// of open connections.
-struct Accepting {
+/// A connection a [`HandshakingListener`] admitted, handed to [`StreamAcceptor::handshake`]:
+/// its place under the listener's connection cap and the listener's shared receive pool.
+#[derive(Debug, Clone)]
+pub struct Admission {
     pool: Arc<SharedBudget>,
-    guard: Arc<ConnGuard>,
+    slot: ConnectionSlot,
+}
+
+impl Admission {
+    /// A receive budget of `per_connection` bytes that also draws from the listener's pool.
+    pub fn budget(&self, per_connection: u64) -> RecvBudget {
+        RecvBudget::new(per_connection, Some(self.pool.clone()))
+    }
+
+    /// The connection's place under the cap: the comm built on it must hold a clone until
+    /// it closes, so the listener counts it as open.
+    pub fn slot(&self) -> ConnectionSlot {
+        self.slot.clone()
+    }
+}
+
+/// Keeps an accepted connection counted under its listener's connection cap while any clone
+/// lives.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(#[allow(dead_code, reason = "held for its Drop")] Arc<ConnGuard>);
+
+/// The listening side of Courier's stream handshake, for a connection a
+/// [`HandshakingListener`] admitted: checks credentials if `config.access` is set, and gives
+/// the comm a receive budget and first-message deadline from `config`.
+pub async fn accept_stream<R, W>(
+    parts: StreamParts<R, W>,
+    config: &CommConfig,
+    admission: Admission,
+) -> Result<Comm, CommError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    handshake_inner(parts, config, Some(admission)).await
+}
+
+/// Logs that `peer` broke the protocol and its comm was closed (at most ten lines a second
+/// across the process). Transports with their own framing call this on every violation.
+pub fn log_violation(peer: &Address, e: &CommError) {
+    if let Some(suppressed) = VIOLATIONS.allow() {
+        tracing::warn!(%peer, error = %e, suppressed, "closing a comm that broke the protocol");
+    }
 }
 
 async fn handshake_inner<R, W>(
     parts: StreamParts<R, W>,
     config: &CommConfig,
-    accepting: Option<Accepting>,
+    accepting: Option<Admission>,
 ) -> Result<Comm, CommError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -159,7 +201,7 @@ where
         Some(a) => {
             let per_conn = config.budget.per_connection.unwrap_or(session.recv_limits.max_message_size);
             let deadline = config.first_message_timeout.map(|t| tokio::time::Instant::now() + t);
-            (RecvBudget::new(per_conn, Some(a.pool)), Some(a.guard), deadline)
+            (a.budget(per_conn), Some(a.slot()), deadline)
         }
         None => {
             let per_conn = config.budget.per_connection.unwrap_or(session.recv_limits.max_message_size);
@@ -219,7 +261,7 @@ struct StreamSend<W> {
     close: CloseSignal,
     state: SendState,
     peer: Address,
-    _guard: Option<Arc<ConnGuard>>,
+    _guard: Option<ConnectionSlot>,
 }
 
 impl<W> std::fmt::Debug for StreamSend<W> {
@@ -266,8 +308,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> CommSend for StreamSend<W> {
     }
 }
 
-/// Writes every chunk with vectored writes, straight from the chunks' buffers.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+/// Writes every chunk with vectored writes, straight from the chunks' buffers, and empties
+/// `chunks`. Not cancel-safe: a dropped future may leave part of a chunk written.
+pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
         let n = {
@@ -306,7 +349,7 @@ struct StreamRecv<R> {
     first_deadline: Option<tokio::time::Instant>,
     /// Inside a message, a read must bring bytes within this.
     message_timeout: Duration,
-    _guard: Option<Arc<ConnGuard>>,
+    _guard: Option<ConnectionSlot>,
 }
 
 impl<R> std::fmt::Debug for StreamRecv<R> {
@@ -331,9 +374,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for StreamRecv<R> {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    if let Some(suppressed) = VIOLATIONS.allow() {
-                        tracing::warn!(peer = %self.peer, error = %e, suppressed, "closing a comm that broke the protocol");
-                    }
+                    log_violation(&self.peer, &e);
                     self.fail();
                     return Err(e);
                 }
@@ -436,6 +477,18 @@ pub trait StreamAcceptor: Send + Sync + 'static {
     fn peer_ip(&self, _conn: &Self::Conn) -> Option<std::net::IpAddr> {
         None
     }
+
+    /// Runs the handshake on an upgraded connection and returns its comm, within the
+    /// listener's handshake timeout. Default: Courier's stream handshake ([`accept_stream`]);
+    /// transports with their own framing (zmq://) replace it.
+    async fn handshake(
+        &self,
+        parts: StreamParts<Self::Read, Self::Write>,
+        config: &CommConfig,
+        admission: Admission,
+    ) -> Result<Comm, CommError> {
+        accept_stream(parts, config, admission).await
+    }
 }
 
 /// A [`Listener`] over a [`StreamAcceptor`]: accepts in a background task, handshakes each
@@ -520,7 +573,7 @@ impl HandshakingListener {
                     None => None,
                 };
                 open.fetch_add(1, Ordering::AcqRel);
-                let guard = Arc::new(ConnGuard(open.clone()));
+                let slot = ConnectionSlot(Arc::new(ConnGuard(open.clone())));
                 let (acceptor, config, tx, log, permits, pool) =
                     (acceptor.clone(), config.clone(), tx.clone(), log.clone(), permits.clone(), pool.clone());
                 tokio::spawn(async move {
@@ -531,7 +584,7 @@ impl HandshakingListener {
                         let _permit =
                             permits.acquire_owned().await.map_err(|_| CommError::closed("listener closed"))?;
                         let parts = acceptor.upgrade(conn).await?;
-                        handshake_inner(parts, &config, Some(Accepting { pool, guard })).await
+                        acceptor.handshake(parts, &config, Admission { pool, slot }).await
                     };
                     let result = match tokio::time::timeout(timeout, attempt).await {
                         Ok(r) => r,

@@ -85,7 +85,8 @@ fn check_scheme(addr: &Address) -> Result<HostPort, CommError> {
     addr.host_port()
 }
 
-async fn resolve(addr: &Address, hp: &HostPort) -> Result<Vec<SocketAddr>, CommError> {
+/// The socket addresses `hp` names (a DNS lookup for a host name).
+pub async fn resolve(addr: &Address, hp: &HostPort) -> Result<Vec<SocketAddr>, CommError> {
     match &hp.host {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, hp.port)]),
         Host::Name(name) => {
@@ -103,7 +104,8 @@ async fn resolve(addr: &Address, hp: &HostPort) -> Result<Vec<SocketAddr>, CommE
     }
 }
 
-fn configure(stream: &TcpStream, o: &TcpOptions) -> io::Result<()> {
+/// Applies `o` (nodelay, keepalive, buffer sizes) to a connected socket.
+pub fn configure(stream: &TcpStream, o: &TcpOptions) -> io::Result<()> {
     stream.set_nodelay(o.nodelay)?;
     let sock = socket2::SockRef::from(stream);
     if let Some(idle) = o.keepalive {
@@ -118,8 +120,7 @@ fn configure(stream: &TcpStream, o: &TcpOptions) -> io::Result<()> {
     Ok(())
 }
 
-fn parts(stream: TcpStream, o: &TcpOptions) -> Result<StreamParts<OwnedReadHalf, OwnedWriteHalf>, CommError> {
-    configure(&stream, o).map_err(|e| CommError::from_io("configuring a tcp socket", e))?;
+fn parts(stream: TcpStream) -> Result<StreamParts<OwnedReadHalf, OwnedWriteHalf>, CommError> {
     let local = stream.local_addr().map_err(|e| CommError::from_io("reading the local address", e))?;
     let peer = stream.peer_addr().map_err(|e| CommError::from_io("reading the peer address", e))?;
     let default_compression = if peer.ip().is_loopback() { Compression::None } else { Compression::AUTO };
@@ -141,49 +142,75 @@ impl Transport for TcpTransport {
 
     async fn connect(&self, addr: &Address, config: &CommConfig) -> Result<Comm, CommError> {
         let hp = check_scheme(addr)?;
-        if hp.is_wildcard() || hp.port == 0 {
-            return Err(CommError::invalid_address(&addr.to_string(), "cannot connect to a wildcard host or port 0"));
-        }
-        let targets = resolve(addr, &hp).await?;
-        let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&targets[..])).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(CommError::from_io(format!("connecting to {addr}"), e)),
-            Err(_) => {
-                return Err(CommError::new(
-                    ErrorKind::ConnectTimeout,
-                    format!("connecting to {addr} took longer than {:?}", config.connect_timeout),
-                ));
-            }
-        };
-        handshake_stream(parts(stream, &self.options)?, config).await
+        let stream = connect_socket(addr, &hp, config.connect_timeout, &self.options).await?;
+        handshake_stream(parts(stream)?, config).await
     }
 
     async fn listen(&self, addr: &Address, config: &CommConfig) -> Result<Box<dyn Listener>, CommError> {
         let hp = check_scheme(addr)?;
-        let bind_to = resolve(addr, &hp).await?[0];
-        let socket = if bind_to.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .map_err(|e| CommError::from_io("creating a tcp socket", e))?;
-        socket.set_reuseaddr(true).map_err(|e| CommError::from_io("setting SO_REUSEADDR", e))?;
-        socket.bind(bind_to).map_err(|e| CommError::from_io(format!("binding {addr}"), e))?;
-        let listener =
-            socket.listen(self.options.backlog).map_err(|e| CommError::from_io(format!("listening on {addr}"), e))?;
-        let bound = listener.local_addr().map_err(|e| CommError::from_io("reading the bound address", e))?;
-        let contact = contact_address(bound, &self.options)?;
+        let (listener, contact) = bind_socket(addr, &hp, &self.options).await?;
         tracing::debug!(listen = %addr, contact = %contact, "tcp listener started");
         let acceptor = TcpAcceptor { listener, options: self.options.clone() };
         Ok(Box::new(HandshakingListener::spawn(acceptor, addr.clone(), contact, config.clone())))
     }
 }
 
-fn contact_address(bound: SocketAddr, o: &TcpOptions) -> Result<Address, CommError> {
+/// Connects a TCP socket to `hp` (the host and port of `addr`, any scheme) within `timeout`
+/// and applies `o`. Transports that run their own protocol over TCP (zmq://) build on this.
+pub async fn connect_socket(
+    addr: &Address,
+    hp: &HostPort,
+    timeout: Duration,
+    o: &TcpOptions,
+) -> Result<TcpStream, CommError> {
+    if hp.is_wildcard() || hp.port == 0 {
+        return Err(CommError::invalid_address(&addr.to_string(), "cannot connect to a wildcard host or port 0"));
+    }
+    let targets = resolve(addr, hp).await?;
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(&targets[..])).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(CommError::from_io(format!("connecting to {addr}"), e)),
+        Err(_) => {
+            return Err(CommError::new(
+                ErrorKind::ConnectTimeout,
+                format!("connecting to {addr} took longer than {timeout:?}"),
+            ));
+        }
+    };
+    configure(&stream, o).map_err(|e| CommError::from_io("configuring a tcp socket", e))?;
+    Ok(stream)
+}
+
+/// Binds and listens on `hp` (the host and port of `addr`, any scheme) with `SO_REUSEADDR`
+/// and `o`'s backlog; returns the listener and the contact address peers should use (in
+/// `addr`'s scheme).
+pub async fn bind_socket(
+    addr: &Address,
+    hp: &HostPort,
+    o: &TcpOptions,
+) -> Result<(tokio::net::TcpListener, Address), CommError> {
+    let bind_to = resolve(addr, hp).await?[0];
+    let socket = if bind_to.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|e| CommError::from_io("creating a tcp socket", e))?;
+    socket.set_reuseaddr(true).map_err(|e| CommError::from_io("setting SO_REUSEADDR", e))?;
+    socket.bind(bind_to).map_err(|e| CommError::from_io(format!("binding {addr}"), e))?;
+    let listener = socket.listen(o.backlog).map_err(|e| CommError::from_io(format!("listening on {addr}"), e))?;
+    let bound = listener.local_addr().map_err(|e| CommError::from_io("reading the bound address", e))?;
+    let contact = contact_address(addr.scheme(), bound, o)?;
+    Ok((listener, contact))
+}
+
+/// The address peers should use to reach a listener bound to `bound`: the bound address,
+/// or for a wildcard bind [`TcpOptions::advertise_host`] (else loopback).
+pub fn contact_address(scheme: &str, bound: SocketAddr, o: &TcpOptions) -> Result<Address, CommError> {
     if !bound.ip().is_unspecified() {
-        return Ok(Address::from_socket_addr(SCHEME, bound));
+        return Ok(Address::from_socket_addr(scheme, bound));
     }
     match &o.advertise_host {
-        Some(host) => Address::new(SCHEME, &HostPort { host: parse_host(host), port: bound.port() }.to_string()),
+        Some(host) => Address::new(scheme, &HostPort { host: parse_host(host), port: bound.port() }.to_string()),
         None => {
             let ip = if bound.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
-            Ok(Address::from_socket_addr(SCHEME, SocketAddr::new(ip, bound.port())))
+            Ok(Address::from_socket_addr(scheme, SocketAddr::new(ip, bound.port())))
         }
     }
 }
@@ -208,7 +235,8 @@ impl StreamAcceptor for TcpAcceptor {
     }
 
     async fn upgrade(&self, conn: TcpStream) -> Result<StreamParts<OwnedReadHalf, OwnedWriteHalf>, CommError> {
-        parts(conn, &self.options)
+        configure(&conn, &self.options).map_err(|e| CommError::from_io("configuring a tcp socket", e))?;
+        parts(conn)
     }
 
     async fn readable(&self, conn: &TcpStream) -> io::Result<()> {
@@ -227,13 +255,16 @@ mod tests {
     #[test]
     fn wildcard_contact_addresses_are_reachable() {
         let o = TcpOptions::default();
-        let v4 = contact_address("0.0.0.0:9000".parse().unwrap(), &o).unwrap();
+        let v4 = contact_address(SCHEME, "0.0.0.0:9000".parse().unwrap(), &o).unwrap();
         assert_eq!(v4.to_string(), "tcp://127.0.0.1:9000");
-        let v6 = contact_address("[::]:9000".parse().unwrap(), &o).unwrap();
+        let v6 = contact_address(SCHEME, "[::]:9000".parse().unwrap(), &o).unwrap();
         assert_eq!(v6.to_string(), "tcp://[::1]:9000");
         let o = TcpOptions { advertise_host: Some("node7.cluster".into()), ..o };
-        assert_eq!(contact_address("0.0.0.0:1".parse().unwrap(), &o).unwrap().to_string(), "tcp://node7.cluster:1");
+        assert_eq!(
+            contact_address(SCHEME, "0.0.0.0:1".parse().unwrap(), &o).unwrap().to_string(),
+            "tcp://node7.cluster:1"
+        );
         let o = TcpOptions { advertise_host: Some("[fe80::1]".into()), ..o };
-        assert_eq!(contact_address("[::]:1".parse().unwrap(), &o).unwrap().to_string(), "tcp://[fe80::1]:1");
+        assert_eq!(contact_address(SCHEME, "[::]:1".parse().unwrap(), &o).unwrap().to_string(), "tcp://[fe80::1]:1");
     }
 }

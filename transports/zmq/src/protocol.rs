@@ -1,7 +1,7 @@
 //! The parts of a Courier message over ZeroMQ (sans-IO). See `docs/PROTOCOL.md`, "zmq://".
 
 use bytes::Bytes;
-use courier_core::{CommError, ErrorKind, Limits, Message};
+use courier_core::{CommError, ErrorKind, Message};
 
 /// First part of a handshake: then the same hello bytes as on stream transports, then a u32
 /// LE window: how many unconsumed messages this side's inbox holds (the peer's initial credit).
@@ -45,9 +45,9 @@ pub(crate) fn close_parts(reason: &str) -> Vec<Bytes> {
     vec![kind(CLOSE), Bytes::copy_from_slice(reason.as_bytes())]
 }
 
-/// Parses the parts of one ZeroMQ message (without any routing identity), checking a
-/// Courier message against this side's receive `limits`.
-pub(crate) fn parse(mut parts: Vec<Bytes>, limits: &Limits) -> Result<Incoming, CommError> {
+/// Parses the parts of one ZeroMQ message (the ZMTP decoder has already checked every part
+/// against this side's receive limits as it arrived).
+pub(crate) fn parse(mut parts: Vec<Bytes>) -> Result<Incoming, CommError> {
     let bad = |why: &str| CommError::protocol(format!("zmq:// peer sent {why}"));
     if parts.is_empty() || parts[0].len() != 1 {
         return Err(bad("a message without a one-byte kind part"));
@@ -63,9 +63,7 @@ pub(crate) fn parse(mut parts: Vec<Bytes>, limits: &Limits) -> Result<Incoming, 
         }
         MESSAGE if parts.len() >= 2 => {
             let frames = parts.split_off(2);
-            let msg = Message { header: parts.swap_remove(1), frames };
-            courier_core::codec::check_limits(&msg, limits)?;
-            Ok(Incoming::Message(msg))
+            Ok(Incoming::Message(Message { header: parts.swap_remove(1), frames }))
         }
         CREDIT if parts.len() == 2 && parts[1].len() == 4 => {
             Ok(Incoming::Credit(u32::from_le_bytes(parts[1][..].try_into().expect("4 bytes"))))
@@ -88,17 +86,15 @@ mod tests {
     #[test]
     fn round_trips_and_rejections() {
         let m = Message::new(Bytes::from_static(b"h"), vec![Bytes::new(), Bytes::from_static(b"abc")]);
-        match parse(message_parts(m.clone()), &Limits::default()).unwrap() {
+        match parse(message_parts(m.clone())).unwrap() {
             Incoming::Message(got) => assert_eq!(got, m),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(credit_parts(7), &Limits::default()).unwrap(), Incoming::Credit(7)));
-        assert!(matches!(parse(close_parts("bye"), &Limits::default()).unwrap(), Incoming::Close(r) if r == "bye"));
-        assert!(matches!(parse(vec![kind(HEARTBEAT)], &Limits::default()).unwrap(), Incoming::Heartbeat));
-        let small = Limits { max_frame_size: 2, ..Limits::default() };
-        assert_eq!(parse(message_parts(m), &small).unwrap_err().kind(), ErrorKind::FrameTooLarge);
+        assert!(matches!(parse(credit_parts(7)).unwrap(), Incoming::Credit(7)));
+        assert!(matches!(parse(close_parts("bye")).unwrap(), Incoming::Close(r) if r == "bye"));
+        assert!(matches!(parse(vec![kind(HEARTBEAT)]).unwrap(), Incoming::Heartbeat));
         for bad in [vec![], vec![Bytes::from_static(b"MM")], vec![kind(b'Z')], vec![kind(CREDIT), Bytes::new()]] {
-            assert_eq!(parse(bad, &Limits::default()).unwrap_err().kind(), ErrorKind::Protocol);
+            assert_eq!(parse(bad).unwrap_err().kind(), ErrorKind::Protocol);
         }
     }
 }
