@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::{Address, Comm, CommConfig, ErrorKind, Listener, Message, Registry};
 
 /// How long any single check may take before it counts as a hang.
@@ -388,4 +390,144 @@ pub async fn oversized_send_is_refused_locally(h: &Harness) {
     let (sent, got) = tokio::join!(server.send(ok.clone()), client.recv());
     sent.expect("a fitting message after a refused one");
     assert_eq!(got.expect("recv"), ok);
+}
+
+/// Hostile bytes after a good handshake, for stream transports (tcp://, unix://, tls:// and
+/// plugins that use [`crate::stream`]): each case opens a raw byte stream with `open_raw`,
+/// performs the hello by hand, sends the case's bytes and asserts that the accepted comm
+/// fails with the expected typed error, and that the listener still serves a good client.
+///
+/// The cases: a frame over the limit, too many frames, a header length of 2^64 − 1, a
+/// truncated message then EOF, an unknown codec, reserved flag bits, a Snappy frame the
+/// receiver did not announce, a corrupt Snappy frame it did announce, a message over the
+/// connection's budget, 4 GiB announced then a stall (progress timeout), and random garbage.
+pub async fn hostile_stream_peers<S, F, Fut>(registry: &Registry, listen_url: &str, open_raw: F)
+where
+    F: Fn(Address) -> Fut,
+    Fut: Future<Output = S>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use crate::budget::BudgetConfig;
+    use crate::compression::Compression;
+    use crate::limits::Limits;
+
+    fn head(nframes: u32, flags: u32, header_len: u64, frames: &[(u64, u8)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&nframes.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&header_len.to_le_bytes());
+        for &(len, codec) in frames {
+            b.extend_from_slice(&len.to_le_bytes());
+            b.push(codec);
+            b.extend_from_slice(&[0; 7]);
+        }
+        b
+    }
+    let with = |f: &dyn Fn(&mut CommConfig)| {
+        let mut c = registry.config().clone();
+        f(&mut c);
+        c
+    };
+    let mut garbage = head(1, 0, 3, &[(5, 0)]);
+    let mut rng = fastrand::Rng::with_seed(7);
+    garbage.extend((0..4096).map(|_| rng.u8(..)));
+    let mut truncated = head(1, 0, 5, &[(1000, 0)]);
+    truncated.extend_from_slice(b"hello");
+    truncated.extend_from_slice(&[1; 400]);
+    let mut stall = head(1, 0, 0, &[(4 << 30, 0)]);
+    stall.extend_from_slice(&[0; 1000]);
+    let mut corrupt = head(1, 0, 0, &[(20, 1)]);
+    corrupt.extend_from_slice(&[0xff; 20]);
+    let mut over_budget = head(1, 0, 0, &[(2 << 20, 0)]);
+    over_budget.extend(std::iter::repeat_n(0u8, 2 << 20));
+    // (what, listener config, bytes, close after sending, expected error, text it mentions)
+    let cases: Vec<(&str, CommConfig, Vec<u8>, bool, ErrorKind, &str)> = vec![
+        (
+            "frame over the limit",
+            with(&|c| c.limits = Limits { max_frame_size: 1 << 20, ..Limits::default() }),
+            head(1, 0, 0, &[(2 << 20, 0)]),
+            true,
+            ErrorKind::FrameTooLarge,
+            "frame 0",
+        ),
+        ("too many frames", with(&|_| {}), head(1_000_000, 0, 0, &[]), true, ErrorKind::FrameTooLarge, "frames"),
+        ("header of 2^64-1 bytes", with(&|_| {}), head(0, 0, u64::MAX, &[]), true, ErrorKind::FrameTooLarge, "header"),
+        ("truncated, then EOF", with(&|_| {}), truncated, true, ErrorKind::Closed, "middle of a message"),
+        ("unknown codec", with(&|_| {}), head(1, 0, 0, &[(10, 77)]), true, ErrorKind::Protocol, "codec"),
+        ("reserved flags", with(&|_| {}), head(0, 1, 0, &[]), true, ErrorKind::Protocol, "reserved"),
+        (
+            "snappy not announced",
+            with(&|c| c.compression = Some(Compression::None)),
+            corrupt.clone(),
+            true,
+            ErrorKind::Protocol,
+            "did not announce",
+        ),
+        (
+            "corrupt snappy",
+            with(&|c| c.compression = Some(Compression::Snappy)),
+            corrupt,
+            true,
+            ErrorKind::Compression,
+            "",
+        ),
+        (
+            "over the connection's budget",
+            with(&|c| c.budget = BudgetConfig { per_connection: Some(1 << 20), per_listener: None }),
+            over_budget,
+            false,
+            ErrorKind::FrameTooLarge,
+            "budget",
+        ),
+        (
+            "4 GiB announced, then a stall",
+            with(&|c| c.message_timeout = Duration::from_millis(200)),
+            stall,
+            false,
+            ErrorKind::Timeout,
+            "stalled",
+        ),
+        ("garbage", with(&|_| {}), garbage, true, ErrorKind::Protocol, ""),
+    ];
+    for (what, config, bytes, close, expect, mentions) in cases {
+        let mut listener = registry
+            .listen_with(listen_url, &config)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: listen on {listen_url}: {e}"));
+        let mut raw = open_raw(listener.contact_address().clone()).await;
+        let ours = crate::handshake::Hello::new(Limits::default(), Compression::None, "hostile").encode();
+        let (wrote, server) = tokio::join!(raw.write_all(&ours), listener.accept());
+        wrote.unwrap_or_else(|e| panic!("{what}: sending the hello: {e}"));
+        let mut server = server.unwrap_or_else(|e| panic!("{what}: the hello was good: {e}"));
+        let mut prefix = [0u8; crate::handshake::PREFIX_LEN];
+        raw.read_exact(&mut prefix).await.unwrap_or_else(|e| panic!("{what}: the listener's hello: {e}"));
+        let mut body = vec![0u8; u16::from_le_bytes([prefix[6], prefix[7]]) as usize];
+        raw.read_exact(&mut body).await.unwrap_or_else(|e| panic!("{what}: the listener's hello: {e}"));
+        // The server may fail before reading everything, so the hostile bytes are written
+        // from their own task: on a stream with small buffers (unix://) the write blocks
+        // until the failed comm is dropped and its socket closed.
+        let writer = tokio::spawn(async move {
+            if raw.write_all(&bytes).await.is_ok() && close {
+                let _ = raw.shutdown().await;
+            }
+            raw
+        });
+        let err = loop {
+            match server.recv().await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), expect, "{what}: {err}");
+        assert!(err.to_string().contains(mentions), "{what}: {err} should mention {mentions:?}");
+        assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed, "{what}: a broken comm stays closed");
+        drop(server);
+        drop(writer.await.unwrap_or_else(|e| panic!("{what}: the hostile writer: {e}")));
+        let url = listener.contact_address().to_string();
+        let (client, accepted) = tokio::join!(registry.connect_with(&url, &config), listener.accept());
+        let (mut client, mut accepted) = (client.expect("a good client connects"), accepted.expect("accepted"));
+        let m = msg("still serving", vec![pattern(100_000, 3)]);
+        client.send(m.clone()).await.unwrap_or_else(|e| panic!("{what}: good client: {e}"));
+        assert_eq!(accepted.recv().await.unwrap_or_else(|e| panic!("{what}: good client: {e}")), m, "{what}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use courier_core::handshake::Hello;
 use courier_core::{CommConfig, Compression, ErrorKind, Limits, Listener, Message, Registry};
 use courier_tcp::TcpTransport;
@@ -110,98 +110,14 @@ async fn silent_peers(port: u16) -> Vec<TcpStream> {
     v
 }
 
-/// A raw client that handshakes correctly and then misbehaves: the server's comm gets the
-/// typed error; other comms and the listener are unaffected.
-async fn after_handshake(limits: Limits, payload: &[u8], expect: ErrorKind) {
-    after_handshake_with(CommConfig { limits, ..CommConfig::default() }, payload, expect).await;
-}
-
-async fn after_handshake_with(config: CommConfig, payload: &[u8], expect: ErrorKind) {
-    let mut l = listener(config).await;
-    let mut raw = TcpStream::connect(("127.0.0.1", port(&*l))).await.unwrap();
-    raw.write_all(&Hello::new(Limits::default(), Compression::None, "raw").encode()).await.unwrap();
-    let mut server = l.accept().await.expect("the handshake was good");
-    // A well-behaved neighbour connected at the same time.
-    let url = l.contact_address().to_string();
-    let (good, good_server) = {
-        let r = registry();
-        tokio::join!(r.connect(&url), l.accept())
-    };
-    let (mut good, mut good_server) = (good.unwrap(), good_server.unwrap());
-
-    raw.write_all(payload).await.unwrap();
-    raw.shutdown().await.unwrap();
-    let err = server.recv().await.expect_err("misbehaving peer must produce an error");
-    assert_eq!(err.kind(), expect, "{err}");
-    // The broken comm stays closed afterwards.
-    assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed);
-
-    good.send(Message::from_header(&b"neighbour"[..])).await.unwrap();
-    assert_eq!(&good_server.recv().await.unwrap().header[..], b"neighbour");
-    assert_serves_good_client(&mut l).await;
-}
-
-fn message_head(nframes: u32, header_len: u64, frames: &[(u64, u8)]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u32_le(nframes);
-    b.put_u32_le(0);
-    b.put_u64_le(header_len);
-    for &(len, codec) in frames {
-        b.put_u64_le(len);
-        b.put_u8(codec);
-        b.put_bytes(0, 7);
-    }
-    b.to_vec()
-}
-
+/// Hostile bytes after a good handshake: the shared kit's cases (limits, codecs, budgets,
+/// stalls, garbage), each a typed error on its own comm while the listener serves on.
 #[tokio::test]
-async fn frame_length_over_the_limit() {
-    let limits = Limits { max_frame_size: 1 << 20, ..Limits::default() };
-    after_handshake(limits, &message_head(1, 0, &[(2 << 20, 0)]), ErrorKind::FrameTooLarge).await;
-}
-
-#[tokio::test]
-async fn frame_count_over_the_limit() {
-    after_handshake(Limits::default(), &message_head(1_000_000, 0, &[]), ErrorKind::FrameTooLarge).await;
-}
-
-#[tokio::test]
-async fn huge_header_length() {
-    after_handshake(Limits::default(), &message_head(0, u64::MAX, &[]), ErrorKind::FrameTooLarge).await;
-}
-
-#[tokio::test]
-async fn truncated_message_then_eof() {
-    let mut bytes = message_head(1, 5, &[(1000, 0)]);
-    bytes.extend_from_slice(b"hello");
-    bytes.extend_from_slice(&[1u8; 400]);
-    after_handshake(Limits::default(), &bytes, ErrorKind::Closed).await;
-}
-
-#[tokio::test]
-async fn unknown_codec_and_reserved_bits() {
-    after_handshake(Limits::default(), &message_head(1, 0, &[(10, 77)]), ErrorKind::Protocol).await;
-    let mut flagged = message_head(0, 0, &[]);
-    flagged[4] = 1;
-    after_handshake(Limits::default(), &flagged, ErrorKind::Protocol).await;
-}
-
-#[tokio::test]
-async fn corrupt_snappy_frame() {
-    let mut bytes = message_head(1, 0, &[(20, 1)]);
-    bytes.extend_from_slice(&[0xff; 20]);
-    // The listener announces Snappy, so the frame reaches the decompressor and fails there.
-    let config = CommConfig { compression: Some(Compression::Snappy), ..CommConfig::default() };
-    after_handshake_with(config, &bytes, ErrorKind::Compression).await;
-}
-
-#[tokio::test]
-async fn codec_the_receiver_did_not_announce() {
-    // Loopback listeners announce no codecs: a Snappy frame is a protocol violation, refused
-    // before any decompression work.
-    let mut bytes = message_head(1, 0, &[(20, 1)]);
-    bytes.extend_from_slice(&[0xff; 20]);
-    after_handshake(Limits::default(), &bytes, ErrorKind::Protocol).await;
+async fn hostile_frames_after_the_handshake() {
+    courier_core::testkit::hostile_stream_peers(&registry(), "tcp://127.0.0.1:0", |addr| async move {
+        TcpStream::connect(addr.location()).await.unwrap()
+    })
+    .await;
 }
 
 #[tokio::test]

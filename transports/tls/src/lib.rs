@@ -113,6 +113,45 @@ impl TlsTransport {
         })
     }
 
+    /// A TLS session to a tls:// listener, before Courier's handshake: for tests and tools
+    /// that speak the wire protocol by hand. Applications use [`Transport::connect`].
+    pub async fn connect_stream(
+        &self,
+        addr: &Address,
+        config: &CommConfig,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, CommError> {
+        match tokio::time::timeout(config.handshake_timeout, self.open(addr, config)).await {
+            Ok(r) => r.map(|(tls, _, _)| tls),
+            Err(_) => Err(CommError::new(ErrorKind::HandshakeTimeout, format!("no TLS handshake from {addr}"))),
+        }
+    }
+
+    async fn open(
+        &self,
+        addr: &Address,
+        config: &CommConfig,
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, SocketAddr, SocketAddr), CommError> {
+        let hp = check(addr)?;
+        let connector =
+            self.connector.clone().ok_or_else(|| config_error("connecting needs a CA to trust (TlsFiles::ca)"))?;
+        let server_name = ServerName::try_from(hp.host_string())
+            .map_err(|e| CommError::invalid_address(&addr.to_string(), format!("not a TLS server name: {e}")))?;
+        let target = (hp.host_string(), hp.port);
+        let tcp = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(CommError::from_io(format!("connecting to {addr}"), e)),
+            Err(_) => return Err(CommError::new(ErrorKind::ConnectTimeout, format!("connecting to {addr} timed out"))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (local, peer) = (
+            tcp.local_addr().map_err(|e| CommError::from_io("local address", e))?,
+            tcp.peer_addr().map_err(|e| CommError::from_io("peer address", e))?,
+        );
+        let tls =
+            connector.connect(server_name, tcp).await.map_err(|e| tls_error(&format!("handshake with {addr}"), e))?;
+        Ok((tls, local, peer))
+    }
+
     /// From PEM contents. Without `ca` the transport cannot connect; without `cert` and
     /// `key` it cannot listen.
     pub fn from_pem(pem: &TlsPem) -> Result<Self, CommError> {
@@ -212,27 +251,8 @@ impl Transport for TlsTransport {
     }
 
     async fn connect(&self, addr: &Address, config: &CommConfig) -> Result<Comm, CommError> {
-        let hp = check(addr)?;
-        let connector =
-            self.connector.clone().ok_or_else(|| config_error("connecting needs a CA to trust (TlsFiles::ca)"))?;
-        let server_name = ServerName::try_from(hp.host_string())
-            .map_err(|e| CommError::invalid_address(&addr.to_string(), format!("not a TLS server name: {e}")))?;
-        let target = (hp.host_string(), hp.port);
-        let tcp = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(target)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(CommError::from_io(format!("connecting to {addr}"), e)),
-            Err(_) => return Err(CommError::new(ErrorKind::ConnectTimeout, format!("connecting to {addr} timed out"))),
-        };
-        let _ = tcp.set_nodelay(true);
-        let (local, peer) = (
-            tcp.local_addr().map_err(|e| CommError::from_io("local address", e))?,
-            tcp.peer_addr().map_err(|e| CommError::from_io("peer address", e))?,
-        );
         let handshake = async {
-            let tls = connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| tls_error(&format!("handshake with {addr}"), e))?;
+            let (tls, local, peer) = self.open(addr, config).await?;
             handshake_stream(parts(Tls::Client(tls), local, peer), config).await.map_err(|e| {
                 // An alert after the TLS handshake (e.g. a missing client certificate under
                 // TLS 1.3) surfaces on the first read: report it as the TLS failure it is.
