@@ -441,7 +441,8 @@ where
     let mut over_budget = head(1, 0, 0, &[(2 << 20, 0)]);
     over_budget.extend(std::iter::repeat_n(0u8, 2 << 20));
     // (what, listener config, bytes, close after sending, expected error, text it mentions)
-    let cases: Vec<(&str, CommConfig, Vec<u8>, bool, ErrorKind, &str)> = vec![
+    type Case<'a> = (&'a str, CommConfig, Vec<u8>, bool, ErrorKind, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "frame over the limit",
             with(&|c| c.limits = Limits { max_frame_size: 1 << 20, ..Limits::default() }),
