@@ -11,7 +11,10 @@ use tokio::process::{Child, Command};
 
 fn courier() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_courier"));
-    c.kill_on_drop(true).env_remove("COURIER_SCHEDULER_LISTEN").env_remove("COURIER_CONFIG");
+    c.kill_on_drop(true);
+    for var in ["COURIER_SCHEDULER_LISTEN", "COURIER_CONFIG", "COURIER_AUTH_TOKEN", "COURIER_CLIENT_TOKEN"] {
+        c.env_remove(var);
+    }
     c
 }
 

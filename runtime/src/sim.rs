@@ -34,7 +34,7 @@ use courier_core::Payload;
 use crate::collections::{Deterministic, Map};
 use crate::functions::Functions;
 use crate::protocol::{
-    ClientToScheduler, DataReply, DataRequest, Failure, Key, RequestId, SchedulerToClient, TaskSpec,
+    ClientToScheduler, DataReply, DataRequest, Failure, Key, RequestId, SchedulerToClient, TaskSpec, WorkerToScheduler,
 };
 use crate::scheduler::{Action, ClientId, Event, Scheduler, SchedulerConfig, WorkerId};
 use crate::worker::{ConnId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
@@ -214,6 +214,8 @@ impl SimClient {
 enum Requester {
     Worker(usize, u64),
     Client(usize),
+    /// A peer outside the simulated cluster (see [`Sim::peer_requests`]): replies are dropped.
+    Stranger,
 }
 
 /// A simulated cluster. See the [module docs](self).
@@ -436,6 +438,24 @@ impl Sim {
     /// Sends any message as client `c` (hostile or malformed ones included).
     pub fn client_sends(&mut self, c: usize, msg: ClientToScheduler) {
         self.client_to_scheduler(c, msg);
+    }
+
+    /// Sends any message as worker `w` (a forged report, a reply to nothing), as if its comm
+    /// carried it.
+    pub fn worker_sends(&mut self, w: usize, msg: WorkerToScheduler) {
+        let event = Event::FromWorker { id: worker_id(w), msg };
+        self.send(Node::Worker(w), Node::Scheduler, Delivery::ToScheduler(event));
+    }
+
+    /// A peer outside the cluster sends any data request to worker `w`'s data listener (its
+    /// replies are dropped).
+    pub fn peer_requests(&mut self, w: usize, request: DataRequest) {
+        let Some(worker) = self.workers.get(w).filter(|x| x.alive) else { return };
+        let life = worker.life;
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.requests.insert(conn, (Requester::Stranger, w));
+        self.send(Node::Scheduler, Node::Worker(w), Delivery::ToWorker(w, life, WorkerEvent::Data { conn, request }));
     }
 
     /// Kills worker `w` now (SIGKILL): its comms close; the scheduler hears after a delay.
@@ -786,6 +806,7 @@ impl Sim {
                 }
             }
             Requester::Client(c) => self.send(from, Node::Client(c), Delivery::DataReply(c, reply)),
+            Requester::Stranger => {}
         }
     }
 

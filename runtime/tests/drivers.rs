@@ -186,3 +186,42 @@ async fn forged_stores_at_a_data_port_are_refused_and_change_nothing() {
     assert!(e.is_closed(), "{e}");
     assert_eq!(victim.gather(std::slice::from_ref(&x)).await.unwrap(), vec![42]);
 }
+
+/// Tokens and roles across the runtime: a peer with the client role cannot register as a
+/// worker, and a worker that refuses a client's credential makes its fetch fail at once with
+/// `Unauthorized` (it used to be a generic `Closed` after five rounds of ten-second waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_enforced_and_a_refused_fetch_fails_with_the_refusal() {
+    use courier_core::{AccessList, CommConfig, Credential, ErrorKind};
+    use courier_runtime::TaskError;
+    use courier_runtime::protocol::{ROLE_CLIENT, ROLE_WORKER};
+    logs();
+    let (cluster, client) = (Credential::new("cluster").unwrap(), Credential::new("client").unwrap());
+    let with = |credential: Option<&Credential>, access: Option<AccessList>| {
+        let mut r = support::registry();
+        r.set_config(CommConfig { credential: credential.cloned(), access, ..CommConfig::default() });
+        r
+    };
+    let both = AccessList::new().allow(cluster.clone(), ROLE_WORKER).allow(client.clone(), ROLE_CLIENT);
+    let (sched, _) =
+        start_scheduler(with(None, Some(both)), "tcp://127.0.0.1:0", ServerConfig::default()).await.unwrap();
+    // This worker's data port accepts the cluster token only.
+    let strict = with(Some(&cluster), Some(AccessList::new().allow(cluster.clone(), ROLE_WORKER)));
+    start_worker(strict, Arc::new(Functions::with_builtins()), WorkerConfig::new(sched.address.clone())).await.unwrap();
+    sched.wait_for_stats(|s| s.workers == 1).await.unwrap();
+
+    // A client-role comm that says it is a worker is dropped; the cluster keeps one worker.
+    let mut fake = with(Some(&client), None).connect(&sched.address).await.unwrap();
+    let hello = Hello::Worker { name: "fake".into(), address: "tcp://127.0.0.1:1".into(), nthreads: 8 };
+    fake.send(to_message(&[hello]).unwrap()).await.unwrap();
+    assert!(fake.recv().await.unwrap_err().is_closed());
+    assert!(logged("without the worker role"));
+    assert_eq!(sched.wait_for_stats(|_| true).await.unwrap().workers, 1);
+
+    let c = Client::connect(with(Some(&client), None), &sched.address).await.unwrap();
+    let x = c.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
+    match x.result().await {
+        Err(TaskError::Fetch { source, .. }) => assert_eq!(source.kind(), ErrorKind::Unauthorized, "{source}"),
+        other => panic!("expected the worker's refusal, got {other:?}"),
+    }
+}

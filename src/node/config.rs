@@ -16,6 +16,10 @@
 //! cert = "node.pem"
 //! key = "node.key"
 //! require_client_cert = true
+//!
+//! [auth]
+//! token_file = "/run/secrets/courier-token"         # the cluster's secret
+//! client_token_file = "/run/secrets/courier-client" # optional: admits clients only
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +38,19 @@ pub(crate) struct FileConfig {
     pub(crate) worker: WorkerSection,
     #[serde(default)]
     pub(crate) tls: TlsSection,
+    #[serde(default)]
+    pub(crate) auth: AuthSection,
+}
+
+/// Secrets may be given inline (`token`) but files keep them out of the configuration.
+/// `Debug` prints only which are set.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    pub(crate) token: Option<String>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) client_token: Option<String>,
+    pub(crate) client_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +75,18 @@ pub(crate) struct TlsSection {
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
     pub(crate) require_client_cert: Option<bool>,
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "<redacted>" } else { "none" };
+        f.debug_struct("AuthSection")
+            .field("token", &set(&self.token))
+            .field("token_file", &self.token_file)
+            .field("client_token", &set(&self.client_token))
+            .field("client_token_file", &self.client_token_file)
+            .finish()
+    }
 }
 
 impl FileConfig {

@@ -63,12 +63,104 @@ pub struct TlsArgs {
     pub tls_require_client_cert: bool,
 }
 
-/// Settings every node shares: TLS and the config file.
+/// Shared-secret authentication, for every command (see README, "Who may do what").
+///
+/// The cluster token admits a peer with every right: joining as a worker, and everything a
+/// client does. An optional client token admits a peer as a client only: it may submit,
+/// gather, scatter, cancel its own keys and retire workers, but never join as a worker, so it
+/// cannot forge results. The scheduler and every worker's data listener check them; nodes
+/// present the cluster token, clients the client token if they have one. Secrets are never
+/// logged or printed (`--help` hides their environment values); prefer the `*-file` options
+/// or the environment to a command line, which other users of the machine can read.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthArgs {
+    /// The cluster's shared secret.
+    #[arg(long, global = true, env = "COURIER_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// A file holding the cluster's shared secret (surrounding whitespace ignored).
+    #[arg(long, global = true, env = "COURIER_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// A secret that admits clients only (scheduler and workers accept it; a client presents it).
+    #[arg(long, global = true, env = "COURIER_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// A file holding the client-only secret.
+    #[arg(long, global = true, env = "COURIER_CLIENT_TOKEN_FILE")]
+    pub client_token_file: Option<PathBuf>,
+}
+
+/// What a process is, for the credentials it presents and accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Scheduler,
+    Worker,
+    Client,
+}
+
+fn credential(
+    what: &str,
+    value: Option<&String>,
+    file: Option<&PathBuf>,
+) -> Result<Option<courier_core::Credential>, NodeError> {
+    let bad = |e: CommError| NodeError::Config(format!("{what}: {e}"));
+    match (value, file) {
+        (Some(_), Some(_)) => Err(NodeError::Config(format!("give the {what} or its file, not both"))),
+        (Some(v), None) => courier_core::Credential::new(v.as_bytes()).map(Some).map_err(bad),
+        (None, Some(f)) => courier_core::Credential::from_file(f).map(Some).map_err(bad),
+        (None, None) => Ok(None),
+    }
+}
+
+impl AuthArgs {
+    /// Applies these settings (the file's `[auth]` section below them) to `config`.
+    fn apply(
+        &self,
+        file: &config::AuthSection,
+        role: Role,
+        config: &mut courier_core::CommConfig,
+    ) -> Result<(), NodeError> {
+        let pick = |flag: &Option<String>, flag_file: &Option<PathBuf>, v: &Option<String>, f: &Option<PathBuf>| {
+            if flag.is_some() || flag_file.is_some() {
+                (flag.clone(), flag_file.clone())
+            } else {
+                (v.clone(), f.clone())
+            }
+        };
+        let (t, tf) = pick(&self.auth_token, &self.auth_token_file, &file.token, &file.token_file);
+        let (c, cf) = pick(&self.client_token, &self.client_token_file, &file.client_token, &file.client_token_file);
+        let cluster = credential("auth token", t.as_ref(), tf.as_ref())?;
+        let client = credential("client token", c.as_ref(), cf.as_ref())?;
+        if role != Role::Client && client.is_some() && cluster.is_none() {
+            return Err(NodeError::Config(
+                "a client token needs a cluster token (--auth-token) as well: workers must authenticate too".into(),
+            ));
+        }
+        if let Some(token) = &cluster
+            && role != Role::Client
+        {
+            let mut access =
+                courier_core::AccessList::new().allow(token.clone(), courier_runtime::protocol::ROLE_WORKER);
+            if let Some(c) = &client {
+                access = access.allow(c.clone(), courier_runtime::protocol::ROLE_CLIENT);
+            }
+            config.access = Some(access);
+        }
+        config.credential = match role {
+            Role::Client => client.or(cluster),
+            Role::Worker | Role::Scheduler => cluster,
+        };
+        Ok(())
+    }
+}
+
+/// Settings every node shares: TLS, authentication and the config file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonArgs {
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// A courier.toml with [scheduler], [worker] and [tls] settings (flags and environment
     /// variables take precedence over it).
     #[arg(long, global = true, env = "COURIER_CONFIG")]
@@ -76,11 +168,20 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// The built-in transports, plus tls:// when any TLS option is given (flags,
-    /// environment, or the config file's `[tls]` section).
+    /// A client's registry: the built-in transports, plus tls:// when any TLS option is
+    /// given (flags, environment, or the config file's `[tls]` section), presenting the
+    /// client token (or else the cluster token) if one is set.
     pub fn registry(&self) -> Result<Registry, NodeError> {
         let file = config::FileConfig::load(self.config.as_deref())?;
-        self.registry_with(&file.tls)
+        self.registry_for(&file, Role::Client)
+    }
+
+    fn registry_for(&self, file: &config::FileConfig, role: Role) -> Result<Registry, NodeError> {
+        let mut registry = self.registry_with(&file.tls)?;
+        let mut config = registry.config().clone();
+        self.auth.apply(&file.auth, role, &mut config)?;
+        registry.set_config(config);
+        Ok(registry)
     }
 
     fn registry_with(&self, file: &config::TlsSection) -> Result<Registry, NodeError> {
@@ -130,7 +231,7 @@ pub struct WorkerArgs {
 /// `scheduler listening at URL` on stdout once it accepts connections.
 pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(), NodeError> {
     let file = config::FileConfig::load(common.config.as_deref())?;
-    let registry = common.registry_with(&file.tls)?;
+    let registry = common.registry_for(&file, Role::Scheduler)?;
     let listen = args.listen.or(file.scheduler.listen).unwrap_or_else(|| "tcp://127.0.0.1:8786".into());
     let (handle, task) = courier_runtime::start_scheduler(registry, &listen, SchedulerConfig::default()).await?;
     println!("scheduler listening at {}", handle.address);
@@ -153,7 +254,7 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
 /// it loses the scheduler or fails (`Err`). Prints `worker serving data at URL` on stderr.
 pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functions) -> Result<(), NodeError> {
     let file = config::FileConfig::load(common.config.as_deref())?;
-    let registry = common.registry_with(&file.tls)?;
+    let registry = common.registry_for(&file, Role::Worker)?;
     let w = file.worker;
     let scheduler = args.scheduler.or(w.scheduler).ok_or_else(|| {
         NodeError::Config(

@@ -13,7 +13,10 @@ pub(crate) fn courier_bin() -> &'static Path {
 /// `courier`, killed when dropped, without settings leaking in from the environment.
 pub(crate) fn courier() -> Command {
     let mut c = Command::new(courier_bin());
-    c.kill_on_drop(true).env_remove("COURIER_SCHEDULER_LISTEN").env_remove("COURIER_CONFIG");
+    c.kill_on_drop(true);
+    for var in ["COURIER_SCHEDULER_LISTEN", "COURIER_CONFIG", "COURIER_AUTH_TOKEN", "COURIER_CLIENT_TOKEN"] {
+        c.env_remove(var);
+    }
     c
 }
 

@@ -28,12 +28,19 @@ pub(crate) async fn fetch_one(inner: &Inner, key: &Key) -> Result<Payload, TaskE
                     Some(p) => return Ok(p),
                     None => last = CommError::closed(format!("{h} no longer holds {key}")),
                 },
+                // Asking again cannot change a refusal of this client's credentials or protocol.
+                Err(e) if is_final(&e) => return Err(TaskError::Fetch { key: key.clone(), source: e }),
                 Err(e) => last = e,
             }
         }
         refresh(inner, key, &holders).await?;
     }
     Err(TaskError::Fetch { key: key.clone(), source: last })
+}
+
+/// Errors that retrying cannot fix: the worker refused who this client is.
+fn is_final(e: &CommError) -> bool {
+    matches!(e.kind(), courier_core::ErrorKind::Unauthorized | courier_core::ErrorKind::UnsupportedScheme)
 }
 
 /// Every holder of `key` failed: asks the scheduler where it lives now. Newer holders are

@@ -35,6 +35,8 @@ struct State<T> {
     items: Vec<T>,
     overflowed: bool,
     closing: bool,
+    /// Why the comm could not be opened, if it could not.
+    failure: Option<(ErrorKind, String)>,
 }
 
 #[derive(Debug)]
@@ -78,7 +80,7 @@ impl<T: Serialize + Send + 'static> Outbox<T> {
         label: String,
     ) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { items: Vec::new(), overflowed: false, closing: false }),
+            state: Mutex::new(State { items: Vec::new(), overflowed: false, closing: false, failure: None }),
             wake: Notify::new(),
             drained: Notify::new(),
             closed: CloseSignal::new(),
@@ -92,6 +94,7 @@ impl<T: Serialize + Send + 'static> Outbox<T> {
                     Ok(tx) => tx,
                     Err(e) => {
                         tracing::debug!(peer = %label, error = %e, "could not open the comm");
+                        writer.lock().failure = Some((e.kind(), e.to_string()));
                         writer.closed.close();
                         writer.drained.notify_waiters();
                         return;
@@ -153,6 +156,12 @@ impl<T: Serialize + Send + 'static> Outbox<T> {
     /// True once the comm is closed (by either side, an error, or an overflow).
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.closed.is_closed()
+    }
+
+    /// Why the comm could not be opened (for an outbox made by [`Outbox::spawn_lazy`] whose
+    /// connect failed): the error's kind and text, so callers can tell a refusal from a loss.
+    pub(crate) fn connect_error(&self) -> Option<CommError> {
+        self.shared.lock().failure.as_ref().map(|(kind, text)| CommError::new(*kind, text.clone()))
     }
 
     /// Resolves once the comm is closed.

@@ -119,10 +119,15 @@ impl DataPool {
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
         let _unregister = Unregister { pending: &conn.pending, id };
-        conn.outbox.send(build(id)).map_err(|e| CommError::closed(format!("data comm to {addr}: {e}")))?;
+        conn.outbox.send(build(id)).map_err(|e| {
+            conn.outbox.connect_error().unwrap_or_else(|| CommError::closed(format!("data comm to {addr}: {e}")))
+        })?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(CommError::closed(format!("the data comm to {addr} closed"))),
+            Ok(Err(_)) => Err(conn
+                .outbox
+                .connect_error()
+                .unwrap_or_else(|| CommError::closed(format!("the data comm to {addr} closed")))),
             Err(_) => {
                 Err(CommError::new(ErrorKind::Timeout, format!("no reply from {addr} within {:?}", self.timeout)))
             }

@@ -382,6 +382,7 @@ async fn serve_peer(
     limit: usize,
 ) {
     let remote = comm.peer_address().to_string();
+    let role = comm.peer_info().role.clone();
     let (tx, mut rx) = comm.split();
     let hello = tokio::select! {
         () = stop.closed() => return,
@@ -404,6 +405,10 @@ async fn serve_peer(
             return;
         }
     };
+    if matches!(hello, Hello::Worker { .. }) && role.as_deref().is_some_and(|r| r != crate::protocol::ROLE_WORKER) {
+        tracing::warn!(%remote, role = role.as_deref().unwrap_or(""), "a peer without the worker role tried to register as a worker; dropped it");
+        return;
+    }
     let credit = Arc::new(Semaphore::new(PEER_CREDIT));
     let ctx = Relay { events: &events, stop: &stop, counter: &counter, remote: &remote, credit: &credit };
     match hello {

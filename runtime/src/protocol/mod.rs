@@ -32,6 +32,14 @@ pub use data::{DataReply, DataRequest};
 pub use failure::Failure;
 pub use worker::{SchedulerToWorker, WorkerToScheduler};
 
+/// The role a credential grants that may do everything, joining as a worker included
+/// (see `courier_core::AccessList`).
+pub const ROLE_WORKER: &str = "worker";
+/// The role a credential grants that may act as a client only: a peer with it (or with any
+/// role other than [`ROLE_WORKER`]) that sends [`Hello::Worker`] is refused, so it cannot
+/// forge results. A comm without a role (the listener checks no credentials) may do anything.
+pub const ROLE_CLIENT: &str = "client";
+
 /// The first message on a comm to the scheduler: who is connecting. Alone in the first batch;
 /// the scheduler drops a peer whose first message is anything else, or that sends none within
 /// its registration timeout (10 s).
