@@ -6,8 +6,8 @@
 //! ## Recycling
 //! Fresh multi-megabyte allocations are expensive on the receive path: the kernel maps and
 //! zeroes every page on first touch, which costs about as much as the copy out of the socket.
-//! Buffers of at least [`POOL_MIN`] bytes are therefore returned, when their last `Bytes`
-//! reference drops, to a process-wide pool bounded in bytes ([`set_pool_limit`], default
+//! Buffers of at least [`POOL_MIN`] bytes that were filled are therefore returned, when their
+//! last `Bytes` reference drops, to a process-wide pool bounded in bytes ([`set_pool_limit`], default
 //! [`DEFAULT_POOL_LIMIT`]), and reused for the next frame of the same size class (sizes are
 //! rounded up by at most 1/8). The exposed length is always exact. Setting the limit to 0
 //! disables recycling.
@@ -197,16 +197,53 @@ impl Drop for AlignedBuf {
         if self.cap == 0 {
             return;
         }
-        if self.cap >= POOL_MIN {
-            let mut pool = pool();
-            if pool.bytes + self.cap <= POOL_LIMIT.load(Ordering::Relaxed) {
-                pool.bytes += self.cap;
-                pool.free.entry(self.cap).or_default().push(PoolPtr(self.ptr));
-                return;
-            }
-        }
         // SAFETY: allocated in `try_new` (or taken from the pool) with this capacity.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout(self.cap)) }
+    }
+}
+
+/// Only the buffers of delivered frames go back to the pool: a buffer a decoder abandons (a
+/// peer that stalled, broke a limit, or a frame's buffer replaced by a larger one as it
+/// grew) is freed, so what a peer made this side allocate returns to the system when its
+/// message ends.
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let buf = &mut self.0;
+        if buf.cap >= POOL_MIN && buf.filled == buf.len {
+            let mut pool = pool();
+            if pool.bytes + buf.cap <= POOL_LIMIT.load(Ordering::Relaxed) {
+                pool.bytes += buf.cap;
+                pool.free.entry(buf.cap).or_default().push(PoolPtr(buf.ptr));
+                // The pool owns the allocation now; the AlignedBuf frees nothing.
+                buf.cap = 0;
+            }
+        }
+    }
+}
+
+/// Abandoned partial messages smaller than this are left to the allocator.
+const TRIM_AFTER: u64 = 16 << 20;
+/// At most one trim per this interval, however many comms fail.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Tells the allocator that a decoder abandoned `bytes` of a partial message (its buffers are
+/// already freed). Above 16 MiB, freed memory is handed back to the operating system at once
+/// (glibc keeps small freed blocks in its arenas otherwise: a peer sending 60,000 frames of
+/// 60 KiB, then vanishing, left gigabytes resident). Rate-limited; a no-op elsewhere.
+pub fn abandoned(bytes: u64) {
+    if bytes < TRIM_AFTER {
+        return;
+    }
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|t| t.elapsed() < TRIM_INTERVAL) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -138,7 +138,8 @@ impl Drop for RecvBudget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BudgetConfig {
     /// Bytes one comm's partially received messages may hold. Default: the largest message
-    /// the comm accepts (its `Limits::max_message_size`).
+    /// the comm accepts (its `Limits::max_message_size`) or the per-listener pool, whichever
+    /// is smaller.
     pub per_connection: Option<u64>,
     /// Bytes all comms of one listener may hold together. Default: half of this machine's
     /// physical memory (read from `/proc/meminfo`; 8 GiB where it cannot be read).
@@ -149,6 +150,11 @@ impl BudgetConfig {
     /// The per-listener pool in bytes.
     pub fn listener_bytes(&self) -> u64 {
         self.per_listener.unwrap_or_else(|| physical_memory().map_or(8 << 30, |m| m / 2))
+    }
+
+    /// The per-comm budget in bytes, for a comm accepting messages of up to `max_message`.
+    pub fn connection_bytes(&self, max_message: u64) -> u64 {
+        self.per_connection.unwrap_or_else(|| max_message.min(self.listener_bytes()))
     }
 }
 

@@ -216,8 +216,10 @@ impl Decoder {
         let result = self.step(src);
         match &result {
             Err(_) => {
+                let held = self.budget.used();
                 self.state = State::Failed;
                 self.budget.release_all();
+                crate::aligned::abandoned(held);
             }
             Ok(Some(_)) => self.budget.release_all(),
             Ok(None) => {}
@@ -361,6 +363,16 @@ impl Decoder {
                 }
             }
         }
+    }
+}
+
+impl Drop for Decoder {
+    /// A comm closed in the middle of a message: free its buffers, then tell the allocator.
+    fn drop(&mut self) {
+        let held = self.budget.used();
+        self.state = State::Failed;
+        self.budget.release_all();
+        crate::aligned::abandoned(held);
     }
 }
 

@@ -81,6 +81,7 @@ where
 pub struct Admission {
     pool: Arc<SharedBudget>,
     slot: ConnectionSlot,
+    first: Option<AddressPlace>,
 }
 
 impl Admission {
@@ -94,7 +95,19 @@ impl Admission {
     pub fn slot(&self) -> ConnectionSlot {
         self.slot.clone()
     }
+
+    /// The connection's place among its address's connections that have not yet sent a
+    /// first message: the comm's receiving half holds it until its first message arrives,
+    /// then drops it, so one address cannot fill the listener with idle comms.
+    pub fn until_first_message(&self) -> Option<AddressPlace> {
+        self.first.clone()
+    }
 }
+
+/// Counts a connection against its address's limit of connections still handshaking or not
+/// yet active ([`CommConfig::max_pending_per_address`]) while any clone lives.
+#[derive(Debug, Clone)]
+pub struct AddressPlace(#[allow(dead_code, reason = "held for its Drop")] Arc<PendingGuard>);
 
 /// Keeps an accepted connection counted under its listener's connection cap while any clone
 /// lives.
@@ -197,16 +210,13 @@ where
     let session = negotiate(config.limits, compression, theirs);
     let info = PeerInfo { name: session.peer.name.clone(), version: session.peer.version, role };
     let close = CloseSignal::new();
-    let (budget, guard, first_deadline) = match accepting {
+    let per_conn = config.budget.connection_bytes(session.recv_limits.max_message_size);
+    let (budget, guard, first_deadline, until_first) = match accepting {
         Some(a) => {
-            let per_conn = config.budget.per_connection.unwrap_or(session.recv_limits.max_message_size);
             let deadline = config.first_message_timeout.map(|t| tokio::time::Instant::now() + t);
-            (a.budget(per_conn), Some(a.slot()), deadline)
+            (a.budget(per_conn), Some(a.slot()), deadline, a.until_first_message())
         }
-        None => {
-            let per_conn = config.budget.per_connection.unwrap_or(session.recv_limits.max_message_size);
-            (RecvBudget::new(per_conn, None), None, None)
-        }
+        None => (RecvBudget::new(per_conn, None), None, None, None),
     };
     let send = StreamSend {
         write,
@@ -225,6 +235,7 @@ where
         failed: false,
         peer: peer.clone(),
         first_deadline,
+        until_first,
         message_timeout: config.message_timeout,
         _guard: guard,
     };
@@ -347,6 +358,9 @@ struct StreamRecv<R> {
     peer: Address,
     /// For comms a listener accepted: the first message must arrive by then.
     first_deadline: Option<tokio::time::Instant>,
+    /// For comms a listener accepted: its place under the per-address limit, until the first
+    /// message.
+    until_first: Option<AddressPlace>,
     /// Inside a message, a read must bring bytes within this.
     message_timeout: Duration,
     _guard: Option<ConnectionSlot>,
@@ -370,6 +384,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for StreamRecv<R> {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(msg)) => {
                     self.first_deadline = None;
+                    self.until_first = None;
                     return Ok(msg);
                 }
                 Ok(None) => {}
@@ -562,13 +577,13 @@ impl HandshakingListener {
                             drop(p);
                             drop(conn);
                             refuse(format!(
-                                "{ip} has {} handshakes pending, its limit",
+                                "{ip} has {} connections handshaking or not yet active, its limit",
                                 config.max_pending_per_address
                             ));
                             continue;
                         }
                         *n += 1;
-                        Some(PendingGuard { map: pending.clone(), ip })
+                        Some(AddressPlace(Arc::new(PendingGuard { map: pending.clone(), ip })))
                     }
                     None => None,
                 };
@@ -584,7 +599,7 @@ impl HandshakingListener {
                         let _permit =
                             permits.acquire_owned().await.map_err(|_| CommError::closed("listener closed"))?;
                         let parts = acceptor.upgrade(conn).await?;
-                        acceptor.handshake(parts, &config, Admission { pool, slot }).await
+                        acceptor.handshake(parts, &config, Admission { pool, slot, first: pending_guard }).await
                     };
                     let result = match tokio::time::timeout(timeout, attempt).await {
                         Ok(r) => r,
@@ -593,7 +608,6 @@ impl HandshakingListener {
                             format!("no complete handshake within {timeout:?}"),
                         )),
                     };
-                    drop(pending_guard);
                     match result {
                         Ok(comm) => {
                             // The listener was dropped: the comm is dropped, closing it.
@@ -613,7 +627,8 @@ impl HandshakingListener {
     }
 }
 
-/// A connection's place among its address's pending handshakes.
+/// A connection's place among its address's pending connections.
+#[derive(Debug)]
 struct PendingGuard {
     map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,

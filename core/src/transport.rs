@@ -49,7 +49,10 @@ pub struct CommConfig {
     /// process's file descriptor limit less 64, at least 64. Beyond it new connections are
     /// closed at once.
     pub max_connections: Option<usize>,
-    /// Listeners: most connections from one IP address still in their handshake (default 64).
+    /// Listeners: most connections from one IP address that are still in their handshake or
+    /// have not yet sent their first message (default 64). A source of idle connections
+    /// cannot fill the connection cap: beyond this its new connections are closed at once,
+    /// while other addresses are served.
     pub max_pending_per_address: usize,
 }
 

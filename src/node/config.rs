@@ -17,6 +17,10 @@
 //! key = "node.key"
 //! require_client_cert = true
 //!
+//! [comm]
+//! compression = "auto"      # none, snappy or auto
+//! recv_budget = "2GiB"      # bytes a listener's comms may hold while receiving
+//!
 //! [auth]
 //! token_file = "/run/secrets/courier-token"         # the cluster's secret
 //! client_token_file = "/run/secrets/courier-client" # optional: admits clients only
@@ -40,6 +44,15 @@ pub(crate) struct FileConfig {
     pub(crate) tls: TlsSection,
     #[serde(default)]
     pub(crate) auth: AuthSection,
+    #[serde(default)]
+    pub(crate) comm: CommSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CommSection {
+    pub(crate) compression: Option<String>,
+    pub(crate) recv_budget: Option<String>,
 }
 
 /// Secrets may be given inline (`token`) but files keep them out of the configuration.

@@ -161,6 +161,15 @@ pub struct CommonArgs {
     /// Authentication.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Compression of what this process sends, and what it announces it accepts: `none`,
+    /// `snappy` or `auto` (default: none on loopback and in-process, auto across machines).
+    #[arg(long, global = true, env = "COURIER_COMPRESSION")]
+    pub compression: Option<String>,
+    /// Bytes all comms of one listener may hold while receiving messages (e.g. `512MiB`,
+    /// `2G`; default: half of this machine's memory). A peer that would exceed it loses its
+    /// connection; the others are served.
+    #[arg(long, global = true, env = "COURIER_RECV_BUDGET")]
+    pub recv_budget: Option<String>,
     /// A courier.toml with [scheduler], [worker] and [tls] settings (flags and environment
     /// variables take precedence over it).
     #[arg(long, global = true, env = "COURIER_CONFIG")]
@@ -180,6 +189,13 @@ impl CommonArgs {
         let mut registry = self.registry_with(&file.tls)?;
         let mut config = registry.config().clone();
         self.auth.apply(&file.auth, role, &mut config)?;
+        if let Some(c) = self.compression.as_ref().or(file.comm.compression.as_ref()) {
+            config.compression =
+                Some(courier_core::Compression::parse(c).map_err(|e| NodeError::Config(e.to_string()))?);
+        }
+        if let Some(b) = self.recv_budget.as_ref().or(file.comm.recv_budget.as_ref()) {
+            config.budget.per_listener = Some(parse_size(b)?);
+        }
         registry.set_config(config);
         Ok(registry)
     }
@@ -199,6 +215,25 @@ impl CommonArgs {
         }
         Ok(registry)
     }
+}
+
+/// Parses a byte count: a number with an optional unit (`k`, `M`, `G`, `T`, powers of 1024,
+/// with or without `iB`/`B`).
+pub fn parse_size(text: &str) -> Result<u64, NodeError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || NodeError::Config(format!("{text:?} is not a size (e.g. 512MiB, 2G, 1048576)"));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B').to_ascii_lowercase().as_str() {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 /// `courier scheduler` settings.
@@ -318,6 +353,22 @@ pub fn worker_main(functions: Functions) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_refuse_garbage() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64 kB").unwrap(), 64 << 10);
+        for bad in ["", "MiB", "12 parsecs", "-1G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 }

@@ -158,3 +158,55 @@ async fn one_address_cannot_fill_the_handshake_slots_and_silent_peers_hold_none(
     echo_once(&url, CommConfig::default(), &mut l).await;
     drop(silent);
 }
+
+/// A raw connection from `source` that completes the handshake and then says nothing.
+async fn handshaken_from(source: [u8; 4], port: u16) -> TcpStream {
+    let mut s = raw_from(source, port).await;
+    s.write_all(&Hello::new(Limits::default(), Compression::None, "idle").encode()).await.unwrap();
+    let mut prefix = [0u8; courier_core::handshake::PREFIX_LEN];
+    s.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u16::from_le_bytes([prefix[6], prefix[7]]) as usize];
+    s.read_exact(&mut body).await.unwrap();
+    s
+}
+
+/// Regression: ~1,000 idle comms (handshaken, never sending) from one source filled the
+/// listener's connection cap and kept every other client out until they timed out. Comms
+/// that have not sent a first message count against their address's limit, so the source is
+/// refused beyond it while other addresses are served; a comm that becomes active frees its
+/// place.
+#[tokio::test]
+async fn idle_comms_from_one_address_cannot_fill_the_listener() {
+    let config = CommConfig { max_pending_per_address: 8, max_connections: Some(20), ..CommConfig::default() };
+    let mut l = listener(config).await;
+    let (p, url) = (port(&*l), l.contact_address().to_string());
+    let (mut idle, mut accepted) = (Vec::new(), Vec::new());
+    for _ in 0..8 {
+        idle.push(handshaken_from([127, 0, 0, 2], p).await);
+        accepted.push(l.accept().await.expect("admitted"));
+    }
+    // More from the same address are closed at once, whatever they send.
+    for _ in 0..30 {
+        let mut s = raw_from([127, 0, 0, 2], p).await;
+        let _ = s.write_all(&Hello::new(Limits::default(), Compression::None, "more").encode()).await;
+        let mut b = [0u8; 1];
+        assert!(matches!(s.read(&mut b).await, Ok(0) | Err(_)), "refused");
+    }
+    let log = l.rejections().unwrap();
+    log.wait_for(1).await;
+    assert!(log.recent().iter().any(|(_, m)| m.contains("not yet active")), "{:?}", log.recent());
+    // Another address is served meanwhile.
+    echo_once(&url, CommConfig::default(), &mut l).await;
+    // One idle comm sends its first message: the address has room for one more.
+    let mut active = idle.remove(0);
+    let mut first = Vec::new();
+    first.extend_from_slice(&0u32.to_le_bytes());
+    first.extend_from_slice(&0u32.to_le_bytes());
+    first.extend_from_slice(&2u64.to_le_bytes());
+    first.extend_from_slice(b"hi");
+    active.write_all(&first).await.unwrap();
+    let mut server = accepted.remove(0);
+    assert_eq!(&server.recv().await.unwrap().header[..], b"hi");
+    let _again = handshaken_from([127, 0, 0, 2], p).await;
+    l.accept().await.expect("a place freed by a comm that became active is reused");
+}

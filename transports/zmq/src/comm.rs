@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use courier_core::stream::{ConnectionSlot, log_violation, write_all_vectored};
+use courier_core::stream::{AddressPlace, ConnectionSlot, log_violation, write_all_vectored};
 use courier_core::{Address, CloseSignal, Comm, CommError, CommRecv, CommSend, ErrorKind, Limits, Message, PeerInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -165,6 +165,9 @@ pub(crate) struct Parts<R> {
     /// Inside a message, a read must bring bytes within this.
     pub(crate) message_timeout: Duration,
     pub(crate) slot: Option<ConnectionSlot>,
+    /// For comms a listener accepted: the place under the per-address limit, dropped at the
+    /// first message.
+    pub(crate) until_first: Option<AddressPlace>,
     pub(crate) local: Address,
     pub(crate) peer: Address,
     pub(crate) info: PeerInfo,
@@ -198,6 +201,7 @@ pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Co
         outbox: p.outbox.clone(),
         first_deadline: p.first_message_timeout.map(|t| Instant::now() + t),
         message_timeout: p.message_timeout,
+        until_first: p.until_first,
         _slot: p.slot.clone(),
     };
     tokio::spawn(reader.run());
@@ -217,6 +221,7 @@ struct Reader<R> {
     outbox: Arc<dyn Outbox>,
     first_deadline: Option<Instant>,
     message_timeout: Duration,
+    until_first: Option<AddressPlace>,
     _slot: Option<ConnectionSlot>,
 }
 
@@ -262,6 +267,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
             Event::Message(parts, held) => match protocol::parse(parts)? {
                 Incoming::Message(m) => {
                     self.first_deadline = None;
+                    self.until_first = None;
                     match self.inbox.try_send((m, held)) {
                         Ok(()) => Ok(true),
                         Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),

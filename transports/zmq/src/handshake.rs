@@ -31,7 +31,7 @@ fn decode_hello(bytes: Bytes) -> Result<Hello, CommError> {
 }
 
 fn per_connection(config: &CommConfig) -> u64 {
-    config.budget.per_connection.unwrap_or(config.limits.max_message_size)
+    config.budget.connection_bytes(config.limits.max_message_size)
 }
 
 /// A connection during its handshake.
@@ -258,6 +258,7 @@ where
         liveness: ends.liveness,
         first_message_timeout,
         message_timeout: config.message_timeout,
+        until_first: admission.as_ref().and_then(Admission::until_first_message),
         slot: admission.map(|a| a.slot()),
         local: ends.local,
         peer: ends.peer,

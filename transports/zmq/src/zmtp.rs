@@ -299,6 +299,15 @@ impl Default for Decoder {
     }
 }
 
+impl Drop for Decoder {
+    /// A comm closed in the middle of a message: free its parts, then tell the allocator.
+    fn drop(&mut self) {
+        self.state = State::Failed;
+        self.parts = Vec::new();
+        courier_core::aligned::abandoned(self.reserved);
+    }
+}
+
 fn lock(b: &Mutex<Budget>) -> std::sync::MutexGuard<'_, Budget> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -351,7 +360,7 @@ impl Decoder {
             self.state = State::Failed;
             self.parts = Vec::new();
             lock(budget).inner.release(self.reserved);
-            self.reserved = 0;
+            courier_core::aligned::abandoned(std::mem::take(&mut self.reserved));
         }
         result
     }
