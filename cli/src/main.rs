@@ -66,11 +66,13 @@ fn main() -> anyhow::Result<()> {
         Command::Stability(args) => multi()?.block_on(stability::run(args)),
         Command::Perf(p) => multi()?.block_on(perf::run(p, cli.common.registry()?)),
         Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
-        Command::Submit(args) => multi()?.block_on(submit::run(args, cli.common.registry()?)),
-        Command::Scheduler(args) => Ok(multi()?.block_on(courier::node::run_scheduler(args, &cli.common))?),
+        Command::Submit(args) => courier::node::block_on_node(multi()?, submit::run(args, cli.common.registry()?)),
+        Command::Scheduler(args) => {
+            Ok(courier::node::block_on_node(multi()?, courier::node::run_scheduler(args, &cli.common))?)
+        }
         Command::Worker(args) => {
             let functions = courier::courier_runtime::Functions::with_builtins();
-            Ok(multi()?.block_on(courier::node::run_worker(args, &cli.common, functions))?)
+            Ok(courier::node::block_on_node(multi()?, courier::node::run_worker(args, &cli.common, functions))?)
         }
     }
 }

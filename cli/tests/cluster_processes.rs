@@ -147,3 +147,99 @@ async fn a_custom_worker_binary_serves_its_functions() {
     assert_eq!(inc.result().await.unwrap(), 42);
     cluster.shutdown().await;
 }
+
+fn signal(child: &tokio::process::Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, sig).expect("signal delivered");
+}
+
+/// A worker process frozen with SIGSTOP mid-graph: the scheduler drops it after its
+/// heartbeat timeout, the graph finishes with the failure-free answer from what the other
+/// worker holds and recomputes, and the frozen worker, once resumed, finds itself dropped and
+/// exits with an error instead of serving stale state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_worker_is_dropped_and_the_graph_finishes_without_it() {
+    use courier::courier_runtime::{SchedulerConfig, start_scheduler};
+    const LEAVES: u64 = 64;
+    let expected = reference_result(LEAVES).await;
+    let config = SchedulerConfig { worker_timeout: Duration::from_secs(3), ..SchedulerConfig::default() };
+    let (sched, _task) =
+        start_scheduler(Registry::with_default_transports(), "tcp://127.0.0.1:0", config).await.unwrap();
+    let spawn = |name: &str| {
+        tokio::process::Command::new(courier_bin())
+            .args(["worker", &sched.address, "--name", name])
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let (mut frozen, _other) = (spawn("frozen"), spawn("other"));
+    sched.wait_for_stats(|s| s.workers == 2).await.unwrap();
+    let c = Client::connect(Registry::with_default_transports(), &sched.address).await.unwrap();
+    let (leaves, total) = tree(&c, LEAVES, 0.01).await;
+    let mut completed = c.as_completed(leaves.iter().cloned());
+    for _ in 0..LEAVES / 4 {
+        futures::StreamExt::next(&mut completed).await.expect("a leaf completes");
+    }
+    drop(completed);
+    assert!(total.status() == courier::courier_runtime::Status::Pending, "the freeze must land mid-run");
+    signal(&frozen, rustix::process::Signal::STOP);
+    let got = tokio::time::timeout(Duration::from_secs(90), total.result()).await.expect("no hang").unwrap();
+    assert!((got - expected).abs() < 1e-9 * expected.abs(), "with a frozen worker: {got}, without: {expected}");
+    sched.wait_for_stats(|s| s.workers == 1).await.unwrap();
+    signal(&frozen, rustix::process::Signal::CONT);
+    let status = tokio::time::timeout(Duration::from_secs(10), frozen.wait()).await.expect("exits").unwrap();
+    assert!(!status.success(), "a resumed worker the scheduler dropped exits with an error");
+    c.close().await;
+}
+
+/// The scheduler process dies while workers and clients are connected: every worker exits
+/// with an error, a waiting client's futures fail with "lost the scheduler", and a waiting
+/// `courier submit` exits non-zero, all within 10 s; nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_scheduler_ends_its_workers_and_clients_with_clear_errors() {
+    let mut cluster =
+        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), "tcp://127.0.0.1:0", 2)
+            .await
+            .unwrap();
+    let c = cluster.client().await.unwrap();
+    let long = c.submit::<f64>("sleep", vec![arg(&30.0f64)]).await.unwrap();
+    let quick = c.submit::<i64>("inc", vec![arg(&1i64)]).await.unwrap();
+    assert_eq!(quick.result().await.unwrap(), 2, "the cluster works before the kill");
+    let mut submit = tokio::process::Command::new(courier_bin())
+        .args(["submit", cluster.scheduler_address(), "sleep", "30"])
+        .env("COURIER_LOG", "courier_runtime=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until it is connected (a client still connecting would retry for its connect timeout).
+    let mut stderr = tokio::io::BufReader::new(submit.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("client connected") {
+        let mut line = String::new();
+        let n = tokio::io::AsyncBufReadExt::read_line(&mut stderr, &mut line).await.unwrap();
+        assert!(n > 0, "courier submit ended before connecting: {seen}");
+        seen.push_str(&line);
+    }
+    cluster.kill_process(0).await.unwrap(); // the scheduler
+    let err = tokio::time::timeout(Duration::from_secs(10), long.result()).await.expect("no hang").unwrap_err();
+    assert!(err.to_string().contains("lost the scheduler"), "{err}");
+    let out = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await.unwrap();
+        (submit.wait().await.unwrap(), text)
+    })
+    .await
+    .expect("courier submit exits");
+    assert!(!out.0.success(), "courier submit fails");
+    assert!(out.1.contains("scheduler") || out.1.contains("closed") || out.1.contains("refused"), "{}", out.1);
+    for i in [1, 2] {
+        let status = tokio::time::timeout(Duration::from_secs(10), cluster.wait_process(i))
+            .await
+            .expect("workers exit")
+            .unwrap();
+        assert!(!status.success(), "a worker that lost its scheduler exits with an error");
+    }
+}

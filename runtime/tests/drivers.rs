@@ -225,3 +225,62 @@ async fn roles_are_enforced_and_a_refused_fetch_fails_with_the_refusal() {
         other => panic!("expected the worker's refusal, got {other:?}"),
     }
 }
+
+/// A client that vanishes in the middle of a gather: it asked a worker for a 128 MB result,
+/// read its first 64 KiB, then dropped both comms. The worker's send fails and nothing else
+/// does: the scheduler releases everything the client wanted, and the worker serves another
+/// client's gather of the same size at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_mid_gather_leaves_nothing_behind() {
+    use courier_core::codec::Encoder;
+    use courier_core::handshake::{Hello as WireHello, PREFIX_LEN};
+    use courier_core::{Compression, Limits};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let sched = cluster(ServerConfig::default(), 1).await;
+    let mut raw = raw_client(&sched.address).await;
+    let big = TaskSpec {
+        key: "big".into(),
+        func: "random_array".into(),
+        args: vec![arg(&vec![4000usize, 4000]), arg(&1u64)],
+        retries: 0,
+        wanted: true,
+    };
+    raw.send(to_message(&[ClientToScheduler::Submit { tasks: vec![big] }]).unwrap()).await.unwrap();
+    let holder = within("the result", async {
+        loop {
+            for m in from_message::<Vec<SchedulerToClient>>(&raw.recv().await.unwrap()).unwrap() {
+                if let SchedulerToClient::Done { holders, .. } = m {
+                    return holders[0].clone();
+                }
+            }
+        }
+    })
+    .await;
+    // A hand-made gather: handshake, Get, then read only the first 64 KiB of the reply.
+    let mut data = tokio::net::TcpStream::connect(holder.strip_prefix("tcp://").unwrap()).await.unwrap();
+    data.write_all(&WireHello::new(Limits::default(), Compression::None, "vanishing").encode()).await.unwrap();
+    let mut prefix = [0u8; PREFIX_LEN];
+    data.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u16::from_le_bytes([prefix[6], prefix[7]]) as usize];
+    data.read_exact(&mut body).await.unwrap();
+    let mut chunks = Vec::new();
+    let get = to_message(&[DataRequest::Get { id: 1, keys: vec!["big".into()] }]).unwrap();
+    Encoder::new(Limits::default(), Compression::None).encode(&get, &mut chunks).unwrap();
+    data.write_all(&chunks.concat()).await.unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    data.read_exact(&mut first).await.expect("the reply started");
+    drop(data);
+    drop(raw);
+    let stats = within("release", sched.wait_for_stats(|s| s.clients == 0 && s.tasks == 0)).await.unwrap();
+    assert_eq!(stats.workers, 1, "the worker survived");
+    // Another client gathers a result of the same size from the same worker.
+    let good = Client::connect(support::registry(), &sched.address).await.unwrap();
+    let a = good
+        .submit::<courier_core::WireArray>("random_array", vec![arg(&vec![4000usize, 4000]), arg(&2u64)])
+        .await
+        .unwrap();
+    let got = within("a good gather", a.result()).await.unwrap();
+    assert_eq!(got.shape(), &[4000, 4000]);
+    good.close().await;
+}

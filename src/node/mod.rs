@@ -317,6 +317,15 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
     }
 }
 
+/// Runs a node's main future to its end, then stops the runtime without waiting for work
+/// still in flight: a worker that lost its scheduler must exit now, not when a long task on
+/// a blocking thread happens to finish (dropping a runtime waits for those).
+pub fn block_on_node<T>(runtime: tokio::runtime::Runtime, main: impl std::future::Future<Output = T>) -> T {
+    let out = runtime.block_on(main);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    out
+}
+
 /// Logs to stderr, filtered by `COURIER_LOG` (e.g. `COURIER_LOG=info`). Does nothing if a
 /// subscriber is already installed.
 pub fn init_logging() {
@@ -348,7 +357,7 @@ pub fn worker_main(functions: Functions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_worker(cli.worker, &cli.common, functions)) {
+    match block_on_node(runtime, run_worker(cli.worker, &cli.common, functions)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -201,11 +201,13 @@ impl Client {
                     inner.on_message(msg);
                 }
             };
+            tracing::debug!(reason = %why, "the client's scheduler comm ended");
             if let Some(inner) = weak.upgrade() {
                 inner.lost(why);
             }
             outbox.abort();
         });
+        tracing::debug!(scheduler = %url, "client connected");
         Ok(Client { inner })
     }
 
