@@ -136,12 +136,13 @@ async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
     }
 }
 
-/// A short stability run per transport: no failures, hangs or lost messages (the command
-/// exits non-zero otherwise).
+/// A short stability run per transport, with every fault injected (proxy cuts and stalls, a
+/// frozen worker, a scheduler restart): no failures, hangs, lost or corrupt messages (the
+/// command exits non-zero otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_stability_run_is_clean_on_every_transport() {
+async fn a_short_stability_run_with_faults_is_clean_on_every_transport() {
     let out = courier()
-        .args(["stability", "--repeat", "2", "--comms", "3", "--messages", "6", "--timeout", "60"])
+        .args(["stability", "--repeat", "1", "--comms", "3", "--messages", "8", "--timeout", "60"])
         .output()
         .await
         .unwrap();
@@ -149,6 +150,26 @@ async fn a_short_stability_run_is_clean_on_every_transport() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for scheme in ["tcp://", "unix://", "zmq://", "tls://", "inproc://"] {
         assert!(stdout.contains(scheme), "{scheme} missing from {stdout}");
+    }
+}
+
+/// The stability run can fail: a message the echo server swallows is counted as lost, and a
+/// frame it answers from another comm as corrupt, and either makes the command exit non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_faults_are_reported_by_the_stability_run() {
+    for (plant, column, text) in [("drop", 6, "never came back"), ("misdeliver", 7, "not one of its messages")] {
+        let out = courier()
+            .args(["stability", "--repeat", "1", "--comms", "3", "--messages", "8", "--faults", "none"])
+            .args(["--urls", "tcp://127.0.0.1:0", "--plant", plant])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{plant}: the run must fail\n{stdout}");
+        let row = stdout.lines().find(|l| l.starts_with("tcp://")).unwrap_or_else(|| panic!("{stdout}"));
+        let counts: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(counts[column], "1", "{plant}: one message counted in column {column}: {row}");
+        assert!(stdout.contains(text), "{plant}: {stdout}");
     }
 }
 

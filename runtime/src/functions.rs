@@ -115,6 +115,13 @@ impl Functions {
         self.map.get(name)
     }
 
+    /// Runs the function `name` here, on serialized arguments, as a worker would (a panic is
+    /// an error): to test functions, or to compute a reference answer without a cluster.
+    pub fn call(&self, name: &str, args: Vec<Payload>) -> Result<Payload, String> {
+        let f = self.get(name).ok_or_else(|| format!("no function {name:?}"))?;
+        run_guarded(&f.f, args)
+    }
+
     /// The names registered, sorted.
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.map.keys().map(String::as_str).collect();

@@ -4,6 +4,7 @@
 //! ```toml
 //! [scheduler]
 //! listen = "tcp://0.0.0.0:8786"
+//! worker_timeout = 30      # seconds a silent worker is tolerated
 //!
 //! [worker]
 //! scheduler = "tcp://10.0.0.5:8786"
@@ -70,6 +71,7 @@ pub(crate) struct AuthSection {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SchedulerSection {
     pub(crate) listen: Option<String>,
+    pub(crate) worker_timeout: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -243,6 +243,10 @@ pub struct SchedulerArgs {
     /// tcp://127.0.0.1:8786.
     #[arg(long, env = "COURIER_SCHEDULER_LISTEN")]
     pub listen: Option<String>,
+    /// Seconds a worker may stay silent (no heartbeat, no message) before it is declared dead
+    /// and its work rescheduled (default 30).
+    #[arg(long, env = "COURIER_WORKER_TIMEOUT")]
+    pub worker_timeout: Option<f64>,
 }
 
 /// `courier worker` settings (and a custom worker's).
@@ -268,7 +272,14 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
     let file = config::FileConfig::load(common.config.as_deref())?;
     let registry = common.registry_for(&file, Role::Scheduler)?;
     let listen = args.listen.or(file.scheduler.listen).unwrap_or_else(|| "tcp://127.0.0.1:8786".into());
-    let (handle, task) = courier_runtime::start_scheduler(registry, &listen, SchedulerConfig::default()).await?;
+    let mut config = SchedulerConfig::default();
+    if let Some(secs) = args.worker_timeout.or(file.scheduler.worker_timeout) {
+        if !(secs.is_finite() && (0.5..=86_400.0).contains(&secs)) {
+            return Err(NodeError::Config(format!("worker timeout of {secs} s: give 0.5 to 86400 seconds")));
+        }
+        config.worker_timeout = std::time::Duration::from_secs_f64(secs);
+    }
+    let (handle, task) = courier_runtime::start_scheduler(registry, &listen, config).await?;
     println!("scheduler listening at {}", handle.address);
     use std::io::Write as _;
     std::io::stdout().flush()?;
