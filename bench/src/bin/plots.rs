@@ -104,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cluster =
             row["cluster"].as_str().unwrap_or_default().split_whitespace().next().unwrap_or_default().to_owned();
         let m = row["measurement"].as_str().unwrap_or_default().to_owned();
-        by.entry(m).or_default().insert(cluster, row["best_tasks_per_s"].as_f64().unwrap_or(0.0));
+        by.entry(m).or_default().insert(cluster, row["median_tasks_per_s"].as_f64().unwrap_or(0.0));
     }
     let clusters: Vec<String> =
         by.values().flat_map(|m| m.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
@@ -112,7 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|(m, v)| (m.clone(), clusters.iter().map(|c| v.get(c).copied().unwrap_or(0.0)).collect()))
         .collect();
-    bars(&dir.join("tasks.svg"), "Trivial tasks per second (2 workers)", "tasks / s", &clusters, &series)?;
+    bars(&dir.join("tasks.svg"), "Trivial tasks per second, median of 3 (2 workers)", "tasks / s", &clusters, &series)?;
 
     // Stability.
     let stab: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("stability.json"))?)?;
@@ -126,11 +126,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("repetitions ok".to_owned(), count("ok")),
         ("failures".to_owned(), count("failures")),
         ("hangs".to_owned(), count("hangs")),
-        ("lost or corrupt".to_owned(), count("lost_or_corrupt")),
+        ("lost".to_owned(), count("lost")),
+        ("corrupt".to_owned(), count("corrupt")),
+        ("proxy cuts survived".to_owned(), count("proxy_cuts")),
+        ("freezes survived".to_owned(), count("freezes_ok")),
+        ("restarts survived".to_owned(), count("restarts_ok")),
     ];
     bars(
         &dir.join("stability.svg"),
-        "Stability runs: repetitions ok vs failures, hangs, lost messages",
+        "Stability runs with injected faults: repetitions ok, failures, hangs, lost and corrupt messages",
         "count",
         &names,
         &series,
