@@ -10,34 +10,56 @@
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p results
+# --quick DIR: every part with tiny parameters into DIR, then check every file is there (a
+# smoke test that the script and its parsers still work; CI runs it). Not results.
+out=results quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1 out="${2:?--quick needs an output directory}"
+  shift 2
+fi
+mkdir -p "$out"
 parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no)" ] && sha="$sha-dirty"
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability)
+if [ $quick = 1 ]; then
+  export COURIER_BENCH_QUICK=1
+  compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)
+  tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1)
+  stability_args=(--repeat 1 --comms 2 --messages 4)
+else
+  compare_args=() tasks_args=()
+  # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
+  stability_args=()
+fi
 cargo build --release --bin courier
 for part in "${parts[@]}"; do
   case "$part" in
     criterion)
-      (cd bench && cargo bench --bench transports -- --noplot) | tee results/criterion.txt
-      python3 scripts/criterion_to_csv.py target/criterion results/transports.csv
+      rm -rf target/criterion # stale ids from older runs must not reach the CSV
+      (cd bench && cargo bench --bench transports -- --noplot) | tee "$out/criterion.txt"
+      python3 scripts/criterion_to_csv.py target/criterion "$out/transports.csv"
       ;;
-    compare) ./target/release/courier compare | tee results/compare.txt ;;
-    tasks) ./target/release/courier bench-tasks --json results/tasks.json | grep -v "worker serving" | tee results/tasks.txt ;;
-    # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
-    stability) ./target/release/courier stability --json results/stability.json | tee results/stability.txt ;;
+    compare) ./target/release/courier compare "${compare_args[@]}" --json "$out/compare.json" | tee "$out/compare.txt" ;;
+    tasks)
+      ./target/release/courier bench-tasks "${tasks_args[@]}" --json "$out/tasks.json" | grep -v "worker serving" \
+        | tee "$out/tasks.txt"
+      ;;
+    stability)
+      ./target/release/courier stability "${stability_args[@]}" --json "$out/stability.json" | tee "$out/stability.txt"
+      ;;
     *) echo "unknown part $part (criterion, compare, tasks, stability)" >&2; exit 2 ;;
   esac
 done
-PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
+QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
 import json, os, platform, subprocess, datetime
 def sh(*a):
     try:
         return subprocess.run(a, capture_output=True, text=True).stdout.strip()
     except Exception:
         return ""
-path = "results/manifest.json"
+path = os.environ["OUT"] + "/manifest.json"
 try:
     old = json.load(open(path))
 except Exception:
@@ -54,11 +76,18 @@ json.dump({
     "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(int(mem) / 2**20, 1),
     "kernel": platform.release(), "rustc": sh("rustc", "--version"),
     "runs": runs,
+    "quick": os.environ["QUICK"] == "1",
     "settings": {"criterion": "sample_size 10 (stream, arrays, small, compression), 20 (echo); tokio multi-thread, 2 workers",
-                 "compare": "median of 5, 512 MiB per measurement",
-                 "bench_tasks": "median (headline) and best of 3",
+                 "compare": "median of 5, 512 MiB per measurement; small: 50 x 1,000 messages per measurement; echo: 20,000 round trips",
+                 "bench_tasks": "median (headline), smallest and largest of 5",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart"},
 }, open(path, "w"), indent=2)
 PY
-cargo run --release -p courier-bench --bin plots -- results
-echo "results written to results/"
+cargo run --release -p courier-bench --bin plots -- "$out"
+if [ $quick = 1 ]; then
+  for f in criterion.txt transports.csv compare.txt compare.json tasks.json tasks.txt stability.json \
+    stability.txt manifest.json throughput.svg round_trips.svg tasks.svg stability.svg; do
+    [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
+  done
+fi
+echo "results written to $out/"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Collects criterion estimates (target/criterion/<group>/<function>/<param>/new/estimates.json)
-into one CSV: group, transport, payload, mean_ns, ci_low_ns, ci_high_ns, bytes_per_iter,
-throughput_gib_s, and the ratio to the raw baseline of the same group and payload."""
+into one CSV: group, contender, payload, the median time per iteration with its 95 % confidence
+interval, the mean, bytes per iteration, throughput (from the median), and the ratios to the
+fair raw baseline and to the machine's limit of the same group and payload."""
 import csv
 import json
 import pathlib
@@ -12,7 +13,8 @@ out = sys.argv[2] if len(sys.argv) > 2 else "-"
 rows = []
 for est in sorted(root.glob("*/*/*/new/estimates.json")):
     group, function, param = est.parts[-5], est.parts[-4], est.parts[-3]
-    e = json.loads(est.read_text())["mean"]
+    estimates = json.loads(est.read_text())
+    e = estimates["median"]
     bench = json.loads((est.parent / "benchmark.json").read_text())
     tp = bench.get("throughput") or {}
     nbytes = tp.get("Bytes") or tp.get("BytesDecimal")
@@ -21,18 +23,20 @@ for est in sorted(root.glob("*/*/*/new/estimates.json")):
         "group": group,
         "transport": function,
         "payload": param,
-        "mean_ns": round(e["point_estimate"], 1),
+        "median_ns": round(e["point_estimate"], 1),
         "ci_low_ns": round(e["confidence_interval"]["lower_bound"], 1),
         "ci_high_ns": round(e["confidence_interval"]["upper_bound"], 1),
+        "mean_ns": round(estimates["mean"]["point_estimate"], 1),
         "bytes_per_iter": nbytes or "",
         "throughput_gib_s": round(nbytes / e["point_estimate"] * 1e9 / 2**30, 3) if nbytes else "",
         "ops_per_s": round(elems / e["point_estimate"] * 1e9, 1) if elems else "",
     }
     rows.append(row)
-raw = {(r["group"], r["payload"]): r["mean_ns"] for r in rows if r["transport"] == "raw"}
-for r in rows:
-    base = raw.get((r["group"], r["payload"]))
-    r["ratio_to_raw"] = round(base / r["mean_ns"], 3) if base else ""
+for base_name in ("raw", "limit"):
+    base = {(r["group"], r["payload"]): r["median_ns"] for r in rows if r["transport"] == base_name}
+    for r in rows:
+        b = base.get((r["group"], r["payload"]))
+        r["ratio_to_" + base_name] = round(b / r["median_ns"], 3) if b and r["transport"] != "memcpy" else ""
 fields = list(rows[0].keys()) if rows else []
 f = sys.stdout if out == "-" else open(out, "w", newline="")
 w = csv.DictWriter(f, fieldnames=fields)

@@ -1,19 +1,22 @@
 //! Transport comparison: one-way stream throughput of array-sized payloads and small-message
-//! round trips, for tcp://, inproc:// and a raw tokio socket baseline, in one run.
+//! round trips, for every transport beside the fair raw socket (`raw`) and the machine's
+//! limits (`limit`: blocking sockets on two threads; `memcpy`: one core), in one run.
 //!
-//! Benchmark ids are `{pattern}/{transport}/{payload}`, e.g. `stream/tcp/64MiB`; compare
-//! `tcp` against `raw` within one run.
+//! Benchmark ids are `{pattern}/{contender}/{payload}`, e.g. `stream/tcp/64MiB`; compare
+//! `tcp` against `raw` and `limit` within one run. `COURIER_BENCH_QUICK=1` shortens every
+//! group to a smoke run (for `scripts/collect_results.sh --quick`).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use courier_bench::{
-    RawPair, TRANSPORTS, echo_client, echo_server, payload_message, raw_echo_client, raw_echo_server,
-    raw_stream_receiver, raw_stream_sender, registry, stream_receiver, stream_sender,
+    BlockingPair, RawPair, RawReader, TRANSPORTS, echo_client, echo_server, memcpy, payload_message, raw_echo_client,
+    raw_echo_server, raw_stream_receiver, raw_stream_sender, registry, stream_receiver, stream_sender,
 };
 use courier_core::compression::{DEFAULT_THRESHOLD, auto_decision};
 use courier_core::{Comm, CommConfig, Compression, Message};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group};
 use tokio::runtime::Runtime;
 
 const PAYLOADS: [(usize, &str); 3] = [(1 << 20, "1MiB"), (8 << 20, "8MiB"), (64 << 20, "64MiB")];
@@ -37,18 +40,40 @@ fn comm_pair_with(rt: &Runtime, url: &str, compression: Option<Compression>) -> 
     })
 }
 
+/// Sets a group's sample size and times, or the shortest run criterion allows in quick mode.
+fn timing(group: &mut BenchmarkGroup<'_, WallTime>, samples: usize, measure: Duration, warm_up: Duration) {
+    if std::env::var_os("COURIER_BENCH_QUICK").is_some() {
+        group.sample_size(10).measurement_time(Duration::from_millis(50)).warm_up_time(Duration::from_millis(10));
+    } else {
+        group.sample_size(samples).measurement_time(measure).warm_up_time(warm_up);
+    }
+}
+
+/// The fair raw pair and its reader (buffers reused and faulted, as Courier's are).
+type Raw = Option<(RawPair, RawReader)>;
+
+fn raw_pair(rt: &Runtime, max_payload: usize) -> Raw {
+    Some((rt.block_on(RawPair::connect()).expect("raw pair"), RawReader::new(max_payload)))
+}
+
 /// Streams `count` length-prefixed copies of `bytes` over the raw pair; the receiver runs in
 /// its own task, as for the comms.
-fn raw_iters(rt: &Runtime, raw: &mut Option<RawPair>, bytes: &bytes::Bytes, count: usize) -> Duration {
-    let RawPair { mut client, mut server } = raw.take().expect("pair");
+fn raw_iters(rt: &Runtime, raw: &mut Raw, bytes: &bytes::Bytes, count: usize) -> Duration {
+    let (RawPair { mut client, mut server }, mut reader) = raw.take().expect("pair");
+    let len = bytes.len();
     let rx = rt.spawn(async move {
-        let mut buf = Vec::new();
-        raw_stream_receiver(&mut server, count, &mut buf).await.expect("raw receiver");
-        server
+        raw_stream_receiver(&mut server, &mut reader, count, len).await.expect("raw receiver");
+        (server, reader)
     });
     let took = rt.block_on(raw_stream_sender(&mut client, bytes, count)).expect("raw sender");
-    *raw = Some(RawPair { client, server: rt.block_on(rx).expect("task") });
+    let (server, reader) = rt.block_on(rx).expect("task");
+    *raw = Some((RawPair { client, server }, reader));
     took
+}
+
+/// The machine's limit: `count` copies of `bytes` over blocking sockets on two threads.
+fn limit_iters(pair: &mut BlockingPair, bytes: &[u8], count: usize) -> Duration {
+    pair.stream(bytes, count).expect("limit stream")
 }
 
 /// Streams `msg` over `pair` `iters` times; the receiver runs in its own task.
@@ -70,7 +95,7 @@ fn stream_iters(rt: &Runtime, pair: &mut Option<(Comm, Comm)>, msg: &Message, it
 fn compression(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("compression");
-    group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    timing(&mut group, 10, Duration::from_secs(4), Duration::from_secs(1));
     let noise = payload_message(64 << 20);
     group.throughput(Throughput::Bytes(noise.byte_len()));
     let frame = noise.frames[0].clone();
@@ -98,13 +123,20 @@ fn compression(c: &mut Criterion) {
 fn stream(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("stream");
-    group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    timing(&mut group, 10, Duration::from_secs(4), Duration::from_secs(1));
     for (len, name) in PAYLOADS {
         let msg = payload_message(len);
         group.throughput(Throughput::Bytes(msg.byte_len()));
-
-        let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
         let bytes = msg.frames[0].clone();
+
+        let mut limit = BlockingPair::connect().expect("limit pair");
+        group.bench_function(BenchmarkId::new("limit", name), |b| {
+            b.iter_custom(|iters| limit_iters(&mut limit, &bytes, iters as usize))
+        });
+        group.bench_function(BenchmarkId::new("memcpy", name), |b| {
+            b.iter_custom(|iters| memcpy(&bytes, iters as usize))
+        });
+        let mut raw = raw_pair(&rt, len);
         group.bench_function(BenchmarkId::new("raw", name), |b| {
             b.iter_custom(|iters| raw_iters(&rt, &mut raw, &bytes, iters as usize))
         });
@@ -122,13 +154,21 @@ fn stream(c: &mut Criterion) {
 fn echo_small(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("echo");
-    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    timing(&mut group, 20, Duration::from_secs(3), Duration::from_millis(500));
     let msg = payload_message(100);
     group.throughput(Throughput::Elements(1));
+    let bytes = msg.frames[0].clone();
+
+    let mut limit = BlockingPair::connect().expect("limit pair");
+    group.bench_function(BenchmarkId::new("limit", "100B"), |b| {
+        b.iter_custom(|iters| limit.echo(&bytes, iters as usize).expect("limit echo").iter().sum())
+    });
+    group.bench_function(BenchmarkId::new("blocking-2-threads", "100B"), |b| {
+        b.iter_custom(|iters| limit.echo_threads(&bytes, iters as usize).expect("blocking echo").iter().sum())
+    });
 
     let RawPair { mut client, mut server } = rt.block_on(RawPair::connect()).expect("raw pair");
-    rt.spawn(async move { raw_echo_server(&mut server).await });
-    let bytes = msg.frames[0].clone();
+    rt.spawn(async move { raw_echo_server(&mut server, 100).await });
     group.bench_function(BenchmarkId::new("raw", "100B"), |b| {
         b.iter_custom(|iters| {
             let times = rt.block_on(raw_echo_client(&mut client, &bytes, iters as usize)).expect("raw echo");
@@ -157,7 +197,7 @@ fn arrays(c: &mut Criterion) {
     use courier_core::{WireArray, to_message};
     let rt = runtime();
     let mut group = c.benchmark_group("arrays");
-    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    timing(&mut group, 10, Duration::from_secs(3), Duration::from_millis(500));
     let f_order = Array2::<f64>::from_shape_fn((2048, 4096), |(i, j)| (i ^ j) as f64).reversed_axes();
     let wide = Array2::<f64>::from_shape_fn((4096, 4096), |(i, j)| (i * 3 + j) as f64);
     // (name, how to build the message, compression to configure on the comms)
@@ -181,8 +221,8 @@ fn arrays(c: &mut Criterion) {
     for (name, make, compression) in &payloads {
         let sample = make();
         group.throughput(Throughput::Bytes(sample.byte_len()));
-        let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
         let bytes = sample.frames[0].clone();
+        let mut raw = raw_pair(&rt, bytes.len());
         group.bench_function(BenchmarkId::new("raw", name), |b| {
             b.iter_custom(|iters| raw_iters(&rt, &mut raw, &bytes, iters as usize))
         });
@@ -207,11 +247,15 @@ fn arrays(c: &mut Criterion) {
 
     // 1,000 messages of 100 bytes, pipelined, one ack.
     let mut group = c.benchmark_group("small");
-    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    timing(&mut group, 10, Duration::from_secs(3), Duration::from_millis(500));
     let msg = payload_message(100);
     group.throughput(Throughput::Elements(1000));
-    let mut raw = Some(rt.block_on(RawPair::connect()).expect("raw pair"));
     let bytes = msg.frames[0].clone();
+    let mut limit = BlockingPair::connect().expect("limit pair");
+    group.bench_function(BenchmarkId::new("limit", "1000x100B"), |b| {
+        b.iter_custom(|iters| limit_iters(&mut limit, &bytes, iters as usize * 1000))
+    });
+    let mut raw = raw_pair(&rt, 100);
     group.bench_function(BenchmarkId::new("raw", "1000x100B"), |b| {
         b.iter_custom(|iters| raw_iters(&rt, &mut raw, &bytes, iters as usize * 1000))
     });

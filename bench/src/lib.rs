@@ -9,16 +9,25 @@
 //!   the end; the time is from the first send to the ack.
 //! - **echo**: one message there and back, `count` times; each round trip is timed.
 //!
-//! The raw baseline moves the same bytes with an 8-byte length prefix per message over a
-//! `TcpStream` with `TCP_NODELAY`, reading each message into a preallocated buffer: the least
-//! a framed transport over TCP could do.
+//! Two baselines run beside the transports, in the same process and the same run:
+//! - **raw** ([`raw`]): the same bytes with an 8-byte length prefix per message over a tokio
+//!   `TcpStream` with `TCP_NODELAY`, sending and receiving with the same strategy as
+//!   Courier's stream transports (the table in [`raw`] shows both side by side): the least a
+//!   framed transport over TCP could do.
+//! - **limit** ([`limits`]): blocking sockets on two threads with no framing, and one core's
+//!   memcpy: what this machine's loopback and memory can do at all.
+//!
+//! [`limits::process_cpu`] gives CPU time beside wall time: on a shared VM times swing, CPU
+//! per message far less.
 
+pub mod limits;
 mod patterns;
-mod raw;
+pub mod raw;
 mod stats;
 
+pub use limits::{BlockingPair, memcpy, process_cpu};
 pub use patterns::{echo_client, echo_server, payload_message, stream_receiver, stream_sender};
-pub use raw::{RawPair, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender};
+pub use raw::{RawPair, RawReader, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender};
 pub use stats::{Summary, format_bytes};
 
 use std::sync::Arc;

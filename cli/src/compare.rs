@@ -1,13 +1,28 @@
-//! `courier compare`: the transports side by side with a raw socket, in one run.
+//! `courier compare`: the transports side by side with a fair raw socket and the machine's
+//! limits, in one run.
+//!
+//! Contenders per pattern, interleaved repetition by repetition so drift on a shared machine
+//! hits all alike:
+//! - `limit`: blocking sockets on two threads, no framing (`courier_bench::limits`);
+//! - `raw`: a tokio socket with a length prefix, reading the way Courier's stream transports
+//!   read (`courier_bench::raw`);
+//! - every transport in `courier_bench::TRANSPORTS`.
+//!
+//! Beside each median: the spread (slowest–fastest repetition) and the process's CPU time
+//! per message (sender and receiver together), which swings far less than wall time on a
+//! shared machine.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use courier::{Comm, Registry};
+use bytes::Bytes;
+use courier::{Comm, Message, Registry};
 use courier_bench::{
-    RawPair, Summary, TRANSPORTS, echo_client, echo_server, format_bytes, payload_message, raw_echo_client,
-    raw_echo_server, raw_stream_receiver, raw_stream_sender, stream_receiver, stream_sender,
+    BlockingPair, RawPair, RawReader, Summary, TRANSPORTS, echo_client, echo_server, format_bytes, memcpy,
+    payload_message, process_cpu, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender,
+    stream_receiver, stream_sender,
 };
+use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -23,6 +38,12 @@ pub(crate) struct Args {
     /// Round trips of a 100-byte message per transport.
     #[arg(long, default_value_t = 20_000)]
     round_trips: usize,
+    /// Streams of 1,000 pipelined 100-byte messages per measurement.
+    #[arg(long, default_value_t = 50)]
+    small_batches: usize,
+    /// Write every row as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 /// Parses `64MiB`, `8 MiB`, `100`, `1GiB`.
@@ -48,117 +69,343 @@ async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
     Ok((c?, s?))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// One row of the report (also the JSON record).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Row {
+    /// `stream`, `small`, `echo (multi-thread)`, `echo (current-thread)`, `memcpy`.
+    pattern: String,
+    payload_bytes: usize,
+    /// Messages per stream (one ack each) or round trips.
+    messages: usize,
+    /// Streams per measurement.
+    batches: usize,
+    contender: String,
+    /// `bytes/s`, `messages/s` or `round trips/s`.
+    unit: &'static str,
+    median: f64,
+    /// Slowest and fastest repetition (for echo, the median is the p50 round trip's rate and
+    /// the spread comes from the p99 and p1 round trips).
+    low: f64,
+    high: f64,
+    repetitions: usize,
+    /// Process CPU time per message (all threads, sender and receiver), median.
+    cpu_ns_per_message: f64,
+    vs_raw: Option<f64>,
+    vs_limit: Option<f64>,
+    vs_tcp: Option<f64>,
 }
 
-/// Stream throughput per payload, every transport beside the raw socket.
-pub(crate) async fn streams(args: &Args) -> anyhow::Result<()> {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// A contender in the stream pattern, with its connection kept across repetitions.
+#[allow(clippy::large_enum_variant)] // eight of them per run, never moved in a loop
+enum Contender {
+    Limit(Option<BlockingPair>),
+    Raw(Option<(RawPair, RawReader)>),
+    Comm(Option<(Comm, Comm)>),
+}
+
+impl Contender {
+    /// Streams `count` copies of `msg` (its one frame, for the baselines); returns wall time.
+    async fn stream(&mut self, msg: &Message, count: usize) -> anyhow::Result<Duration> {
+        let payload: Bytes = msg.frames[0].clone();
+        match self {
+            Contender::Limit(slot) => {
+                let mut p = slot.take().context("limit pair")?;
+                let (p, took) = tokio::task::spawn_blocking(move || {
+                    let took = p.stream(&payload, count);
+                    (p, took)
+                })
+                .await?;
+                *slot = Some(p);
+                Ok(took?)
+            }
+            Contender::Raw(slot) => {
+                let (RawPair { mut client, mut server }, mut reader) = slot.take().context("raw pair")?;
+                let len = payload.len();
+                let rx = tokio::spawn(async move {
+                    raw_stream_receiver(&mut server, &mut reader, count, len).await.map(|()| (server, reader))
+                });
+                let took = raw_stream_sender(&mut client, &payload, count).await?;
+                let (server, reader) = rx.await??;
+                *slot = Some((RawPair { client, server }, reader));
+                Ok(took)
+            }
+            Contender::Comm(slot) => {
+                let (mut client, mut server) = slot.take().context("comm pair")?;
+                let expect = msg.byte_len();
+                let rx =
+                    tokio::spawn(async move { stream_receiver(&mut server, count, expect).await.map(|()| server) });
+                let took = stream_sender(&mut client, msg, count).await?;
+                *slot = Some((client, rx.await??));
+                Ok(took)
+            }
+        }
+    }
+}
+
+/// The stream pattern for one payload size: every contender, `repeat` interleaved rounds,
+/// each of `batches` streams of `count` messages (one ack per stream).
+async fn stream_rows(
+    registry: &Registry,
+    pattern: &str,
+    len: usize,
+    count: usize,
+    batches: usize,
+    repeat: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let msg = payload_message(len);
+    let mut contenders: Vec<(String, Contender)> = vec![
+        ("limit".into(), Contender::Limit(Some(tokio::task::spawn_blocking(BlockingPair::connect).await??))),
+        ("raw".into(), Contender::Raw(Some((RawPair::connect().await?, RawReader::new(len))))),
+    ];
+    for (name, url) in TRANSPORTS {
+        contenders.push((name.into(), Contender::Comm(Some(pair(registry, url).await?))));
+    }
+    let mut rates = vec![Vec::new(); contenders.len()];
+    let mut cpus = vec![Vec::new(); contenders.len()];
+    // One unmeasured round first: connections warm, buffers recycled, pages faulted.
+    for (_, c) in &mut contenders {
+        c.stream(&msg, count.min(4)).await?;
+    }
+    for _ in 0..repeat {
+        for (i, (_, c)) in contenders.iter_mut().enumerate() {
+            let cpu0 = process_cpu();
+            let mut took = Duration::ZERO;
+            for _ in 0..batches {
+                took += c.stream(&msg, count).await?;
+            }
+            let cpu = process_cpu().saturating_sub(cpu0);
+            let per_s = (count * batches) as f64 / took.as_secs_f64();
+            rates[i].push(if pattern == "small" { per_s } else { per_s * len as f64 });
+            cpus[i].push(cpu.as_secs_f64() * 1e9 / (count * batches) as f64);
+        }
+    }
+    let unit = if pattern == "small" { "messages/s" } else { "bytes/s" };
+    let mut rows: Vec<Row> = contenders
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| Row {
+            pattern: pattern.into(),
+            payload_bytes: len,
+            messages: count,
+            batches,
+            contender: name.clone(),
+            unit,
+            median: median(&rates[i]),
+            low: rates[i].iter().copied().fold(f64::INFINITY, f64::min),
+            high: rates[i].iter().copied().fold(0.0, f64::max),
+            repetitions: repeat,
+            cpu_ns_per_message: median(&cpus[i]),
+            vs_raw: None,
+            vs_limit: None,
+            vs_tcp: None,
+        })
+        .collect();
+    if pattern != "small" {
+        let src = payload_message(len).frames[0].clone();
+        let copies = count.max(1);
+        let mut rates = Vec::new();
+        let mut cpus = Vec::new();
+        for _ in 0..repeat {
+            let src = src.clone();
+            let cpu0 = process_cpu();
+            let took = tokio::task::spawn_blocking(move || memcpy(&src, copies)).await?;
+            cpus.push(process_cpu().saturating_sub(cpu0).as_secs_f64() * 1e9 / copies as f64);
+            rates.push((len * copies) as f64 / took.as_secs_f64());
+        }
+        rows.push(Row {
+            pattern: "memcpy".into(),
+            payload_bytes: len,
+            messages: copies,
+            batches: 1,
+            contender: "memcpy (one core)".into(),
+            unit: "bytes/s",
+            median: median(&rates),
+            low: rates.iter().copied().fold(f64::INFINITY, f64::min),
+            high: rates.iter().copied().fold(0.0, f64::max),
+            repetitions: repeat,
+            cpu_ns_per_message: median(&cpus),
+            vs_raw: None,
+            vs_limit: None,
+            vs_tcp: None,
+        });
+    }
+    Ok(ratios(rows))
+}
+
+/// Fills in each row's ratios to `raw`, `limit` and `tcp` of the same pattern and payload.
+fn ratios(mut rows: Vec<Row>) -> Vec<Row> {
+    let find = |rows: &[Row], name: &str| rows.iter().find(|r| r.contender == name).map(|r| r.median);
+    let (raw, limit, tcp) = (find(&rows, "raw"), find(&rows, "limit"), find(&rows, "tcp"));
+    for r in &mut rows {
+        if r.pattern == "memcpy" {
+            continue;
+        }
+        r.vs_raw = raw.filter(|v| *v > 0.0).map(|v| r.median / v);
+        r.vs_limit = limit.filter(|v| *v > 0.0).map(|v| r.median / v);
+        r.vs_tcp = tcp.filter(|v| *v > 0.0).map(|v| r.median / v);
+    }
+    rows
+}
+
+fn fmt_rate(unit: &str, v: f64) -> String {
+    match unit {
+        "bytes/s" => format!("{}/s", format_bytes(v as u64)),
+        _ if v >= 1e6 => format!("{:.2}M/s", v / 1e6),
+        _ => format!("{:.1}k/s", v / 1e3),
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn fmt_cpu(ns: f64) -> String {
+    if ns >= 1e6 { format!("{:.2} ms", ns / 1e6) } else { format!("{:.2} µs", ns / 1e3) }
+}
+
+fn print_header() {
+    println!(
+        "{:<9} {:<18} {:>7} {:>12} {:>23} {:>6} {:>7} {:>6} {:>10}",
+        "payload", "contender", "msgs", "median", "spread (low-high)", "/ raw", "/ limit", "/ tcp", "CPU/msg"
+    );
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{:<9} {:<18} {:>7} {:>12} {:>23} {:>6} {:>7} {:>6} {:>10}",
+        format_bytes(r.payload_bytes as u64),
+        r.contender,
+        r.messages,
+        fmt_rate(r.unit, r.median),
+        format!("{} - {}", fmt_rate(r.unit, r.low), fmt_rate(r.unit, r.high)),
+        fmt_ratio(r.vs_raw),
+        fmt_ratio(r.vs_limit),
+        fmt_ratio(r.vs_tcp),
+        fmt_cpu(r.cpu_ns_per_message),
+    );
+}
+
+/// Stream throughput per payload and pipelined small messages, every contender.
+pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
     let registry = courier_bench::registry();
     let volume = parse_size(&args.volume)?;
     let repeat = args.repeat.max(1);
-    println!("Courier transport comparison on loopback (one run; median of {repeat})");
+    println!("Courier transport comparison on loopback, one run. limit: blocking sockets on two threads, no");
+    println!("framing; raw: tokio socket, length prefix, Courier's read strategy. CPU/msg: process CPU time");
+    println!("(sender + receiver) per message.");
     println!();
-    println!("stream: the sender pipelines N messages of one frame each; one ack at the end");
-    println!("{:<10} {:<8} {:>10} {:>14} {:>12}", "payload", "transport", "messages", "throughput", "ratio to raw");
+    println!("stream: the sender pipelines N messages of one frame each; one ack at the end; median of {repeat}");
+    print_header();
+    let mut all = Vec::new();
     for p in &args.payloads {
         let len = parse_size(p)?;
         let count = (volume / len.max(1)).max(4);
-        let msg = payload_message(len);
-        let mut raw_rates = Vec::new();
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); TRANSPORTS.len()];
-        let RawPair { client: mut raw_client, server: raw_server } = RawPair::connect().await?;
-        let mut raw_server = Some(raw_server);
-        let mut pairs = Vec::new();
-        for (_, url) in TRANSPORTS {
-            let (client, server) = pair(&registry, url).await?;
-            pairs.push((client, Some(server)));
-        }
-        // Interleave the contenders so that drift on a shared machine hits all alike. The
-        // receiver runs in its own task (another core), for raw and Courier alike.
-        for _ in 0..repeat {
-            let mut server = raw_server.take().context("raw server")?;
-            let rx = tokio::spawn(async move {
-                let mut buf = Vec::new();
-                raw_stream_receiver(&mut server, count, &mut buf).await.map(|()| server)
-            });
-            let took = raw_stream_sender(&mut raw_client, &msg.frames[0], count).await?;
-            raw_server = Some(rx.await??);
-            raw_rates.push((len * count) as f64 / took.as_secs_f64());
-            for (i, (client, server)) in pairs.iter_mut().enumerate() {
-                let mut s = server.take().context("server comm")?;
-                let expect = msg.byte_len();
-                let rx = tokio::spawn(async move { stream_receiver(&mut s, count, expect).await.map(|()| s) });
-                let took = stream_sender(client, &msg, count).await?;
-                *server = Some(rx.await??);
-                rates[i].push((len * count) as f64 / took.as_secs_f64());
-            }
-        }
-        let raw_rate = median(raw_rates);
-        println!(
-            "{:<10} {:<8} {:>10} {:>12}/s {:>12}",
-            format_bytes(len as u64),
-            "raw",
-            count,
-            format_bytes(raw_rate as u64),
-            "1.00"
-        );
-        for (i, (name, _)) in TRANSPORTS.iter().enumerate() {
-            let rate = median(rates[i].clone());
-            println!(
-                "{:<10} {:<8} {:>10} {:>12}/s {:>12.2}",
-                format_bytes(len as u64),
-                name,
-                count,
-                format_bytes(rate as u64),
-                rate / raw_rate
-            );
-        }
+        let rows = stream_rows(&registry, "stream", len, count, 1, repeat).await?;
+        rows.iter().for_each(print_row);
+        all.extend(rows);
     }
-
-    Ok(())
+    let batches = args.small_batches.max(1);
+    println!();
+    println!("small: {batches} x 1,000 pipelined messages of 100 B, one ack per 1,000; median of {repeat}");
+    print_header();
+    let rows = stream_rows(&registry, "small", 100, 1000, batches, repeat).await?;
+    rows.iter().for_each(print_row);
+    all.extend(rows);
+    Ok(all)
 }
 
 /// Small-message round trips on the current runtime, labelled `flavor`.
-pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<()> {
+pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<Vec<Row>> {
     let registry = courier_bench::registry();
+    let n = args.round_trips.max(1);
     println!();
-    println!("echo: {} round trips of a 100-byte message, {flavor} runtime", args.round_trips);
-    println!("{:<8} {:>12} {:>10} {:>10} {:>12}", "transport", "round trips/s", "p50", "p99", "ratio to raw");
+    println!("echo: {n} round trips of a 100-byte message, {flavor} runtime; median from the p50 round trip,");
+    println!("spread from p99 and p1. limit: both ends on one thread (no wake-ups); blocking, 2 threads: the");
+    println!("same with an echo thread");
+    print_header();
     let small = payload_message(100);
+    let pattern = format!("echo ({flavor})");
+    let mut rows = Vec::new();
+    let mut push = |name: &str, mut times: Vec<Duration>, cpu: Duration| -> anyhow::Result<()> {
+        let s = Summary::of(&mut times).context("no round trips")?;
+        let fastest = times[(times.len() - 1) / 100];
+        rows.push(Row {
+            pattern: pattern.clone(),
+            payload_bytes: 100,
+            messages: n,
+            batches: 1,
+            contender: name.into(),
+            unit: "round trips/s",
+            median: 1.0 / s.p50.as_secs_f64(),
+            low: 1.0 / s.p99.as_secs_f64(),
+            high: 1.0 / fastest.as_secs_f64(),
+            repetitions: 1,
+            cpu_ns_per_message: cpu.as_secs_f64() * 1e9 / n as f64,
+            vs_raw: None,
+            vs_limit: None,
+            vs_tcp: None,
+        });
+        Ok(())
+    };
+
+    let payload = small.frames[0].clone();
+    let mut limit = tokio::task::spawn_blocking(BlockingPair::connect).await??;
+    let cpu0 = process_cpu();
+    let (mut limit, times) = tokio::task::spawn_blocking(move || {
+        let times = limit.echo(&payload, n);
+        (limit, times)
+    })
+    .await?;
+    push("limit", times?, process_cpu().saturating_sub(cpu0))?;
+    let payload = small.frames[0].clone();
+    let cpu0 = process_cpu();
+    let times = tokio::task::spawn_blocking(move || limit.echo_threads(&payload, n)).await??;
+    push("blocking, 2 threads", times, process_cpu().saturating_sub(cpu0))?;
+
     let RawPair { mut client, mut server } = RawPair::connect().await?;
-    let srv = tokio::spawn(async move { raw_echo_server(&mut server).await });
-    let mut times = raw_echo_client(&mut client, &small.frames[0], args.round_trips).await?;
+    let srv = tokio::spawn(async move { raw_echo_server(&mut server, 100).await });
+    let cpu0 = process_cpu();
+    let times = raw_echo_client(&mut client, &small.frames[0], n).await?;
+    let cpu = process_cpu().saturating_sub(cpu0);
     drop(client);
     srv.await??;
-    let raw = Summary::of(&mut times).context("no round trips")?;
-    let raw_rps = 1.0 / raw.mean.as_secs_f64();
-    print_echo("raw", &raw, raw_rps, 1.0);
+    push("raw", times, cpu)?;
+
     for (name, url) in TRANSPORTS {
         let (mut client, mut server) = pair(&registry, url).await?;
         let srv = tokio::spawn(async move { echo_server(&mut server).await });
-        let mut times = echo_client(&mut client, &small, args.round_trips).await?;
+        let cpu0 = process_cpu();
+        let times = echo_client(&mut client, &small, n).await?;
+        let cpu = process_cpu().saturating_sub(cpu0);
         client.close().await?;
         srv.await??;
-        let s = Summary::of(&mut times).context("no round trips")?;
-        let rps = 1.0 / s.mean.as_secs_f64();
-        print_echo(name, &s, rps, rps / raw_rps);
+        push(name, times, cpu)?;
+    }
+    let rows = ratios(rows);
+    rows.iter().for_each(print_row);
+    Ok(rows)
+}
+
+/// Writes the rows as JSON when asked to.
+pub(crate) fn write_json(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!();
+        println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-fn print_echo(name: &str, s: &Summary, rps: f64, ratio: f64) {
-    println!("{:<8} {:>12.0} {:>10} {:>10} {:>12.2}", name, rps, fmt_dur(s.p50), fmt_dur(s.p99), ratio);
-}
-
-fn fmt_dur(d: Duration) -> String {
-    format!("{:.1}µs", d.as_secs_f64() * 1e6)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::*;
 
     #[test]
     fn sizes() {
@@ -168,5 +415,44 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn ratios_are_to_raw_limit_and_tcp_of_the_same_run() {
+        let row = |name: &str, median: f64| Row {
+            pattern: "stream".into(),
+            payload_bytes: 1,
+            messages: 1,
+            batches: 1,
+            contender: name.into(),
+            unit: "bytes/s",
+            median,
+            low: median,
+            high: median,
+            repetitions: 1,
+            cpu_ns_per_message: 0.0,
+            vs_raw: None,
+            vs_limit: None,
+            vs_tcp: None,
+        };
+        let rows = ratios(vec![row("limit", 4.0), row("raw", 2.0), row("tcp", 3.0), row("zmq", 1.5)]);
+        let zmq = rows.iter().find(|r| r.contender == "zmq").unwrap();
+        assert_eq!((zmq.vs_raw, zmq.vs_limit, zmq.vs_tcp), (Some(0.75), Some(0.375), Some(0.5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_contender_reports_a_row_with_ratios() {
+        let registry = courier_bench::registry();
+        let rows = stream_rows(&registry, "stream", 300_000, 4, 1, 1).await.unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.contender.as_str()).collect();
+        assert_eq!(names, ["limit", "raw", "tcp", "tls", "unix", "zmq", "inproc", "memcpy (one core)"]);
+        for r in &rows {
+            assert!(r.median > 0.0 && r.low <= r.median && r.median <= r.high, "{r:?}");
+            assert!(r.cpu_ns_per_message > 0.0, "{r:?}");
+        }
+        let tcp = rows.iter().find(|r| r.contender == "tcp").unwrap();
+        assert!(tcp.vs_raw.is_some() && tcp.vs_limit.is_some());
+        let small = stream_rows(&registry, "small", 100, 50, 2, 1).await.unwrap();
+        assert!(small.iter().all(|r| r.unit == "messages/s" && r.median > 0.0));
     }
 }

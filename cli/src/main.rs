@@ -51,11 +51,12 @@ fn main() -> anyhow::Result<()> {
     let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Command::Compare(args) => {
-            multi()?.block_on(compare::streams(&args))?;
+            let mut rows = multi()?.block_on(compare::streams(&args))?;
             // Round trips are dominated by task wake-ups: show both runtime flavours.
-            multi()?.block_on(compare::echoes(&args, "multi-thread"))?;
+            rows.extend(multi()?.block_on(compare::echoes(&args, "multi-thread"))?);
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            current.block_on(compare::echoes(&args, "current-thread"))?;
+            rows.extend(current.block_on(compare::echoes(&args, "current-thread"))?);
+            compare::write_json(&args, &rows)?;
             println!();
             println!("More: `cargo bench -p courier-bench` (criterion; HTML in target/criterion/report/index.html),");
             println!(
