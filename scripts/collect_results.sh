@@ -27,7 +27,7 @@ if [ $quick = 1 ]; then
   export COURIER_BENCH_QUICK=1
   compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)
   tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1)
-  stability_args=(--repeat 1 --comms 2 --messages 4)
+  stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
 else
   compare_args=() tasks_args=()
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
