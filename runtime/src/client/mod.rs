@@ -189,7 +189,8 @@ impl Client {
             let why = loop {
                 let m = tokio::select! {
                     () = closed.closed() => break "the client was closed".to_owned(),
-                    () = outbox.closed() => break "the comm to the scheduler closed".to_owned(),
+                    // Whichever side notices first, a caller sees the same reason.
+                    () = outbox.closed() => break "lost the scheduler: the comm to it closed".to_owned(),
                     m = rx.recv() => m,
                 };
                 let batch = match m.and_then(|m| from_message::<Vec<SchedulerToClient>>(&m)) {

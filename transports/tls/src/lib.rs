@@ -9,6 +9,9 @@
 //!   plaintext or hostile peer is refused (and logged) while the listener keeps serving.
 //! - A TLS failure (untrusted certificate, missing client certificate) is a `Protocol` error
 //!   naming the TLS reason; it is not retried.
+//! - The sockets are tcp://'s: connected, bound and configured (nodelay, keepalive, kernel
+//!   buffer sizes, backlog, advertised host) by `courier_tcp` with the same [`TcpOptions`];
+//!   TLS is an upgrade of them.
 //!
 //! ```no_run
 //! # use courier_tls::{TlsFiles, TlsTransport};
@@ -26,13 +29,14 @@
 pub mod test_certs;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use courier_core::stream::{HandshakingListener, StreamAcceptor, StreamParts, handshake_stream};
 use courier_core::{Address, Comm, CommConfig, CommError, Compression, ErrorKind, Host, Listener, Transport};
+pub use courier_tcp::TcpOptions;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -86,6 +90,7 @@ fn tls_error(doing: &str, e: io::Error) -> CommError {
 pub struct TlsTransport {
     connector: Option<TlsConnector>,
     acceptor: Option<TlsAcceptor>,
+    tcp: TcpOptions,
 }
 
 impl std::fmt::Debug for TlsTransport {
@@ -93,11 +98,18 @@ impl std::fmt::Debug for TlsTransport {
         f.debug_struct("TlsTransport")
             .field("can_connect", &self.connector.is_some())
             .field("can_listen", &self.acceptor.is_some())
+            .field("tcp", &self.tcp)
             .finish()
     }
 }
 
 impl TlsTransport {
+    /// The same transport with `options` for its TCP sockets (as tcp:// takes them).
+    pub fn with_tcp_options(mut self, options: TcpOptions) -> Self {
+        self.tcp = options;
+        self
+    }
+
     /// From PEM files.
     pub fn from_files(files: &TlsFiles) -> Result<Self, CommError> {
         let read = |p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, CommError> {
@@ -136,13 +148,7 @@ impl TlsTransport {
             self.connector.clone().ok_or_else(|| config_error("connecting needs a CA to trust (TlsFiles::ca)"))?;
         let server_name = ServerName::try_from(hp.host_string())
             .map_err(|e| CommError::invalid_address(&addr.to_string(), format!("not a TLS server name: {e}")))?;
-        let target = (hp.host_string(), hp.port);
-        let tcp = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(target)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(CommError::from_io(format!("connecting to {addr}"), e)),
-            Err(_) => return Err(CommError::new(ErrorKind::ConnectTimeout, format!("connecting to {addr} timed out"))),
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = courier_tcp::connect_socket(addr, &hp, config.connect_timeout, &self.tcp).await?;
         let (local, peer) = (
             tcp.local_addr().map_err(|e| CommError::from_io("local address", e))?,
             tcp.peer_addr().map_err(|e| CommError::from_io("peer address", e))?,
@@ -215,7 +221,7 @@ impl TlsTransport {
             }
             None => None,
         };
-        Ok(TlsTransport { connector, acceptor })
+        Ok(TlsTransport { connector, acceptor, tcp: TcpOptions::default() })
     }
 }
 
@@ -277,21 +283,16 @@ impl Transport for TlsTransport {
             .acceptor
             .clone()
             .ok_or_else(|| config_error("listening needs a certificate and key (TlsFiles::cert, key)"))?;
-        let listener = TcpListener::bind((hp.host_string(), hp.port))
-            .await
-            .map_err(|e| CommError::from_io(format!("binding {addr}"), e))?;
-        let bound = listener.local_addr().map_err(|e| CommError::from_io("bound address", e))?;
-        let contact = if bound.ip().is_unspecified() {
-            let ip = if bound.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
-            Address::from_socket_addr(SCHEME, SocketAddr::new(ip, bound.port()))
-        } else if let Host::Name(name) = &hp.host {
+        let (listener, contact) = courier_tcp::bind_socket(addr, &hp, &self.tcp).await?;
+        let contact = match &hp.host {
             // Keep the name: certificates usually name hosts, not addresses.
-            Address::new(SCHEME, &format!("{name}:{}", bound.port()))?
-        } else {
-            Address::from_socket_addr(SCHEME, bound)
+            Host::Name(name) if !hp.is_wildcard() => {
+                Address::new(SCHEME, &format!("{name}:{}", contact.host_port()?.port))?
+            }
+            _ => contact,
         };
         Ok(Box::new(HandshakingListener::spawn(
-            TlsAccept { listener, acceptor },
+            TlsAccept { listener, acceptor, tcp: self.tcp.clone() },
             addr.clone(),
             contact,
             config.clone(),
@@ -302,6 +303,7 @@ impl Transport for TlsTransport {
 struct TlsAccept {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    tcp: TcpOptions,
 }
 
 #[async_trait]
@@ -315,7 +317,7 @@ impl StreamAcceptor for TlsAccept {
     }
 
     async fn upgrade(&self, tcp: TcpStream) -> Result<StreamParts<Self::Read, Self::Write>, CommError> {
-        let _ = tcp.set_nodelay(true);
+        courier_tcp::configure(&tcp, &self.tcp).map_err(|e| CommError::from_io("configuring a tcp socket", e))?;
         let local = tcp.local_addr().map_err(|e| CommError::from_io("local address", e))?;
         let peer = tcp.peer_addr().map_err(|e| CommError::from_io("peer address", e))?;
         let tls = self.acceptor.accept(tcp).await.map_err(|e| tls_error(&format!("handshake with {peer}"), e))?;

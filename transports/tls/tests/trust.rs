@@ -88,3 +88,28 @@ async fn misconfiguration_is_a_clear_error() {
     let bad = TlsTransport::from_pem(&TlsPem { ca: Some(b"not pem".to_vec()), ..Default::default() });
     assert!(bad.is_err());
 }
+
+/// tls:// sockets are tcp://'s sockets: connected, bound and configured by courier-tcp with
+/// the same options (keepalive, nodelay, advertised host).
+#[tokio::test]
+async fn tls_sockets_take_the_tcp_options() {
+    let pki = TestPki::generate();
+    let options = courier_tls::TcpOptions {
+        keepalive: Some(Duration::from_secs(17)),
+        advertise_host: Some("localhost".into()),
+        ..Default::default()
+    };
+    let tls = TlsTransport::from_pem(&pki.node()).unwrap().with_tcp_options(options);
+    let registry = Registry::new().with(Arc::new(tls.clone()));
+    let mut l = registry.listen("tls://0.0.0.0:0").await.unwrap();
+    let contact = l.contact_address().clone();
+    assert_eq!(contact.host_port().unwrap().host_string(), "localhost", "{contact}");
+    // The listener runs the TLS handshake in its own task; this test stops before Courier's.
+    let accept = tokio::spawn(async move { l.accept().await.map(|_| ()) });
+    let stream = tls.connect_stream(&contact, &quick()).await.unwrap();
+    let tcp = stream.get_ref().0;
+    assert!(tcp.nodelay().unwrap());
+    assert_eq!(socket2::SockRef::from(tcp).tcp_keepalive_time().unwrap(), Duration::from_secs(17));
+    drop(stream);
+    accept.abort();
+}
