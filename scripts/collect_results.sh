@@ -22,7 +22,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
-[ -n "$(git status --porcelain --untracked-files=no)" ] && sha="$sha-dirty"
+[ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
 if [ $quick = 1 ]; then
   export COURIER_BENCH_QUICK=1
   compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Prints the Markdown tables of results/SUMMARY.md from the recorded data, so every figure
+in them comes from a file in results/ (python3 scripts/summary_tables.py [results])."""
+import csv
+import json
+import pathlib
+import sys
+
+root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "results")
+GIB = 2**30
+ORDER = ["limit", "blocking, 2 threads", "raw", "tcp", "tls", "unix", "zmq", "inproc"]
+
+
+def rate(unit, v):
+    if unit == "bytes/s":
+        return f"{v / GIB:.2f} GiB/s" if v < 100 * GIB else f"{v / GIB / 1024:.0f} TiB/s"
+    return f"{v / 1e6:.2f}M/s" if v >= 1e6 else f"{v / 1e3:.1f}k/s"
+
+
+def ratio(v):
+    return "" if v is None else f"{v:.2f}"
+
+
+def cpu(ns):
+    return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.2f} µs"
+
+
+def size(n):
+    for unit, f in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= f and n % f == 0:
+            return f"{n // f} {unit}"
+    return f"{n} B"
+
+
+compare = json.loads((root / "compare.json").read_text())
+print("### `courier compare` (median, spread low–high, process CPU per message)\n")
+for pattern in ["stream", "small", "echo (multi-thread)", "echo (current-thread)"]:
+    rows = [r for r in compare if r["pattern"] in (pattern, "memcpy" if pattern == "stream" else "")]
+    if not rows:
+        continue
+    print(f"**{pattern}**\n")
+    print("| payload | contender | median | spread | / raw | / limit | / tcp | CPU per message |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    key = lambda r: (r["payload_bytes"], ORDER.index(r["contender"]) if r["contender"] in ORDER else 99)
+    for r in sorted(rows, key=key):
+        print(
+            f"| {size(r['payload_bytes'])} | {r['contender']} | {rate(r['unit'], r['median'])} | "
+            f"{rate(r['unit'], r['low'])} – {rate(r['unit'], r['high'])} | {ratio(r['vs_raw'])} | "
+            f"{ratio(r['vs_limit'])} | {ratio(r['vs_tcp'])} | {cpu(r['cpu_ns_per_message'])} |"
+        )
+    print()
+
+path = root / "transports.csv"
+if path.exists():
+    rows = list(csv.DictReader(path.open()))
+    print("### criterion (median, 95 % confidence interval of the median)\n")
+    print("| group | payload | contender | median time | CI | throughput | / raw | / limit |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        tp = f"{float(r['throughput_gib_s']):.2f} GiB/s" if r["throughput_gib_s"] else f"{float(r['ops_per_s']) / 1e3:.1f}k/s"
+        t = lambda ns: f"{float(ns) / 1e6:.2f} ms" if float(ns) >= 1e6 else f"{float(ns) / 1e3:.1f} µs"
+        print(
+            f"| {r['group']} | {r['payload']} | {r['transport']} | {t(r['median_ns'])} | "
+            f"{t(r['ci_low_ns'])} – {t(r['ci_high_ns'])} | {tp} | {r['ratio_to_raw']} | {r['ratio_to_limit']} |"
+        )
+    print()
+
+path = root / "tasks.json"
+if path.exists():
+    print("### `courier bench-tasks` (tasks/s: median, smallest–largest)\n")
+    print("| cluster | measurement | tasks | median | spread |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in json.loads(path.read_text()):
+        lo = r.get("min_tasks_per_s")
+        spread = f"{lo / 1e3:.0f}k – {r['best_tasks_per_s'] / 1e3:.0f}k" if lo else f"best {r['best_tasks_per_s'] / 1e3:.0f}k"
+        print(f"| {r['cluster']} | {r['measurement']} | {r['tasks']} | {r['median_tasks_per_s'] / 1e3:.0f}k | {spread} |")
+    print()
+
+path = root / "stability.json"
+if path.exists():
+    print("### `courier stability`\n")
+    print(
+        "| transport | reps ok | failures | hangs | messages | lost | corrupt | explained | proxy cuts / stalls "
+        "| graphs / freezes / restarts ok | p50 | p99 | RSS growth | fd growth |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in json.loads(path.read_text()):
+        print(
+            f"| {r['transport'].split('://')[0]}:// | {r['ok']}/{r['repetitions']} | {r['failures']} | {r['hangs']} | "
+            f"{r['messages']} | **{r['lost']}** | **{r['corrupt']}** | {r['explained']} | "
+            f"{r['proxy_cuts']} / {r['proxy_stalls']} | {r['graphs_ok']} / {r['freezes_ok']} / {r['restarts_ok']} | "
+            f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.0f} ms | {r['rss_growth_mib']:+.0f} MiB | {r['fd_growth']:+d} |"
+        )
