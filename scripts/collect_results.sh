@@ -78,7 +78,7 @@ json.dump({
     "runs": runs,
     "quick": os.environ["QUICK"] == "1",
     "settings": {"criterion": "sample_size 10 (stream, arrays, small, compression), 20 (echo); tokio multi-thread, 2 workers",
-                 "compare": "median of 5, 512 MiB per measurement; small: 50 x 1,000 messages per measurement; echo: 20,000 round trips",
+                 "compare": "median of 5, 512 MiB per measurement; small: 200 x 1,000 messages per measurement; echo: 20,000 round trips",
                  "bench_tasks": "median (headline), smallest and largest of 5",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart"},
 }, open(path, "w"), indent=2)

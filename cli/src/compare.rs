@@ -38,9 +38,13 @@ pub(crate) struct Args {
     /// Round trips of a 100-byte message per transport.
     #[arg(long, default_value_t = 20_000)]
     round_trips: usize,
-    /// Streams of 1,000 pipelined 100-byte messages per measurement.
-    #[arg(long, default_value_t = 50)]
+    /// Streams of 1,000 pipelined 100-byte messages per measurement (wake-ups decide short
+    /// runs: 50 gave spreads of 2x here).
+    #[arg(long, default_value_t = 200)]
     small_batches: usize,
+    /// Transports to compare (names from `tcp,tls,unix,zmq,inproc`); the baselines always run.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,tls,unix,zmq,inproc")]
+    transports: Vec<String>,
     /// Write every row as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -152,6 +156,7 @@ impl Contender {
 /// each of `batches` streams of `count` messages (one ack per stream).
 async fn stream_rows(
     registry: &Registry,
+    only: &[String],
     pattern: &str,
     len: usize,
     count: usize,
@@ -163,8 +168,8 @@ async fn stream_rows(
         ("limit".into(), Contender::Limit(Some(tokio::task::spawn_blocking(BlockingPair::connect).await??))),
         ("raw".into(), Contender::Raw(Some((RawPair::connect().await?, RawReader::new(len))))),
     ];
-    for (name, url) in TRANSPORTS {
-        contenders.push((name.into(), Contender::Comm(Some(pair(registry, url).await?))));
+    for (name, url) in TRANSPORTS.iter().filter(|(n, _)| only.iter().any(|o| o == n)) {
+        contenders.push((name.to_string(), Contender::Comm(Some(pair(registry, url).await?))));
     }
     let mut rates = vec![Vec::new(); contenders.len()];
     let mut cpus = vec![Vec::new(); contenders.len()];
@@ -293,6 +298,9 @@ fn print_row(r: &Row) {
 
 /// Stream throughput per payload and pipelined small messages, every contender.
 pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
+    if let Some(bad) = args.transports.iter().find(|t| !TRANSPORTS.iter().any(|(n, _)| n == t)) {
+        bail!("unknown transport {bad:?} (choose from tcp, tls, unix, zmq, inproc)");
+    }
     let registry = courier_bench::registry();
     let volume = parse_size(&args.volume)?;
     let repeat = args.repeat.max(1);
@@ -306,7 +314,7 @@ pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
     for p in &args.payloads {
         let len = parse_size(p)?;
         let count = (volume / len.max(1)).max(4);
-        let rows = stream_rows(&registry, "stream", len, count, 1, repeat).await?;
+        let rows = stream_rows(&registry, &args.transports, "stream", len, count, 1, repeat).await?;
         rows.iter().for_each(print_row);
         all.extend(rows);
     }
@@ -314,7 +322,7 @@ pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
     println!();
     println!("small: {batches} x 1,000 pipelined messages of 100 B, one ack per 1,000; median of {repeat}");
     print_header();
-    let rows = stream_rows(&registry, "small", 100, 1000, batches, repeat).await?;
+    let rows = stream_rows(&registry, &args.transports, "small", 100, 1000, batches, repeat).await?;
     rows.iter().for_each(print_row);
     all.extend(rows);
     Ok(all)
@@ -377,7 +385,7 @@ pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<Vec<Row>
     srv.await??;
     push("raw", times, cpu)?;
 
-    for (name, url) in TRANSPORTS {
+    for (name, url) in TRANSPORTS.iter().filter(|(n, _)| args.transports.iter().any(|o| o == n)) {
         let (mut client, mut server) = pair(&registry, url).await?;
         let srv = tokio::spawn(async move { echo_server(&mut server).await });
         let cpu0 = process_cpu();
@@ -443,7 +451,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_contender_reports_a_row_with_ratios() {
         let registry = courier_bench::registry();
-        let rows = stream_rows(&registry, "stream", 300_000, 4, 1, 1).await.unwrap();
+        let all: Vec<String> = TRANSPORTS.iter().map(|(n, _)| n.to_string()).collect();
+        let rows = stream_rows(&registry, &all, "stream", 300_000, 4, 1, 1).await.unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.contender.as_str()).collect();
         assert_eq!(names, ["limit", "raw", "tcp", "tls", "unix", "zmq", "inproc", "memcpy (one core)"]);
         for r in &rows {
@@ -452,7 +461,7 @@ mod tests {
         }
         let tcp = rows.iter().find(|r| r.contender == "tcp").unwrap();
         assert!(tcp.vs_raw.is_some() && tcp.vs_limit.is_some());
-        let small = stream_rows(&registry, "small", 100, 50, 2, 1).await.unwrap();
+        let small = stream_rows(&registry, &all, "small", 100, 50, 2, 1).await.unwrap();
         assert!(small.iter().all(|r| r.unit == "messages/s" && r.median > 0.0));
     }
 }
