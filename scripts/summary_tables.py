@@ -13,7 +13,7 @@ ORDER = ["limit", "blocking, 2 threads", "raw", "tcp", "tls", "unix", "zmq", "in
 
 def rate(unit, v):
     if unit == "bytes/s":
-        return f"{v / GIB:.2f} GiB/s" if v < 100 * GIB else f"{v / GIB / 1024:.0f} TiB/s"
+        return f"{v / GIB:.2f} GiB/s" if v < 1024 * GIB else f"{v / GIB / 1024:.1f} TiB/s"
     return f"{v / 1e6:.2f}M/s" if v >= 1e6 else f"{v / 1e3:.1f}k/s"
 
 
@@ -71,8 +71,7 @@ if path.exists():
     print("| cluster | measurement | tasks | median | spread |")
     print("| --- | --- | --- | --- | --- |")
     for r in json.loads(path.read_text()):
-        lo = r.get("min_tasks_per_s")
-        spread = f"{lo / 1e3:.0f}k – {r['best_tasks_per_s'] / 1e3:.0f}k" if lo else f"best {r['best_tasks_per_s'] / 1e3:.0f}k"
+        spread = f"{r['min_tasks_per_s'] / 1e3:.0f}k – {r['max_tasks_per_s'] / 1e3:.0f}k"
         print(f"| {r['cluster']} | {r['measurement']} | {r['tasks']} | {r['median_tasks_per_s'] / 1e3:.0f}k | {spread} |")
     print()
 
