@@ -6,7 +6,7 @@
 #
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
-#                                                  tasks, stability); the manifest records
+#                                                  tasks, stability, scheduler); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
@@ -39,7 +39,12 @@ for part in "${parts[@]}"; do
     criterion)
       rm -rf target/criterion # stale ids from older runs must not reach the CSV
       (cd bench && cargo bench --bench transports -- --noplot) | tee "$out/criterion.txt"
-      python3 scripts/criterion_to_csv.py target/criterion "$out/transports.csv"
+      python3 scripts/criterion_to_csv.py target/criterion "$out/transports.csv" stream,echo,compression,arrays,small
+      ;;
+    scheduler)
+      rm -rf target/criterion/scheduler
+      cargo bench -p courier-runtime --bench scheduler -- --noplot | tee "$out/scheduler.txt"
+      python3 scripts/criterion_to_csv.py target/criterion "$out/scheduler.csv" scheduler
       ;;
     compare) ./target/release/courier compare "${compare_args[@]}" --json "$out/compare.json" | tee "$out/compare.txt" ;;
     tasks)
@@ -49,7 +54,7 @@ for part in "${parts[@]}"; do
     stability)
       ./target/release/courier stability "${stability_args[@]}" --json "$out/stability.json" | tee "$out/stability.txt"
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability)" >&2; exit 2 ;;
+    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -80,13 +85,14 @@ json.dump({
     "settings": {"criterion": "sample_size 10 (stream, arrays, small, compression), 20 (echo); tokio multi-thread, 2 workers",
                  "compare": "median of 5, 512 MiB per measurement; small: 200 x 1,000 messages per measurement; echo: 20,000 round trips",
                  "bench_tasks": "median (headline), smallest and largest of 5",
-                 "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart"},
+                 "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
+                 "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers"},
 }, open(path, "w"), indent=2)
 PY
 cargo run --release -p courier-bench --bin plots -- "$out"
 if [ $quick = 1 ]; then
   for f in criterion.txt transports.csv compare.txt compare.json tasks.json tasks.txt stability.json \
-    stability.txt manifest.json throughput.svg round_trips.svg tasks.svg stability.svg; do
+    stability.txt scheduler.txt scheduler.csv manifest.json throughput.svg round_trips.svg tasks.svg stability.svg; do
     [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
   done
 fi

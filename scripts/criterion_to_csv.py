@@ -10,9 +10,12 @@ import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
 out = sys.argv[2] if len(sys.argv) > 2 else "-"
+only = sys.argv[3].split(",") if len(sys.argv) > 3 else None  # groups to keep
 rows = []
 for est in sorted(root.glob("*/*/*/new/estimates.json")):
     group, function, param = est.parts[-5], est.parts[-4], est.parts[-3]
+    if only is not None and group not in only:
+        continue
     estimates = json.loads(est.read_text())
     e = estimates["median"]
     bench = json.loads((est.parent / "benchmark.json").read_text())
