@@ -90,3 +90,16 @@ if path.exists():
             f"{r['proxy_cuts']} / {r['proxy_stalls']} | {r['graphs_ok']} / {r['freezes_ok']} / {r['restarts_ok']} | "
             f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.0f} ms | {r['rss_growth_mib']:+.0f} MiB | {r['fd_growth']:+d} |"
         )
+
+path = root / "scheduler.csv"
+if path.exists():
+    print()
+    print("### scheduler alone (criterion: µs of `Scheduler::handle` per task, median and 95 % CI)\n")
+    print("| graph | tasks (tree: leaves; the tree adds 3 % more) | workers | µs per task | CI |")
+    print("| --- | --- | --- | --- | --- |")
+    rows = list(csv.DictReader(path.open()))
+    key = lambda r: (r["transport"], *map(int, r["payload"].rstrip("w").split("x")))
+    for r in sorted(rows, key=key):
+        n, w = map(int, r["payload"].rstrip("w").split("x"))
+        us = lambda ns: f"{float(ns) / n / 1e3:.2f}"
+        print(f"| {r['transport']} | {n:,} | {w:,} | {us(r['median_ns'])} | {us(r['ci_low_ns'])} – {us(r['ci_high_ns'])} |")
