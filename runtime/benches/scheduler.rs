@@ -7,16 +7,59 @@
 //! so results move between workers' holders). Throughput is in tasks. Every run ends with
 //! the scheduler's task table empty (asserted).
 //!
+//! Before the timings it prints the scheduler's memory: bytes allocated per waiting task with
+//! 10^6 tasks submitted and no worker to run them, and what stays allocated after the client
+//! leaves (counted by a global allocator wrapper in this binary).
+//!
 //! `COURIER_BENCH_QUICK=1` runs only the smallest graphs, briefly.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_runtime::protocol::bounds::MAX_TASKS_PER_SUBMIT;
 use courier_runtime::protocol::{ClientToScheduler, SchedulerToClient, SchedulerToWorker, TaskSpec, WorkerToScheduler};
 use courier_runtime::scheduler::{Action, Event};
 use courier_runtime::{ArgSpec, Key, Scheduler, SchedulerConfig, arg};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call forwards to `System` with the caller's arguments; the counter only
+// observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Shape {
@@ -146,5 +189,49 @@ fn scheduler(c: &mut Criterion) {
     group.finish();
 }
 
+/// Bytes the scheduler holds per task with the whole graph submitted and nothing run (no
+/// worker), and bytes still allocated after the client left (everything released) and the
+/// next tick.
+fn memory(shape: Shape, tasks: usize) -> (f64, isize) {
+    let base = live();
+    let mut s = Scheduler::with_seed(SchedulerConfig::default(), 7);
+    let now = Instant::now();
+    drop(s.handle(Event::ClientJoined { id: 1, name: "bench".into() }, now));
+    let (specs, wanted) = graph(shape, tasks);
+    let total = specs.len();
+    drop(wanted);
+    let mut specs = specs.into_iter();
+    loop {
+        let chunk: Vec<TaskSpec> = specs.by_ref().take(MAX_TASKS_PER_SUBMIT).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        drop(s.handle(Event::FromClient { id: 1, msg: ClientToScheduler::Submit { tasks: chunk } }, now));
+    }
+    drop(specs); // the bench's own buffer of specs, not the scheduler's
+    assert_eq!(s.stats().tasks, total);
+    let waiting = (live() - base) as f64 / total as f64;
+    drop(s.handle(Event::ClientLeft { id: 1 }, now));
+    // Tables give memory back on the periodic tick.
+    drop(s.handle(Event::Tick, now));
+    assert_eq!(s.stats().tasks, 0, "the task table is empty after the client left");
+    let retained = live() - base;
+    drop(s);
+    (waiting, retained)
+}
+
 criterion_group!(benches, scheduler);
-criterion_main!(benches);
+
+fn main() {
+    let quick = std::env::var_os("COURIER_BENCH_QUICK").is_some();
+    let tasks = if quick { 10_000 } else { 1_000_000 };
+    for (name, shape) in [("map", Shape::Map), ("tree", Shape::Tree)] {
+        let (waiting, retained) = memory(shape, tasks);
+        println!(
+            "scheduler memory, {name} of {tasks} tasks, no worker: {waiting:.0} B per waiting task; \
+             {retained} B still allocated after the client left and a tick"
+        );
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
