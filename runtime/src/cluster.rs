@@ -210,6 +210,12 @@ impl LocalCluster {
         Client::connect(self.registry.clone(), &self.address).await
     }
 
+    /// The operating system's ids of the child processes still running (the scheduler first
+    /// for process clusters), e.g. to read their memory from `/proc`.
+    pub fn process_ids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
     /// Kills child process `i` (0 is the scheduler for process clusters; workers follow).
     pub async fn kill_process(&mut self, i: usize) -> std::io::Result<()> {
         self.children[i].kill().await

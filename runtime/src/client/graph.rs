@@ -1,8 +1,6 @@
 //! Graphs of tasks submitted at once ([`Client::persist`](super::Client::persist) and
 //! [`Client::compute`](super::Client::compute)).
 
-use std::collections::VecDeque;
-
 use crate::collections::Map;
 use crate::protocol::{ArgSpec, Key, TaskSpec};
 
@@ -43,9 +41,11 @@ impl Graph {
         self.tasks.is_empty()
     }
 
-    /// The specs, dependencies before dependents (so any split into several submissions is
-    /// valid), with `wanted` set for `outputs`. A cycle is left in place for the scheduler to
-    /// reject.
+    /// The specs, dependencies before dependents, with `wanted` set for `outputs`. The order
+    /// is depth first: a task comes as soon as its last dependency has (so a reduction's step
+    /// follows its inputs, not every leaf of the graph), which keeps the edges between
+    /// submission batches few (see `Client::persist`) and lets results be forgotten early. A
+    /// cycle is left in place for the scheduler to reject.
     pub(crate) fn specs(&self, outputs: &[Key]) -> Vec<TaskSpec> {
         let outputs: crate::collections::Set<&str> = outputs.iter().map(|k| &**k).collect();
         let index: Map<&str, usize> = self.tasks.iter().enumerate().map(|(i, t)| (&*t.key, i)).collect();
@@ -59,14 +59,15 @@ impl Graph {
                 }
             }
         }
-        let mut ready: VecDeque<usize> = (0..self.tasks.len()).filter(|&i| indegree[i] == 0).collect();
+        // A stack: the first roots come first, and a task made ready is taken next.
+        let mut ready: Vec<usize> = (0..self.tasks.len()).rev().filter(|&i| indegree[i] == 0).collect();
         let mut order = Vec::with_capacity(self.tasks.len());
-        while let Some(i) = ready.pop_front() {
+        while let Some(i) = ready.pop() {
             order.push(i);
-            for &c in &children[i] {
+            for &c in children[i].iter().rev() {
                 indegree[c] -= 1;
                 if indegree[c] == 0 {
-                    ready.push_back(c);
+                    ready.push(c);
                 }
             }
         }

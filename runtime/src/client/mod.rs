@@ -163,6 +163,27 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Marks wanted every task that a task of a later batch (of `batch` specs) depends on, unless
+/// it already was; returns those keys, to release once all batches are sent.
+fn hold_across_batches(specs: &mut [TaskSpec], batch: usize) -> Vec<Key> {
+    let batch_of: crate::collections::Map<Key, usize> =
+        specs.iter().enumerate().map(|(i, t)| (t.key.clone(), i / batch)).collect();
+    let mut held: crate::collections::Set<Key> = crate::collections::Set::default();
+    for (i, t) in specs.iter().enumerate() {
+        for d in t.dependencies() {
+            if batch_of.get(&d).is_some_and(|&b| b < i / batch) {
+                held.insert(d);
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for t in specs.iter_mut().filter(|t| !t.wanted && held.contains(&t.key)) {
+        t.wanted = true;
+        keys.push(t.key.clone());
+    }
+    keys
+}
+
 impl Client {
     /// Connects to the scheduler at `url` (the scheme picks the transport).
     pub async fn connect(registry: Registry, url: &str) -> Result<Client, CommError> {
@@ -226,6 +247,7 @@ impl Client {
         self.inner.outbox.send(msg).map_err(|e| CommError::closed(format!("the scheduler comm: {e}")))
     }
 
+    /// Submits `tasks` in batches of [`SUBMIT_CHUNK`], in order.
     async fn submit_specs(&self, tasks: Vec<TaskSpec>) -> Result<(), CommError> {
         let mut tasks = tasks.into_iter().peekable();
         while tasks.peek().is_some() {
@@ -333,9 +355,18 @@ impl Client {
 
     /// Submits a graph; its results stay on the workers. Returns futures for `outputs`; the
     /// other tasks' results are forgotten once nothing depends on them.
+    ///
+    /// A large graph goes in several `Submit` batches. A result that a later batch needs is
+    /// submitted as wanted, so the scheduler cannot forget it before its dependents arrive,
+    /// and released once every batch is sent.
     pub async fn persist<T>(&self, graph: &Graph, outputs: &[Key]) -> Result<Vec<TaskFuture<T>>, CommError> {
         let wanted: Vec<TaskFuture<T>> = outputs.iter().map(|k| self.future(k.clone())).collect();
-        self.submit_specs(graph.specs(outputs)).await?;
+        let mut specs = graph.specs(outputs);
+        let held = hold_across_batches(&mut specs, SUBMIT_CHUNK);
+        self.submit_specs(specs).await?;
+        for keys in held.chunks(crate::protocol::bounds::MAX_KEYS_PER_MESSAGE) {
+            self.send(ClientToScheduler::Release { keys: keys.to_vec() }).await?;
+        }
         Ok(wanted)
     }
 
@@ -432,3 +463,57 @@ impl Client {
 }
 
 const _: () = assert!(SUBMIT_CHUNK <= MAX_TASKS_PER_SUBMIT);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::arg;
+
+    /// A tree reduction of `n` leaves, fan-in `k`; returns the graph and its root.
+    fn tree(n: usize, k: usize) -> (Graph, Key) {
+        let mut g = Graph::new();
+        let mut level: Vec<Key> = (0..n).map(|i| g.task("inc", vec![arg(&(i as i64))])).collect();
+        while level.len() > 1 {
+            level = level.chunks(k).map(|c| g.task("add", c.iter().cloned().map(ArgSpec::Key).collect())).collect();
+        }
+        (g, level.pop().unwrap())
+    }
+
+    #[test]
+    fn specs_come_depth_first_with_dependencies_before_dependents() {
+        let (g, root) = tree(64, 4);
+        let specs = g.specs(std::slice::from_ref(&root));
+        let position: std::collections::HashMap<&str, usize> =
+            specs.iter().enumerate().map(|(i, t)| (&*t.key, i)).collect();
+        for (i, t) in specs.iter().enumerate() {
+            assert!(t.dependencies().iter().all(|d| position[&**d] < i), "{} before its inputs", t.key);
+        }
+        // Each reduction step directly follows its last input.
+        assert_eq!(specs[4].func, "add");
+        assert_eq!(specs[4].dependencies(), specs[..4].iter().map(|t| t.key.clone()).collect::<Vec<_>>());
+        assert!(specs.iter().all(|t| t.wanted == (t.key == root)));
+    }
+
+    /// Regression: a graph sent in several batches lost results a later batch needed (the
+    /// scheduler forgot an unwanted result whose dependents had not arrived yet, and rejected
+    /// them). Such results are now held until every batch is sent.
+    #[test]
+    fn results_a_later_batch_needs_are_held() {
+        let (g, root) = tree(10, 4);
+        let mut specs = g.specs(std::slice::from_ref(&root));
+        let held = hold_across_batches(&mut specs, 4);
+        let batch_of = |k: &Key| specs.iter().position(|t| &t.key == k).unwrap() / 4;
+        for (i, t) in specs.iter().enumerate() {
+            for d in t.dependencies() {
+                let crosses = batch_of(&d) < i / 4;
+                assert_eq!(held.contains(&d), crosses, "{d} is needed by {} in batch {}", t.key, i / 4);
+                if crosses {
+                    assert!(specs[specs.iter().position(|s| s.key == d).unwrap()].wanted);
+                }
+            }
+        }
+        assert!(!held.is_empty() && !held.contains(&root));
+        let mut none = g.specs(std::slice::from_ref(&root));
+        assert!(hold_across_batches(&mut none, 100).is_empty(), "one batch holds nothing");
+    }
+}
