@@ -6,7 +6,7 @@
 #
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
-#                                                  tasks, stability, scheduler); the manifest records
+#                                                  tasks, stability, scheduler, million); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
@@ -54,7 +54,13 @@ for part in "${parts[@]}"; do
     stability)
       ./target/release/courier stability "${stability_args[@]}" --json "$out/stability.json" | tee "$out/stability.txt"
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler)" >&2; exit 2 ;;
+    million)
+      # 10^6-task graphs end to end (ignored in the test suite); not in --quick.
+      [ $quick = 1 ] && continue
+      cargo test --release -p courier-cli --test million_tasks -- --ignored --nocapture --test-threads 1 2>&1 \
+        | grep -E "tasks in|test result" | tee "$out/million_tasks.txt"
+      ;;
+    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -86,7 +92,8 @@ json.dump({
                  "compare": "median of 5, 512 MiB per measurement; small: 200 x 1,000 messages per measurement; echo: 20,000 round trips",
                  "bench_tasks": "median (headline), smallest and largest of 5",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
-                 "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers"},
+                 "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
+                 "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time"},
 }, open(path, "w"), indent=2)
 PY
 cargo run --release -p courier-bench --bin plots -- "$out"
