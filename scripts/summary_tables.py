@@ -103,3 +103,18 @@ if path.exists():
         n, w = map(int, r["payload"].rstrip("w").split("x"))
         us = lambda ns: f"{float(ns) / n / 1e3:.2f}"
         print(f"| {r['transport']} | {n:,} | {w:,} | {us(r['median_ns'])} | {us(r['ci_low_ns'])} – {us(r['ci_high_ns'])} |")
+
+path = root / "scheduler.txt"
+if path.exists():
+    lines = [l for l in path.read_text().splitlines() if l.startswith("scheduler memory")]
+    if lines:
+        print("\nMemory (`scheduler.txt`):\n")
+        for l in lines:
+            print(f"- {l}")
+
+path = root / "million_tasks.txt"
+if path.exists():
+    print("\n### A million tasks end to end (`million_tasks.txt`)\n")
+    for l in path.read_text().splitlines():
+        if "tasks in" in l:
+            print(f"- {l.split('... ')[-1]}")
