@@ -34,7 +34,7 @@ def size(n):
 
 compare = json.loads((root / "compare.json").read_text())
 print("### `courier compare` (median, spread low–high, process CPU per message)\n")
-for pattern in ["stream", "small", "echo (multi-thread)", "echo (current-thread)"]:
+for pattern in ["stream", "small", "echo (multi-thread)", "echo (current-thread)", "connect"]:
     rows = [r for r in compare if r["pattern"] in (pattern, "memcpy" if pattern == "stream" else "")]
     if not rows:
         continue

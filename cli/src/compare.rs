@@ -42,6 +42,9 @@ pub(crate) struct Args {
     /// runs: 50 gave spreads of 2x here).
     #[arg(long, default_value_t = 200)]
     small_batches: usize,
+    /// Connections set up per transport in the connect measurement.
+    #[arg(long, default_value_t = 200)]
+    connects: usize,
     /// Transports to compare (names from `tcp,tls,unix,zmq,inproc`); the baselines always run.
     #[arg(long, value_delimiter = ',', default_value = "tcp,tls,unix,zmq,inproc")]
     transports: Vec<String>,
@@ -400,6 +403,56 @@ pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<Vec<Row>
     Ok(rows)
 }
 
+/// Connection set-up: connect plus Courier's handshake (and TLS's, on tls://), `n` times per
+/// transport; the median is the p50 connection's rate.
+pub(crate) async fn connects(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let n = args.connects.max(1);
+    println!();
+    println!("connect: {n} connections per transport, each connected and handshaken (tls:// includes TLS);");
+    println!("median from the p50 connection, spread from p99 and p1; CPU/msg is per connection");
+    print_header();
+    let rows = connect_rows(&courier_bench::registry(), &args.transports, n).await?;
+    rows.iter().for_each(print_row);
+    Ok(rows)
+}
+
+async fn connect_rows(registry: &Registry, only: &[String], n: usize) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (name, url) in TRANSPORTS.iter().filter(|(n, _)| only.iter().any(|o| o == n)) {
+        let mut l = registry.listen(url).await?;
+        let contact = l.contact_address().to_string();
+        let mut times = Vec::with_capacity(n);
+        let cpu0 = process_cpu();
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            let (c, s) = tokio::join!(registry.connect(&contact), l.accept());
+            times.push(start.elapsed());
+            let (mut c, _s) = (c?, s?);
+            c.close().await?;
+        }
+        let cpu = process_cpu().saturating_sub(cpu0);
+        let s = Summary::of(&mut times).context("no connections")?;
+        let fastest = times[(times.len() - 1) / 100];
+        rows.push(Row {
+            pattern: "connect".into(),
+            payload_bytes: 0,
+            messages: n,
+            batches: 1,
+            contender: name.to_string(),
+            unit: "connects/s",
+            median: 1.0 / s.p50.as_secs_f64(),
+            low: 1.0 / s.p99.as_secs_f64(),
+            high: 1.0 / fastest.as_secs_f64(),
+            repetitions: 1,
+            cpu_ns_per_message: cpu.as_secs_f64() * 1e9 / n as f64,
+            vs_raw: None,
+            vs_limit: None,
+            vs_tcp: None,
+        });
+    }
+    Ok(ratios(rows))
+}
+
 /// Writes the rows as JSON when asked to.
 pub(crate) fn write_json(args: &Args, rows: &[Row]) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
@@ -463,5 +516,9 @@ mod tests {
         assert!(tcp.vs_raw.is_some() && tcp.vs_limit.is_some());
         let small = stream_rows(&registry, &all, "small", 100, 50, 2, 1).await.unwrap();
         assert!(small.iter().all(|r| r.unit == "messages/s" && r.median > 0.0));
+        let connects = connect_rows(&registry, &all, 3).await.unwrap();
+        let names: Vec<&str> = connects.iter().map(|r| r.contender.as_str()).collect();
+        assert_eq!(names, ["tcp", "tls", "unix", "zmq", "inproc"]);
+        assert!(connects.iter().all(|r| r.median > 0.0 && r.vs_tcp.is_some()), "{connects:?}");
     }
 }

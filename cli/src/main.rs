@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             rows.extend(multi()?.block_on(compare::echoes(&args, "multi-thread"))?);
             let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rows.extend(current.block_on(compare::echoes(&args, "current-thread"))?);
+            rows.extend(multi()?.block_on(compare::connects(&args))?);
             compare::write_json(&args, &rows)?;
             println!();
             println!("More: `cargo bench -p courier-bench` (criterion; HTML in target/criterion/report/index.html),");
