@@ -343,25 +343,8 @@ pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<Vec<Row>
     let small = payload_message(100);
     let pattern = format!("echo ({flavor})");
     let mut rows = Vec::new();
-    let mut push = |name: &str, mut times: Vec<Duration>, cpu: Duration| -> anyhow::Result<()> {
-        let s = Summary::of(&mut times).context("no round trips")?;
-        let fastest = times[(times.len() - 1) / 100];
-        rows.push(Row {
-            pattern: pattern.clone(),
-            payload_bytes: 100,
-            messages: n,
-            batches: 1,
-            contender: name.into(),
-            unit: "round trips/s",
-            median: 1.0 / s.p50.as_secs_f64(),
-            low: 1.0 / s.p99.as_secs_f64(),
-            high: 1.0 / fastest.as_secs_f64(),
-            repetitions: 1,
-            cpu_ns_per_message: cpu.as_secs_f64() * 1e9 / n as f64,
-            vs_raw: None,
-            vs_limit: None,
-            vs_tcp: None,
-        });
+    let mut push = |name: &str, times: Vec<Duration>, cpu: Duration| -> anyhow::Result<()> {
+        rows.push(latency_row(&pattern, 100, name, "round trips/s", times, cpu)?);
         Ok(())
     };
 
@@ -431,26 +414,40 @@ async fn connect_rows(registry: &Registry, only: &[String], n: usize) -> anyhow:
             c.close().await?;
         }
         let cpu = process_cpu().saturating_sub(cpu0);
-        let s = Summary::of(&mut times).context("no connections")?;
-        let fastest = times[(times.len() - 1) / 100];
-        rows.push(Row {
-            pattern: "connect".into(),
-            payload_bytes: 0,
-            messages: n,
-            batches: 1,
-            contender: name.to_string(),
-            unit: "connects/s",
-            median: 1.0 / s.p50.as_secs_f64(),
-            low: 1.0 / s.p99.as_secs_f64(),
-            high: 1.0 / fastest.as_secs_f64(),
-            repetitions: 1,
-            cpu_ns_per_message: cpu.as_secs_f64() * 1e9 / n as f64,
-            vs_raw: None,
-            vs_limit: None,
-            vs_tcp: None,
-        });
+        rows.push(latency_row("connect", 0, name, "connects/s", times, cpu)?);
     }
     Ok(ratios(rows))
+}
+
+/// A row from one timing per operation (`times`, all of it costing `cpu`): the median is the
+/// p50 operation's rate, the spread comes from the p99 and p1 operations.
+fn latency_row(
+    pattern: &str,
+    payload_bytes: usize,
+    contender: &str,
+    unit: &'static str,
+    mut times: Vec<Duration>,
+    cpu: Duration,
+) -> anyhow::Result<Row> {
+    let n = times.len();
+    let s = Summary::of(&mut times).context("nothing was timed")?;
+    let fastest = times[(n - 1) / 100];
+    Ok(Row {
+        pattern: pattern.into(),
+        payload_bytes,
+        messages: n,
+        batches: 1,
+        contender: contender.into(),
+        unit,
+        median: 1.0 / s.p50.as_secs_f64(),
+        low: 1.0 / s.p99.as_secs_f64(),
+        high: 1.0 / fastest.as_secs_f64(),
+        repetitions: 1,
+        cpu_ns_per_message: cpu.as_secs_f64() * 1e9 / n as f64,
+        vs_raw: None,
+        vs_limit: None,
+        vs_tcp: None,
+    })
 }
 
 /// Writes the rows as JSON when asked to.
