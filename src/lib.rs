@@ -15,6 +15,7 @@
 //! | `zmq://host:port` | [`courier_zmq`] | ZeroMQ ROUTER/DEALER (pure Rust), with credits and heartbeats |
 //! | `unix:///path`, `unix://@name` | [`courier_unix`] | Unix domain sockets, a plugin built on courier-core alone |
 //! | `tls://host:port` | [`courier_tls`] | the tcp:// protocol inside rustls TLS; register it with your certificates |
+//! | `shm:///path`, `shm://@name` | [`courier_shm`] | same host: large frames as sealed shared memory, mapped in place |
 //!
 //! ```
 //! use courier::{Message, Registry, RegistryExt};
@@ -45,14 +46,15 @@ pub use courier_core::{
 };
 pub use courier_inproc::InprocTransport;
 pub use courier_tcp::{TcpOptions, TcpTransport};
+pub use courier_shm::ShmTransport;
 pub use courier_unix::UnixTransport;
 pub use courier_zmq::{ZmqOptions, ZmqTransport};
 pub use node::worker_main;
-pub use {courier_core, courier_inproc, courier_runtime, courier_tcp, courier_tls, courier_unix, courier_zmq};
+pub use {courier_core, courier_inproc, courier_runtime, courier_shm, courier_tcp, courier_tls, courier_unix, courier_zmq};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.
 pub trait RegistryExt {
-    /// A registry with tcp://, inproc://, zmq:// and unix://.
+    /// A registry with tcp://, inproc://, zmq://, unix:// and shm://.
     fn with_default_transports() -> Registry;
 }
 
@@ -63,6 +65,7 @@ impl RegistryExt for Registry {
             .with(Arc::new(InprocTransport::new()))
             .with(Arc::new(ZmqTransport::new()))
             .with(Arc::new(UnixTransport::new()))
+            .with(Arc::new(ShmTransport::new()))
     }
 }
 
@@ -72,6 +75,6 @@ mod tests {
 
     #[test]
     fn default_registry_knows_every_builtin_scheme() {
-        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "tcp", "unix", "zmq"]);
+        assert_eq!(Registry::with_default_transports().schemes(), vec!["inproc", "shm", "tcp", "unix", "zmq"]);
     }
 }

@@ -56,6 +56,10 @@ pub struct PeerInfo {
     /// The role the peer's credential grants, when this side checked one (see
     /// [`AccessList`](crate::AccessList)); `None` when nothing was checked.
     pub role: Option<String>,
+    /// The receive limits the peer announced in the handshake (`None` for transports without
+    /// a wire). Transports that move some frames outside the stream codec (shm://) check
+    /// messages against these before sending, as the codec does.
+    pub limits: Option<crate::Limits>,
 }
 
 /// A full-duplex comm: one message at a time in each direction, usable from one task, or

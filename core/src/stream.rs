@@ -208,7 +208,12 @@ where
         }
     }
     let session = negotiate(config.limits, compression, theirs);
-    let info = PeerInfo { name: session.peer.name.clone(), version: session.peer.version, role };
+    let info = PeerInfo {
+        name: session.peer.name.clone(),
+        version: session.peer.version,
+        role,
+        limits: Some(session.send_limits),
+    };
     let close = CloseSignal::new();
     let per_conn = config.budget.connection_bytes(session.recv_limits.max_message_size);
     let (budget, guard, first_deadline, until_first) = match accepting {

@@ -143,7 +143,7 @@ impl Transport for InprocTransport {
             peer_limits: server_limits,
         };
         let recv = InprocRecv { rx: to_client_rx, me: client_closed };
-        let info = PeerInfo { name: server_name, version: 0, role: None };
+        let info = PeerInfo { name: server_name, version: 0, role: None, limits: None };
         Ok(Comm::new(Box::new(send), Box::new(recv), client_addr, addr.clone(), info))
     }
 
@@ -215,7 +215,7 @@ impl Listener for InprocListener {
             peer_limits: r.client_limits,
         };
         let recv = InprocRecv { rx: r.to_server, me: r.server_closed };
-        let info = PeerInfo { name: r.client_name, version: 0, role: r.role };
+        let info = PeerInfo { name: r.client_name, version: 0, role: r.role, limits: None };
         Ok(Comm::new(Box::new(send), Box::new(recv), self.contact.clone(), r.client_addr, info))
     }
 

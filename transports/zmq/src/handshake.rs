@@ -175,7 +175,7 @@ where
         other => return Err(CommError::protocol(format!("expected a hello from {peer}, got {other:?}"))),
     };
     h.decoder.enter_session(config.limits);
-    let info = PeerInfo { name: theirs.name.clone(), version: theirs.version, role: None };
+    let info = PeerInfo { name: theirs.name.clone(), version: theirs.version, role: None, limits: Some(theirs.limits) };
     Ok(build(h, config, ends, theirs, peer_window, info, None, None))
 }
 
@@ -225,7 +225,7 @@ where
     zmtp::encode_message(&hello_parts(&ours, config), &mut chunks);
     h.write(chunks).await?;
     h.decoder.enter_session(config.limits);
-    let info = PeerInfo { name: theirs.name.clone(), version: theirs.version, role };
+    let info = PeerInfo { name: theirs.name.clone(), version: theirs.version, role, limits: Some(theirs.limits) };
     let first = config.first_message_timeout;
     Ok(build(h, config, ends, theirs, peer_window, info, first, Some(admission)))
 }

@@ -1,0 +1,145 @@
+//! The descriptor channel: one end of a `SOCK_SEQPACKET` socket pair per side of a comm. Each
+//! record carries the memfds of one message's shared frames (`SCM_RIGHTS`) and a 16-byte
+//! body: magic `CRFD`, the fd count (u32 LE), the message's sequence number (u64 LE).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+
+use courier_core::CommError;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use tokio::io::unix::AsyncFd;
+
+/// Most descriptors one record (one message) carries: the kernel's `SCM_MAX_FD`.
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+/// Magic of a record body.
+pub const RECORD_MAGIC: [u8; 4] = *b"CRFD";
+/// Length of a record body.
+pub const RECORD_LEN: usize = 16;
+
+/// A socket pair for a new comm: (this side's end, the end to pass to the peer).
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
+}
+
+/// Checks that a descriptor passed as the peer's channel end is a Unix `SOCK_SEQPACKET`
+/// socket, and makes it non-blocking.
+pub(crate) fn check_end(fd: &OwnedFd) -> Result<(), CommError> {
+    let kind = rustix::net::sockopt::socket_type(fd);
+    let domain = rustix::net::sockopt::socket_domain(fd);
+    if !matches!((kind, domain), (Ok(SocketType::SEQPACKET), Ok(AddressFamily::UNIX))) {
+        return Err(CommError::protocol("the descriptor channel passed is not a unix seqpacket socket"));
+    }
+    rustix::io::ioctl_fionbio(fd, true).map_err(|e| CommError::from_io("configuring the descriptor channel", e.into()))
+}
+
+/// Sends `bytes` with `fds` attached on a non-blocking socket (`WouldBlock` when full).
+pub(crate) fn send_with_fds(sock: impl AsFd, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one message"));
+    }
+    Ok(rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)?)
+}
+
+/// What one non-blocking receive brought.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Body bytes (at most the buffer; `truncated` if there were more).
+    pub(crate) len: usize,
+    /// Descriptors that came with them, owned (closed on drop).
+    pub(crate) fds: Vec<OwnedFd>,
+    /// The body or the descriptors did not fit.
+    pub(crate) truncated: bool,
+}
+
+/// Receives into `buf` with up to `max_fds` descriptors (more are closed by the kernel and
+/// reported as `truncated`), close-on-exec.
+pub(crate) fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Result<Received> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = msg {
+            fds.extend(rights);
+        }
+    }
+    let truncated = got.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) || got.bytes > buf.len();
+    Ok(Received { len: got.bytes.min(buf.len()), fds, truncated })
+}
+
+/// This side's end of a comm's descriptor channel, shared by its two halves.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+/// One record read from the channel.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub(crate) seq: u64,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Channel {
+    /// Wraps a non-blocking end (registers it with the reactor).
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: an `OwnedFd` is open until dropped and always names the same descriptor.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Channel { fd })
+    }
+
+    /// Sends the record for message `seq`, waiting while the channel is full.
+    pub(crate) async fn send(&self, seq: u64, fds: &[OwnedFd]) -> io::Result<()> {
+        let mut body = [0u8; RECORD_LEN];
+        body[..4].copy_from_slice(&RECORD_MAGIC);
+        body[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+        body[8..].copy_from_slice(&seq.to_le_bytes());
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| send_with_fds(fd.get_ref(), &body, fds)) {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The next record, without waiting: a sender puts a message's record on the channel
+    /// before the message's first byte on the stream, and a Unix socket queues it at the
+    /// receiver before `sendmsg` returns, so a message's record is always there already.
+    pub(crate) fn try_recv(&self) -> Result<Option<Record>, CommError> {
+        let mut body = [0u8; RECORD_LEN + 1];
+        let got = match recv_with_fds(self.fd.get_ref(), &mut body, MAX_FDS_PER_MESSAGE) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(CommError::from_io("reading the descriptor channel", e)),
+        };
+        if got.len == 0 && got.fds.is_empty() {
+            return Ok(None);
+        }
+        if got.truncated || got.len != RECORD_LEN || body[..4] != RECORD_MAGIC {
+            return Err(CommError::protocol("a malformed descriptor record"));
+        }
+        let count = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes")) as usize;
+        if count != got.fds.len() {
+            return Err(CommError::protocol(format!(
+                "a descriptor record announced {count} descriptors and carried {}",
+                got.fds.len()
+            )));
+        }
+        let seq = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+        Ok(Some(Record { seq, fds: got.fds }))
+    }
+}
