@@ -1,0 +1,217 @@
+//! Each way a peer can abuse shared frames or the descriptor channel: a typed error on that
+//! comm alone, every descriptor it passed closed, no mapping left, and the listener serves on.
+//! Alone in its test binary, so the process's descriptor count is this test's.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream as StdStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier_core::codec::Encoder;
+use courier_core::handshake::{Hello, PREFIX_LEN};
+use courier_core::testkit::pattern;
+use courier_core::{Compression, ErrorKind, Limits, Message, Registry};
+use courier_shm::{Descriptor, PREAMBLE, ShmTransport, raw};
+use rustix::fs::{MemfdFlags, SealFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+fn registry() -> Registry {
+    Registry::new().with(Arc::new(ShmTransport::new()))
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("courier-shm-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Connects like an shm:// client up to the handshake: the preamble passes the far end of a
+/// fresh channel; returns the stream and this side's channel end.
+fn open(path: &Path) -> (UnixStream, OwnedFd) {
+    let std = StdStream::connect(path).unwrap();
+    let (mine, theirs) = raw::channel_pair().unwrap();
+    raw::send_with_fds(&std, &[PREAMBLE], &[theirs]).unwrap();
+    std.set_nonblocking(true).unwrap();
+    (UnixStream::from_std(std).unwrap(), mine)
+}
+
+/// Runs the hello exchange by hand.
+async fn hello(raw: &mut UnixStream) {
+    raw.write_all(&Hello::new(Limits::default(), Compression::None, "hostile").encode()).await.unwrap();
+    let mut prefix = [0u8; PREFIX_LEN];
+    raw.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u16::from_le_bytes([prefix[6], prefix[7]]) as usize];
+    raw.read_exact(&mut body).await.unwrap();
+}
+
+/// The stream bytes of an shm message whose frames are `frames` followed by `descriptor`.
+fn encode(frames: Vec<Bytes>, descriptor: Option<Descriptor>) -> Vec<u8> {
+    let mut frames = frames;
+    if let Some(d) = descriptor {
+        frames.push(d.encode());
+    }
+    let mut chunks = Vec::new();
+    Encoder::new(Limits::default(), Compression::None)
+        .encode(&Message::new(&b"hostile"[..], frames), &mut chunks)
+        .unwrap();
+    chunks.concat()
+}
+
+fn memfd(data: &[u8], seals: SealFlags) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    let mut f = std::fs::File::from(fd);
+    f.write_all(data).unwrap();
+    let fd = OwnedFd::from(f);
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn memfd_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").unwrap().lines().filter(|l| l.contains("/memfd:")).count()
+}
+
+const SEALED: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::WRITE);
+
+/// One descriptor record to put on the channel before the message: (count announced, seq, fds).
+type Record = (u32, u64, Vec<OwnedFd>);
+
+fn one(len: u64) -> Option<Descriptor> {
+    Some(Descriptor { seq: 1, shared: vec![(0, len)] })
+}
+
+#[tokio::test]
+async fn abused_shared_frames_fail_their_comm_only() {
+    let dir = temp_dir("abuse");
+    let path = dir.join("l.sock");
+    let url = format!("shm://{}", path.display());
+    let r = registry();
+    let mut listener = r.listen(&url).await.unwrap();
+    let data = pattern(300_000, 5);
+    let plain_file = {
+        let p = dir.join("plain");
+        std::fs::write(&p, &data[..]).unwrap();
+        OwnedFd::from(std::fs::File::open(&p).unwrap())
+    };
+    let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+    // (what, records, stream bytes, text the error mentions)
+    let cases: Vec<(&str, Vec<Record>, Vec<u8>, &str)> = vec![
+        (
+            "an unsealed memfd (truncatable: SIGBUS)",
+            vec![(1, 1, vec![memfd(&data, SealFlags::empty())])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "not sealed",
+        ),
+        (
+            "a memfd still writable",
+            vec![(1, 1, vec![memfd(&data, SealFlags::SHRINK | SealFlags::GROW)])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "not sealed",
+        ),
+        (
+            "a memfd that can grow",
+            vec![(1, 1, vec![memfd(&data, SealFlags::SHRINK | SealFlags::WRITE)])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "not sealed",
+        ),
+        (
+            "a pipe instead of a memfd",
+            vec![(1, 1, vec![OwnedFd::from(pipe_r)])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "not a memory file",
+        ),
+        (
+            "a plain file instead of a memfd",
+            vec![(1, 1, vec![plain_file])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "sealable",
+        ),
+        (
+            "a size that does not match",
+            vec![(1, 1, vec![memfd(&data, SEALED)])],
+            encode(vec![Bytes::new()], one(2 * data.len() as u64)),
+            "has 300000 bytes",
+        ),
+        (
+            "more descriptors than shared frames",
+            vec![(2, 1, vec![memfd(&data, SEALED), memfd(&data, SEALED)])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "2 descriptors came for 1 shared frames",
+        ),
+        (
+            "a record that miscounts its descriptors",
+            vec![(1, 1, vec![memfd(&data, SEALED), memfd(&data, SEALED)])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "announced 1 descriptors and carried 2",
+        ),
+        (
+            "a shared frame with no descriptor",
+            vec![],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "no descriptors came",
+        ),
+        (
+            "a record out of sequence",
+            vec![(1, 7, vec![memfd(&data, SEALED)])],
+            encode(vec![Bytes::new()], one(data.len() as u64)),
+            "numbered 7 came for message 1",
+        ),
+        (
+            "a shared frame that also has bytes",
+            vec![(1, 1, vec![memfd(&data, SEALED)])],
+            encode(vec![Bytes::from_static(b"x")], one(data.len() as u64)),
+            "also has bytes",
+        ),
+        ("no descriptor frame", vec![], encode(vec![Bytes::from_static(b"frame")], None), "descriptor"),
+    ];
+    let fds_before = open_fds();
+    for (what, records, bytes, mentions) in cases {
+        let (mut raw, chan) = open(&path);
+        let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
+        let mut server = server.unwrap_or_else(|e| panic!("{what}: handshake: {e}"));
+        for (count, seq, fds) in records {
+            raw::send_with_fds(&chan, &raw::record(count, seq), &fds).unwrap();
+        }
+        raw.write_all(&bytes).await.unwrap();
+        let err = server.recv().await.expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{what}: {err}");
+        assert!(err.to_string().contains(mentions), "{what}: {err} should mention {mentions:?}");
+        assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed, "{what}: stays closed");
+        assert_eq!(
+            server.send(Message::from_header(&b"x"[..])).await.unwrap_err().kind(),
+            ErrorKind::Closed,
+            "{what}: a broken comm sends nothing"
+        );
+        drop((server, raw, chan));
+        // The listener serves a good client, large frames and all.
+        let (c, s) = tokio::join!(r.connect(&url), listener.accept());
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let m = Message::new(&b"still serving"[..], vec![pattern(1 << 20, 8)]);
+        c.send(m.clone()).await.unwrap();
+        assert_eq!(s.recv().await.unwrap(), m, "{what}");
+        drop((c, s));
+    }
+    assert_eq!(memfd_mappings(), 0, "no mapping of a refused frame is left");
+    // Every descriptor a hostile peer passed was closed (the test's own were dropped too).
+    let after = open_fds();
+    assert!(after <= fds_before, "{after} descriptors open after the cases, {fds_before} before: {:?}", fd_targets());
+    listener.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+
+fn fd_targets() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect()
+}
