@@ -35,10 +35,11 @@ use std::sync::Arc;
 use courier_core::Registry;
 
 /// The transports the comparisons measure: name and a listen URL giving a fresh address.
-pub const TRANSPORTS: [(&str, &str); 5] = [
+pub const TRANSPORTS: [(&str, &str); 6] = [
     ("tcp", "tcp://127.0.0.1:0"),
     ("tls", "tls://127.0.0.1:0"),
     ("unix", "unix://"),
+    ("shm", "shm://"),
     ("zmq", "zmq://127.0.0.1:0"),
     ("inproc", "inproc://"),
 ];
@@ -51,6 +52,7 @@ pub fn registry() -> Registry {
         .with(Arc::new(courier_inproc::InprocTransport::new()))
         .with(Arc::new(courier_zmq::ZmqTransport::new()))
         .with(Arc::new(courier_unix::UnixTransport::new()))
+        .with(Arc::new(courier_shm::ShmTransport::new()))
         .with(Arc::new(
             courier_tls::TlsTransport::from_pem(&courier_tls::test_certs::TestPki::generate().node())
                 .expect("throwaway TLS certificates"),

@@ -45,8 +45,9 @@ pub(crate) struct Args {
     /// Connections set up per transport in the connect measurement.
     #[arg(long, default_value_t = 200)]
     connects: usize,
-    /// Transports to compare (names from `tcp,tls,unix,zmq,inproc`); the baselines always run.
-    #[arg(long, value_delimiter = ',', default_value = "tcp,tls,unix,zmq,inproc")]
+    /// Transports to compare (names from `tcp,tls,unix,shm,zmq,inproc`); the baselines always
+    /// run.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,tls,unix,shm,zmq,inproc")]
     transports: Vec<String>,
     /// Write every row as JSON.
     #[arg(long)]

@@ -12,7 +12,8 @@ fn main() {
         dst.copy_from_slice(&data);
         let memcpy = t.elapsed();
         let t = Instant::now();
-        let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
+        let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING)
+            .unwrap();
         let mut f = std::fs::File::from(fd);
         f.write_all(&data).unwrap();
         let write = t.elapsed();

@@ -79,18 +79,18 @@ pub(crate) fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> 
     Ok(Received { len: got.bytes.min(buf.len()), fds, truncated })
 }
 
-/// This side's end of a comm's descriptor channel, shared by its two halves.
+/// One end of a descriptor channel, shared by a comm's halves (and, for releases, by the
+/// frames it received).
 #[derive(Debug)]
 pub(crate) struct Channel {
     fd: AsyncFd<OwnedFd>,
 }
 
-/// One record read from the channel.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub(crate) seq: u64,
-    pub(crate) fds: Vec<OwnedFd>,
-}
+/// A record's body and descriptors.
+pub(crate) type RawRecord = (Vec<u8>, Vec<OwnedFd>);
+
+/// Largest record body read (a release record of [`crate::arena::MAX_RELEASES_PER_RECORD`]).
+const MAX_BODY: usize = 16 + 16 * crate::arena::MAX_RELEASES_PER_RECORD;
 
 impl Channel {
     /// Wraps a non-blocking end (registers it with the reactor).
@@ -100,27 +100,26 @@ impl Channel {
         Ok(Channel { fd })
     }
 
-    /// Sends the record for message `seq`, waiting while the channel is full.
-    pub(crate) async fn send(&self, seq: u64, fds: &[OwnedFd]) -> io::Result<()> {
-        let mut body = [0u8; RECORD_LEN];
-        body[..4].copy_from_slice(&RECORD_MAGIC);
-        body[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
-        body[8..].copy_from_slice(&seq.to_le_bytes());
+    /// Sends one record, waiting while the channel is full.
+    pub(crate) async fn send(&self, body: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| send_with_fds(fd.get_ref(), &body, fds)) {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => return Err(e),
+            match guard.try_io(|fd| send_with_fds(fd.get_ref(), body, fds)) {
+                Ok(r) => return r.map(|_| ()),
                 Err(_would_block) => continue,
             }
         }
     }
 
-    /// The next record, without waiting: a sender puts a message's record on the channel
-    /// before the message's first byte on the stream, and a Unix socket queues it at the
-    /// receiver before `sendmsg` returns, so a message's record is always there already.
-    pub(crate) fn try_recv(&self) -> Result<Option<Record>, CommError> {
-        let mut body = [0u8; RECORD_LEN + 1];
+    /// Sends one record now, or fails with `WouldBlock`.
+    pub(crate) fn try_send(&self, body: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+        send_with_fds(self.fd.get_ref(), body, fds).map(|_| ())
+    }
+
+    /// The next record (body and descriptors), without waiting; `None` when there is none (or
+    /// the peer closed its end). A truncated record is a protocol error.
+    pub(crate) fn try_recv(&self) -> Result<Option<RawRecord>, CommError> {
+        let mut body = vec![0u8; MAX_BODY + 1];
         let got = match recv_with_fds(self.fd.get_ref(), &mut body, MAX_FDS_PER_MESSAGE) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -129,17 +128,33 @@ impl Channel {
         if got.len == 0 && got.fds.is_empty() {
             return Ok(None);
         }
-        if got.truncated || got.len != RECORD_LEN || body[..4] != RECORD_MAGIC {
-            return Err(CommError::protocol("a malformed descriptor record"));
+        if got.truncated {
+            return Err(CommError::protocol("a descriptor record too long, or with too many descriptors"));
         }
-        let count = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes")) as usize;
-        if count != got.fds.len() {
-            return Err(CommError::protocol(format!(
-                "a descriptor record announced {count} descriptors and carried {}",
-                got.fds.len()
-            )));
-        }
-        let seq = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-        Ok(Some(Record { seq, fds: got.fds }))
+        body.truncate(got.len);
+        Ok(Some((body, got.fds)))
     }
+}
+
+/// A frame record's body: magic, descriptor count, the message's sequence number.
+pub(crate) fn record_body(count: usize, seq: u64) -> [u8; RECORD_LEN] {
+    let mut body = [0u8; RECORD_LEN];
+    body[..4].copy_from_slice(&RECORD_MAGIC);
+    body[4..8].copy_from_slice(&(count as u32).to_le_bytes());
+    body[8..].copy_from_slice(&seq.to_le_bytes());
+    body
+}
+
+/// Parses a frame record: its sequence number, checking the count against the descriptors.
+pub(crate) fn parse_record(body: &[u8], fds: usize) -> Result<u64, CommError> {
+    if body.len() != RECORD_LEN || body[..4] != RECORD_MAGIC {
+        return Err(CommError::protocol("a malformed descriptor record"));
+    }
+    let count = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes")) as usize;
+    if count != fds {
+        return Err(CommError::protocol(format!(
+            "a descriptor record announced {count} descriptors and carried {fds}"
+        )));
+    }
+    Ok(u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")))
 }

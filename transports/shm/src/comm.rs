@@ -8,95 +8,199 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use courier_core::{
-    Address, CloseSignal, CommError, CommReceiver, CommRecv, CommSend, CommSender, ErrorKind, Limits, Message, codec, stream,
+    Address, CloseSignal, CommError, CommReceiver, CommRecv, CommSend, CommSender, ErrorKind, Limits, Message, codec,
+    stream,
 };
 
+use crate::arena::{Arena, Mapped, Releaser};
 use crate::channel::{Channel, MAX_FDS_PER_MESSAGE};
 use crate::frame;
 
 /// Magic of the descriptor frame.
 pub const DESCRIPTOR_MAGIC: [u8; 4] = *b"CRSH";
-/// Length of the descriptor frame's head; each shared frame adds [`ENTRY_LEN`].
-pub const DESCRIPTOR_HEAD_LEN: usize = 16;
-/// Length of one descriptor entry.
-pub const ENTRY_LEN: usize = 16;
+/// Length of the descriptor frame's head.
+pub const DESCRIPTOR_HEAD_LEN: usize = 24;
+/// Length of one new-segment entry.
+pub const SEGMENT_ENTRY_LEN: usize = 16;
+/// Length of one shared-frame entry.
+pub const ENTRY_LEN: usize = 32;
+/// Most shared frames one message lists.
+pub const MAX_SHARED_FRAMES: usize = 65_536;
 
-/// Which frames of a message travel as shared memory, and the sequence number of their
-/// descriptor record.
+/// The descriptor of a message with no shared frame.
+const EMPTY_DESCRIPTOR: [u8; DESCRIPTOR_HEAD_LEN] = *b"CRSH\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// Where a shared frame lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In a sealed memfd of its own, passed with the message's record.
+    Sealed,
+    /// In the sender's arena: `offset` bytes into segment `segment`.
+    Arena {
+        /// Segment id (0, 1, … per comm direction, in the order the segments were passed).
+        segment: u32,
+        /// Byte offset of the frame, a multiple of 4096.
+        offset: u64,
+    },
+}
+
+/// One frame of a message that travels outside the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shared {
+    /// Index of the frame in the message (its place on the stream holds an empty frame).
+    pub index: u32,
+    /// Length in bytes (non-zero).
+    pub len: u64,
+    /// Where it is.
+    pub placement: Placement,
+}
+
+/// The descriptor frame: the segments passed with this message, which frames travel outside
+/// the stream and where, and the number of the record carrying the message's descriptors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Descriptor {
-    /// Sequence number of the message's descriptor record (1, 2, … per direction); 0 when no
-    /// frame is shared.
+    /// Sequence number of the message's descriptor record (1, 2, … per direction); 0 when the
+    /// message has no record (no new segment and no sealed frame).
     pub seq: u64,
-    /// (frame index, length in bytes) of each shared frame, indices strictly increasing.
-    pub shared: Vec<(u32, u64)>,
+    /// New segments (id, size in bytes), whose descriptors come first in the record.
+    pub segments: Vec<(u32, u64)>,
+    /// Shared frames, indices strictly increasing; sealed ones' descriptors follow the new
+    /// segments' in the record, in this order.
+    pub frames: Vec<Shared>,
 }
 
 impl Descriptor {
+    /// Descriptors the message's record carries.
+    pub fn fds(&self) -> usize {
+        self.segments.len() + self.frames.iter().filter(|f| f.placement == Placement::Sealed).count()
+    }
+
     /// The descriptor frame's bytes.
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(DESCRIPTOR_HEAD_LEN + ENTRY_LEN * self.shared.len());
+        let mut b = BytesMut::with_capacity(
+            DESCRIPTOR_HEAD_LEN + SEGMENT_ENTRY_LEN * self.segments.len() + ENTRY_LEN * self.frames.len(),
+        );
         b.put_slice(&DESCRIPTOR_MAGIC);
-        b.put_u32_le(self.shared.len() as u32);
+        b.put_u32_le(self.frames.len() as u32);
         b.put_u64_le(self.seq);
-        for &(index, len) in &self.shared {
-            b.put_u32_le(index);
+        b.put_u32_le(self.segments.len() as u32);
+        b.put_u32_le(0);
+        for &(id, size) in &self.segments {
+            b.put_u32_le(id);
             b.put_u32_le(0);
-            b.put_u64_le(len);
+            b.put_u64_le(size);
+        }
+        for f in &self.frames {
+            let (kind, segment, offset) = match f.placement {
+                Placement::Sealed => (0, 0, 0),
+                Placement::Arena { segment, offset } => (1, segment, offset),
+            };
+            b.put_u32_le(f.index);
+            b.put_u32_le(kind);
+            b.put_u32_le(segment);
+            b.put_u32_le(0);
+            b.put_u64_le(offset);
+            b.put_u64_le(f.len);
         }
         b.freeze()
     }
 
-    /// Parses and checks a descriptor frame for a message of `nframes` other frames: the magic,
-    /// an exact length, at most [`MAX_FDS_PER_MESSAGE`] entries with strictly increasing
-    /// indices below `nframes`, non-zero lengths, zero reserved bytes, and a sequence number
-    /// present exactly when frames are shared.
+    /// Parses and checks a descriptor frame for a message of `nframes` other frames: the
+    /// magic, an exact length, bounded counts, strictly increasing frame indices below
+    /// `nframes`, non-zero lengths, known kinds, zero reserved bytes, at most
+    /// [`MAX_FDS_PER_MESSAGE`] descriptors, and a sequence number present exactly when the
+    /// message has descriptors.
     pub fn decode(bytes: &[u8], nframes: usize) -> Result<Descriptor, CommError> {
         let bad = |why: &str| CommError::protocol(format!("malformed shm descriptor: {why}"));
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         if bytes.len() < DESCRIPTOR_HEAD_LEN || bytes[..4] != DESCRIPTOR_MAGIC {
             return Err(bad("no descriptor frame"));
         }
-        let count = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
-        let seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        if count > MAX_FDS_PER_MESSAGE {
-            return Err(bad(&format!("{count} shared frames exceed {MAX_FDS_PER_MESSAGE}")));
+        let (count, seq, nseg) = (u32_at(4) as usize, u64_at(8), u32_at(16) as usize);
+        if count > MAX_SHARED_FRAMES || nseg > crate::arena::MAX_SEGMENTS {
+            return Err(bad(&format!("{count} shared frames or {nseg} new segments are too many")));
         }
-        if bytes.len() != DESCRIPTOR_HEAD_LEN + ENTRY_LEN * count {
-            return Err(bad("its length does not match its entry count"));
+        if u32_at(20) != 0 {
+            return Err(bad("non-zero reserved bytes"));
         }
-        if (count == 0) != (seq == 0) {
-            return Err(bad("a sequence number without shared frames, or shared frames without one"));
+        if bytes.len() != DESCRIPTOR_HEAD_LEN + SEGMENT_ENTRY_LEN * nseg + ENTRY_LEN * count {
+            return Err(bad("its length does not match its entry counts"));
         }
-        let mut shared = Vec::with_capacity(count);
+        let mut segments = Vec::with_capacity(nseg);
+        for k in 0..nseg {
+            let at = DESCRIPTOR_HEAD_LEN + SEGMENT_ENTRY_LEN * k;
+            if u32_at(at + 4) != 0 || u64_at(at + 8) == 0 {
+                return Err(bad("non-zero reserved bytes or an empty segment"));
+            }
+            segments.push((u32_at(at), u64_at(at + 8)));
+        }
+        let mut frames = Vec::with_capacity(count);
         let mut next = 0u64;
-        for e in bytes[DESCRIPTOR_HEAD_LEN..].chunks_exact(ENTRY_LEN) {
-            let index = u32::from_le_bytes(e[..4].try_into().expect("4 bytes"));
-            let reserved = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes"));
-            let len = u64::from_le_bytes(e[8..].try_into().expect("8 bytes"));
+        for k in 0..count {
+            let at = DESCRIPTOR_HEAD_LEN + SEGMENT_ENTRY_LEN * nseg + ENTRY_LEN * k;
+            let (index, kind, segment, offset, len) =
+                (u32_at(at), u32_at(at + 4), u32_at(at + 8), u64_at(at + 16), u64_at(at + 24));
             if u64::from(index) < next || index as usize >= nframes {
                 return Err(bad(&format!("frame index {index} out of order or out of range")));
             }
-            if reserved != 0 || len == 0 {
+            if u32_at(at + 12) != 0 || len == 0 {
                 return Err(bad("non-zero reserved bytes or an empty shared frame"));
             }
+            let placement = match (kind, segment, offset) {
+                (0, 0, 0) => Placement::Sealed,
+                (1, segment, offset) => Placement::Arena { segment, offset },
+                _ => return Err(bad(&format!("frame kind {kind} with segment {segment}, offset {offset}"))),
+            };
             next = u64::from(index) + 1;
-            shared.push((index, len));
+            frames.push(Shared { index, len, placement });
         }
-        Ok(Descriptor { seq, shared })
+        let d = Descriptor { seq, segments, frames };
+        if d.fds() > MAX_FDS_PER_MESSAGE {
+            return Err(bad(&format!("{} descriptors exceed {MAX_FDS_PER_MESSAGE}", d.fds())));
+        }
+        if (d.fds() == 0) != (seq == 0) {
+            return Err(bad("a sequence number without descriptors, or descriptors without one"));
+        }
+        Ok(d)
     }
 }
 
-/// The send half: copies each frame of at least `threshold` bytes into a sealed memfd.
+/// The send half: puts each frame of at least `threshold` bytes in the arena (or, without
+/// one or when it is full, in a sealed memfd of its own).
 #[derive(Debug)]
 pub(crate) struct ShmSend {
     pub(crate) inner: CommSender,
+    /// This direction's channel: frame records out, release records in.
     pub(crate) channel: Arc<Channel>,
+    pub(crate) arena: Option<Arena>,
     pub(crate) peer_limits: Option<Limits>,
     pub(crate) threshold: usize,
     /// Sequence number of the last record sent.
     pub(crate) seq: u64,
     /// Closed when the receive half finds a violation.
     pub(crate) close: CloseSignal,
+}
+
+impl ShmSend {
+    /// Takes back the slots the receiver released (nothing to read, no system call, while the
+    /// receiver holds none).
+    fn reclaim(&mut self) -> Result<(), CommError> {
+        if self.arena.as_ref().is_none_or(|a| a.outstanding() == 0) {
+            return Ok(());
+        }
+        while let Some((body, fds)) = self.channel.try_recv()? {
+            if !fds.is_empty() {
+                return Err(CommError::protocol("descriptors came with a release record"));
+            }
+            let releases = crate::arena::parse_releases(&body)?;
+            let arena = self.arena.as_mut().ok_or_else(|| CommError::protocol("a release record, and no arena"))?;
+            for (segment, offset) in releases {
+                arena.release(segment, offset)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -111,27 +215,51 @@ impl CommSend for ShmSend {
             with_descriptor.max_frames = with_descriptor.max_frames.saturating_sub(1);
             codec::check_limits(&msg, &with_descriptor)?;
         }
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut shared = Vec::new();
+        if let Err(e) = self.reclaim() {
+            stream::log_violation(self.inner.peer_address(), &e);
+            self.close.close();
+            return Err(e);
+        }
+        let mut d = Descriptor::default();
+        let (mut segment_fds, mut sealed_fds): (Vec<OwnedFd>, Vec<OwnedFd>) = (Vec::new(), Vec::new());
         for (i, f) in msg.frames.iter_mut().enumerate() {
-            if f.len() >= self.threshold && fds.len() < MAX_FDS_PER_MESSAGE {
-                let fd = frame::seal_copy(f).map_err(|e| CommError::from_io("copying a frame into shared memory", e))?;
-                fds.push(fd);
-                shared.push((i as u32, f.len() as u64));
-                *f = Bytes::new();
+            if f.len() < self.threshold || d.frames.len() >= MAX_SHARED_FRAMES {
+                continue;
             }
+            let copying = |e| CommError::from_io("copying a frame into shared memory", e);
+            let room = segment_fds.len() + sealed_fds.len() < MAX_FDS_PER_MESSAGE;
+            let placed = match self.arena.as_mut() {
+                Some(a) => a.put(f, room).map_err(copying)?,
+                None => None,
+            };
+            let placement = match placed {
+                Some((slot, new)) => {
+                    if let Some((fd, size)) = new {
+                        d.segments.push((slot.segment, size));
+                        segment_fds.push(fd);
+                    }
+                    Placement::Arena { segment: slot.segment, offset: slot.offset }
+                }
+                None if room => {
+                    sealed_fds.push(frame::seal_copy(f).map_err(copying)?);
+                    Placement::Sealed
+                }
+                None => continue,
+            };
+            d.frames.push(Shared { index: i as u32, len: f.len() as u64, placement });
+            *f = Bytes::new();
         }
-        let seq = if fds.is_empty() { 0 } else { self.seq + 1 };
-        if !fds.is_empty() {
+        segment_fds.append(&mut sealed_fds);
+        if !segment_fds.is_empty() {
+            d.seq = self.seq + 1;
             // A dropped send before this completes sent nothing and used no number.
-            self.channel
-                .send(seq, &fds)
-                .await
-                .map_err(|e| CommError::from_io(format!("passing shared frames to {}", self.inner.peer_address()), e))?;
-            self.seq = seq;
+            self.channel.send(&crate::channel::record_body(segment_fds.len(), d.seq), &segment_fds).await.map_err(
+                |e| CommError::from_io(format!("passing shared frames to {}", self.inner.peer_address()), e),
+            )?;
+            self.seq = d.seq;
         }
-        drop(fds);
-        msg.frames.push(Descriptor { seq, shared }.encode());
+        drop(segment_fds);
+        msg.frames.push(if d.frames.is_empty() { Bytes::from_static(&EMPTY_DESCRIPTOR) } else { d.encode() });
         self.inner.send(msg).await
     }
 
@@ -144,7 +272,14 @@ impl CommSend for ShmSend {
 #[derive(Debug)]
 pub(crate) struct ShmRecv {
     pub(crate) inner: CommReceiver,
+    /// This direction's channel: frame records in, release records out.
     pub(crate) channel: Arc<Channel>,
+    pub(crate) releaser: Arc<Releaser>,
+    /// The sender's segments, by id.
+    pub(crate) segments: Vec<Arc<Mapped>>,
+    pub(crate) segment_bytes: u64,
+    /// Whether frames in the sender's arena are accepted (a process of the same user).
+    pub(crate) arena_ok: bool,
     pub(crate) limits: Limits,
     /// Sequence number of the last record received.
     pub(crate) seq: u64,
@@ -161,6 +296,7 @@ impl CommRecv for ShmRecv {
         if let Some(e) = &self.failed {
             return Err(CommError::closed(format!("comm with {} is closed after: {e}", self.peer)));
         }
+        self.releaser.flush();
         let msg = self.inner.recv().await?;
         match self.restore(msg) {
             Ok(m) => Ok(m),
@@ -179,49 +315,90 @@ impl ShmRecv {
     fn restore(&mut self, mut msg: Message) -> Result<Message, CommError> {
         let descriptor = msg.frames.pop().ok_or_else(|| CommError::protocol("a message without its shm descriptor"))?;
         let d = Descriptor::decode(&descriptor, msg.frames.len())?;
-        if d.shared.is_empty() {
+        if d.frames.is_empty() && d.segments.is_empty() {
             return Ok(msg);
         }
-        if d.seq != self.seq + 1 {
-            return Err(CommError::protocol(format!("shm descriptor number {} where {} was due", d.seq, self.seq + 1)));
+        let uses_arena = !d.segments.is_empty() || d.frames.iter().any(|f| f.placement != Placement::Sealed);
+        if uses_arena && !self.arena_ok {
+            return Err(CommError::protocol("shared arenas are accepted only from processes of the same user"));
         }
-        let record = self.channel.try_recv()?.ok_or_else(|| {
-            CommError::protocol(format!("a message announced {} shared frames and no descriptors came", d.shared.len()))
-        })?;
-        if record.seq != d.seq {
-            return Err(CommError::protocol(format!(
-                "descriptors numbered {} came for message {} (descriptors sent with no shared frame?)",
-                record.seq, d.seq
-            )));
+        let mut fds = Vec::new().into_iter();
+        if d.seq != 0 {
+            if d.seq != self.seq + 1 {
+                return Err(CommError::protocol(format!(
+                    "shm descriptor number {} where {} was due",
+                    d.seq,
+                    self.seq + 1
+                )));
+            }
+            let (body, got) = self.channel.try_recv()?.ok_or_else(|| {
+                CommError::protocol(format!("a message announced {} descriptors and none came", d.fds()))
+            })?;
+            let seq = crate::channel::parse_record(&body, got.len())?;
+            if seq != d.seq {
+                return Err(CommError::protocol(format!(
+                    "descriptors numbered {seq} came for message {} (descriptors sent with no shared frame?)",
+                    d.seq
+                )));
+            }
+            if got.len() != d.fds() {
+                return Err(CommError::protocol(format!(
+                    "{} descriptors came for {} shared frames and segments",
+                    got.len(),
+                    d.fds()
+                )));
+            }
+            self.seq = d.seq;
+            fds = got.into_iter();
         }
-        if record.fds.len() != d.shared.len() {
-            return Err(CommError::protocol(format!(
-                "{} descriptors came for {} shared frames",
-                record.fds.len(),
-                d.shared.len()
-            )));
-        }
-        self.seq = d.seq;
-        let mut total = msg.byte_len();
-        for (&(index, len), fd) in d.shared.iter().zip(record.fds) {
-            if len > self.limits.max_frame_size {
+        for &(id, size) in &d.segments {
+            let fd = fds.next().expect("counted");
+            if id as usize != self.segments.len() {
+                return Err(CommError::protocol(format!("segment {id} where {} was due", self.segments.len())));
+            }
+            self.segment_bytes = self.segment_bytes.saturating_add(size);
+            if self.segment_bytes > self.limits.max_message_size {
                 return Err(CommError::new(
                     ErrorKind::FrameTooLarge,
-                    format!("a shared frame of {len} bytes exceeds the limit of {} bytes", self.limits.max_frame_size),
+                    format!(
+                        "shared segments of {} bytes exceed the limit of {}",
+                        self.segment_bytes, self.limits.max_message_size
+                    ),
                 ));
             }
-            total = total.saturating_add(len);
+            self.segments.push(crate::arena::map_segment(fd, size)?);
+        }
+        let mut total = msg.byte_len();
+        for f in &d.frames {
+            if f.len > self.limits.max_frame_size {
+                return Err(CommError::new(
+                    ErrorKind::FrameTooLarge,
+                    format!(
+                        "a shared frame of {} bytes exceeds the limit of {} bytes",
+                        f.len, self.limits.max_frame_size
+                    ),
+                ));
+            }
+            total = total.saturating_add(f.len);
             if total > self.limits.max_message_size {
                 return Err(CommError::new(
                     ErrorKind::FrameTooLarge,
                     format!("a message exceeds the limit of {} bytes", self.limits.max_message_size),
                 ));
             }
-            let slot = &mut msg.frames[index as usize];
-            if !slot.is_empty() {
-                return Err(CommError::protocol(format!("shared frame {index} also has bytes on the stream")));
+            if !msg.frames[f.index as usize].is_empty() {
+                return Err(CommError::protocol(format!("shared frame {} also has bytes on the stream", f.index)));
             }
-            *slot = frame::map(fd, len)?;
+            let bytes = match f.placement {
+                Placement::Sealed => frame::map(fds.next().expect("counted"), f.len)?,
+                Placement::Arena { segment, offset } => {
+                    let seg = self.segments.get(segment as usize).ok_or_else(|| {
+                        CommError::protocol(format!("a frame in segment {segment}, which was never passed"))
+                    })?;
+                    crate::arena::view(seg, segment, offset, f.len, &self.releaser)?
+                }
+            };
+            msg.frames[f.index as usize] = bytes;
         }
         Ok(msg)
     }
@@ -233,21 +410,32 @@ mod tests {
 
     use super::*;
 
+    fn placement() -> impl Strategy<Value = Placement> {
+        prop_oneof![
+            Just(Placement::Sealed),
+            (0u32..64, 0u64..1 << 40).prop_map(|(segment, page)| Placement::Arena { segment, offset: page * 4096 }),
+        ]
+    }
+
     proptest! {
         #[test]
         fn descriptors_round_trip(
-            entries in proptest::collection::btree_map(0u32..1000, 1u64..u64::MAX, 0..40),
+            entries in proptest::collection::btree_map(0u32..1000, (1u64..u64::MAX, placement()), 0..40),
+            segments in proptest::collection::vec((0u32..64, 1u64..u64::MAX), 0..5),
             seq in 1u64..u64::MAX,
         ) {
-            let shared: Vec<(u32, u64)> = entries.into_iter().collect();
-            let d = Descriptor { seq: if shared.is_empty() { 0 } else { seq }, shared };
+            let frames = entries.into_iter().map(|(index, (len, placement))| Shared { index, len, placement }).collect();
+            let mut d = Descriptor { seq: 0, segments, frames };
+            if d.fds() > 0 {
+                d.seq = seq;
+            }
             prop_assert_eq!(Descriptor::decode(&d.encode(), 1000).unwrap(), d);
         }
 
         /// Any bytes: a descriptor or a typed error, never a panic; whatever decodes re-encodes
         /// to the same bytes and fits the frame count.
         #[test]
-        fn arbitrary_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..20) {
+        fn arbitrary_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..400), n in 0usize..20) {
             let mut b = bytes.clone();
             if b.len() >= 4 && n % 2 == 0 {
                 b[..4].copy_from_slice(&DESCRIPTOR_MAGIC);
@@ -255,7 +443,7 @@ mod tests {
             match Descriptor::decode(&b, n) {
                 Ok(d) => {
                     prop_assert_eq!(&d.encode()[..], &b[..]);
-                    prop_assert!(d.shared.iter().all(|&(i, len)| (i as usize) < n && len > 0));
+                    prop_assert!(d.frames.iter().all(|f| (f.index as usize) < n && f.len > 0));
                 }
                 Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Protocol),
             }

@@ -53,10 +53,7 @@ pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Bytes, CommError> {
         )));
     }
     if u64::try_from(stat.st_size).ok() != Some(len) {
-        return Err(CommError::protocol(format!(
-            "a shared frame announced as {len} bytes has {} bytes",
-            stat.st_size
-        )));
+        return Err(CommError::protocol(format!("a shared frame announced as {len} bytes has {} bytes", stat.st_size)));
     }
     let len = usize::try_from(len).map_err(|_| CommError::protocol(format!("{len} bytes do not fit this platform")))?;
     // SAFETY: memmap2 requires that the file is not modified or truncated while mapped. The

@@ -49,20 +49,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use courier_core::stream::{Admission, HandshakingListener, StreamAcceptor, StreamParts, accept_stream, handshake_stream};
+use courier_core::stream::{
+    Admission, HandshakingListener, StreamAcceptor, StreamParts, accept_stream, handshake_stream,
+};
 use courier_core::{Address, CloseSignal, Comm, CommConfig, CommError, Compression, ErrorKind, Listener, Transport};
 use socket2::{Domain, SockAddr, Socket, Type};
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::io::Interest;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
+mod arena;
 mod channel;
 mod comm;
 mod frame;
 
+pub use arena::{MAX_RELEASES_PER_RECORD, MAX_SEGMENTS, RELEASE_MAGIC};
 pub use channel::{MAX_FDS_PER_MESSAGE, RECORD_LEN, RECORD_MAGIC};
-pub use comm::{DESCRIPTOR_HEAD_LEN, DESCRIPTOR_MAGIC, Descriptor, ENTRY_LEN};
+pub use comm::{
+    DESCRIPTOR_HEAD_LEN, DESCRIPTOR_MAGIC, Descriptor, ENTRY_LEN, MAX_SHARED_FRAMES, Placement, SEGMENT_ENTRY_LEN,
+    Shared,
+};
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "shm";
@@ -88,11 +95,7 @@ pub mod raw {
 
     /// A descriptor-channel record body for `count` descriptors of message `seq`.
     pub fn record(count: u32, seq: u64) -> [u8; RECORD_LEN] {
-        let mut body = [0u8; RECORD_LEN];
-        body[..4].copy_from_slice(&RECORD_MAGIC);
-        body[4..8].copy_from_slice(&count.to_le_bytes());
-        body[8..].copy_from_slice(&seq.to_le_bytes());
-        body
+        channel::record_body(count as usize, seq)
     }
 
     /// `data` copied into a sealed memfd, as a sender makes it.
@@ -169,37 +172,60 @@ impl Target {
     }
 }
 
+/// Most bytes of arena segments a comm's sender keeps by default.
+pub const DEFAULT_ARENA_CAP: usize = 1 << 30;
+
 /// The shm:// transport.
 #[derive(Debug, Clone)]
 pub struct ShmTransport {
     threshold: usize,
+    arena_cap: usize,
 }
 
 impl Default for ShmTransport {
     fn default() -> Self {
-        ShmTransport { threshold: DEFAULT_THRESHOLD }
+        ShmTransport { threshold: DEFAULT_THRESHOLD, arena_cap: DEFAULT_ARENA_CAP }
     }
 }
 
 impl ShmTransport {
-    /// The transport, sharing frames of at least [`DEFAULT_THRESHOLD`] bytes.
+    /// The transport, sharing frames of at least [`DEFAULT_THRESHOLD`] bytes through an arena
+    /// of at most [`DEFAULT_ARENA_CAP`] bytes per comm (with peers of the same user).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Shares frames of at least `bytes` bytes (at least 1); smaller ones travel on the
     /// socket.
-    pub fn with_threshold(bytes: usize) -> Self {
-        ShmTransport { threshold: bytes.max(1) }
+    pub fn with_threshold(mut self, bytes: usize) -> Self {
+        self.threshold = bytes.max(1);
+        self
+    }
+
+    /// Keeps at most `bytes` of arena segments per comm (0: no arena, every shared frame in
+    /// a sealed memfd of its own). Applies to what this side sends.
+    pub fn with_arena_cap(mut self, bytes: usize) -> Self {
+        self.arena_cap = bytes;
+        self
     }
 }
 
-/// The read half with the descriptor channel received in the preamble, until the handshake
-/// takes it.
+/// A comm's two descriptor channel ends: frames this side sends (records out, releases in),
+/// and frames it receives (records in, releases out).
+#[derive(Debug)]
+struct Channels {
+    send: OwnedFd,
+    recv: OwnedFd,
+    /// The peer runs as this process's user (`SO_PEERCRED`).
+    same_user: bool,
+}
+
+/// The read half with the descriptor channels received in the preamble, until the
+/// handshake takes them.
 #[derive(Debug)]
 struct PreambleRead {
     half: OwnedReadHalf,
-    channel: Option<OwnedFd>,
+    channels: Option<Channels>,
 }
 
 impl AsyncRead for PreambleRead {
@@ -208,12 +234,17 @@ impl AsyncRead for PreambleRead {
     }
 }
 
-fn parts(stream: UnixStream, channel: OwnedFd) -> StreamParts<PreambleRead, OwnedWriteHalf> {
+fn same_user(stream: &UnixStream) -> bool {
+    rustix::net::sockopt::socket_peercred(stream).is_ok_and(|c| c.uid == rustix::process::getuid())
+}
+
+fn parts(stream: UnixStream, send: OwnedFd, recv: OwnedFd) -> StreamParts<PreambleRead, OwnedWriteHalf> {
     let local = Target::of(&stream, false);
     let peer = Target::of(&stream, true);
+    let same_user = same_user(&stream);
     let (read, write) = stream.into_split();
     StreamParts {
-        read: PreambleRead { half: read, channel: Some(channel) },
+        read: PreambleRead { half: read, channels: Some(Channels { send, recv, same_user }) },
         write,
         local,
         peer,
@@ -221,24 +252,38 @@ fn parts(stream: UnixStream, channel: OwnedFd) -> StreamParts<PreambleRead, Owne
     }
 }
 
-/// Builds the shm comm over a handshaken stream comm and this side's channel end.
-fn wrap(comm: Comm, channel: OwnedFd, config: &CommConfig, threshold: usize) -> Result<Comm, CommError> {
-    let channel = Arc::new(
-        channel::Channel::new(channel).map_err(|e| CommError::from_io("registering the descriptor channel", e))?,
-    );
+/// Builds the shm comm over a handshaken stream comm and this side's channel ends.
+fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -> Result<Comm, CommError> {
+    let register = |fd| {
+        channel::Channel::new(fd).map(Arc::new).map_err(|e| CommError::from_io("registering the descriptor channel", e))
+    };
+    let (send_channel, recv_channel) = (register(channels.send)?, register(channels.recv)?);
     let (local, peer, info) = (comm.local_address().clone(), comm.peer_address().clone(), comm.peer_info().clone());
     let (tx, rx) = comm.split();
     let close = CloseSignal::new();
+    let arena = (channels.same_user && t.arena_cap > 0).then(|| arena::Arena::new(t.arena_cap));
     let send = comm::ShmSend {
         inner: tx,
-        channel: channel.clone(),
+        channel: send_channel,
+        arena,
         peer_limits: info.limits,
-        threshold,
+        threshold: t.threshold,
         seq: 0,
         close: close.clone(),
     };
-    let recv =
-        comm::ShmRecv { inner: rx, channel, limits: config.limits, seq: 0, failed: None, close, peer: peer.clone() };
+    let recv = comm::ShmRecv {
+        inner: rx,
+        releaser: arena::Releaser::new(recv_channel.clone()),
+        channel: recv_channel,
+        segments: Vec::new(),
+        segment_bytes: 0,
+        arena_ok: channels.same_user,
+        limits: config.limits,
+        seq: 0,
+        failed: None,
+        close,
+        peer: peer.clone(),
+    };
     Ok(Comm::new(Box::new(send), Box::new(recv), local, peer, info))
 }
 
@@ -263,18 +308,25 @@ impl Transport for ShmTransport {
         let std = match tokio::time::timeout(config.connect_timeout, connecting).await {
             Ok(Ok(Ok(s))) => s,
             Ok(Ok(Err(e))) => {
-                let e = if e.kind() == io::ErrorKind::NotFound { io::Error::from(io::ErrorKind::ConnectionRefused) } else { e };
+                let e = if e.kind() == io::ErrorKind::NotFound {
+                    io::Error::from(io::ErrorKind::ConnectionRefused)
+                } else {
+                    e
+                };
                 return Err(CommError::from_io(format!("connecting to {addr}"), e));
             }
             Ok(Err(join)) => return Err(CommError::new(ErrorKind::Io, format!("connect task failed: {join}"))),
             Err(_) => return Err(CommError::new(ErrorKind::ConnectTimeout, format!("connecting to {addr} timed out"))),
         };
         let stream = UnixStream::from_std(std).map_err(|e| CommError::from_io("registering a unix socket", e))?;
-        let (mine, theirs) = channel::pair().map_err(|e| CommError::from_io("creating the descriptor channel", e))?;
+        let pair = || channel::pair().map_err(|e| CommError::from_io("creating the descriptor channel", e));
+        // Channel 0 carries what this side sends, channel 1 what it receives.
+        let ((send, send_far), (recv, recv_far)) = (pair()?, pair()?);
+        let theirs = [send_far, recv_far];
         let preamble = async {
             loop {
                 stream.writable().await?;
-                match stream.try_io(Interest::WRITABLE, || channel::send_with_fds(&stream, &[PREAMBLE], std::slice::from_ref(&theirs))) {
+                match stream.try_io(Interest::WRITABLE, || channel::send_with_fds(&stream, &[PREAMBLE], &theirs)) {
                     Ok(_) => return Ok::<_, io::Error>(()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
@@ -287,10 +339,10 @@ impl Transport for ShmTransport {
             Err(_) => return Err(CommError::new(ErrorKind::HandshakeTimeout, format!("{addr} accepted no preamble"))),
         }
         drop(theirs);
-        let mut parts = parts(stream, mine);
-        let mine = parts.read.channel.take().expect("just put");
+        let mut parts = parts(stream, send, recv);
+        let channels = parts.read.channels.take().expect("just put");
         let comm = handshake_stream(parts, config).await?;
-        wrap(comm, mine, config, self.threshold)
+        wrap(comm, channels, config, self)
     }
 
     async fn listen(&self, addr: &Address, config: &CommConfig) -> Result<Box<dyn Listener>, CommError> {
@@ -315,7 +367,7 @@ impl Transport for ShmTransport {
             Target::Path(p) => Some(p.clone()),
             Target::Abstract(_) => None,
         };
-        let acceptor = ShmAcceptor { listener, threshold: self.threshold };
+        let acceptor = ShmAcceptor { listener, transport: self.clone() };
         let inner = HandshakingListener::spawn(acceptor, addr.clone(), contact, config.clone());
         Ok(Box::new(ShmListener { inner, path }))
     }
@@ -323,20 +375,21 @@ impl Transport for ShmTransport {
 
 struct ShmAcceptor {
     listener: UnixListener,
-    threshold: usize,
+    transport: ShmTransport,
 }
 
-/// Reads the preamble: one byte, [`PREAMBLE`], carrying exactly one descriptor, a Unix
-/// seqpacket socket. Anything else refuses the connection.
-async fn read_preamble(conn: &UnixStream) -> Result<OwnedFd, CommError> {
+/// Reads the preamble: one byte, [`PREAMBLE`], carrying exactly two descriptors, Unix
+/// seqpacket sockets: the channel of what the peer sends, then of what it receives. Anything
+/// else refuses the connection. Returns (this side's send channel, its receive channel).
+async fn read_preamble(conn: &UnixStream) -> Result<(OwnedFd, OwnedFd), CommError> {
     let got = loop {
         conn.readable().await.map_err(|e| CommError::from_io("waiting for the preamble", e))?;
         let mut byte = [0u8; 1];
-        match conn.try_io(Interest::READABLE, || channel::recv_with_fds(conn, &mut byte, 2)) {
+        match conn.try_io(Interest::READABLE, || channel::recv_with_fds(conn, &mut byte, 3)) {
             Ok(r) if r.len == 0 && r.fds.is_empty() => {
                 return Err(CommError::closed("the peer closed the connection before its preamble"));
             }
-            Ok(r) if byte[0] == PREAMBLE && r.len == 1 && r.fds.len() == 1 && !r.truncated => break r,
+            Ok(r) if byte[0] == PREAMBLE && r.len == 1 && r.fds.len() == 2 && !r.truncated => break r,
             Ok(r) => {
                 return Err(CommError::protocol(format!(
                     "a malformed shm preamble (byte {:#04x}, {} descriptors); is the peer using unix://?",
@@ -348,9 +401,11 @@ async fn read_preamble(conn: &UnixStream) -> Result<OwnedFd, CommError> {
             Err(e) => return Err(CommError::from_io("reading the preamble", e)),
         }
     };
-    let fd = got.fds.into_iter().next().expect("checked one");
-    channel::check_end(&fd)?;
-    Ok(fd)
+    let mut fds = got.fds.into_iter();
+    let (theirs_out, theirs_in) = (fds.next().expect("checked two"), fds.next().expect("checked two"));
+    channel::check_end(&theirs_out)?;
+    channel::check_end(&theirs_in)?;
+    Ok((theirs_in, theirs_out))
 }
 
 #[async_trait]
@@ -364,8 +419,8 @@ impl StreamAcceptor for ShmAcceptor {
     }
 
     async fn upgrade(&self, conn: UnixStream) -> Result<StreamParts<PreambleRead, OwnedWriteHalf>, CommError> {
-        let channel = read_preamble(&conn).await?;
-        Ok(parts(conn, channel))
+        let (send, recv) = read_preamble(&conn).await?;
+        Ok(parts(conn, send, recv))
     }
 
     async fn readable(&self, conn: &UnixStream) -> io::Result<()> {
@@ -378,9 +433,9 @@ impl StreamAcceptor for ShmAcceptor {
         config: &CommConfig,
         admission: Admission,
     ) -> Result<Comm, CommError> {
-        let channel = parts.read.channel.take().ok_or_else(|| CommError::protocol("no descriptor channel"))?;
+        let channels = parts.read.channels.take().ok_or_else(|| CommError::protocol("no descriptor channel"))?;
         let comm = accept_stream(parts, config, admission).await?;
-        wrap(comm, channel, config, self.threshold)
+        wrap(comm, channels, config, &self.transport)
     }
 }
 

@@ -13,7 +13,7 @@ use courier_core::codec::Encoder;
 use courier_core::handshake::{Hello, PREFIX_LEN};
 use courier_core::testkit::pattern;
 use courier_core::{Compression, ErrorKind, Limits, Message, Registry};
-use courier_shm::{Descriptor, PREAMBLE, ShmTransport, raw};
+use courier_shm::{Descriptor, PREAMBLE, Placement, Shared, ShmTransport, raw};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -28,14 +28,16 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Connects like an shm:// client up to the handshake: the preamble passes the far end of a
-/// fresh channel; returns the stream and this side's channel end.
-fn open(path: &Path) -> (UnixStream, OwnedFd) {
+/// Connects like an shm:// client up to the handshake: the preamble passes the far ends of
+/// two fresh channels; returns the stream and this side's end of the channel it sends on
+/// (the other end of the receive channel is kept open by the returned pair).
+fn open(path: &Path) -> (UnixStream, (OwnedFd, OwnedFd)) {
     let std = StdStream::connect(path).unwrap();
-    let (mine, theirs) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&std, &[PREAMBLE], &[theirs]).unwrap();
+    let (send, send_far) = raw::channel_pair().unwrap();
+    let (recv, recv_far) = raw::channel_pair().unwrap();
+    raw::send_with_fds(&std, &[PREAMBLE], &[send_far, recv_far]).unwrap();
     std.set_nonblocking(true).unwrap();
-    (UnixStream::from_std(std).unwrap(), mine)
+    (UnixStream::from_std(std).unwrap(), (send, recv))
 }
 
 /// Runs the hello exchange by hand.
@@ -85,8 +87,30 @@ const SEALED: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFla
 type Record = (u32, u64, Vec<OwnedFd>);
 
 fn one(len: u64) -> Option<Descriptor> {
-    Some(Descriptor { seq: 1, shared: vec![(0, len)] })
+    Some(Descriptor { seq: 1, segments: vec![], frames: vec![Shared { index: 0, len, placement: Placement::Sealed }] })
 }
+
+/// A frame in the arena: segments passed with the message, the frame at `offset`.
+fn in_arena(segments: Vec<(u32, u64)>, segment: u32, offset: u64, len: u64) -> Option<Descriptor> {
+    let seq = u64::from(!segments.is_empty());
+    Some(Descriptor {
+        seq,
+        segments,
+        frames: vec![Shared { index: 0, len, placement: Placement::Arena { segment, offset } }],
+    })
+}
+
+/// An arena segment as a sender makes it: sealed against shrinking and growing only.
+fn segment(size: usize, seals: SealFlags) -> OwnedFd {
+    let fd = memfd(&[], SealFlags::empty());
+    rustix::fs::ftruncate(&fd, size as u64).unwrap();
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+const SEGMENT: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 #[tokio::test]
 async fn abused_shared_frames_fail_their_comm_only() {
@@ -144,7 +168,7 @@ async fn abused_shared_frames_fail_their_comm_only() {
             "more descriptors than shared frames",
             vec![(2, 1, vec![memfd(&data, SEALED), memfd(&data, SEALED)])],
             encode(vec![Bytes::new()], one(data.len() as u64)),
-            "2 descriptors came for 1 shared frames",
+            "2 descriptors came for 1 shared frames and segments",
         ),
         (
             "a record that miscounts its descriptors",
@@ -152,12 +176,7 @@ async fn abused_shared_frames_fail_their_comm_only() {
             encode(vec![Bytes::new()], one(data.len() as u64)),
             "announced 1 descriptors and carried 2",
         ),
-        (
-            "a shared frame with no descriptor",
-            vec![],
-            encode(vec![Bytes::new()], one(data.len() as u64)),
-            "no descriptors came",
-        ),
+        ("a shared frame with no descriptor", vec![], encode(vec![Bytes::new()], one(data.len() as u64)), "none came"),
         (
             "a record out of sequence",
             vec![(1, 7, vec![memfd(&data, SEALED)])],
@@ -171,6 +190,42 @@ async fn abused_shared_frames_fail_their_comm_only() {
             "also has bytes",
         ),
         ("no descriptor frame", vec![], encode(vec![Bytes::from_static(b"frame")], None), "descriptor"),
+        (
+            "a segment that can shrink (SIGBUS)",
+            vec![(1, 1, vec![segment(1 << 20, SealFlags::GROW)])],
+            encode(vec![Bytes::new()], in_arena(vec![(0, 1 << 20)], 0, 0, 4096)),
+            "not sealed against shrinking",
+        ),
+        (
+            "a segment of another size",
+            vec![(1, 1, vec![segment(1 << 20, SEGMENT)])],
+            encode(vec![Bytes::new()], in_arena(vec![(0, 2 << 20)], 0, 0, 4096)),
+            "has 1048576",
+        ),
+        (
+            "a frame past the end of its segment",
+            vec![(1, 1, vec![segment(1 << 20, SEGMENT)])],
+            encode(vec![Bytes::new()], in_arena(vec![(0, 1 << 20)], 0, 1 << 20, 4096)),
+            "does not fit segment 0",
+        ),
+        (
+            "a frame length that overflows",
+            vec![(1, 1, vec![segment(1 << 20, SEGMENT)])],
+            encode(vec![Bytes::new()], in_arena(vec![(0, 1 << 20)], 0, 4096, u64::MAX - 100)),
+            "",
+        ),
+        (
+            "a frame in a segment never passed",
+            vec![],
+            encode(vec![Bytes::new()], in_arena(vec![], 3, 0, 4096)),
+            "never passed",
+        ),
+        (
+            "segments out of order",
+            vec![(1, 1, vec![segment(1 << 20, SEGMENT)])],
+            encode(vec![Bytes::new()], in_arena(vec![(5, 1 << 20)], 5, 0, 4096)),
+            "segment 5 where 0 was due",
+        ),
     ];
     let fds_before = open_fds();
     for (what, records, bytes, mentions) in cases {
@@ -178,11 +233,11 @@ async fn abused_shared_frames_fail_their_comm_only() {
         let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
         let mut server = server.unwrap_or_else(|e| panic!("{what}: handshake: {e}"));
         for (count, seq, fds) in records {
-            raw::send_with_fds(&chan, &raw::record(count, seq), &fds).unwrap();
+            raw::send_with_fds(&chan.0, &raw::record(count, seq), &fds).unwrap();
         }
         raw.write_all(&bytes).await.unwrap();
         let err = server.recv().await.expect_err(what);
-        assert_eq!(err.kind(), ErrorKind::Protocol, "{what}: {err}");
+        assert!(matches!(err.kind(), ErrorKind::Protocol | ErrorKind::FrameTooLarge), "{what}: {err}");
         assert!(err.to_string().contains(mentions), "{what}: {err} should mention {mentions:?}");
         assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed, "{what}: stays closed");
         assert_eq!(
@@ -206,7 +261,6 @@ async fn abused_shared_frames_fail_their_comm_only() {
     listener.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
-
 
 fn fd_targets() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")

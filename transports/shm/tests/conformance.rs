@@ -17,7 +17,7 @@ mod every_frame_shared {
     use super::*;
 
     fn registry() -> Registry {
-        Registry::new().with(Arc::new(ShmTransport::with_threshold(1)))
+        Registry::new().with(Arc::new(ShmTransport::new().with_threshold(1)))
     }
 
     courier_core::conformance_tests!(registry(), "shm://");

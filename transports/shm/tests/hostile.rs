@@ -26,12 +26,13 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// Connects like an shm:// client up to the handshake: the preamble passes the far end of a
 /// fresh channel; returns the stream and this side's channel end.
-fn open(path: &Path) -> (UnixStream, OwnedFd) {
+fn open(path: &Path) -> (UnixStream, (OwnedFd, OwnedFd)) {
     let std = StdStream::connect(path).unwrap();
-    let (mine, theirs) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&std, &[PREAMBLE], &[theirs]).unwrap();
+    let (send, send_far) = raw::channel_pair().unwrap();
+    let (recv, recv_far) = raw::channel_pair().unwrap();
+    raw::send_with_fds(&std, &[PREAMBLE], &[send_far, recv_far]).unwrap();
     std.set_nonblocking(true).unwrap();
-    (UnixStream::from_std(std).unwrap(), mine)
+    (UnixStream::from_std(std).unwrap(), (send, recv))
 }
 
 fn memfd(data: &[u8], seals: SealFlags) -> OwnedFd {
@@ -74,14 +75,15 @@ async fn bad_preambles_are_refused_and_the_listener_serves_on() {
     let mut plain = UnixStream::connect(&path).await.unwrap();
     plain.write_all(&Hello::new(Limits::default(), Compression::None, "unix").encode()).await.unwrap();
     log.wait_for(1).await;
-    // The right byte with a memfd instead of a socket.
+    // The right byte with a memfd instead of the second socket.
     let s = StdStream::connect(&path).unwrap();
-    raw::send_with_fds(&s, &[PREAMBLE], &[memfd(b"x", SEALED)]).unwrap();
+    let (ok, _far) = raw::channel_pair().unwrap();
+    raw::send_with_fds(&s, &[PREAMBLE], &[ok, memfd(b"x", SEALED)]).unwrap();
     log.wait_for(2).await;
     // The right byte with a stream socket instead of a seqpacket one.
     let s2 = StdStream::connect(&path).unwrap();
     let (a, _b) = StdStream::pair().unwrap();
-    raw::send_with_fds(&s2, &[PREAMBLE], &[OwnedFd::from(a)]).unwrap();
+    raw::send_with_fds(&s2, &[PREAMBLE], &[OwnedFd::from(a), memfd(b"x", SEALED)]).unwrap();
     log.wait_for(3).await;
     let recent = log.recent();
     assert!(recent.iter().any(|(_, m)| m.contains("malformed shm preamble")), "{recent:?}");

@@ -1,0 +1,339 @@
+//! Shared arenas: segments of shared memory a sender owns and fills, which its receiver maps
+//! read-only once and then views frame by frame; the receiver releases each frame (a record on
+//! the descriptor channel) when its last `Bytes` is dropped, and the sender reuses the space.
+//! The pages are allocated and faulted in once per segment, not once per frame.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use courier_core::CommError;
+use rustix::fs::{FileType, MemfdFlags, SealFlags};
+
+use crate::channel;
+
+/// Alignment of every frame in a segment (pages: frames start on their own page).
+pub(crate) const SLOT_ALIGN: usize = 4096;
+/// The first segment's size; each new one doubles the last, up to [`SEGMENT_MAX`], and a
+/// larger frame gets a segment of its own size (rounded up to a power of two).
+pub(crate) const SEGMENT_MIN: usize = 4 << 20;
+/// Largest segment made for frames smaller than it.
+pub(crate) const SEGMENT_MAX: usize = 256 << 20;
+/// Most segments a receiver maps for one comm direction.
+pub const MAX_SEGMENTS: usize = 64;
+/// Magic of a release record.
+pub const RELEASE_MAGIC: [u8; 4] = *b"CRRL";
+/// Most releases in one record.
+pub const MAX_RELEASES_PER_RECORD: usize = 1024;
+
+/// The seals a segment carries: it can never shrink (no SIGBUS for its reader) or grow.
+const SEGMENT_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+fn round_up(n: usize, to: usize) -> Option<usize> {
+    n.checked_add(to - 1).map(|x| x / to * to)
+}
+
+struct Segment {
+    map: memmap2::MmapMut,
+    /// Free ranges: offset → length, coalesced.
+    free: BTreeMap<usize, usize>,
+}
+
+impl Segment {
+    fn alloc(&mut self, len: usize) -> Option<usize> {
+        let (&off, &size) = self.free.iter().find(|&(_, &size)| size >= len)?;
+        self.free.remove(&off);
+        if size > len {
+            self.free.insert(off + len, size - len);
+        }
+        Some(off)
+    }
+
+    fn release(&mut self, off: usize, len: usize) {
+        let (mut off, mut len) = (off, len);
+        if let Some((&prev, &plen)) = self.free.range(..off).next_back()
+            && prev + plen == off
+        {
+            self.free.remove(&prev);
+            off = prev;
+            len += plen;
+        }
+        if let Some(&nlen) = self.free.get(&(off + len)) {
+            self.free.remove(&(off + len));
+            len += nlen;
+        }
+        self.free.insert(off, len);
+    }
+}
+
+/// Where a frame was put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+}
+
+/// A frame put in the arena: its slot, and the new segment made for it (descriptor, size).
+pub(crate) type Placed = (Slot, Option<(OwnedFd, u64)>);
+
+/// The sender's arena for one comm.
+pub(crate) struct Arena {
+    segments: Vec<Segment>,
+    /// Slots the receiver still holds: (segment, offset) → rounded length.
+    outstanding: HashMap<(u32, u64), usize>,
+    /// Most bytes of segments in total.
+    cap: usize,
+    total: usize,
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena").field("segments", &self.segments.len()).field("total", &self.total).finish()
+    }
+}
+
+impl Arena {
+    pub(crate) fn new(cap: usize) -> Self {
+        Arena { segments: Vec::new(), outstanding: HashMap::new(), cap, total: 0 }
+    }
+
+    /// Copies `data` into the arena. Returns the slot and, when a segment had to be created
+    /// for it (only if `may_grow`), that segment's descriptor and size (to pass to the
+    /// receiver). `None`: no room within the cap (the caller sends the frame another way).
+    pub(crate) fn put(&mut self, data: &[u8], may_grow: bool) -> std::io::Result<Option<Placed>> {
+        let Some(len) = round_up(data.len(), SLOT_ALIGN) else { return Ok(None) };
+        let mut new = None;
+        let found = self.segments.iter_mut().enumerate().find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
+        let (index, off) = match found {
+            Some(x) => x,
+            None => {
+                let grown = (SEGMENT_MIN << self.segments.len().min(16)).min(SEGMENT_MAX);
+                let size = len.next_power_of_two().max(grown);
+                if !may_grow || self.segments.len() >= MAX_SEGMENTS || self.total.saturating_add(size) > self.cap {
+                    return Ok(None);
+                }
+                let fd =
+                    rustix::fs::memfd_create("courier-shm-arena", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+                rustix::fs::ftruncate(&fd, size as u64)?;
+                rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::SEAL)?;
+                // SAFETY: this side writes the segment only through this mapping, and only in
+                // slots it has allocated; the receiver maps it read-only.
+                let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
+                let mut free = BTreeMap::new();
+                free.insert(0, size);
+                self.segments.push(Segment { map, free });
+                self.total += size;
+                let i = self.segments.len() - 1;
+                new = Some((fd, size as u64));
+                let off = self.segments[i].alloc(len).expect("a fresh segment fits its frame");
+                (i, off)
+            }
+        };
+        self.segments[index].map[off..off + data.len()].copy_from_slice(data);
+        let slot = Slot { segment: index as u32, offset: off as u64 };
+        self.outstanding.insert((slot.segment, slot.offset), len);
+        Ok(Some((slot, new)))
+    }
+
+    /// The receiver released a slot.
+    pub(crate) fn release(&mut self, segment: u32, offset: u64) -> Result<(), CommError> {
+        let len = self.outstanding.remove(&(segment, offset)).ok_or_else(|| {
+            CommError::protocol(format!(
+                "the peer released a frame it does not hold (segment {segment}, offset {offset})"
+            ))
+        })?;
+        self.segments[segment as usize].release(offset as usize, len);
+        Ok(())
+    }
+
+    /// Frames the receiver still holds.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+}
+
+/// Release records queued by dropped frames, sent on the channel from whichever thread
+/// drops them.
+#[derive(Debug)]
+pub(crate) struct Releaser {
+    channel: Arc<channel::Channel>,
+    pending: Mutex<Vec<(u32, u64)>>,
+    /// Releases are queued (a full channel held them back).
+    queued: AtomicBool,
+}
+
+impl Releaser {
+    pub(crate) fn new(channel: Arc<channel::Channel>) -> Arc<Self> {
+        Arc::new(Releaser { channel, pending: Mutex::new(Vec::new()), queued: AtomicBool::new(false) })
+    }
+
+    fn release(&self, segment: u32, offset: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push((segment, offset));
+        self.flush_locked(&mut pending);
+    }
+
+    /// Sends what is queued; a full channel keeps it queued for the next drop or receive. A
+    /// closed one drops it: the sender is gone and needs no releases.
+    pub(crate) fn flush(&self) {
+        if !self.queued.load(Ordering::Acquire) {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_locked(&mut pending);
+    }
+
+    fn flush_locked(&self, pending: &mut Vec<(u32, u64)>) {
+        while !pending.is_empty() {
+            let n = pending.len().min(MAX_RELEASES_PER_RECORD);
+            let mut body = Vec::with_capacity(16 + 16 * n);
+            body.extend_from_slice(&RELEASE_MAGIC);
+            body.extend_from_slice(&(n as u32).to_le_bytes());
+            body.extend_from_slice(&0u64.to_le_bytes());
+            for &(segment, offset) in &pending[..n] {
+                body.extend_from_slice(&segment.to_le_bytes());
+                body.extend_from_slice(&0u32.to_le_bytes());
+                body.extend_from_slice(&offset.to_le_bytes());
+            }
+            match self.channel.try_send(&body, &[]) {
+                Ok(()) => {
+                    pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    pending.clear();
+                    break;
+                }
+            }
+        }
+        self.queued.store(!pending.is_empty(), Ordering::Release);
+    }
+}
+
+/// Parses a release record's body into (segment, offset) pairs.
+pub(crate) fn parse_releases(body: &[u8]) -> Result<Vec<(u32, u64)>, CommError> {
+    let bad = || CommError::protocol("a malformed release record");
+    if body.len() < 16 || body[..4] != RELEASE_MAGIC {
+        return Err(bad());
+    }
+    let n = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes")) as usize;
+    if n > MAX_RELEASES_PER_RECORD || body.len() != 16 + 16 * n {
+        return Err(bad());
+    }
+    Ok(body[16..]
+        .chunks_exact(16)
+        .map(|e| {
+            (u32::from_le_bytes(e[..4].try_into().expect("4 bytes")), u64::from_le_bytes(e[8..].try_into().expect("8")))
+        })
+        .collect())
+}
+
+/// A segment mapped read-only by the receiver.
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    map: memmap2::Mmap,
+}
+
+/// Checks that `fd` is a memfd of `size` bytes sealed against shrinking and growing, and maps
+/// it read-only.
+pub(crate) fn map_segment(fd: OwnedFd, size: u64) -> Result<Arc<Mapped>, CommError> {
+    let stat = rustix::fs::fstat(&fd).map_err(|e| CommError::from_io("inspecting a shared segment", e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(CommError::protocol("a shared segment's descriptor is not a memory file"));
+    }
+    let seals = rustix::fs::fcntl_get_seals(&fd)
+        .map_err(|_| CommError::protocol("a shared segment's descriptor is not a sealable memory file"))?;
+    if !seals.contains(SEGMENT_SEALS) {
+        return Err(CommError::protocol(format!(
+            "a shared segment is not sealed against shrinking and growing (seals {seals:?})"
+        )));
+    }
+    if u64::try_from(stat.st_size).ok() != Some(size) || size == 0 {
+        return Err(CommError::protocol(format!("a shared segment announced as {size} bytes has {}", stat.st_size)));
+    }
+    let len = usize::try_from(size).map_err(|_| CommError::protocol("a segment too large for this platform"))?;
+    // SAFETY: the segment cannot shrink (sealed), so every mapped page stays backed. Its
+    // owner may still write to slots it has not handed over; slots it handed over are not
+    // written until released (see the crate docs for the trust this requires).
+    let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
+        .map_err(|e| CommError::from_io("mapping a shared segment", e))?;
+    Ok(Arc::new(Mapped { map }))
+}
+
+/// One received frame: a view of a slot in a mapped segment, released on drop.
+struct SlotView {
+    segment: Arc<Mapped>,
+    index: u32,
+    offset: usize,
+    len: usize,
+    releaser: Arc<Releaser>,
+}
+
+impl AsRef<[u8]> for SlotView {
+    fn as_ref(&self) -> &[u8] {
+        &self.segment.map[self.offset..self.offset + self.len]
+    }
+}
+
+impl Drop for SlotView {
+    fn drop(&mut self) {
+        self.releaser.release(self.index, self.offset as u64);
+    }
+}
+
+/// The frame at `offset..offset + len` of a mapped segment, checked to lie inside it.
+pub(crate) fn view(
+    segment: &Arc<Mapped>,
+    index: u32,
+    offset: u64,
+    len: u64,
+    releaser: &Arc<Releaser>,
+) -> Result<Bytes, CommError> {
+    let end = offset.checked_add(len).filter(|&e| e <= segment.map.len() as u64);
+    if end.is_none() || !offset.is_multiple_of(SLOT_ALIGN as u64) || len == 0 {
+        return Err(CommError::protocol(format!(
+            "a frame at offset {offset} of {len} bytes does not fit segment {index} of {} bytes",
+            segment.map.len()
+        )));
+    }
+    Ok(Bytes::from_owner(SlotView {
+        segment: segment.clone(),
+        index,
+        offset: offset as usize,
+        len: len as usize,
+        releaser: releaser.clone(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_reused_after_release_and_coalesce() {
+        let mut a = Arena::new(1 << 30);
+        let (s1, new1) = a.put(&[1u8; 5000], true).unwrap().unwrap();
+        assert!(new1.is_some());
+        let (s2, new2) = a.put(&[2u8; 3 << 20], true).unwrap().unwrap();
+        assert!(new2.is_none(), "the first segment has room");
+        assert_eq!((s1.offset, s2.offset), (0, 8192));
+        assert!(a.release(s1.segment, 999).is_err(), "unknown slot");
+        a.release(s1.segment, s1.offset).unwrap();
+        a.release(s2.segment, s2.offset).unwrap();
+        assert!(a.release(s2.segment, s2.offset).is_err(), "double release");
+        let (s3, _) = a.put(&[3u8; SEGMENT_MIN], true).unwrap().unwrap();
+        assert_eq!((s3.segment, s3.offset), (0, 0), "freed ranges coalesced into the whole segment");
+        let (s4, new4) = a.put(&[4u8; 100], true).unwrap().unwrap();
+        assert_eq!((s4.segment, new4.map(|n| n.1)), (1, Some(2 * SEGMENT_MIN as u64)), "segments double");
+        assert_eq!(a.outstanding(), 2);
+    }
+
+    #[test]
+    fn the_cap_bounds_the_arena() {
+        let mut a = Arena::new(SEGMENT_MIN);
+        assert!(a.put(&[0u8; 1024], true).unwrap().is_some());
+        assert!(a.put(&[0u8; SEGMENT_MIN], true).unwrap().is_none(), "a second segment would pass the cap");
+    }
+}
