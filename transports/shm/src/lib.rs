@@ -7,34 +7,49 @@
 //! ## Design
 //!
 //! A comm is a Unix stream socket carrying Courier's ordinary stream protocol (handshake,
-//! codec, budgets, limits: everything unix:// does), plus a *descriptor channel*: a
-//! `SOCK_SEQPACKET` socket pair whose far end the connecting side passes to the listener
-//! (`SCM_RIGHTS`) in a one-byte preamble before the handshake.
+//! codec, budgets, limits: everything unix:// does), plus two *descriptor channels*
+//! (`SOCK_SEQPACKET` socket pairs, one per direction) whose far ends the connecting side
+//! passes to the listener (`SCM_RIGHTS`) in a two-byte preamble before the handshake. The
+//! listener answers with a policy record on its channel. docs/PROTOCOL.md §9 has the bytes.
 //!
-//! Sending a message, each frame of at least [`DEFAULT_THRESHOLD`] bytes (configurable) is
-//! written into a fresh memfd with `write(2)` (the one copy of the transfer: into page-cache
-//! pages that are neither zeroed first nor faulted into the sender) and sealed against
-//! writing, shrinking and growing. The memfds go on the channel as one record, numbered;
-//! the message goes on the stream with those frames empty and a descriptor frame appended
-//! (which frames are shared, their lengths, the record's number). The receiver checks each
-//! descriptor — a memfd, sealed, of exactly the announced size, within its limits — maps it
-//! read-only and closes it: the frame arrives as a `Bytes` viewing the shared pages in place,
-//! page-aligned, so `WireArray::view` does not copy. The mapping alone keeps the memory
-//! alive, so a frame stays valid after its sender exits.
+//! Each frame of at least [`DEFAULT_THRESHOLD`] bytes (configurable) leaves the stream: its
+//! place holds an empty frame, and a descriptor frame appended to the message says where it
+//! is. Two placements:
 //!
-//! Why this design (measured, see results/): a per-comm arena with a cross-process free list
-//! would save the page allocation, but the sender could keep writing to an arena slot after
-//! sending it, and the receiver could never trust what it reads; only a sealed memfd is
-//! immutable for everyone, the sender included. Passing descriptors on their own channel, not
-//! on the data stream, leaves the stream path exactly unix://'s (direct reads into aligned
-//! buffers, no `recvmsg` per read, so small messages cost what they cost on unix://) and
-//! lets a record be checked against its message by number. A Unix socket queues a record at
-//! the receiver before `sendmsg` returns and the record is sent before the message's first
-//! byte, so the receiver never waits for a record: one that is missing is a protocol error.
+//! - **The sender's arena** (the default between processes of the same user): segments of
+//!   shared memory (memfds sealed against shrinking and growing, 4 MiB doubling to 256 MiB,
+//!   at most 1 GiB per comm by default) that the sender faults in once and the receiver maps
+//!   read-only once. Sending copies the frame into a free slot (one `memcpy` into resident
+//!   pages); the receiver's `Bytes` views the slot in place, and when its last clone is
+//!   dropped a release record gives the slot back.
+//! - **A sealed memfd of its own**: written once with `write(2)`, sealed against writing,
+//!   shrinking and growing, mapped read-only by the receiver. No process, the sender
+//!   included, can change it after it is sent. Used with peers of another user, when either
+//!   side is [`ShmTransport::sealed_only`], and when the arena is full.
+//!
+//! Why both, by measurement (results/shm.md, `examples/costs.rs`): on the machine the
+//! results come from, filling a fresh 64 MiB memfd takes ~35 ms and mapping and freeing it
+//! ~25 ms more: page-cache allocation, not copying (a `memcpy` of 64 MiB is ~4.5 ms), makes
+//! sealed frames *slower* than tcp://. Kernel copies that pin pages (a pipe with `vmsplice`,
+//! `process_vm_readv`) ran at ~4 GiB/s. Only reused, resident shared pages reach memory
+//! speed, and Linux has no way to seal reused pages, so the arena trades one guarantee: a
+//! sender can still write to a slot it has sent until the receiver releases it. It cannot
+//! shrink a segment (no SIGBUS), pass a wrong descriptor, or make the receiver read outside a
+//! segment. The arena is therefore used only with a peer running as the same user
+//! (`SO_PEERCRED`), which could already signal, trace or replace this process, and either
+//! side can refuse it ([`ShmTransport::sealed_only`]).
+//!
+//! Passing descriptors on their own channels, not on the data stream, leaves the stream path
+//! exactly unix://'s (direct reads into aligned buffers, no `recvmsg` per read) and lets a
+//! record be checked against its message by number. A Unix socket queues a record at the
+//! receiver before `sendmsg` returns and the record is sent before the message's first byte,
+//! so the receiver never waits for a record: one that is missing is a protocol error.
 //!
 //! A peer that breaks the rules — an unsealed or wrong-sized memfd, a descriptor that is not
-//! a memfd, more or fewer descriptors than shared frames, records out of order — gets a
-//! `Protocol` error on that comm only; every descriptor received is owned and closed.
+//! a memfd, more or fewer descriptors than announced, records out of order, a frame outside
+//! its segment, an arena frame to a side that refused arenas, a release of a slot it does not
+//! hold — gets a `Protocol` error on that comm only; every descriptor received is owned and
+//! closed, every mapping dropped with its last frame.
 //!
 //! Addresses are unix:// addresses with this scheme: `shm:///run/courier.sock` (a path,
 //! removed on close), `shm://@name` (an abstract name), `shm://` (listen on a fresh name).
@@ -66,6 +81,11 @@ mod frame;
 
 pub use arena::{MAX_RELEASES_PER_RECORD, MAX_SEGMENTS, RELEASE_MAGIC};
 pub use channel::{MAX_FDS_PER_MESSAGE, RECORD_LEN, RECORD_MAGIC};
+
+/// The preamble a connecting side sends (with its two channel ends attached).
+pub fn preamble(accepts_arena: bool) -> [u8; 2] {
+    [PREAMBLE, if accepts_arena { FLAG_ACCEPTS_ARENA } else { 0 }]
+}
 pub use comm::{
     DESCRIPTOR_HEAD_LEN, DESCRIPTOR_MAGIC, Descriptor, ENTRY_LEN, MAX_SHARED_FRAMES, Placement, SEGMENT_ENTRY_LEN,
     Shared,
@@ -73,11 +93,15 @@ pub use comm::{
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "shm";
-/// Frames at least this large travel through shared memory by default; smaller ones are
-/// cheaper to copy through the socket than a memfd is to create, seal and map.
+/// Frames at least this large travel through shared memory by default; smaller ones are as
+/// cheap through the socket, with no slot to release.
 pub const DEFAULT_THRESHOLD: usize = 256 * 1024;
-/// The preamble byte that carries the descriptor channel.
+/// The preamble's first byte; the preamble carries the descriptor channels.
 pub const PREAMBLE: u8 = b'S';
+/// Preamble and policy flag: this side accepts frames in its peer's arena.
+pub const FLAG_ACCEPTS_ARENA: u8 = 1;
+/// Magic of the listener's policy record.
+pub const POLICY_MAGIC: [u8; 4] = *b"CRPO";
 
 /// Raw pieces for tests that play a hostile peer: the framing helpers this transport uses.
 pub mod raw {
@@ -180,11 +204,12 @@ pub const DEFAULT_ARENA_CAP: usize = 1 << 30;
 pub struct ShmTransport {
     threshold: usize,
     arena_cap: usize,
+    accept_arena: bool,
 }
 
 impl Default for ShmTransport {
     fn default() -> Self {
-        ShmTransport { threshold: DEFAULT_THRESHOLD, arena_cap: DEFAULT_ARENA_CAP }
+        ShmTransport { threshold: DEFAULT_THRESHOLD, arena_cap: DEFAULT_ARENA_CAP, accept_arena: true }
     }
 }
 
@@ -208,6 +233,27 @@ impl ShmTransport {
         self.arena_cap = bytes;
         self
     }
+
+    /// No arena either way: every shared frame, sent or received, in a sealed memfd that no
+    /// process can change after it is sent. Peers learn this in the preamble and its answer,
+    /// and a peer that sends an arena frame anyway gets a protocol error.
+    pub fn sealed_only(mut self) -> Self {
+        self.arena_cap = 0;
+        self.accept_arena = false;
+        self
+    }
+
+    fn flags(&self) -> u8 {
+        if self.accept_arena { FLAG_ACCEPTS_ARENA } else { 0 }
+    }
+}
+
+/// The listener's answer to a preamble, on the channel it sends frames on: magic, its flags.
+fn policy_record(flags: u8) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&POLICY_MAGIC);
+    b[4] = flags;
+    b
 }
 
 /// A comm's two descriptor channel ends: frames this side sends (records out, releases in),
@@ -218,6 +264,8 @@ struct Channels {
     recv: OwnedFd,
     /// The peer runs as this process's user (`SO_PEERCRED`).
     same_user: bool,
+    /// The peer accepts frames in this side's arena (its preamble or policy flags).
+    peer_accepts_arena: bool,
 }
 
 /// The read half with the descriptor channels received in the preamble, until the
@@ -238,13 +286,19 @@ fn same_user(stream: &UnixStream) -> bool {
     rustix::net::sockopt::socket_peercred(stream).is_ok_and(|c| c.uid == rustix::process::getuid())
 }
 
-fn parts(stream: UnixStream, send: OwnedFd, recv: OwnedFd) -> StreamParts<PreambleRead, OwnedWriteHalf> {
+fn parts(
+    stream: UnixStream,
+    send: OwnedFd,
+    recv: OwnedFd,
+    peer_flags: u8,
+) -> StreamParts<PreambleRead, OwnedWriteHalf> {
     let local = Target::of(&stream, false);
     let peer = Target::of(&stream, true);
     let same_user = same_user(&stream);
     let (read, write) = stream.into_split();
+    let peer_accepts_arena = peer_flags & FLAG_ACCEPTS_ARENA != 0;
     StreamParts {
-        read: PreambleRead { half: read, channels: Some(Channels { send, recv, same_user }) },
+        read: PreambleRead { half: read, channels: Some(Channels { send, recv, same_user, peer_accepts_arena }) },
         write,
         local,
         peer,
@@ -261,7 +315,8 @@ fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -
     let (local, peer, info) = (comm.local_address().clone(), comm.peer_address().clone(), comm.peer_info().clone());
     let (tx, rx) = comm.split();
     let close = CloseSignal::new();
-    let arena = (channels.same_user && t.arena_cap > 0).then(|| arena::Arena::new(t.arena_cap));
+    let arena =
+        (channels.same_user && channels.peer_accepts_arena && t.arena_cap > 0).then(|| arena::Arena::new(t.arena_cap));
     let send = comm::ShmSend {
         inner: tx,
         channel: send_channel,
@@ -277,7 +332,7 @@ fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -
         channel: recv_channel,
         segments: Vec::new(),
         segment_bytes: 0,
-        arena_ok: channels.same_user,
+        arena_ok: channels.same_user && t.accept_arena,
         limits: config.limits,
         seq: 0,
         failed: None,
@@ -326,7 +381,9 @@ impl Transport for ShmTransport {
         let preamble = async {
             loop {
                 stream.writable().await?;
-                match stream.try_io(Interest::WRITABLE, || channel::send_with_fds(&stream, &[PREAMBLE], &theirs)) {
+                match stream
+                    .try_io(Interest::WRITABLE, || channel::send_with_fds(&stream, &[PREAMBLE, self.flags()], &theirs))
+                {
                     Ok(_) => return Ok::<_, io::Error>(()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
@@ -339,9 +396,17 @@ impl Transport for ShmTransport {
             Err(_) => return Err(CommError::new(ErrorKind::HandshakeTimeout, format!("{addr} accepted no preamble"))),
         }
         drop(theirs);
-        let mut parts = parts(stream, send, recv);
-        let channels = parts.read.channels.take().expect("just put");
+        let mut parts = parts(stream, send, recv, 0);
+        let mut channels = parts.read.channels.take().expect("just put");
         let comm = handshake_stream(parts, config).await?;
+        // The listener answered the preamble before its hello: its policy is queued here.
+        let mut policy = [0u8; 17];
+        let got = channel::recv_with_fds(&channels.recv, &mut policy, 1)
+            .map_err(|e| CommError::protocol(format!("{addr} sent no shm policy ({e})")))?;
+        if got.len != 16 || !got.fds.is_empty() || policy[..4] != POLICY_MAGIC || policy[4] & !FLAG_ACCEPTS_ARENA != 0 {
+            return Err(CommError::protocol(format!("{addr} sent a malformed shm policy")));
+        }
+        channels.peer_accepts_arena = policy[4] & FLAG_ACCEPTS_ARENA != 0;
         wrap(comm, channels, config, self)
     }
 
@@ -378,18 +443,27 @@ struct ShmAcceptor {
     transport: ShmTransport,
 }
 
-/// Reads the preamble: one byte, [`PREAMBLE`], carrying exactly two descriptors, Unix
-/// seqpacket sockets: the channel of what the peer sends, then of what it receives. Anything
-/// else refuses the connection. Returns (this side's send channel, its receive channel).
-async fn read_preamble(conn: &UnixStream) -> Result<(OwnedFd, OwnedFd), CommError> {
+/// Reads the preamble: two bytes, [`PREAMBLE`] and the peer's flags, carrying exactly two
+/// descriptors, Unix seqpacket sockets: the channel of what the peer sends, then of what it
+/// receives. Anything else refuses the connection. Returns (this side's send channel, its
+/// receive channel, the peer's flags).
+async fn read_preamble(conn: &UnixStream) -> Result<(OwnedFd, OwnedFd, u8), CommError> {
+    let mut byte = [0u8; 2];
     let got = loop {
         conn.readable().await.map_err(|e| CommError::from_io("waiting for the preamble", e))?;
-        let mut byte = [0u8; 1];
         match conn.try_io(Interest::READABLE, || channel::recv_with_fds(conn, &mut byte, 3)) {
             Ok(r) if r.len == 0 && r.fds.is_empty() => {
                 return Err(CommError::closed("the peer closed the connection before its preamble"));
             }
-            Ok(r) if byte[0] == PREAMBLE && r.len == 1 && r.fds.len() == 2 && !r.truncated => break r,
+            Ok(r)
+                if byte[0] == PREAMBLE
+                    && byte[1] & !FLAG_ACCEPTS_ARENA == 0
+                    && r.len == 2
+                    && r.fds.len() == 2
+                    && !r.truncated =>
+            {
+                break r;
+            }
             Ok(r) => {
                 return Err(CommError::protocol(format!(
                     "a malformed shm preamble (byte {:#04x}, {} descriptors); is the peer using unix://?",
@@ -405,7 +479,7 @@ async fn read_preamble(conn: &UnixStream) -> Result<(OwnedFd, OwnedFd), CommErro
     let (theirs_out, theirs_in) = (fds.next().expect("checked two"), fds.next().expect("checked two"));
     channel::check_end(&theirs_out)?;
     channel::check_end(&theirs_in)?;
-    Ok((theirs_in, theirs_out))
+    Ok((theirs_in, theirs_out, byte[1]))
 }
 
 #[async_trait]
@@ -419,8 +493,11 @@ impl StreamAcceptor for ShmAcceptor {
     }
 
     async fn upgrade(&self, conn: UnixStream) -> Result<StreamParts<PreambleRead, OwnedWriteHalf>, CommError> {
-        let (send, recv) = read_preamble(&conn).await?;
-        Ok(parts(conn, send, recv))
+        let (send, recv, flags) = read_preamble(&conn).await?;
+        // Answered before the hello, so the peer finds it queued once its handshake is done.
+        channel::send_with_fds(&send, &policy_record(self.transport.flags()), &[])
+            .map_err(|e| CommError::from_io("answering the preamble", e))?;
+        Ok(parts(conn, send, recv, flags))
     }
 
     async fn readable(&self, conn: &UnixStream) -> io::Result<()> {

@@ -1,6 +1,6 @@
 //! Each way a peer can abuse shared frames or the descriptor channel: a typed error on that
 //! comm alone, every descriptor it passed closed, no mapping left, and the listener serves on.
-//! Alone in its test binary, so the process's descriptor count is this test's.
+//! The tests take turns (a lock), so the process's descriptor count is one test's.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -13,10 +13,13 @@ use courier_core::codec::Encoder;
 use courier_core::handshake::{Hello, PREFIX_LEN};
 use courier_core::testkit::pattern;
 use courier_core::{Compression, ErrorKind, Limits, Message, Registry};
-use courier_shm::{Descriptor, PREAMBLE, Placement, Shared, ShmTransport, raw};
+use courier_shm::{Descriptor, Placement, Shared, ShmTransport, preamble, raw};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// The tests of this binary run one at a time, so the descriptor count is one test's.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn registry() -> Registry {
     Registry::new().with(Arc::new(ShmTransport::new()))
@@ -35,7 +38,7 @@ fn open(path: &Path) -> (UnixStream, (OwnedFd, OwnedFd)) {
     let std = StdStream::connect(path).unwrap();
     let (send, send_far) = raw::channel_pair().unwrap();
     let (recv, recv_far) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&std, &[PREAMBLE], &[send_far, recv_far]).unwrap();
+    raw::send_with_fds(&std, &preamble(true), &[send_far, recv_far]).unwrap();
     std.set_nonblocking(true).unwrap();
     (UnixStream::from_std(std).unwrap(), (send, recv))
 }
@@ -114,6 +117,7 @@ const SEGMENT: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 #[tokio::test]
 async fn abused_shared_frames_fail_their_comm_only() {
+    let _serial = SERIAL.lock().await;
     let dir = temp_dir("abuse");
     let path = dir.join("l.sock");
     let url = format!("shm://{}", path.display());
@@ -268,4 +272,48 @@ fn fd_targets() -> Vec<String> {
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|p| p.display().to_string())
         .collect()
+}
+
+#[tokio::test]
+async fn a_sealed_only_receiver_refuses_arena_frames_and_a_sender_refuses_bogus_releases() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir("policy");
+    let path = dir.join("l.sock");
+    let url = format!("shm://{}", path.display());
+    let r = Registry::new().with(Arc::new(ShmTransport::new().sealed_only()));
+    let mut listener = r.listen(&url).await.unwrap();
+    // A peer that ignores the listener's policy and sends a frame from its arena.
+    let (mut raw, chan) = open(&path);
+    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
+    let mut server = server.unwrap();
+    raw::send_with_fds(&chan.0, &raw::record(1, 1), &[segment(1 << 20, SEGMENT)]).unwrap();
+    raw.write_all(&encode(vec![Bytes::new()], in_arena(vec![(0, 1 << 20)], 0, 0, 4096))).await.unwrap();
+    let err = server.recv().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("accepted only from"), "{err}");
+    drop((server, raw, chan));
+    listener.close().await;
+
+    // A receiver that releases a frame it was never sent: the sender's comm fails.
+    let r = registry();
+    let mut listener = r.listen(&url).await.unwrap();
+    let (mut raw, chan) = open(&path);
+    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
+    let mut server = server.unwrap();
+    let big = Message::new(&b"big"[..], vec![pattern(1 << 20, 4)]);
+    server.send(big.clone()).await.unwrap();
+    let mut release = Vec::new();
+    release.extend_from_slice(courier_shm::RELEASE_MAGIC.as_slice());
+    release.extend_from_slice(&1u32.to_le_bytes());
+    release.extend_from_slice(&[0; 8]);
+    release.extend_from_slice(&0u32.to_le_bytes());
+    release.extend_from_slice(&[0; 4]);
+    release.extend_from_slice(&(64u64 << 20).to_le_bytes());
+    raw::send_with_fds(&chan.1, &release, &[]).unwrap();
+    let err = server.send(big).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("does not hold"), "{err}");
+    drop((server, raw, chan));
+    listener.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

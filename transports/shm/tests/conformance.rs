@@ -22,3 +22,13 @@ mod every_frame_shared {
 
     courier_core::conformance_tests!(registry(), "shm://");
 }
+
+mod sealed_only {
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry::new().with(Arc::new(ShmTransport::new().sealed_only().with_threshold(1)))
+    }
+
+    courier_core::conformance_tests!(registry(), "shm://");
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use courier_core::handshake::Hello;
 use courier_core::{Compression, Limits, Message, Registry};
-use courier_shm::{PREAMBLE, ShmTransport, raw};
+use courier_shm::{ShmTransport, preamble, raw};
 use rustix::fs::{MemfdFlags, SealFlags};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -30,7 +30,7 @@ fn open(path: &Path) -> (UnixStream, (OwnedFd, OwnedFd)) {
     let std = StdStream::connect(path).unwrap();
     let (send, send_far) = raw::channel_pair().unwrap();
     let (recv, recv_far) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&std, &[PREAMBLE], &[send_far, recv_far]).unwrap();
+    raw::send_with_fds(&std, &preamble(true), &[send_far, recv_far]).unwrap();
     std.set_nonblocking(true).unwrap();
     (UnixStream::from_std(std).unwrap(), (send, recv))
 }
@@ -78,12 +78,12 @@ async fn bad_preambles_are_refused_and_the_listener_serves_on() {
     // The right byte with a memfd instead of the second socket.
     let s = StdStream::connect(&path).unwrap();
     let (ok, _far) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&s, &[PREAMBLE], &[ok, memfd(b"x", SEALED)]).unwrap();
+    raw::send_with_fds(&s, &preamble(true), &[ok, memfd(b"x", SEALED)]).unwrap();
     log.wait_for(2).await;
     // The right byte with a stream socket instead of a seqpacket one.
     let s2 = StdStream::connect(&path).unwrap();
     let (a, _b) = StdStream::pair().unwrap();
-    raw::send_with_fds(&s2, &[PREAMBLE], &[OwnedFd::from(a), memfd(b"x", SEALED)]).unwrap();
+    raw::send_with_fds(&s2, &preamble(true), &[OwnedFd::from(a), memfd(b"x", SEALED)]).unwrap();
     log.wait_for(3).await;
     let recent = log.recent();
     assert!(recent.iter().any(|(_, m)| m.contains("malformed shm preamble")), "{recent:?}");

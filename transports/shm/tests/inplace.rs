@@ -74,3 +74,31 @@ async fn a_frame_outlives_its_sender_process() {
     assert!(mapping_of(got.frames[0].as_ptr() as usize).unwrap().contains("/memfd:courier-shm"));
     assert_eq!(got.frames[0], pattern(4 << 20, 11), "valid after the sender exited");
 }
+
+#[tokio::test]
+async fn a_sealed_only_side_gets_and_sends_only_sealed_frames() {
+    let sealed = Registry::new().with(Arc::new(ShmTransport::new().sealed_only()));
+    let default = registry();
+    let mut l = sealed.listen("shm://").await.unwrap();
+    let url = l.contact_address().to_string();
+    let (c, s) = tokio::join!(default.connect(&url), l.accept());
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    let m = Message::new(&b"both ways"[..], vec![pattern(1 << 20, 12)]);
+    c.send(m.clone()).await.unwrap();
+    let there = s.recv().await.unwrap();
+    s.send(m.clone()).await.unwrap();
+    let back = c.recv().await.unwrap();
+    for got in [&there, &back] {
+        assert_eq!(got, &m);
+        let line = mapping_of(got.frames[0].as_ptr() as usize).unwrap();
+        assert!(line.contains("/memfd:courier-shm ") || line.ends_with("/memfd:courier-shm (deleted)"), "{line}");
+    }
+    // Between default sides the frames come from the sender's arena.
+    let mut l = default.listen("shm://").await.unwrap();
+    let url = l.contact_address().to_string();
+    let (c, s) = tokio::join!(default.connect(&url), l.accept());
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    c.send(m.clone()).await.unwrap();
+    let got = s.recv().await.unwrap();
+    assert!(mapping_of(got.frames[0].as_ptr() as usize).unwrap().contains("/memfd:courier-shm-arena"));
+}
