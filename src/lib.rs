@@ -45,12 +45,14 @@ pub use courier_core::{
     Compression, ErrorKind, Limits, Listener, Message, PeerInfo, Registry, Transport,
 };
 pub use courier_inproc::InprocTransport;
-pub use courier_tcp::{TcpOptions, TcpTransport};
 pub use courier_shm::ShmTransport;
+pub use courier_tcp::{TcpOptions, TcpTransport};
 pub use courier_unix::UnixTransport;
 pub use courier_zmq::{ZmqOptions, ZmqTransport};
 pub use node::worker_main;
-pub use {courier_core, courier_inproc, courier_runtime, courier_shm, courier_tcp, courier_tls, courier_unix, courier_zmq};
+pub use {
+    courier_core, courier_inproc, courier_runtime, courier_shm, courier_tcp, courier_tls, courier_unix, courier_zmq,
+};
 
 /// Constructors for a [`Registry`] holding Courier's built-in transports.
 pub trait RegistryExt {

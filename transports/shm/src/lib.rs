@@ -122,6 +122,16 @@ pub mod raw {
         channel::record_body(count as usize, seq)
     }
 
+    /// Parses a release record's body: the (segment, offset) pairs it releases.
+    pub fn parse_release_record(body: &[u8]) -> Result<Vec<(u32, u64)>, CommError> {
+        arena::parse_releases(body)
+    }
+
+    /// Parses a frame record's body that came with `fds` descriptors: its record number.
+    pub fn parse_frame_record(body: &[u8], fds: usize) -> Result<u64, CommError> {
+        channel::parse_record(body, fds)
+    }
+
     /// `data` copied into a sealed memfd, as a sender makes it.
     pub fn sealed_frame(data: &[u8]) -> io::Result<OwnedFd> {
         frame::seal_copy(data)
