@@ -118,6 +118,7 @@ fn run(shape: Shape, tasks: usize, workers: usize) -> Duration {
             name: format!("w{w}"),
             address: format!("tcp://w{w}"),
             nthreads: 2,
+            local: None,
         });
     }
     pending.push_back(Event::ClientJoined { id: 1, name: "bench".into() });

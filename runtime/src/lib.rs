@@ -55,6 +55,6 @@ pub use client::{AsCompleted, Client, ClusterError, Graph, Status, TaskError, Ta
 pub use cluster::{Adaptive, LocalCluster};
 pub use driver::{SchedulerHandle, ServerConfig, start_scheduler};
 pub use functions::{Args, Functions, MAX_BUILTIN_ELEMENTS, MAX_BUILTIN_SLEEP, TaskFn};
-pub use protocol::{ArgSpec, Failure, Key};
+pub use protocol::{ArgSpec, Failure, Key, LocalContact, TransferCount};
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use worker::{WorkerConfig, WorkerHandle, start_worker};

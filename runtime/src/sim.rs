@@ -368,6 +368,7 @@ impl Sim {
             name: format!("worker-{w}"),
             address,
             nthreads: self.config.nthreads,
+            local: None,
         };
         self.send(Node::Worker(w), Node::Scheduler, Delivery::ToScheduler(event));
         let first = self.jitter((Duration::from_millis(500), Duration::from_secs(1)));
@@ -794,7 +795,7 @@ impl Sim {
                 let result = match reply {
                     DataReply::Data { values, .. } => Ok(values),
                     DataReply::Refused { reason, .. } => Err(reason),
-                    DataReply::Stored { .. } => Err("unexpected reply".into()),
+                    DataReply::Stored { .. } | DataReply::Stats { .. } => Err("unexpected reply".into()),
                 };
                 if self.workers[r].alive {
                     let life = self.workers[r].life;

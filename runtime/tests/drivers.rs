@@ -212,7 +212,7 @@ async fn roles_are_enforced_and_a_refused_fetch_fails_with_the_refusal() {
 
     // A client-role comm that says it is a worker is dropped; the cluster keeps one worker.
     let mut fake = with(Some(&client), None).connect(&sched.address).await.unwrap();
-    let hello = Hello::Worker { name: "fake".into(), address: "tcp://127.0.0.1:1".into(), nthreads: 8 };
+    let hello = Hello::Worker { name: "fake".into(), address: "tcp://127.0.0.1:1".into(), nthreads: 8, local: None };
     fake.send(to_message(&[hello]).unwrap()).await.unwrap();
     assert!(fake.recv().await.unwrap_err().is_closed());
     assert!(logged("without the worker role"));

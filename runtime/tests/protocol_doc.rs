@@ -68,6 +68,10 @@ fn payload() -> Payload {
     Payload::new(&1i64).unwrap()
 }
 
+fn contact() -> LocalContact {
+    LocalContact { address: "shm://@w".into(), host: "h".into() }
+}
+
 fn spec() -> TaskSpec {
     TaskSpec { key: "k".into(), func: "f".into(), args: vec![ArgSpec::Key("d".into())], retries: 0, wanted: true }
 }
@@ -78,7 +82,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
     let mut out = Vec::new();
     let hello = [
         Hello::Client { name: "c".into() },
-        Hello::Worker { name: "w".into(), address: "tcp://h:1".into(), nthreads: 1 },
+        Hello::Worker { name: "w".into(), address: "tcp://h:1".into(), nthreads: 1, local: Some(contact()) },
     ];
     for h in &hello {
         match h {
@@ -106,7 +110,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         }
     }
     let s2c = [
-        SchedulerToClient::Workers { added: vec![], removed: vec![] },
+        SchedulerToClient::Workers { added: vec![], removed: vec![], local: vec![] },
         SchedulerToClient::Done { key: "k".into(), holders: vec![] },
         SchedulerToClient::Erred { key: "k".into(), failure: Failure::Cancelled },
         SchedulerToClient::Lost { key: "k".into() },
@@ -156,6 +160,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         SchedulerToWorker::Replicate { key: "k".into(), from: vec![] },
         SchedulerToWorker::ExpectScatter { id: 1, keys: vec![] },
         SchedulerToWorker::PeerGone { address: "a".into() },
+        SchedulerToWorker::LocalPeers { peers: vec![] },
         SchedulerToWorker::Shutdown,
     ];
     for m in &s2w {
@@ -166,31 +171,38 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
             | SchedulerToWorker::Replicate { .. }
             | SchedulerToWorker::ExpectScatter { .. }
             | SchedulerToWorker::PeerGone { .. }
+            | SchedulerToWorker::LocalPeers { .. }
             | SchedulerToWorker::Shutdown => out.push(("SchedulerToWorker", shape("", m))),
         }
     }
     let reqs = [
         DataRequest::Get { id: 1, keys: vec![] },
         DataRequest::Store { id: 1, key: "k".into(), ticket: 2, value: payload() },
+        DataRequest::Stats { id: 1 },
     ];
     for m in &reqs {
         match m {
-            DataRequest::Get { .. } | DataRequest::Store { .. } => out.push(("DataRequest", shape("", m))),
+            DataRequest::Get { .. } | DataRequest::Store { .. } | DataRequest::Stats { .. } => {
+                out.push(("DataRequest", shape("", m)))
+            }
         }
     }
     let replies = [
         DataReply::Data { id: 1, values: vec![] },
         DataReply::Stored { id: 1 },
         DataReply::Refused { id: 1, reason: "r".into() },
+        DataReply::Stats { id: 1, fetched: vec![] },
     ];
     for m in &replies {
         match m {
-            DataReply::Data { .. } | DataReply::Stored { .. } | DataReply::Refused { .. } => {
+            DataReply::Data { .. } | DataReply::Stored { .. } | DataReply::Refused { .. } | DataReply::Stats { .. } => {
                 out.push(("DataReply", shape("", m)))
             }
         }
     }
     out.push(("TaskSpec", shape("TaskSpec", &spec())));
+    out.push(("LocalContact", shape("LocalContact", &contact())));
+    out.push(("TransferCount", shape("TransferCount", &TransferCount::default())));
     for a in [ArgSpec::Value(payload()), ArgSpec::Key("k".into())] {
         match a {
             ArgSpec::Value(_) | ArgSpec::Key(_) => out.push(("ArgSpec", shape("", &a))),

@@ -11,6 +11,7 @@
 //! listen = "tcp://0.0.0.0:0"
 //! nthreads = 2
 //! name = "alice"
+//! shm = true                # peers and clients on this host fetch through shared memory
 //!
 //! [tls]
 //! ca = "ca.pem"
@@ -81,6 +82,7 @@ pub(crate) struct WorkerSection {
     pub(crate) listen: Option<String>,
     pub(crate) nthreads: Option<u32>,
     pub(crate) name: Option<String>,
+    pub(crate) shm: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

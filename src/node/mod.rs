@@ -264,6 +264,10 @@ pub struct WorkerArgs {
     /// The worker's name.
     #[arg(long, env = "COURIER_WORKER_NAME")]
     pub name: Option<String>,
+    /// Do not listen on shm:// for peers and clients on this host (they use the network
+    /// transport instead).
+    #[arg(long, env = "COURIER_NO_SHM")]
+    pub no_shm: bool,
 }
 
 /// Runs a scheduler until Ctrl-C (`Ok`) or until its event loop fails (`Err`). Prints
@@ -311,6 +315,7 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
         listen: args.listen.or(w.listen),
         name: args.name.or(w.name),
         nthreads: args.nthreads.or(w.nthreads).unwrap_or(1),
+        shm: !args.no_shm && w.shm.unwrap_or(true),
         ..WorkerConfig::new(scheduler)
     };
     let (handle, task) = courier_runtime::start_worker(registry, Arc::new(functions), config).await?;

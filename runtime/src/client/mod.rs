@@ -35,7 +35,7 @@ use crate::driver::pool::DataPool;
 use crate::protocol::bounds::MAX_TASKS_PER_SUBMIT;
 use crate::protocol::{
     ArgSpec, ClientToScheduler, DataReply, DataRequest, Hello, Key, RequestId, RetireError, ScatterError,
-    SchedulerToClient, TaskSpec,
+    SchedulerToClient, TaskSpec, TransferCount,
 };
 
 /// Tasks per `Submit` message.
@@ -80,6 +80,9 @@ pub(crate) struct Inner {
     counter: AtomicU64,
     pub(crate) pool: DataPool,
     closed: CloseSignal,
+    /// This host's identity, when the registry has shm://: workers announcing it are fetched
+    /// from at their same-host address.
+    host: Option<String>,
 }
 
 impl Inner {
@@ -115,9 +118,14 @@ impl Inner {
             SchedulerToClient::Done { key, holders } => self.settle(&key, KeyStatus::Done(holders)),
             SchedulerToClient::Erred { key, failure } => self.settle(&key, KeyStatus::Failed(failure)),
             SchedulerToClient::Lost { key } => self.settle(&key, KeyStatus::Pending),
-            SchedulerToClient::Workers { added, removed } => {
+            SchedulerToClient::Workers { added, removed, local } => {
                 for a in &removed {
                     self.pool.forget(a);
+                }
+                for (address, contact) in &local {
+                    if self.host.as_ref() == Some(&contact.host) {
+                        self.pool.set_local(address, &contact.address);
+                    }
                 }
                 self.workers.send_modify(|w| {
                     w.retain(|a| !removed.contains(a));
@@ -199,6 +207,7 @@ impl Client {
             workers: tokio::sync::watch::Sender::new(Vec::new()),
             prefix,
             counter: AtomicU64::new(1),
+            host: registry.schemes().contains(&"shm").then(crate::protocol::LocalContact::this_host).flatten(),
             pool: DataPool::new(registry, FETCH_TIMEOUT),
             closed: CloseSignal::new(),
         });
@@ -430,6 +439,20 @@ impl Client {
     /// Current worker addresses, as the scheduler last reported them.
     pub fn workers(&self) -> Vec<String> {
         self.inner.workers.borrow().clone()
+    }
+
+    /// Values this client has fetched from workers (gathers), per transport scheme: shows
+    /// whether same-host workers were reached over shm://.
+    pub fn transfer_stats(&self) -> Vec<TransferCount> {
+        self.inner.pool.stats()
+    }
+
+    /// Values the worker at `address` has fetched from its peers, per transport scheme.
+    pub async fn worker_transfer_stats(&self, address: &str) -> Result<Vec<TransferCount>, CommError> {
+        match self.inner.pool.request(address, |id| DataRequest::Stats { id }).await? {
+            DataReply::Stats { fetched, .. } => Ok(fetched),
+            other => Err(CommError::protocol(format!("unexpected reply to Stats from {address}: {other:?}"))),
+        }
     }
 
     /// Waits until the worker addresses satisfy `predicate` (checked now, then on every

@@ -8,9 +8,14 @@
 //! (a new peer's outbox queues requests while it connects), so requests to different peers
 //! never wait on each other. When a comm fails, its pending requests fail at once and the
 //! next request opens a new one.
+//!
+//! A peer on this host may have a same-host address ([`DataPool::set_local`], e.g. shm://):
+//! its comm is opened there, and over its network address if that fails. Values received are
+//! counted per transport scheme ([`DataPool::stats`]), so which transport carried the data is
+//! observable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use courier_core::{CommError, ErrorKind, Registry, from_message};
@@ -18,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::batched::Outbox;
 use crate::collections::Map;
-use crate::protocol::{DataReply, DataRequest, RequestId};
+use crate::protocol::{DataReply, DataRequest, RequestId, TransferCount};
 
 /// Unsent requests a peer may accumulate before its comm is given up.
 const OUTBOX_LIMIT: usize = 65_536;
@@ -29,6 +34,8 @@ type Pending = Arc<Mutex<Map<RequestId, oneshot::Sender<DataReply>>>>;
 struct Conn {
     outbox: Outbox<DataRequest>,
     pending: Pending,
+    /// The scheme of the comm once open.
+    scheme: Arc<OnceLock<String>>,
 }
 
 /// A pool of data comms to workers. Cloning shares it.
@@ -38,6 +45,10 @@ pub(crate) struct DataPool {
     conns: Arc<Mutex<Map<String, Arc<Conn>>>>,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
+    /// Same-host addresses of peers, by their data address.
+    local: Arc<Mutex<Map<String, String>>>,
+    /// Values received, by the scheme of the comm they came over.
+    counts: Arc<Mutex<Map<String, TransferCount>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -47,7 +58,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DataPool {
     /// A pool whose requests time out after `timeout`.
     pub(crate) fn new(registry: Registry, timeout: Duration) -> Self {
-        DataPool { registry, conns: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), timeout }
+        DataPool {
+            registry,
+            conns: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            timeout,
+            local: Arc::default(),
+            counts: Arc::default(),
+        }
+    }
+
+    /// Reaches the peer whose data address is `addr` at `local` from now on (a comm already
+    /// open stays as it is until it closes).
+    pub(crate) fn set_local(&self, addr: &str, local: &str) {
+        lock(&self.local).insert(addr.to_owned(), local.to_owned());
+    }
+
+    /// Values received so far, per transport scheme.
+    pub(crate) fn stats(&self) -> Vec<TransferCount> {
+        let mut v: Vec<TransferCount> = lock(&self.counts).values().cloned().collect();
+        v.sort_by(|a, b| a.scheme.cmp(&b.scheme));
+        v
     }
 
     fn conn(&self, addr: &str) -> Arc<Conn> {
@@ -60,9 +91,22 @@ impl DataPool {
         let pending: Pending = Arc::default();
         let (rx_tx, rx_rx) = oneshot::channel();
         let (registry, target) = (self.registry.clone(), addr.to_owned());
+        let via = lock(&self.local).get(addr).cloned();
+        let scheme: Arc<OnceLock<String>> = Arc::default();
+        let opened = scheme.clone();
         let outbox = Outbox::spawn_lazy(
             async move {
-                let comm = registry.connect(&target).await?;
+                let comm = match via {
+                    Some(local) => match registry.connect(&local).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(peer = %target, %local, error = %e, "same-host address failed; using the network");
+                            registry.connect(&target).await?
+                        }
+                    },
+                    None => registry.connect(&target).await?,
+                };
+                let _ = opened.set(comm.peer_address().scheme().to_owned());
                 let (tx, rx) = comm.split();
                 let _ = rx_tx.send(rx);
                 Ok(tx)
@@ -70,7 +114,7 @@ impl DataPool {
             OUTBOX_LIMIT,
             addr.to_owned(),
         );
-        let conn = Arc::new(Conn { outbox: outbox.clone(), pending: pending.clone() });
+        let conn = Arc::new(Conn { outbox: outbox.clone(), pending: pending.clone(), scheme });
         conns.insert(addr.to_owned(), conn.clone());
         drop(conns);
         let (pool, addr) = (self.conns.clone(), addr.to_owned());
@@ -114,7 +158,15 @@ impl DataPool {
         addr: &str,
         build: impl FnOnce(RequestId) -> DataRequest,
     ) -> Result<DataReply, CommError> {
-        let conn = self.conn(addr);
+        self.request_on(&self.conn(addr), addr, build).await
+    }
+
+    async fn request_on(
+        &self,
+        conn: &Conn,
+        addr: &str,
+        build: impl FnOnce(RequestId) -> DataRequest,
+    ) -> Result<DataReply, CommError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
@@ -141,8 +193,19 @@ impl DataPool {
         keys: Vec<crate::protocol::Key>,
     ) -> Result<Vec<Option<courier_core::Payload>>, CommError> {
         let n = keys.len();
-        match self.request(addr, |id| DataRequest::Get { id, keys }).await? {
-            DataReply::Data { values, .. } if values.len() == n => Ok(values),
+        let conn = self.conn(addr);
+        match self.request_on(&conn, addr, |id| DataRequest::Get { id, keys }).await? {
+            DataReply::Data { values, .. } if values.len() == n => {
+                let scheme = conn.scheme.get().cloned().unwrap_or_default();
+                let mut counts = lock(&self.counts);
+                let c = counts.entry(scheme.clone()).or_insert_with(|| TransferCount { scheme, ..Default::default() });
+                c.requests += 1;
+                for v in values.iter().flatten() {
+                    c.values += 1;
+                    c.bytes += v.byte_len();
+                }
+                Ok(values)
+            }
             DataReply::Data { values, .. } => {
                 Err(CommError::protocol(format!("{addr} answered {} values for {n} keys", values.len())))
             }
@@ -153,6 +216,7 @@ impl DataPool {
 
     /// Drops the comm to `addr` (the peer is gone): its pending requests fail at once.
     pub(crate) fn forget(&self, addr: &str) {
+        lock(&self.local).remove(addr);
         if let Some(c) = lock(&self.conns).remove(addr) {
             c.outbox.abort();
             lock(&c.pending).clear();

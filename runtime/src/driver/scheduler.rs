@@ -412,10 +412,10 @@ async fn serve_peer(
     let credit = Arc::new(Semaphore::new(PEER_CREDIT));
     let ctx = Relay { events: &events, stop: &stop, counter: &counter, remote: &remote, credit: &credit };
     match hello {
-        Hello::Worker { name, address, nthreads } => {
+        Hello::Worker { name, address, nthreads, local } => {
             let peer = Peer::Worker(id);
             let outbox = Outbox::spawn(tx, limit, format!("worker {address}"));
-            let event = Event::WorkerJoined { id, name, address, nthreads };
+            let event = Event::WorkerJoined { id, name, address, nthreads, local };
             if events.send(FromPeer(peer, Item::Joined(PeerOutbox::Worker(outbox.clone()), event))).await.is_err() {
                 return;
             }

@@ -134,6 +134,10 @@ pub enum SchedulerToClient {
         added: Vec<String>,
         /// Data addresses of workers that left.
         removed: Vec<String>,
+        /// Same-host contacts of workers in `added` that have one: a client on the same host
+        /// fetches from them there. Absent from older schedulers.
+        #[serde(default)]
+        local: Vec<(String, super::LocalContact)>,
     },
     /// A wanted key's result is in memory on these workers (again after it moved).
     Done {

@@ -28,6 +28,25 @@ pub enum DataRequest {
         /// The value.
         value: Payload,
     },
+    /// How much this worker has fetched from its peers, per transport. Answered with
+    /// `Stats`.
+    Stats {
+        /// Request id.
+        id: RequestId,
+    },
+}
+
+/// Values fetched over one transport.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferCount {
+    /// The URL scheme of the comms they came over.
+    pub scheme: String,
+    /// `Get` requests answered.
+    pub requests: u64,
+    /// Values received.
+    pub values: u64,
+    /// Bytes of those values (headers and frames).
+    pub bytes: u64,
 }
 
 /// A worker's reply to a [`DataRequest`].
@@ -52,13 +71,23 @@ pub enum DataReply {
         /// Why.
         reason: String,
     },
+    /// The answer to `Stats`: values fetched from peers, per transport.
+    Stats {
+        /// Request id.
+        id: RequestId,
+        /// Per transport scheme.
+        fetched: Vec<TransferCount>,
+    },
 }
 
 impl DataReply {
     /// The id of the request this answers.
     pub fn id(&self) -> RequestId {
         match self {
-            DataReply::Data { id, .. } | DataReply::Stored { id } | DataReply::Refused { id, .. } => *id,
+            DataReply::Data { id, .. }
+            | DataReply::Stored { id }
+            | DataReply::Refused { id, .. }
+            | DataReply::Stats { id, .. } => *id,
         }
     }
 }

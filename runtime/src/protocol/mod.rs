@@ -28,7 +28,7 @@ use courier_core::Payload;
 use serde::{Deserialize, Serialize};
 
 pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient};
-pub use data::{DataReply, DataRequest};
+pub use data::{DataReply, DataRequest, TransferCount};
 pub use failure::Failure;
 pub use worker::{SchedulerToWorker, WorkerToScheduler};
 
@@ -58,7 +58,42 @@ pub enum Hello {
         address: String,
         /// Runs it executes at once (1..=[`MAX_NTHREADS`](bounds::MAX_NTHREADS)).
         nthreads: u32,
+        /// Where peers on the same host can reach its data listener faster (shm://), if it
+        /// listens there. Absent from older workers.
+        #[serde(default)]
+        local: Option<LocalContact>,
     },
+}
+
+/// A worker's second, same-host data address: peers whose [host identity](LocalContact::host)
+/// is the same fetch from `address` (falling back to the network address if it cannot be
+/// reached); others ignore it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalContact {
+    /// A URL reachable only on the worker's host (`shm://@name`), at most
+    /// [`MAX_ADDRESS_LEN`](bounds::MAX_ADDRESS_LEN) bytes.
+    pub address: String,
+    /// The host as the worker sees it: the kernel's boot id and the worker's user and network
+    /// namespaces (`boot-id/user-ns/net-ns`), at most [`MAX_ADDRESS_LEN`](bounds::MAX_ADDRESS_LEN)
+    /// bytes. Two processes with the same identity share memory and abstract socket names.
+    pub host: String,
+}
+
+impl LocalContact {
+    /// This process's host identity, if the system exposes one (Linux: /proc).
+    pub fn this_host() -> Option<String> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let ns = |kind: &str| std::fs::read_link(format!("/proc/self/ns/{kind}")).ok().map(|p| p.display().to_string());
+        Some(format!("{}/{}/{}", boot.trim(), ns("user")?, ns("net")?))
+    }
+
+    /// Whether both fields are within bounds.
+    pub fn is_valid(&self) -> bool {
+        !self.address.is_empty()
+            && self.address.len() <= bounds::MAX_ADDRESS_LEN
+            && !self.host.is_empty()
+            && self.host.len() <= bounds::MAX_ADDRESS_LEN
+    }
 }
 
 /// A task's name, unique in the cluster. A key names one computation: submitting the same key

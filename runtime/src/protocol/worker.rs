@@ -121,6 +121,13 @@ pub enum SchedulerToWorker {
         /// Its data address.
         address: String,
     },
+    /// Workers on this worker's host (same [`LocalContact::host`](super::LocalContact)) and
+    /// their same-host addresses: fetch from them there. Sent when this worker joins (those
+    /// already there) and when another joins on its host.
+    LocalPeers {
+        /// (data address, same-host contact).
+        peers: Vec<(String, super::LocalContact)>,
+    },
     /// Exit: the worker has been retired and its data moved.
     Shutdown,
 }

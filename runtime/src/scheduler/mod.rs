@@ -89,6 +89,8 @@ pub enum Event {
         address: String,
         /// Its thread count.
         nthreads: u32,
+        /// Its same-host contact, if it has one.
+        local: Option<crate::protocol::LocalContact>,
     },
     /// A worker's comm closed: it is dead or gone.
     WorkerLeft {
@@ -189,6 +191,8 @@ pub struct Scheduler {
     tasks: Map<Key, Task>,
     workers: BTreeMap<WorkerId, Worker>,
     by_address: Map<String, WorkerId>,
+    /// Workers with a same-host contact, by host identity.
+    by_host: Map<String, Vec<WorkerId>>,
     clients: Map<ClientId, ClientState>,
     /// Running (not retiring) workers by load: placement takes the first.
     placeable: BTreeSet<(u64, WorkerId)>,
@@ -227,6 +231,7 @@ impl Scheduler {
             tasks: Map::default(),
             workers: BTreeMap::new(),
             by_address: Map::default(),
+            by_host: Map::default(),
             clients: Map::default(),
             placeable: BTreeSet::new(),
             by_load: BTreeSet::new(),
@@ -262,7 +267,9 @@ impl Scheduler {
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         self.now = now;
         match event {
-            Event::WorkerJoined { id, name, address, nthreads } => self.worker_joined(id, name, address, nthreads),
+            Event::WorkerJoined { id, name, address, nthreads, local } => {
+                self.worker_joined(id, name, address, nthreads, local)
+            }
             Event::WorkerLeft { id } => self.worker_left(id),
             Event::ClientJoined { id, name } => self.client_joined(id, name),
             Event::ClientLeft { id } => self.client_left(id),
@@ -341,7 +348,8 @@ impl Scheduler {
         tracing::debug!(client = id, %name, "client joined");
         self.clients.insert(id, ClientState::default());
         let added = self.workers.values().map(|w| w.address.clone()).collect();
-        self.out.push(Action::ToClient(id, SchedulerToClient::Workers { added, removed: Vec::new() }));
+        let local = self.workers.values().filter_map(|w| Some((w.address.clone(), w.local.clone()?))).collect();
+        self.out.push(Action::ToClient(id, SchedulerToClient::Workers { added, removed: Vec::new(), local }));
     }
 
     fn client_left(&mut self, id: ClientId) {

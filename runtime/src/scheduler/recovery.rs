@@ -6,7 +6,7 @@ use super::state::{TaskState, Worker, WorkerStatus};
 use super::{Action, Scheduler, WorkerId};
 use crate::collections::Set;
 use crate::protocol::bounds::{MAX_ADDRESS_LEN, MAX_NAME_LEN, MAX_NTHREADS, check_text};
-use crate::protocol::{Failure, Key, RunId, SchedulerToClient, SchedulerToWorker};
+use crate::protocol::{Failure, Key, LocalContact, RunId, SchedulerToClient, SchedulerToWorker};
 
 impl Scheduler {
     fn check_registration(&self, name: &str, address: &str, nthreads: u32) -> Result<(), String> {
@@ -22,7 +22,14 @@ impl Scheduler {
         Ok(())
     }
 
-    pub(crate) fn worker_joined(&mut self, id: WorkerId, name: String, address: String, nthreads: u32) {
+    pub(crate) fn worker_joined(
+        &mut self,
+        id: WorkerId,
+        name: String,
+        address: String,
+        nthreads: u32,
+        local: Option<LocalContact>,
+    ) {
         if self.workers.contains_key(&id) {
             return;
         }
@@ -31,7 +38,14 @@ impl Scheduler {
             self.out.push(Action::DropWorker { id, reason });
             return;
         }
-        tracing::info!(%name, %address, nthreads, "worker joined");
+        let local = local.filter(|l| {
+            let ok = l.is_valid() && l.address.parse::<courier_core::Address>().is_ok();
+            if !ok {
+                tracing::warn!(worker = id, "ignored an invalid same-host contact");
+            }
+            ok
+        });
+        tracing::info!(%name, %address, nthreads, local = ?local.as_ref().map(|l| &l.address), "worker joined");
         self.by_address.insert(address.clone(), id);
         self.workers.insert(
             id,
@@ -39,6 +53,7 @@ impl Scheduler {
                 name,
                 address: address.clone(),
                 nthreads,
+                local: local.clone(),
                 processing: Set::default(),
                 has: Set::default(),
                 expecting: Set::default(),
@@ -55,9 +70,38 @@ impl Scheduler {
         self.timeouts.push(Reverse((self.now + self.config.worker_timeout, id)));
         let clients: Vec<_> = self.clients.keys().copied().collect();
         for c in clients {
-            self.send_client(c, SchedulerToClient::Workers { added: vec![address.clone()], removed: Vec::new() });
+            let local = local.iter().map(|l| (address.clone(), l.clone())).collect();
+            self.send_client(
+                c,
+                SchedulerToClient::Workers { added: vec![address.clone()], removed: Vec::new(), local },
+            );
+        }
+        if let Some(contact) = local {
+            self.introduce_same_host(id, &address, contact);
         }
         self.fill_from_queue();
+    }
+
+    /// Tells a worker with a same-host contact about the workers already on its host, and them
+    /// about it. Only workers of one host hear of each other: the cost is per host, not per
+    /// cluster.
+    fn introduce_same_host(&mut self, id: WorkerId, address: &str, contact: LocalContact) {
+        let neighbours = self.by_host.entry(contact.host.clone()).or_default().clone();
+        let known: Vec<(String, LocalContact)> = neighbours
+            .iter()
+            .filter_map(|w| {
+                let w = self.workers.get(w)?;
+                Some((w.address.clone(), w.local.clone()?))
+            })
+            .collect();
+        if !known.is_empty() {
+            self.send_worker(id, SchedulerToWorker::LocalPeers { peers: known });
+        }
+        for w in neighbours {
+            let peers = vec![(address.to_owned(), contact.clone())];
+            self.send_worker(w, SchedulerToWorker::LocalPeers { peers });
+        }
+        self.by_host.entry(contact.host).or_default().push(id);
     }
 
     /// Removes a worker from every index and table entry; returns it. Its tasks are left
@@ -65,6 +109,14 @@ impl Scheduler {
     fn remove_worker_entry(&mut self, id: WorkerId) -> Option<Worker> {
         let worker = self.workers.remove(&id)?;
         self.by_address.remove(&worker.address);
+        if let Some(l) = &worker.local
+            && let Some(same) = self.by_host.get_mut(&l.host)
+        {
+            same.retain(|&w| w != id);
+            if same.is_empty() {
+                self.by_host.remove(&l.host);
+            }
+        }
         self.by_load.remove(&(worker.load_key, id));
         self.placeable.remove(&(worker.load_key, id));
         self.idle.remove(&id);
@@ -74,7 +126,11 @@ impl Scheduler {
         for c in clients {
             self.send_client(
                 c,
-                SchedulerToClient::Workers { added: Vec::new(), removed: vec![worker.address.clone()] },
+                SchedulerToClient::Workers {
+                    added: Vec::new(),
+                    removed: vec![worker.address.clone()],
+                    local: Vec::new(),
+                },
             );
         }
         Some(worker)

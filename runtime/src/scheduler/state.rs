@@ -99,6 +99,8 @@ pub(crate) struct Worker {
     pub(crate) name: String,
     pub(crate) address: String,
     pub(crate) nthreads: u32,
+    /// Its same-host contact, if it announced one.
+    pub(crate) local: Option<crate::protocol::LocalContact>,
     pub(crate) processing: Set<Key>,
     pub(crate) has: Set<Key>,
     pub(crate) expecting: Set<Key>,

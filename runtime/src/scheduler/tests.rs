@@ -34,7 +34,7 @@ impl Harness {
     }
 
     fn join(&mut self, id: WorkerId, nthreads: u32) -> Vec<Action> {
-        self.ev(Event::WorkerJoined { id, name: format!("w{id}"), address: addr(id), nthreads })
+        self.ev(Event::WorkerJoined { id, name: format!("w{id}"), address: addr(id), nthreads, local: None })
     }
 
     fn ev(&mut self, e: Event) -> Vec<Action> {
@@ -384,7 +384,7 @@ fn a_worker_missing_a_dependency_gets_it_recomputed() {
     let out = h.submit(vec![task("a", &[])]);
     let wa = computes(&out)[0].0;
     h.finish(wa, "a", 1);
-    h.ev(Event::WorkerJoined { id: 3, name: "w3".into(), address: addr(3), nthreads: 4 });
+    h.ev(Event::WorkerJoined { id: 3, name: "w3".into(), address: addr(3), nthreads: 4, local: None });
     h.submit(vec![task("b", &["a"])]);
     let wb = h.processing_on("b");
     let run = h.run("b");
@@ -605,7 +605,7 @@ fn registrations_outside_the_bounds_are_refused() {
         (5, "bad", "not a url".to_owned(), 1),
         (6, "", addr(6), 1),
     ] {
-        let out = h.ev(Event::WorkerJoined { id, name: name.into(), address, nthreads });
+        let out = h.ev(Event::WorkerJoined { id, name: name.into(), address, nthreads, local: None });
         assert!(matches!(&out[..], [Action::DropWorker { id: x, .. }] if *x == id), "{name}: {out:?}");
     }
     assert_eq!(h.s.stats().workers, 1);
@@ -628,7 +628,7 @@ fn a_departing_worker_with_many_tasks_is_requeued_in_linear_work() {
         step(&mut h.s, Event::FromClient { id: CLIENT, msg: ClientToScheduler::Submit { tasks: chunk.to_vec() } });
     }
     assert_eq!(h.s.workers[&1].processing.len(), N);
-    step(&mut h.s, Event::WorkerJoined { id: 2, name: "w2".into(), address: addr(2), nthreads: 1 });
+    step(&mut h.s, Event::WorkerJoined { id: 2, name: "w2".into(), address: addr(2), nthreads: 1, local: None });
     h.s.config.tasks_per_thread = 4;
     let out = step(&mut h.s, Event::WorkerLeft { id: 1 });
     assert_eq!(computes(&out).len(), 4, "the survivor takes what it has room for");
@@ -691,4 +691,66 @@ fn a_stolen_run_whose_input_was_lost_waits_for_it_again() {
     h.s.steals_in_flight += 1;
     h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::StealReply { key: "t0".into(), run, stolen: true } });
     assert_eq!(h.s.task_state("t0"), Some(&TaskState::Waiting), "its input is not in memory");
+}
+
+#[test]
+fn workers_of_one_host_are_introduced_to_each_other_and_clients_hear_of_all() {
+    use crate::protocol::LocalContact;
+    let contact = |id: WorkerId, host: &str| LocalContact { address: format!("shm://@w{id}"), host: host.into() };
+    let mut h = Harness::new(&[]);
+    let join = |h: &mut Harness, id: WorkerId, local: Option<LocalContact>| {
+        h.ev(Event::WorkerJoined { id, name: format!("w{id}"), address: addr(id), nthreads: 1, local })
+    };
+    let out = join(&mut h, 1, Some(contact(1, "a")));
+    assert!(!out.iter().any(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::LocalPeers { .. }))), "alone");
+    let to_client = |out: &[Action]| {
+        out.iter()
+            .find_map(|a| match a {
+                Action::ToClient(CLIENT, SchedulerToClient::Workers { local, .. }) => Some(local.clone()),
+                _ => None,
+            })
+            .expect("clients hear of every worker")
+    };
+    assert_eq!(to_client(&out), vec![(addr(1), contact(1, "a"))]);
+    // Another host, and a worker without a contact: nobody is introduced.
+    let out = join(&mut h, 2, Some(contact(2, "b")));
+    assert!(!out.iter().any(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::LocalPeers { .. }))), "{out:?}");
+    let out = join(&mut h, 3, None);
+    assert_eq!(to_client(&out), vec![]);
+    assert!(!out.iter().any(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::LocalPeers { .. }))), "{out:?}");
+    // A second worker on host a: it learns of 1, and 1 of it; nobody else hears.
+    let out = join(&mut h, 4, Some(contact(4, "a")));
+    let introduced: Vec<(WorkerId, Vec<(String, LocalContact)>)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToWorker(w, SchedulerToWorker::LocalPeers { peers }) => Some((*w, peers.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        introduced,
+        vec![(4, vec![(addr(1), contact(1, "a"))]), (1, vec![(addr(4), contact(4, "a"))])],
+        "{out:?}"
+    );
+    // A client joining later hears of every contact; a departed worker's is forgotten.
+    h.ev(Event::WorkerLeft { id: 1 });
+    let out = join(&mut h, 5, Some(contact(5, "a")));
+    let introduced: Vec<WorkerId> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToWorker(w, SchedulerToWorker::LocalPeers { .. }) => Some(*w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(introduced, vec![5, 4], "worker 1 left and is not introduced");
+    let out = h.ev(Event::ClientJoined { id: 300, name: "late".into() });
+    let Some(Action::ToClient(300, SchedulerToClient::Workers { local, .. })) = out.first() else { panic!("{out:?}") };
+    let mut names: Vec<&str> = local.iter().map(|(a, _)| a.as_str()).collect();
+    names.sort();
+    let mut want = [addr(2), addr(4), addr(5)];
+    want.sort();
+    assert_eq!(names, want.iter().map(String::as_str).collect::<Vec<_>>());
+    // Invalid contacts are ignored, not trusted.
+    let out = join(&mut h, 6, Some(LocalContact { address: "not a url".into(), host: "a".into() }));
+    assert!(!out.iter().any(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::LocalPeers { .. }))), "{out:?}");
 }

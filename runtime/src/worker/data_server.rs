@@ -18,9 +18,14 @@ const REPLY_OUTBOX_LIMIT: usize = 65_536;
 
 /// Accepts data comms until `stop`; each becomes an `Input::DataConn` and its requests
 /// `Input::Data`.
-pub(crate) fn spawn(mut listener: Box<dyn Listener>, inputs: mpsc::Sender<Input>, stop: CloseSignal) {
+/// `ids` numbers the comms, shared by every data listener of the worker.
+pub(crate) fn spawn(
+    mut listener: Box<dyn Listener>,
+    inputs: mpsc::Sender<Input>,
+    stop: CloseSignal,
+    ids: Arc<AtomicU64>,
+) {
     tokio::spawn(async move {
-        let ids = Arc::new(AtomicU64::new(1));
         loop {
             let comm = tokio::select! {
                 () = stop.closed() => break,

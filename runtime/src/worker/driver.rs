@@ -18,7 +18,7 @@ use crate::collections::Map;
 use crate::driver::batched::Outbox;
 use crate::driver::pool::DataPool;
 use crate::functions::Functions;
-use crate::protocol::{DataReply, DataRequest, Hello, Key, RunId, SchedulerToWorker, WorkerToScheduler};
+use crate::protocol::{DataReply, DataRequest, Hello, Key, LocalContact, RunId, SchedulerToWorker, WorkerToScheduler};
 use courier_core::CommSender;
 
 /// How to start a worker.
@@ -35,6 +35,9 @@ pub struct WorkerConfig {
     pub name: Option<String>,
     /// How long a fetch from a peer may take before it is abandoned (default 60 s).
     pub fetch_timeout: Duration,
+    /// Also listen on shm:// and announce it, so peers and clients on this host fetch
+    /// through shared memory (default true; needs shm:// in the registry, else skipped).
+    pub shm: bool,
 }
 
 impl WorkerConfig {
@@ -46,6 +49,7 @@ impl WorkerConfig {
             nthreads: 1,
             name: None,
             fetch_timeout: Duration::from_secs(60),
+            shm: true,
         }
     }
 }
@@ -76,6 +80,10 @@ pub(crate) enum Input {
     ExecuteDone(Key, RunId, Result<Payload, String>, f64),
 }
 
+fn scheme_of(url: &str) -> &str {
+    url.split_once("://").map_or("", |(s, _)| s)
+}
+
 /// The address a node listens on for data, on the same transport as the scheduler.
 pub(crate) fn data_listen_url(scheduler: &str) -> String {
     match scheduler.split_once("://").map(|(s, _)| s) {
@@ -98,7 +106,23 @@ pub async fn start_worker(
     let address = listener.contact_address().to_string();
     let shutdown = CloseSignal::new();
     let (inputs_tx, inputs) = mpsc::channel::<Input>(4096);
-    super::data_server::spawn(listener, inputs_tx.clone(), shutdown.clone());
+    let conn_ids = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    super::data_server::spawn(listener, inputs_tx.clone(), shutdown.clone(), conn_ids.clone());
+    let host = LocalContact::this_host();
+    let local = match (&host, config.shm && !matches!(scheme_of(&address), "shm" | "inproc")) {
+        (Some(host), true) => match registry.listen("shm://").await {
+            Ok(l) => {
+                let contact = LocalContact { address: l.contact_address().to_string(), host: host.clone() };
+                super::data_server::spawn(l, inputs_tx.clone(), shutdown.clone(), conn_ids);
+                Some(contact)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no shm:// data listener; peers on this host use the network");
+                None
+            }
+        },
+        _ => None,
+    };
 
     let name = config.name.clone().unwrap_or_else(|| address.clone());
     let comm = match registry.connect(&config.scheduler).await {
@@ -112,7 +136,7 @@ pub async fn start_worker(
     let nthreads = config.nthreads.max(1);
     // The hello goes first and alone, as the protocol requires.
     let mut tx = tx;
-    tx.send(courier_core::to_message(&[Hello::Worker { name, address: address.clone(), nthreads }])?).await?;
+    tx.send(courier_core::to_message(&[Hello::Worker { name, address: address.clone(), nthreads, local }])?).await?;
     let scheduler = SchedulerLink::new(tx, config.scheduler.clone());
     let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone() };
     let driver = Driver {
@@ -124,6 +148,7 @@ pub async fn start_worker(
         fetches: Map::default(),
         inputs_tx,
         local: VecDeque::new(),
+        host,
     };
     let task = tokio::spawn(driver.run(inputs, rx, shutdown));
     Ok((handle, task))
@@ -139,6 +164,8 @@ struct Driver {
     inputs_tx: mpsc::Sender<Input>,
     /// Events produced by carrying out actions (inline executions), handled next.
     local: VecDeque<WorkerEvent>,
+    /// This host's identity, if known: same-host contacts of peers with it are used.
+    host: Option<String>,
 }
 
 impl Driver {
@@ -192,7 +219,7 @@ impl Driver {
                 Input::DataConnClosed(conn) => {
                     self.data_conns.remove(&conn);
                 }
-                Input::Data(conn, request) => self.step(WorkerEvent::Data { conn, request }),
+                Input::Data(conn, request) => self.on_data(conn, request),
                 Input::FetchDone(id, result) => {
                     self.fetches.remove(&id);
                     self.step(WorkerEvent::FetchDone { id, result });
@@ -208,7 +235,7 @@ impl Driver {
                 more += 1;
                 match input {
                     Input::Scheduler(batch) => self.on_scheduler_batch(batch),
-                    Input::Data(conn, request) => self.step(WorkerEvent::Data { conn, request }),
+                    Input::Data(conn, request) => self.on_data(conn, request),
                     Input::FetchDone(id, result) => {
                         self.fetches.remove(&id);
                         self.step(WorkerEvent::FetchDone { id, result });
@@ -249,11 +276,31 @@ impl Driver {
 
     fn on_scheduler_batch(&mut self, batch: Vec<SchedulerToWorker>) {
         for msg in &batch {
-            if let SchedulerToWorker::PeerGone { address } = msg {
-                self.pool.forget(address);
+            match msg {
+                SchedulerToWorker::PeerGone { address } => self.pool.forget(address),
+                SchedulerToWorker::LocalPeers { peers } => {
+                    for (address, contact) in peers {
+                        if self.host.as_ref() == Some(&contact.host) {
+                            self.pool.set_local(address, &contact.address);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         self.step(WorkerEvent::SchedulerBatch(batch));
+    }
+
+    /// A data request: transfer counters are the driver's to report; the rest is the state
+    /// machine's.
+    fn on_data(&mut self, conn: ConnId, request: DataRequest) {
+        if let DataRequest::Stats { id } = request {
+            if let Some(outbox) = self.data_conns.get(&conn) {
+                let _ = outbox.push(DataReply::Stats { id, fetched: self.pool.stats() });
+            }
+            return;
+        }
+        self.step(WorkerEvent::Data { conn, request });
     }
 
     /// Feeds one event, then every event its actions produce inline.

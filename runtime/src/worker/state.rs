@@ -336,6 +336,8 @@ impl WorkerState {
                 self.send(WorkerToScheduler::ScatterReady { id });
             }
             SchedulerToWorker::PeerGone { address } => self.peer_gone(address),
+            // Where to reach peers is the driver's business (its data pool), not a decision.
+            SchedulerToWorker::LocalPeers { .. } => {}
             SchedulerToWorker::Shutdown => {
                 self.shutting_down = true;
                 self.out.push(WorkerAction::Shutdown);
@@ -605,6 +607,8 @@ impl WorkerState {
 
     fn on_data(&mut self, conn: ConnId, request: DataRequest) {
         let reply = match request {
+            // Transfer counters live in the driver, which answers `Stats` itself.
+            DataRequest::Stats { id } => DataReply::Stats { id, fetched: Vec::new() },
             DataRequest::Get { id, keys } => {
                 if keys.len() > MAX_KEYS_PER_MESSAGE {
                     refused(id, format!("{} keys asked for; at most {MAX_KEYS_PER_MESSAGE}", keys.len()))
