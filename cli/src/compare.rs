@@ -505,7 +505,7 @@ mod tests {
         let all: Vec<String> = TRANSPORTS.iter().map(|(n, _)| n.to_string()).collect();
         let rows = stream_rows(&registry, &all, "stream", 300_000, 4, 1, 1).await.unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.contender.as_str()).collect();
-        assert_eq!(names, ["limit", "raw", "tcp", "tls", "unix", "zmq", "inproc", "memcpy (one core)"]);
+        assert_eq!(names, ["limit", "raw", "tcp", "tls", "unix", "shm", "zmq", "inproc", "memcpy (one core)"]);
         for r in &rows {
             assert!(r.median > 0.0 && r.low <= r.median && r.median <= r.high, "{r:?}");
             assert!(r.cpu_ns_per_message > 0.0, "{r:?}");
@@ -516,7 +516,7 @@ mod tests {
         assert!(small.iter().all(|r| r.unit == "messages/s" && r.median > 0.0));
         let connects = connect_rows(&registry, &all, 3).await.unwrap();
         let names: Vec<&str> = connects.iter().map(|r| r.contender.as_str()).collect();
-        assert_eq!(names, ["tcp", "tls", "unix", "zmq", "inproc"]);
+        assert_eq!(names, ["tcp", "tls", "unix", "shm", "zmq", "inproc"]);
         assert!(connects.iter().all(|r| r.median > 0.0 && r.vs_tcp.is_some()), "{connects:?}");
     }
 }

@@ -62,6 +62,28 @@ struct Received {
     messages: u64,
     bytes: u64,
     corrupt: u64,
+    /// The server's resident memory when the stream started, and its peak during it (bytes;
+    /// 0 where /proc is missing).
+    #[serde(default)]
+    rss_start: u64,
+    #[serde(default)]
+    rss_peak: u64,
+}
+
+/// This process's resident memory now (`VmRSS`) or its peak (`VmHWM`), in bytes (0 if
+/// unknown).
+fn rss(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resets the peak to the current resident memory and returns it.
+fn rss_mark() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    rss("VmRSS:")
 }
 
 /// The JSON result.
@@ -79,6 +101,10 @@ struct Report {
     latency_p50_us: Option<f64>,
     latency_p99_us: Option<f64>,
     latency_max_us: Option<f64>,
+    /// Stream only: resident memory the client grew by while sending (beyond the payload it
+    /// built first), and the server beyond one payload (the message it holds), in bytes.
+    client_extra_rss_bytes: Option<u64>,
+    server_extra_rss_bytes: Option<u64>,
 }
 
 /// A cheap checksum (wrapping sum of little-endian words) that catches lost, reordered or
@@ -103,7 +129,7 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
     let control: Control = serde_json::from_slice(&comm.recv().await?.header).context("perf control header")?;
     match control.pattern.as_str() {
         "stream" => {
-            let mut r = Received { messages: 0, bytes: 0, corrupt: 0 };
+            let mut r = Received { messages: 0, bytes: 0, corrupt: 0, rss_start: rss_mark(), rss_peak: 0 };
             loop {
                 let m = comm.recv().await?;
                 let tag: Tagged = serde_json::from_slice(&m.header).context("perf message header")?;
@@ -117,6 +143,7 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
                 r.messages += 1;
                 r.bytes += frame.len() as u64;
             }
+            r.rss_peak = rss("VmHWM:");
             comm.send(Message::from_header(header(&r)?)).await?;
             // Linger until the client has the report and closes: on message transports (zmq://)
             // a send is only queued, and exiting now could drop it.
@@ -161,6 +188,8 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
             let budget = Duration::from_secs_f64(duration.max(0.01));
             let start = Instant::now();
             let (mut messages, mut corrupt, mut latencies) = (0u64, 0u64, Vec::new());
+            let (mut client_extra, mut server_extra) = (None, None);
+            let rss_start = rss_mark();
             match pattern.as_str() {
                 "stream" => {
                     while start.elapsed() < budget {
@@ -171,6 +200,8 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
                     comm.send(Message::from_header(header(&Tagged { seq: messages, sum: 0, end: true })?)).await?;
                     let r: Received = serde_json::from_slice(&comm.recv().await?.header)?;
                     corrupt = r.corrupt + messages.abs_diff(r.messages);
+                    client_extra = Some(rss("VmHWM:").saturating_sub(rss_start));
+                    server_extra = Some(r.rss_peak.saturating_sub(r.rss_start).saturating_sub(len as u64));
                 }
                 "echo" => {
                     while start.elapsed() < budget {
@@ -204,6 +235,8 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
                 latency_p50_us: lat.map(|s| us(s.p50)),
                 latency_p99_us: lat.map(|s| us(s.p99)),
                 latency_max_us: lat.map(|s| us(s.max)),
+                client_extra_rss_bytes: client_extra,
+                server_extra_rss_bytes: server_extra,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -220,6 +253,15 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
                 );
                 if let (Some(p50), Some(p99)) = (report.latency_p50_us, report.latency_p99_us) {
                     println!("round trip p50 {p50:.1} µs, p99 {p99:.1} µs");
+                }
+                if let (Some(c), Some(s)) = (client_extra, server_extra) {
+                    println!(
+                        "extra resident memory: sender {} ({:.2} x payload), receiver {} ({:.2} x payload)",
+                        format_bytes(c),
+                        c as f64 / len as f64,
+                        format_bytes(s),
+                        s as f64 / len as f64
+                    );
                 }
             }
             if corrupt > 0 {

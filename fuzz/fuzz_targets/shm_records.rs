@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(d.fds() <= MAX_FDS_PER_MESSAGE);
         assert_eq!(d.seq == 0, d.fds() == 0);
     }
-    if let Ok(releases) = raw::parse_release_record(bytes) {
+    if let Ok((_, releases)) = raw::parse_release_record(bytes) {
         assert_eq!(bytes.len(), 16 + 16 * releases.len());
     }
     let _ = raw::parse_frame_record(bytes, nframes);

@@ -154,24 +154,40 @@ impl Arena {
     }
 }
 
-/// Release records queued by dropped frames, sent on the channel from whichever thread
-/// drops them.
+/// What a receiver has yet to tell its sender.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Frames dropped: (segment, offset).
+    releases: Vec<(u32, u64)>,
+    /// Bytes of shared frames received (the sender's flow-control window reopens by these).
+    received: u64,
+}
+
+/// Release records (releases of dropped frames, and bytes received), sent on the channel from
+/// whichever thread drops a frame or receives a message.
 #[derive(Debug)]
 pub(crate) struct Releaser {
     channel: Arc<channel::Channel>,
-    pending: Mutex<Vec<(u32, u64)>>,
-    /// Releases are queued (a full channel held them back).
+    pending: Mutex<Pending>,
+    /// Something is queued (a full channel held it back).
     queued: AtomicBool,
 }
 
 impl Releaser {
     pub(crate) fn new(channel: Arc<channel::Channel>) -> Arc<Self> {
-        Arc::new(Releaser { channel, pending: Mutex::new(Vec::new()), queued: AtomicBool::new(false) })
+        Arc::new(Releaser { channel, pending: Mutex::default(), queued: AtomicBool::new(false) })
     }
 
     fn release(&self, segment: u32, offset: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.push((segment, offset));
+        pending.releases.push((segment, offset));
+        self.flush_locked(&mut pending);
+    }
+
+    /// A message with `bytes` of shared frames was received.
+    pub(crate) fn received(&self, bytes: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.received += bytes;
         self.flush_locked(&mut pending);
     }
 
@@ -185,35 +201,40 @@ impl Releaser {
         self.flush_locked(&mut pending);
     }
 
-    fn flush_locked(&self, pending: &mut Vec<(u32, u64)>) {
-        while !pending.is_empty() {
-            let n = pending.len().min(MAX_RELEASES_PER_RECORD);
+    fn flush_locked(&self, pending: &mut Pending) {
+        while !pending.releases.is_empty() || pending.received > 0 {
+            let n = pending.releases.len().min(MAX_RELEASES_PER_RECORD);
             let mut body = Vec::with_capacity(16 + 16 * n);
             body.extend_from_slice(&RELEASE_MAGIC);
             body.extend_from_slice(&(n as u32).to_le_bytes());
-            body.extend_from_slice(&0u64.to_le_bytes());
-            for &(segment, offset) in &pending[..n] {
+            body.extend_from_slice(&pending.received.to_le_bytes());
+            for &(segment, offset) in &pending.releases[..n] {
                 body.extend_from_slice(&segment.to_le_bytes());
                 body.extend_from_slice(&0u32.to_le_bytes());
                 body.extend_from_slice(&offset.to_le_bytes());
             }
             match self.channel.try_send(&body, &[]) {
                 Ok(()) => {
-                    pending.drain(..n);
+                    pending.releases.drain(..n);
+                    pending.received = 0;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    pending.clear();
+                    *pending = Pending::default();
                     break;
                 }
             }
         }
-        self.queued.store(!pending.is_empty(), Ordering::Release);
+        self.queued.store(!pending.releases.is_empty() || pending.received > 0, Ordering::Release);
     }
 }
 
-/// Parses a release record's body into (segment, offset) pairs.
-pub(crate) fn parse_releases(body: &[u8]) -> Result<Vec<(u32, u64)>, CommError> {
+/// What a release record says.
+pub(crate) type Released = (u64, Vec<(u32, u64)>);
+
+/// Parses a release record's body: bytes of shared frames received since the previous
+/// record, and the (segment, offset) of each frame released.
+pub(crate) fn parse_releases(body: &[u8]) -> Result<Released, CommError> {
     let bad = || CommError::protocol("a malformed release record");
     if body.len() < 16 || body[..4] != RELEASE_MAGIC {
         return Err(bad());
@@ -222,12 +243,14 @@ pub(crate) fn parse_releases(body: &[u8]) -> Result<Vec<(u32, u64)>, CommError> 
     if n > MAX_RELEASES_PER_RECORD || body.len() != 16 + 16 * n {
         return Err(bad());
     }
-    Ok(body[16..]
+    let received = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let releases = body[16..]
         .chunks_exact(16)
         .map(|e| {
             (u32::from_le_bytes(e[..4].try_into().expect("4 bytes")), u64::from_le_bytes(e[8..].try_into().expect("8")))
         })
-        .collect())
+        .collect();
+    Ok((received, releases))
 }
 
 /// A segment mapped read-only by the receiver.
@@ -257,7 +280,8 @@ pub(crate) fn map_segment(fd: OwnedFd, size: u64) -> Result<Arc<Mapped>, CommErr
     // SAFETY: the segment cannot shrink (sealed), so every mapped page stays backed. Its
     // owner may still write to slots it has not handed over; slots it handed over are not
     // written until released (see the crate docs for the trust this requires).
-    let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
+    // Not populated: the receiver's resident memory grows only with the frames it reads.
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&fd) }
         .map_err(|e| CommError::from_io("mapping a shared segment", e))?;
     Ok(Arc::new(Mapped { map }))
 }

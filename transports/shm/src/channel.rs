@@ -116,6 +116,30 @@ impl Channel {
         send_with_fds(self.fd.get_ref(), body, fds).map(|_| ())
     }
 
+    /// The next record, waiting for one; `None` when the peer closed its end.
+    pub(crate) async fn recv(&self) -> Result<Option<RawRecord>, CommError> {
+        loop {
+            let mut guard =
+                self.fd.readable().await.map_err(|e| CommError::from_io("waiting on the descriptor channel", e))?;
+            let got = guard.try_io(|fd| {
+                let mut body = vec![0u8; MAX_BODY + 1];
+                recv_with_fds(fd.get_ref(), &mut body, MAX_FDS_PER_MESSAGE).map(|r| (body, r))
+            });
+            match got {
+                Ok(Ok((_, r))) if r.len == 0 && r.fds.is_empty() => return Ok(None),
+                Ok(Ok((_, r))) if r.truncated => {
+                    return Err(CommError::protocol("a descriptor record too long, or with too many descriptors"));
+                }
+                Ok(Ok((mut body, r))) => {
+                    body.truncate(r.len);
+                    return Ok(Some((body, r.fds)));
+                }
+                Ok(Err(e)) => return Err(CommError::from_io("reading the descriptor channel", e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     /// The next record (body and descriptors), without waiting; `None` when there is none (or
     /// the peer closed its end). A truncated record is a protocol error.
     pub(crate) fn try_recv(&self) -> Result<Option<RawRecord>, CommError> {

@@ -180,23 +180,58 @@ pub(crate) struct ShmSend {
     pub(crate) seq: u64,
     /// Closed when the receive half finds a violation.
     pub(crate) close: CloseSignal,
+    /// Bytes of shared frames sent and not yet reported received.
+    pub(crate) in_flight: u64,
+    /// Most bytes of shared frames in flight (a larger frame goes alone).
+    pub(crate) window: u64,
 }
 
 impl ShmSend {
-    /// Takes back the slots the receiver released (nothing to read, no system call, while the
-    /// receiver holds none).
+    /// Applies the receiver's release records: frames received (the window reopens) and
+    /// frames dropped (their slots are free again). Without waiting, and without a system call
+    /// while nothing is in flight or held.
     fn reclaim(&mut self) -> Result<(), CommError> {
-        if self.arena.as_ref().is_none_or(|a| a.outstanding() == 0) {
+        if self.in_flight == 0 && self.arena.as_ref().is_none_or(|a| a.outstanding() == 0) {
             return Ok(());
         }
-        while let Some((body, fds)) = self.channel.try_recv()? {
-            if !fds.is_empty() {
-                return Err(CommError::protocol("descriptors came with a release record"));
-            }
-            let releases = crate::arena::parse_releases(&body)?;
+        while let Some(record) = self.channel.try_recv()? {
+            self.apply(record)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, (body, fds): crate::channel::RawRecord) -> Result<(), CommError> {
+        if !fds.is_empty() {
+            return Err(CommError::protocol("descriptors came with a release record"));
+        }
+        let (received, releases) = crate::arena::parse_releases(&body)?;
+        if received > self.in_flight {
+            return Err(CommError::protocol(format!(
+                "the peer reported {received} bytes received with {} in flight",
+                self.in_flight
+            )));
+        }
+        self.in_flight -= received;
+        if !releases.is_empty() {
             let arena = self.arena.as_mut().ok_or_else(|| CommError::protocol("a release record, and no arena"))?;
             for (segment, offset) in releases {
                 arena.release(segment, offset)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `bytes` more fit the window (or nothing is in flight).
+    async fn make_room(&mut self, bytes: u64) -> Result<(), CommError> {
+        while self.in_flight > 0 && self.in_flight.saturating_add(bytes) > self.window {
+            match self.channel.recv().await? {
+                Some(record) => self.apply(record)?,
+                None => {
+                    return Err(CommError::closed(format!(
+                        "{} closed its descriptor channel",
+                        self.inner.peer_address()
+                    )));
+                }
             }
         }
         Ok(())
@@ -215,8 +250,15 @@ impl CommSend for ShmSend {
             with_descriptor.max_frames = with_descriptor.max_frames.saturating_sub(1);
             codec::check_limits(&msg, &with_descriptor)?;
         }
-        if let Err(e) = self.reclaim() {
-            stream::log_violation(self.inner.peer_address(), &e);
+        let shared: u64 = msg.frames.iter().filter(|f| f.len() >= self.threshold).map(|f| f.len() as u64).sum();
+        let ready = match self.reclaim() {
+            Ok(()) => self.make_room(shared).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            if e.kind() == ErrorKind::Protocol {
+                stream::log_violation(self.inner.peer_address(), &e);
+            }
             self.close.close();
             return Err(e);
         }
@@ -259,6 +301,7 @@ impl CommSend for ShmSend {
             self.seq = d.seq;
         }
         drop(segment_fds);
+        self.in_flight += d.frames.iter().map(|f| f.len).sum::<u64>();
         msg.frames.push(if d.frames.is_empty() { Bytes::from_static(&EMPTY_DESCRIPTOR) } else { d.encode() });
         self.inner.send(msg).await
     }
@@ -400,6 +443,7 @@ impl ShmRecv {
             };
             msg.frames[f.index as usize] = bytes;
         }
+        self.releaser.received(d.frames.iter().map(|f| f.len).sum());
         Ok(msg)
     }
 }

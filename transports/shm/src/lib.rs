@@ -18,7 +18,7 @@
 //!
 //! - **The sender's arena** (the default between processes of the same user): segments of
 //!   shared memory (memfds sealed against shrinking and growing, 4 MiB doubling to 256 MiB,
-//!   at most 1 GiB per comm by default) that the sender faults in once and the receiver maps
+//!   at most 256 MiB per comm by default) that the sender faults in once and the receiver maps
 //!   read-only once. Sending copies the frame into a free slot (one `memcpy` into resident
 //!   pages); the receiver's `Bytes` views the slot in place, and when its last clone is
 //!   dropped a release record gives the slot back.
@@ -38,6 +38,10 @@
 //! segment. The arena is therefore used only with a peer running as the same user
 //! (`SO_PEERCRED`), which could already signal, trace or replace this process, and either
 //! side can refuse it ([`ShmTransport::sealed_only`]).
+//!
+//! Shared memory in flight is bounded: the receiver reports the shared bytes of each message
+//! it decodes, and a sender waits once [`DEFAULT_WINDOW`] bytes are unreported. An arena that
+//! reached its cap (receivers holding its frames) sends further frames sealed.
 //!
 //! Passing descriptors on their own channels, not on the data stream, leaves the stream path
 //! exactly unix://'s (direct reads into aligned buffers, no `recvmsg` per read) and lets a
@@ -122,8 +126,9 @@ pub mod raw {
         channel::record_body(count as usize, seq)
     }
 
-    /// Parses a release record's body: the (segment, offset) pairs it releases.
-    pub fn parse_release_record(body: &[u8]) -> Result<Vec<(u32, u64)>, CommError> {
+    /// Parses a release record's body: bytes received since the previous record, and the
+    /// (segment, offset) pairs it releases.
+    pub fn parse_release_record(body: &[u8]) -> Result<(u64, Vec<(u32, u64)>), CommError> {
         arena::parse_releases(body)
     }
 
@@ -207,7 +212,10 @@ impl Target {
 }
 
 /// Most bytes of arena segments a comm's sender keeps by default.
-pub const DEFAULT_ARENA_CAP: usize = 1 << 30;
+pub const DEFAULT_ARENA_CAP: usize = 256 << 20;
+/// Most bytes of shared frames a comm's sender has in flight (sent, not yet received) by
+/// default; a larger frame is sent alone.
+pub const DEFAULT_WINDOW: u64 = 64 << 20;
 
 /// The shm:// transport.
 #[derive(Debug, Clone)]
@@ -335,6 +343,8 @@ fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -
         threshold: t.threshold,
         seq: 0,
         close: close.clone(),
+        in_flight: 0,
+        window: DEFAULT_WINDOW,
     };
     let recv = comm::ShmRecv {
         inner: rx,

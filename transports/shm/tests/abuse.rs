@@ -317,3 +317,50 @@ async fn a_sealed_only_receiver_refuses_arena_frames_and_a_sender_refuses_bogus_
     listener.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_sender_keeps_at_most_its_window_in_flight() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir("window");
+    let path = dir.join("l.sock");
+    let url = format!("shm://{}", path.display());
+    let r = registry();
+    let mut listener = r.listen(&url).await.unwrap();
+    let (mut raw, chan) = open(&path);
+    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
+    let mut server = server.unwrap();
+    // A receiver that reads nothing and reports nothing: 8 frames of 8 MiB fill the 64 MiB
+    // window; the 9th waits.
+    let frame = Message::new(&b"8 MiB"[..], vec![pattern(8 << 20, 5)]);
+    for _ in 0..8 {
+        server.send(frame.clone()).await.unwrap();
+    }
+    let mut ninth = Box::pin(server.send(frame.clone()));
+    assert!(futures_poll_once(ninth.as_mut()).is_none(), "the ninth frame waits for the window");
+    // The receiver reports 8 MiB received: the ninth goes.
+    let mut ack = Vec::new();
+    ack.extend_from_slice(courier_shm::RELEASE_MAGIC.as_slice());
+    ack.extend_from_slice(&0u32.to_le_bytes());
+    ack.extend_from_slice(&(8u64 << 20).to_le_bytes());
+    raw::send_with_fds(&chan.1, &ack, &[]).unwrap();
+    ninth.await.unwrap();
+    // Reporting more than was sent is a protocol error.
+    let mut lie = ack.clone();
+    lie[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    raw::send_with_fds(&chan.1, &lie, &[]).unwrap();
+    let err = server.send(frame).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("bytes received"), "{err}");
+    drop((server, raw, chan));
+    listener.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls a future once: its output if it is ready at once.
+fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    match f.poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
