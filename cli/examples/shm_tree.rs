@@ -28,7 +28,7 @@ struct Run {
     sum: f64,
 }
 
-async fn run(bin: &PathBuf, shm: bool, rep: usize, arrays: u64, rows: usize) -> anyhow::Result<Run> {
+async fn run(bin: &std::path::Path, shm: bool, rep: usize, arrays: u64, rows: usize) -> anyhow::Result<Run> {
     let prefix: &[&str] = if shm { &["worker"] } else { &["worker", "--no-shm"] };
     let registry = Registry::with_default_transports();
     let cluster = LocalCluster::processes_with(registry, bin, "tcp://127.0.0.1:0", 3, bin, prefix).await?;
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let rows: usize = pos.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8192);
     println!(
         "tree reduction of {arrays} arrays of {rows}x1024 f64 ({} MiB each) on 3 worker processes, {reps} runs per mode",
-        rows * 1024 * 8 >> 20
+        (rows * 1024 * 8) >> 20
     );
     let mut runs = Vec::new();
     for rep in 0..reps {
