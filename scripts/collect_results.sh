@@ -6,7 +6,7 @@
 #
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
-#                                                  tasks, stability, scheduler, million); the manifest records
+#                                                  tasks, stability, scheduler, million, shm); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
@@ -28,8 +28,9 @@ if [ $quick = 1 ]; then
   compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)
   tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1)
   stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
+  shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256)
 else
-  compare_args=() tasks_args=()
+  compare_args=() tasks_args=() shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
   stability_args=()
 fi
@@ -60,7 +61,33 @@ for part in "${parts[@]}"; do
       cargo test --release -p courier-cli --test million_tasks -- --ignored --nocapture --test-threads 1 2>&1 \
         | grep -E "tasks in|test result" | tee "$out/million_tasks.txt"
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million)" >&2; exit 2 ;;
+    shm)
+      # shm:// against tcp:// and unix://: in one process (compare, with memcpy and the
+      # blocking limit), between two processes (perf, with each side's resident memory
+      # growth), what a fresh memfd costs (the design choice), and the runtime's tree
+      # reduction on 3 worker processes with shm on and off.
+      cargo build --release -p courier-shm --example costs
+      ./target/release/examples/costs "${shm_costs_args[@]}" | tee "$out/shm_costs.txt"
+      ./target/release/courier compare --transports tcp,unix,shm "${compare_args[@]}" --json "$out/shm_compare.json" \
+        | tee "$out/shm_compare.txt"
+      : >"$out/shm_perf.jsonl"
+      for t in tcp://127.0.0.1:0 unix:// shm://; do
+        for p in stream:8MiB stream:64MiB echo:100; do
+          coproc SERVER { ./target/release/courier perf server --listen "$t" --once; }
+          pid=$SERVER_PID
+          read -r line <&"${SERVER[0]}"
+          ./target/release/courier perf client "${line##* }" --pattern "${p%%:*}" --payload "${p##*:}" \
+            --duration "$perf_seconds" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' \
+            >>"$out/shm_perf.jsonl"
+          wait "$pid" 2>/dev/null || true
+        done
+      done
+      python3 scripts/perf_table.py "$out/shm_perf.jsonl" | tee "$out/shm_perf.txt"
+      cargo build --release -p courier-cli --example shm_tree
+      ./target/release/examples/shm_tree target/release/courier "${tree_args[@]}" --json "$out/shm_tree.json" 2>/dev/null \
+        | grep -v "worker serving" | tee "$out/shm_tree.txt"
+      ;;
+    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -99,7 +126,8 @@ PY
 cargo run --release -p courier-bench --bin plots -- "$out"
 if [ $quick = 1 ]; then
   for f in criterion.txt transports.csv compare.txt compare.json tasks.json tasks.txt stability.json \
-    stability.txt scheduler.txt scheduler.csv manifest.json throughput.svg round_trips.svg tasks.svg stability.svg; do
+    stability.txt scheduler.txt scheduler.csv manifest.json throughput.svg round_trips.svg tasks.svg stability.svg \
+    shm_costs.txt shm_compare.txt shm_compare.json shm_perf.jsonl shm_perf.txt shm_tree.txt shm_tree.json; do
     [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
   done
 fi

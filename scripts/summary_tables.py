@@ -8,7 +8,7 @@ import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "results")
 GIB = 2**30
-ORDER = ["limit", "blocking, 2 threads", "raw", "tcp", "tls", "unix", "zmq", "inproc"]
+ORDER = ["limit", "blocking, 2 threads", "raw", "tcp", "tls", "unix", "shm", "zmq", "inproc"]
 
 
 def rate(unit, v):
