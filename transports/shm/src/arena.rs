@@ -39,6 +39,9 @@ struct Segment {
     map: memmap2::MmapMut,
     /// Free ranges: offset → length, coalesced.
     free: BTreeMap<usize, usize>,
+    /// The segment's descriptor until the receiver has it (a send that failed or was
+    /// cancelled passes it with the next frame placed here).
+    unpassed: Option<OwnedFd>,
 }
 
 impl Segment {
@@ -99,13 +102,19 @@ impl Arena {
         Arena { segments: Vec::new(), outstanding: HashMap::new(), cap, total: 0 }
     }
 
-    /// Copies `data` into the arena. Returns the slot and, when a segment had to be created
-    /// for it (only if `may_grow`), that segment's descriptor and size (to pass to the
-    /// receiver). `None`: no room within the cap (the caller sends the frame another way).
+    /// Copies `data` into the arena. Returns the slot and, when its segment has not been
+    /// passed to the receiver yet, a duplicate of the segment's descriptor and its size (to
+    /// pass with this message; [`Arena::passed`] once it went). New descriptors (a new
+    /// segment, or one not yet passed) only if `may_grow`. `None`: no room within the cap
+    /// (the caller sends the frame another way).
     pub(crate) fn put(&mut self, data: &[u8], may_grow: bool) -> std::io::Result<Option<Placed>> {
         let Some(len) = round_up(data.len(), SLOT_ALIGN) else { return Ok(None) };
-        let mut new = None;
-        let found = self.segments.iter_mut().enumerate().find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
+        let found = self
+            .segments
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| may_grow || s.unpassed.is_none())
+            .find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
         let (index, off) = match found {
             Some(x) => x,
             None => {
@@ -123,18 +132,34 @@ impl Arena {
                 let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
                 let mut free = BTreeMap::new();
                 free.insert(0, size);
-                self.segments.push(Segment { map, free });
+                self.segments.push(Segment { map, free, unpassed: Some(fd) });
                 self.total += size;
                 let i = self.segments.len() - 1;
-                new = Some((fd, size as u64));
                 let off = self.segments[i].alloc(len).expect("a fresh segment fits its frame");
                 (i, off)
             }
         };
-        self.segments[index].map[off..off + data.len()].copy_from_slice(data);
+        let segment = &mut self.segments[index];
+        let pass = match &segment.unpassed {
+            Some(fd) => Some((fd.try_clone()?, segment.map.len() as u64)),
+            None => None,
+        };
+        segment.map[off..off + data.len()].copy_from_slice(data);
         let slot = Slot { segment: index as u32, offset: off as u64 };
         self.outstanding.insert((slot.segment, slot.offset), len);
-        Ok(Some((slot, new)))
+        Ok(Some((slot, pass)))
+    }
+
+    /// The receiver now has segment `id`.
+    pub(crate) fn passed(&mut self, id: u32) {
+        if let Some(s) = self.segments.get_mut(id as usize) {
+            s.unpassed = None;
+        }
+    }
+
+    /// Frees a slot this side placed but never sent (the send failed).
+    pub(crate) fn unput(&mut self, slot: Slot) {
+        let _ = self.release(slot.segment, slot.offset);
     }
 
     /// The receiver released a slot.
@@ -341,7 +366,11 @@ mod tests {
         let (s1, new1) = a.put(&[1u8; 5000], true).unwrap().unwrap();
         assert!(new1.is_some());
         let (s2, new2) = a.put(&[2u8; 3 << 20], true).unwrap().unwrap();
-        assert!(new2.is_none(), "the first segment has room");
+        assert!(new2.is_some(), "not passed yet: its descriptor goes again");
+        a.passed(0);
+        let (s5, new5) = a.put(&[5u8; 4096], true).unwrap().unwrap();
+        assert!(new5.is_none(), "passed");
+        a.unput(s5);
         assert_eq!((s1.offset, s2.offset), (0, 8192));
         assert!(a.release(s1.segment, 999).is_err(), "unknown slot");
         a.release(s1.segment, s1.offset).unwrap();
@@ -349,6 +378,7 @@ mod tests {
         assert!(a.release(s2.segment, s2.offset).is_err(), "double release");
         let (s3, _) = a.put(&[3u8; SEGMENT_MIN], true).unwrap().unwrap();
         assert_eq!((s3.segment, s3.offset), (0, 0), "freed ranges coalesced into the whole segment");
+        assert!(a.put(&[4u8; 100], false).unwrap().is_none(), "no new descriptor without room for one");
         let (s4, new4) = a.put(&[4u8; 100], true).unwrap().unwrap();
         assert_eq!((s4.segment, new4.map(|n| n.1)), (1, Some(2 * SEGMENT_MIN as u64)), "segments double");
         assert_eq!(a.outstanding(), 2);

@@ -2,6 +2,7 @@
 //! are replaced by sealed memfds passed on the descriptor channel, and a descriptor frame,
 //! always last, that says which frames those are.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -221,6 +222,59 @@ impl ShmSend {
         Ok(())
     }
 
+    /// Moves each frame of at least the threshold into the arena or a sealed memfd, listing it
+    /// in `d`, with the descriptors to pass.
+    fn place(
+        &mut self,
+        msg: &mut Message,
+        d: &mut Descriptor,
+        segment_fds: &mut Vec<OwnedFd>,
+        sealed_fds: &mut Vec<OwnedFd>,
+    ) -> Result<(), CommError> {
+        for (i, f) in msg.frames.iter_mut().enumerate() {
+            if f.len() < self.threshold || d.frames.len() >= MAX_SHARED_FRAMES {
+                continue;
+            }
+            let copying = |e| CommError::from_io("copying a frame into shared memory", e);
+            let room = segment_fds.len() + sealed_fds.len() < MAX_FDS_PER_MESSAGE;
+            let placed = match self.arena.as_mut() {
+                Some(a) => a.put(f, room).map_err(copying)?,
+                None => None,
+            };
+            let placement = match placed {
+                Some((slot, pass)) => {
+                    // A segment goes once per message, however many frames it holds.
+                    if let Some((fd, size)) = pass
+                        && !d.segments.iter().any(|&(id, _)| id == slot.segment)
+                    {
+                        d.segments.push((slot.segment, size));
+                        segment_fds.push(fd);
+                    }
+                    Placement::Arena { segment: slot.segment, offset: slot.offset }
+                }
+                None if room => {
+                    sealed_fds.push(frame::seal_copy(f).map_err(copying)?);
+                    Placement::Sealed
+                }
+                None => continue,
+            };
+            d.frames.push(Shared { index: i as u32, len: f.len() as u64, placement });
+            *f = Bytes::new();
+        }
+        Ok(())
+    }
+
+    /// Frees the arena slots of a message that was not sent.
+    fn unplace(&mut self, d: &Descriptor) {
+        if let Some(arena) = self.arena.as_mut() {
+            for f in &d.frames {
+                if let Placement::Arena { segment, offset } = f.placement {
+                    arena.unput(crate::arena::Slot { segment, offset });
+                }
+            }
+        }
+    }
+
     /// Waits until `bytes` more fit the window (or nothing is in flight).
     async fn make_room(&mut self, bytes: u64) -> Result<(), CommError> {
         while self.in_flight > 0 && self.in_flight.saturating_add(bytes) > self.window {
@@ -263,42 +317,29 @@ impl CommSend for ShmSend {
             return Err(e);
         }
         let mut d = Descriptor::default();
-        let (mut segment_fds, mut sealed_fds): (Vec<OwnedFd>, Vec<OwnedFd>) = (Vec::new(), Vec::new());
-        for (i, f) in msg.frames.iter_mut().enumerate() {
-            if f.len() < self.threshold || d.frames.len() >= MAX_SHARED_FRAMES {
-                continue;
-            }
-            let copying = |e| CommError::from_io("copying a frame into shared memory", e);
-            let room = segment_fds.len() + sealed_fds.len() < MAX_FDS_PER_MESSAGE;
-            let placed = match self.arena.as_mut() {
-                Some(a) => a.put(f, room).map_err(copying)?,
-                None => None,
-            };
-            let placement = match placed {
-                Some((slot, new)) => {
-                    if let Some((fd, size)) = new {
-                        d.segments.push((slot.segment, size));
-                        segment_fds.push(fd);
-                    }
-                    Placement::Arena { segment: slot.segment, offset: slot.offset }
-                }
-                None if room => {
-                    sealed_fds.push(frame::seal_copy(f).map_err(copying)?);
-                    Placement::Sealed
-                }
-                None => continue,
-            };
-            d.frames.push(Shared { index: i as u32, len: f.len() as u64, placement });
-            *f = Bytes::new();
+        let (mut segment_fds, mut sealed_fds) = (Vec::new(), Vec::new());
+        if let Err(e) = self.place(&mut msg, &mut d, &mut segment_fds, &mut sealed_fds) {
+            // Nothing was sent: the slots placed so far are free again.
+            self.unplace(&d);
+            return Err(e);
         }
         segment_fds.append(&mut sealed_fds);
         if !segment_fds.is_empty() {
             d.seq = self.seq + 1;
-            // A dropped send before this completes sent nothing and used no number.
-            self.channel.send(&crate::channel::record_body(segment_fds.len(), d.seq), &segment_fds).await.map_err(
-                |e| CommError::from_io(format!("passing shared frames to {}", self.inner.peer_address()), e),
-            )?;
+            // A dropped send before this completes sent nothing and used no number; its slots
+            // stay taken (a leak within the arena, not a fault) and unpassed segments go with
+            // the next frame placed in them.
+            let sent = self.channel.send(&crate::channel::record_body(segment_fds.len(), d.seq), &segment_fds).await;
+            if let Err(e) = sent {
+                self.unplace(&d);
+                return Err(CommError::from_io(format!("passing shared frames to {}", self.inner.peer_address()), e));
+            }
             self.seq = d.seq;
+            if let Some(arena) = self.arena.as_mut() {
+                for &(id, _) in &d.segments {
+                    arena.passed(id);
+                }
+            }
         }
         drop(segment_fds);
         self.in_flight += d.frames.iter().map(|f| f.len).sum::<u64>();
@@ -319,7 +360,7 @@ pub(crate) struct ShmRecv {
     pub(crate) channel: Arc<Channel>,
     pub(crate) releaser: Arc<Releaser>,
     /// The sender's segments, by id.
-    pub(crate) segments: Vec<Arc<Mapped>>,
+    pub(crate) segments: HashMap<u32, Arc<Mapped>>,
     pub(crate) segment_bytes: u64,
     /// Whether frames in the sender's arena are accepted (a process of the same user).
     pub(crate) arena_ok: bool,
@@ -396,8 +437,11 @@ impl ShmRecv {
         }
         for &(id, size) in &d.segments {
             let fd = fds.next().expect("counted");
-            if id as usize != self.segments.len() {
-                return Err(CommError::protocol(format!("segment {id} where {} was due", self.segments.len())));
+            if id as usize >= crate::arena::MAX_SEGMENTS || self.segments.contains_key(&id) {
+                return Err(CommError::protocol(format!(
+                    "segment {id} was passed already, or is not below {}",
+                    crate::arena::MAX_SEGMENTS
+                )));
             }
             self.segment_bytes = self.segment_bytes.saturating_add(size);
             if self.segment_bytes > self.limits.max_message_size {
@@ -409,7 +453,7 @@ impl ShmRecv {
                     ),
                 ));
             }
-            self.segments.push(crate::arena::map_segment(fd, size)?);
+            self.segments.insert(id, crate::arena::map_segment(fd, size)?);
         }
         let mut total = msg.byte_len();
         for f in &d.frames {
@@ -435,7 +479,7 @@ impl ShmRecv {
             let bytes = match f.placement {
                 Placement::Sealed => frame::map(fds.next().expect("counted"), f.len)?,
                 Placement::Arena { segment, offset } => {
-                    let seg = self.segments.get(segment as usize).ok_or_else(|| {
+                    let seg = self.segments.get(&segment).ok_or_else(|| {
                         CommError::protocol(format!("a frame in segment {segment}, which was never passed"))
                     })?;
                     crate::arena::view(seg, segment, offset, f.len, &self.releaser)?

@@ -350,7 +350,7 @@ fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -
         inner: rx,
         releaser: arena::Releaser::new(recv_channel.clone()),
         channel: recv_channel,
-        segments: Vec::new(),
+        segments: std::collections::HashMap::new(),
         segment_bytes: 0,
         arena_ok: channels.same_user && t.accept_arena,
         limits: config.limits,

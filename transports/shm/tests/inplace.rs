@@ -102,3 +102,24 @@ async fn a_sealed_only_side_gets_and_sends_only_sealed_frames() {
     let got = s.recv().await.unwrap();
     assert!(mapping_of(got.frames[0].as_ptr() as usize).unwrap().contains("/memfd:courier-shm-arena"));
 }
+
+/// Frames may outlive the runtime that received them (a client gathers, shuts its runtime
+/// down, keeps the arrays): dropping them later releases nothing and panics nowhere.
+#[test]
+fn frames_outlive_their_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (got, sent) = rt.block_on(async {
+        let r = registry();
+        let mut l = r.listen("shm://").await.unwrap();
+        let url = l.contact_address().to_string();
+        let (c, s) = tokio::join!(r.connect(&url), l.accept());
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let m = Message::new(&b"kept"[..], vec![pattern(1 << 20, 13)]);
+        c.send(m.clone()).await.unwrap();
+        (s.recv().await.unwrap(), m)
+    });
+    drop(rt);
+    assert_eq!(got, sent);
+    assert!(mapping_of(got.frames[0].as_ptr() as usize).unwrap().contains("/memfd:courier-shm-arena"));
+    drop(got);
+}
