@@ -37,11 +37,10 @@ fn round_up(n: usize, to: usize) -> Option<usize> {
 
 struct Segment {
     map: memmap2::MmapMut,
+    /// Kept to pass the segment to each receiver once.
+    fd: OwnedFd,
     /// Free ranges: offset → length, coalesced.
     free: BTreeMap<usize, usize>,
-    /// The segment's descriptor until the receiver has it (a send that failed or was
-    /// cancelled passes it with the next frame placed here).
-    unpassed: Option<OwnedFd>,
 }
 
 impl Segment {
@@ -78,49 +77,107 @@ pub(crate) struct Slot {
     pub(crate) offset: u64,
 }
 
-/// A frame put in the arena: its slot, and the new segment made for it (descriptor, size).
+/// A frame put in the arena: its slot, and the segment's descriptor and size when this comm's
+/// receiver does not have the segment yet.
 pub(crate) type Placed = (Slot, Option<(OwnedFd, u64)>);
 
-/// The sender's arena for one comm.
-pub(crate) struct Arena {
+/// The segments of one transport (of one process, usually), shared by every comm it sends
+/// on, so slots freed by one receiver serve the next frame to any peer. Segments live as long
+/// as the pool; ids are their indices, below [`MAX_SEGMENTS`].
+pub(crate) struct Pool {
+    inner: Mutex<PoolInner>,
+}
+
+struct PoolInner {
     segments: Vec<Segment>,
-    /// Slots the receiver still holds: (segment, offset) → rounded length.
-    outstanding: HashMap<(u32, u64), usize>,
     /// Most bytes of segments in total.
     cap: usize,
     total: usize,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Pool").field("segments", &inner.segments.len()).field("total", &inner.total).finish()
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(cap: usize) -> Arc<Pool> {
+        Arc::new(Pool { inner: Mutex::new(PoolInner { segments: Vec::new(), cap, total: 0 }) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of segments made so far.
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Most bytes of segments.
+    pub(crate) fn cap(&self) -> usize {
+        self.lock().cap
+    }
+}
+
+/// One comm's use of its transport's pool: which segments its receiver has, and which slots
+/// it holds.
+pub(crate) struct Arena {
+    pool: Arc<Pool>,
+    /// Bit `i`: the receiver has segment `i`.
+    passed: u64,
+    /// Slots the receiver still holds: (segment, offset) → rounded length.
+    outstanding: HashMap<(u32, u64), usize>,
+}
+
 impl std::fmt::Debug for Arena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Arena").field("segments", &self.segments.len()).field("total", &self.total).finish()
+        f.debug_struct("Arena").field("pool", &self.pool).field("outstanding", &self.outstanding.len()).finish()
     }
 }
 
 impl Arena {
-    pub(crate) fn new(cap: usize) -> Self {
-        Arena { segments: Vec::new(), outstanding: HashMap::new(), cap, total: 0 }
+    pub(crate) fn new(pool: Arc<Pool>) -> Self {
+        Arena { pool, passed: 0, outstanding: HashMap::new() }
     }
 
-    /// Copies `data` into the arena. Returns the slot and, when its segment has not been
-    /// passed to the receiver yet, a duplicate of the segment's descriptor and its size (to
-    /// pass with this message; [`Arena::passed`] once it went). New descriptors (a new
-    /// segment, or one not yet passed) only if `may_grow`. `None`: no room within the cap
-    /// (the caller sends the frame another way).
-    pub(crate) fn put(&mut self, data: &[u8], may_grow: bool) -> std::io::Result<Option<Placed>> {
+    fn has(&self, id: usize) -> bool {
+        self.passed & (1u64 << id) != 0
+    }
+
+    /// Copies `data` into a free slot of the pool. Returns the slot and, when this comm's
+    /// receiver does not have its segment yet, a duplicate of the segment's descriptor and its
+    /// size (to pass with this message; [`Arena::passed`] once it went). Segments the receiver
+    /// lacks, new or not, only if `may_pass`. `None`: no room within the cap (the caller sends
+    /// the frame another way).
+    pub(crate) fn put(&mut self, data: &[u8], may_pass: bool) -> std::io::Result<Option<Placed>> {
         let Some(len) = round_up(data.len(), SLOT_ALIGN) else { return Ok(None) };
-        let found = self
-            .segments
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, s)| may_grow || s.unpassed.is_none())
-            .find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
+        let mut pool = self.pool.lock();
+        // Segments the receiver has first: nothing to pass.
+        let mut found = None;
+        for pass in [false, true] {
+            if pass && !may_pass {
+                break;
+            }
+            found = pool
+                .segments
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| self.has(*i) != pass)
+                .find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
+            if found.is_some() {
+                break;
+            }
+        }
         let (index, off) = match found {
             Some(x) => x,
             None => {
-                let grown = (SEGMENT_MIN << self.segments.len().min(16)).min(SEGMENT_MAX);
+                let grown = (SEGMENT_MIN << pool.segments.len().min(16)).min(SEGMENT_MAX);
                 let size = len.next_power_of_two().max(grown);
-                if !may_grow || self.segments.len() >= MAX_SEGMENTS || self.total.saturating_add(size) > self.cap {
+                if !may_pass || pool.segments.len() >= MAX_SEGMENTS || pool.total.saturating_add(size) > pool.cap {
                     return Ok(None);
                 }
                 let fd =
@@ -128,23 +185,26 @@ impl Arena {
                 rustix::fs::ftruncate(&fd, size as u64)?;
                 rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::SEAL)?;
                 // SAFETY: this side writes the segment only through this mapping, and only in
-                // slots it has allocated; the receiver maps it read-only.
+                // slots it has allocated; receivers map it read-only.
                 let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
                 let mut free = BTreeMap::new();
                 free.insert(0, size);
-                self.segments.push(Segment { map, free, unpassed: Some(fd) });
-                self.total += size;
-                let i = self.segments.len() - 1;
-                let off = self.segments[i].alloc(len).expect("a fresh segment fits its frame");
+                pool.segments.push(Segment { map, fd, free });
+                pool.total += size;
+                let i = pool.segments.len() - 1;
+                let off = pool.segments[i].alloc(len).expect("a fresh segment fits its frame");
                 (i, off)
             }
         };
-        let segment = &mut self.segments[index];
-        let pass = match &segment.unpassed {
-            Some(fd) => Some((fd.try_clone()?, segment.map.len() as u64)),
-            None => None,
-        };
-        segment.map[off..off + data.len()].copy_from_slice(data);
+        let segment = &mut pool.segments[index];
+        let pass = if self.has(index) { None } else { Some((segment.fd.try_clone()?, segment.map.len() as u64)) };
+        let dst = segment.map.as_mut_ptr();
+        drop(pool);
+        // SAFETY: [off, off + len) of this segment was just taken from the free list for this
+        // frame alone: no other comm writes it and no receiver views it until this message
+        // goes. Segments are never unmapped while the pool lives, and `self.pool` keeps it.
+        // The copy runs outside the pool's lock so other comms can place frames meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(off), data.len()) };
         let slot = Slot { segment: index as u32, offset: off as u64 };
         self.outstanding.insert((slot.segment, slot.offset), len);
         Ok(Some((slot, pass)))
@@ -152,8 +212,8 @@ impl Arena {
 
     /// The receiver now has segment `id`.
     pub(crate) fn passed(&mut self, id: u32) {
-        if let Some(s) = self.segments.get_mut(id as usize) {
-            s.unpassed = None;
+        if (id as usize) < MAX_SEGMENTS {
+            self.passed |= 1u64 << id;
         }
     }
 
@@ -169,7 +229,7 @@ impl Arena {
                 "the peer released a frame it does not hold (segment {segment}, offset {offset})"
             ))
         })?;
-        self.segments[segment as usize].release(offset as usize, len);
+        self.pool.lock().segments[segment as usize].release(offset as usize, len);
         Ok(())
     }
 
@@ -178,6 +238,10 @@ impl Arena {
         self.outstanding.len()
     }
 }
+
+// A comm that ends while its receiver still holds frames leaves their slots taken: the
+// receiver may read them for as long as it likes, so they are never reused (the pool's cap
+// bounds what such leftovers can cost).
 
 /// What a receiver has yet to tell its sender.
 #[derive(Debug, Default)]
@@ -362,7 +426,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_after_release_and_coalesce() {
-        let mut a = Arena::new(1 << 30);
+        let mut a = Arena::new(Pool::new(1 << 30));
         let (s1, new1) = a.put(&[1u8; 5000], true).unwrap().unwrap();
         assert!(new1.is_some());
         let (s2, new2) = a.put(&[2u8; 3 << 20], true).unwrap().unwrap();
@@ -385,8 +449,29 @@ mod tests {
     }
 
     #[test]
-    fn the_cap_bounds_the_arena() {
-        let mut a = Arena::new(SEGMENT_MIN);
+    fn comms_share_the_pool_and_each_receiver_gets_a_segment_once() {
+        let pool = Pool::new(1 << 30);
+        let (mut a, mut b) = (Arena::new(pool.clone()), Arena::new(pool.clone()));
+        let (sa, pa) = a.put(&[1u8; 4096], true).unwrap().unwrap();
+        a.passed(sa.segment);
+        a.release(sa.segment, sa.offset).unwrap();
+        // The slot a's receiver freed serves b's frame; b's receiver needs the segment.
+        let (sb, pb) = b.put(&[2u8; 4096], true).unwrap().unwrap();
+        assert_eq!((sb.segment, sb.offset), (sa.segment, sa.offset));
+        assert!(pa.is_some() && pb.is_some());
+        b.passed(sb.segment);
+        assert!(b.put(&[3u8; 4096], true).unwrap().unwrap().1.is_none(), "b's receiver has it now");
+        assert!(b.release(sa.segment, 8192).is_err(), "b cannot release what a's receiver holds");
+        assert_eq!(pool.total(), SEGMENT_MIN);
+        // A comm that ends with frames held leaves them taken.
+        drop(b);
+        let (sc, _) = a.put(&[4u8; 4096], true).unwrap().unwrap();
+        assert_eq!(sc.offset, 8192, "b's two slots stay taken");
+    }
+
+    #[test]
+    fn the_cap_bounds_the_pool() {
+        let mut a = Arena::new(Pool::new(SEGMENT_MIN));
         assert!(a.put(&[0u8; 1024], true).unwrap().is_some());
         assert!(a.put(&[0u8; SEGMENT_MIN], true).unwrap().is_none(), "a second segment would pass the cap");
     }

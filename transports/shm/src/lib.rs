@@ -18,10 +18,12 @@
 //!
 //! - **The sender's arena** (the default between processes of the same user): segments of
 //!   shared memory (memfds sealed against shrinking and growing, 4 MiB doubling to 256 MiB,
-//!   at most 256 MiB per comm by default) that the sender faults in once and the receiver maps
-//!   read-only once. Sending copies the frame into a free slot (one `memcpy` into resident
-//!   pages); the receiver's `Bytes` views the slot in place, and when its last clone is
-//!   dropped a release record gives the slot back.
+//!   at most 1 GiB per transport by default) that the sender faults in once and each receiver
+//!   maps read-only once. The segments are shared by all the comms of one transport, so a slot
+//!   one peer released serves the next frame to any peer. Sending copies the frame into a free
+//!   slot (one `memcpy` into resident pages, outside the pool's lock); the receiver's `Bytes`
+//!   views the slot in place, and when its last clone is dropped a release record gives the
+//!   slot back. A comm that ends while its receiver holds frames leaves their slots taken.
 //! - **A sealed memfd of its own**: written once with `write(2)`, sealed against writing,
 //!   shrinking and growing, mapped read-only by the receiver. No process, the sender
 //!   included, can change it after it is sent. Used with peers of another user, when either
@@ -35,7 +37,9 @@
 //! speed, and Linux has no way to seal reused pages, so the arena trades one guarantee: a
 //! sender can still write to a slot it has sent until the receiver releases it. It cannot
 //! shrink a segment (no SIGBUS), pass a wrong descriptor, or make the receiver read outside a
-//! segment. The arena is therefore used only with a peer running as the same user
+//! segment; and a segment may also hold frames sent to the sender's other peers, which every
+//! receiver of that segment could read. The arena is therefore used only with a peer running
+//! as the same user
 //! (`SO_PEERCRED`), which could already signal, trace or replace this process, and either
 //! side can refuse it ([`ShmTransport::sealed_only`]).
 //!
@@ -211,8 +215,8 @@ impl Target {
     }
 }
 
-/// Most bytes of arena segments a comm's sender keeps by default.
-pub const DEFAULT_ARENA_CAP: usize = 256 << 20;
+/// Most bytes of arena segments a transport (all the comms it sends on) keeps by default.
+pub const DEFAULT_ARENA_CAP: usize = 1 << 30;
 /// Most bytes of shared frames a comm's sender has in flight (sent, not yet received) by
 /// default; a larger frame is sent alone.
 pub const DEFAULT_WINDOW: u64 = 64 << 20;
@@ -221,19 +225,21 @@ pub const DEFAULT_WINDOW: u64 = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct ShmTransport {
     threshold: usize,
-    arena_cap: usize,
+    /// The arena's segments, shared by every comm of this transport (and its clones).
+    pool: Arc<arena::Pool>,
     accept_arena: bool,
 }
 
 impl Default for ShmTransport {
     fn default() -> Self {
-        ShmTransport { threshold: DEFAULT_THRESHOLD, arena_cap: DEFAULT_ARENA_CAP, accept_arena: true }
+        ShmTransport { threshold: DEFAULT_THRESHOLD, pool: arena::Pool::new(DEFAULT_ARENA_CAP), accept_arena: true }
     }
 }
 
 impl ShmTransport {
     /// The transport, sharing frames of at least [`DEFAULT_THRESHOLD`] bytes through an arena
-    /// of at most [`DEFAULT_ARENA_CAP`] bytes per comm (with peers of the same user).
+    /// of at most [`DEFAULT_ARENA_CAP`] bytes shared by all its comms (with peers of the same
+    /// user).
     pub fn new() -> Self {
         Self::default()
     }
@@ -248,7 +254,7 @@ impl ShmTransport {
     /// Keeps at most `bytes` of arena segments per comm (0: no arena, every shared frame in
     /// a sealed memfd of its own). Applies to what this side sends.
     pub fn with_arena_cap(mut self, bytes: usize) -> Self {
-        self.arena_cap = bytes;
+        self.pool = arena::Pool::new(bytes);
         self
     }
 
@@ -256,7 +262,7 @@ impl ShmTransport {
     /// process can change after it is sent. Peers learn this in the preamble and its answer,
     /// and a peer that sends an arena frame anyway gets a protocol error.
     pub fn sealed_only(mut self) -> Self {
-        self.arena_cap = 0;
+        self.pool = arena::Pool::new(0);
         self.accept_arena = false;
         self
     }
@@ -333,8 +339,8 @@ fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -
     let (local, peer, info) = (comm.local_address().clone(), comm.peer_address().clone(), comm.peer_info().clone());
     let (tx, rx) = comm.split();
     let close = CloseSignal::new();
-    let arena =
-        (channels.same_user && channels.peer_accepts_arena && t.arena_cap > 0).then(|| arena::Arena::new(t.arena_cap));
+    let arena = (channels.same_user && channels.peer_accepts_arena && t.pool.cap() > 0)
+        .then(|| arena::Arena::new(t.pool.clone()));
     let send = comm::ShmSend {
         inner: tx,
         channel: send_channel,

@@ -80,8 +80,14 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Read-only memfd mappings: what receivers map (the transport's own arena is mapped
+/// writable and lives with its registry).
 fn memfd_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().filter(|l| l.contains("/memfd:")).count()
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/memfd:") && !l.split_whitespace().nth(1).is_some_and(|p| p.contains('w')))
+        .count()
 }
 
 const SEALED: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::WRITE);

@@ -52,6 +52,7 @@ async fn stream(t: ShmTransport) -> usize {
     drop(held);
     drop((c, s));
     l.close().await;
+    drop((l, r)); // the transport's arena pool goes with its last comm and the registry
     assert_eq!(memfd_mappings(), maps, "no mapping left");
     assert_eq!(open_fds(), fds, "no descriptor left open");
     while_held
