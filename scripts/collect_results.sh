@@ -83,6 +83,8 @@ for part in "${parts[@]}"; do
         done
       done
       python3 scripts/perf_table.py "$out/shm_perf.jsonl" | tee "$out/shm_perf.txt"
+      ./target/release/courier stability --urls shm:// "${stability_args[@]}" --json "$out/shm_stability.json" \
+        | tee "$out/shm_stability.txt"
       cargo build --release -p courier-cli --example shm_tree
       ./target/release/examples/shm_tree target/release/courier "${tree_args[@]}" --json "$out/shm_tree.json" 2>/dev/null \
         | grep -v "worker serving" | tee "$out/shm_tree.txt"
@@ -127,7 +129,8 @@ cargo run --release -p courier-bench --bin plots -- "$out"
 if [ $quick = 1 ]; then
   for f in criterion.txt transports.csv compare.txt compare.json tasks.json tasks.txt stability.json \
     stability.txt scheduler.txt scheduler.csv manifest.json throughput.svg round_trips.svg tasks.svg stability.svg \
-    shm_costs.txt shm_compare.txt shm_compare.json shm_perf.jsonl shm_perf.txt shm_tree.txt shm_tree.json; do
+    shm_costs.txt shm_compare.txt shm_compare.json shm_perf.jsonl shm_perf.txt shm_stability.txt shm_stability.json \
+    shm_tree.txt shm_tree.json; do
     [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
   done
 fi

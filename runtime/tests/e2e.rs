@@ -22,6 +22,14 @@ async fn unix() {
     support::all_scenarios("unix://").await;
 }
 
+/// Everything on shm:// (scheduler, workers' data listeners, client). The other transports'
+/// registries have no shm://, so their data moves over the transport under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm() {
+    let registry = support::registry().with(std::sync::Arc::new(courier_shm::ShmTransport::new()));
+    support::all_scenarios_with(registry, "shm://").await;
+}
+
 /// Scheduler, two workers and a client, all over tls:// (workers' data listeners too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls() {

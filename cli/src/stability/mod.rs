@@ -47,7 +47,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "tcp://127.0.0.1:0,unix://,zmq://127.0.0.1:0,tls://127.0.0.1:0,inproc://"
+        default_value = "tcp://127.0.0.1:0,unix://,shm://,zmq://127.0.0.1:0,tls://127.0.0.1:0,inproc://"
     )]
     urls: Vec<String>,
     /// Repetitions per transport.

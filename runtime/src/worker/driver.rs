@@ -89,6 +89,7 @@ pub(crate) fn data_listen_url(scheduler: &str) -> String {
     match scheduler.split_once("://").map(|(s, _)| s) {
         Some("inproc") | None => "inproc://".into(),
         Some("unix") => "unix://".into(),
+        Some("shm") => "shm://".into(),
         Some(scheme) => format!("{scheme}://127.0.0.1:0"),
     }
 }
