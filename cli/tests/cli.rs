@@ -148,7 +148,7 @@ async fn a_short_stability_run_with_faults_is_clean_on_every_transport() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for scheme in ["tcp://", "unix://", "zmq://", "tls://", "inproc://"] {
+    for scheme in ["tcp://", "unix://", "shm://", "zmq://", "tls://", "inproc://"] {
         assert!(stdout.contains(scheme), "{scheme} missing from {stdout}");
     }
 }
