@@ -520,6 +520,8 @@ pub struct HandshakingListener {
     ready: mpsc::Receiver<Comm>,
     rejections: RejectionLog,
     task: Option<JoinHandle<()>>,
+    /// A socket file to remove once the listener is closed or dropped.
+    socket_file: Option<std::path::PathBuf>,
 }
 
 impl HandshakingListener {
@@ -628,7 +630,19 @@ impl HandshakingListener {
                 });
             }
         });
-        HandshakingListener { listen, contact, ready, rejections, task: Some(task) }
+        HandshakingListener { listen, contact, ready, rejections, task: Some(task), socket_file: None }
+    }
+
+    /// Removes `path` (a Unix socket's file) when the listener is closed or dropped.
+    pub fn removing_on_close(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.socket_file = path;
+        self
+    }
+
+    fn remove_socket_file(&mut self) {
+        if let Some(p) = self.socket_file.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -674,6 +688,7 @@ impl Listener for HandshakingListener {
         self.ready.close();
         // Comms handshaken but not yet accepted are dropped, which closes them.
         while self.ready.try_recv().is_ok() {}
+        self.remove_socket_file();
     }
 
     fn rejections(&self) -> Option<RejectionLog> {
@@ -686,5 +701,6 @@ impl Drop for HandshakingListener {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.remove_socket_file();
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use courier_core::CommError;
-use rustix::fs::{FileType, MemfdFlags, SealFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::channel;
 
@@ -351,21 +351,7 @@ pub(crate) struct Mapped {
 /// Checks that `fd` is a memfd of `size` bytes sealed against shrinking and growing, and maps
 /// it read-only.
 pub(crate) fn map_segment(fd: OwnedFd, size: u64) -> Result<Arc<Mapped>, CommError> {
-    let stat = rustix::fs::fstat(&fd).map_err(|e| CommError::from_io("inspecting a shared segment", e.into()))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(CommError::protocol("a shared segment's descriptor is not a memory file"));
-    }
-    let seals = rustix::fs::fcntl_get_seals(&fd)
-        .map_err(|_| CommError::protocol("a shared segment's descriptor is not a sealable memory file"))?;
-    if !seals.contains(SEGMENT_SEALS) {
-        return Err(CommError::protocol(format!(
-            "a shared segment is not sealed against shrinking and growing (seals {seals:?})"
-        )));
-    }
-    if u64::try_from(stat.st_size).ok() != Some(size) || size == 0 {
-        return Err(CommError::protocol(format!("a shared segment announced as {size} bytes has {}", stat.st_size)));
-    }
-    let len = usize::try_from(size).map_err(|_| CommError::protocol("a segment too large for this platform"))?;
+    let len = crate::frame::check_sealed(&fd, size, SEGMENT_SEALS, "shrinking and growing", "segment")?;
     // SAFETY: the segment cannot shrink (sealed), so every mapped page stays backed. Its
     // owner may still write to slots it has not handed over; slots it handed over are not
     // written until released (see the crate docs for the trust this requires).

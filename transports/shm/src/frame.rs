@@ -36,26 +36,41 @@ impl AsRef<[u8]> for Mapped {
     }
 }
 
+/// Checks that `fd` is a memfd of exactly `len` bytes (non-zero) carrying at least `seals`
+/// (described as `sealed`, e.g. "shrinking and growing"); `what` names it in errors ("frame",
+/// "segment"). Returns the length to map.
+pub(crate) fn check_sealed(
+    fd: &OwnedFd,
+    len: u64,
+    seals: SealFlags,
+    sealed: &str,
+    what: &str,
+) -> Result<usize, CommError> {
+    let stat =
+        rustix::fs::fstat(fd).map_err(|e| CommError::from_io(format!("inspecting a shared {what}"), e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(CommError::protocol(format!("a shared {what}'s descriptor is not a memory file")));
+    }
+    // Only memfds (and hugetlbfs files) carry seals; any other file fails here.
+    let has = rustix::fs::fcntl_get_seals(fd)
+        .map_err(|_| CommError::protocol(format!("a shared {what}'s descriptor is not a sealable memory file")))?;
+    if !has.contains(seals) {
+        return Err(CommError::protocol(format!("a shared {what} is not sealed against {sealed} (seals {has:?})")));
+    }
+    if u64::try_from(stat.st_size).ok() != Some(len) || len == 0 {
+        return Err(CommError::protocol(format!(
+            "a shared {what} announced as {len} bytes has {} bytes",
+            stat.st_size
+        )));
+    }
+    usize::try_from(len).map_err(|_| CommError::protocol(format!("{len} bytes do not fit this platform")))
+}
+
 /// Checks that `fd` is a sealed memfd of exactly `len` bytes and maps it read-only; the fd is
 /// closed here either way (the mapping keeps the memory alive). The bytes are page-aligned and
 /// view the shared pages in place.
 pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Bytes, CommError> {
-    let stat = rustix::fs::fstat(&fd).map_err(|e| CommError::from_io("inspecting a shared frame", e.into()))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(CommError::protocol("a shared frame's descriptor is not a memory file"));
-    }
-    // Only memfds (and hugetlbfs files) carry seals; any other file fails here.
-    let seals = rustix::fs::fcntl_get_seals(&fd)
-        .map_err(|_| CommError::protocol("a shared frame's descriptor is not a sealable memory file"))?;
-    if !seals.contains(REQUIRED_SEALS) {
-        return Err(CommError::protocol(format!(
-            "a shared frame is not sealed against shrinking, growing and writing (seals {seals:?})"
-        )));
-    }
-    if u64::try_from(stat.st_size).ok() != Some(len) {
-        return Err(CommError::protocol(format!("a shared frame announced as {len} bytes has {} bytes", stat.st_size)));
-    }
-    let len = usize::try_from(len).map_err(|_| CommError::protocol(format!("{len} bytes do not fit this platform")))?;
+    let len = check_sealed(&fd, len, REQUIRED_SEALS, "shrinking, growing and writing", "frame")?;
     // SAFETY: memmap2 requires that the file is not modified or truncated while mapped. The
     // seals checked above (write, shrink and grow, which can never be removed) make that
     // impossible for every process, the sender included.

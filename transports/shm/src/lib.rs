@@ -460,7 +460,7 @@ impl Transport for ShmTransport {
         };
         let acceptor = ShmAcceptor { listener, transport: self.clone() };
         let inner = HandshakingListener::spawn(acceptor, addr.clone(), contact, config.clone());
-        Ok(Box::new(ShmListener { inner, path }))
+        Ok(Box::new(inner.removing_on_close(path)))
     }
 }
 
@@ -539,46 +539,5 @@ impl StreamAcceptor for ShmAcceptor {
         let channels = parts.read.channels.take().ok_or_else(|| CommError::protocol("no descriptor channel"))?;
         let comm = accept_stream(parts, config, admission).await?;
         wrap(comm, channels, config, &self.transport)
-    }
-}
-
-/// Removes a path-based socket file when the listener closes.
-#[derive(Debug)]
-struct ShmListener {
-    inner: HandshakingListener,
-    path: Option<PathBuf>,
-}
-
-#[async_trait]
-impl Listener for ShmListener {
-    async fn accept(&mut self) -> Result<Comm, CommError> {
-        self.inner.accept().await
-    }
-
-    fn listen_address(&self) -> &Address {
-        self.inner.listen_address()
-    }
-
-    fn contact_address(&self) -> &Address {
-        self.inner.contact_address()
-    }
-
-    async fn close(&mut self) {
-        self.inner.close().await;
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-
-    fn rejections(&self) -> Option<courier_core::RejectionLog> {
-        self.inner.rejections()
-    }
-}
-
-impl Drop for ShmListener {
-    fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }

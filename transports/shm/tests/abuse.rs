@@ -2,10 +2,9 @@
 //! comm alone, every descriptor it passed closed, no mapping left, and the listener serves on.
 //! The tests take turns (a lock), so the process's descriptor count is one test's.
 
-use std::io::Write;
+mod support;
+
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream as StdStream;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,35 +12,14 @@ use courier_core::codec::Encoder;
 use courier_core::handshake::{Hello, PREFIX_LEN};
 use courier_core::testkit::pattern;
 use courier_core::{Compression, ErrorKind, Limits, Message, Registry};
-use courier_shm::{Descriptor, Placement, Shared, ShmTransport, preamble, raw};
-use rustix::fs::{MemfdFlags, SealFlags};
+use courier_shm::{Descriptor, Placement, Shared, ShmTransport, raw};
+use rustix::fs::SealFlags;
+use support::{SEALED, memfd, open, registry, temp_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// The tests of this binary run one at a time, so the descriptor count is one test's.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn registry() -> Registry {
-    Registry::new().with(Arc::new(ShmTransport::new()))
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("courier-shm-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Connects like an shm:// client up to the handshake: the preamble passes the far ends of
-/// two fresh channels; returns the stream and this side's end of the channel it sends on
-/// (the other end of the receive channel is kept open by the returned pair).
-fn open(path: &Path) -> (UnixStream, (OwnedFd, OwnedFd)) {
-    let std = StdStream::connect(path).unwrap();
-    let (send, send_far) = raw::channel_pair().unwrap();
-    let (recv, recv_far) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&std, &preamble(true), &[send_far, recv_far]).unwrap();
-    std.set_nonblocking(true).unwrap();
-    (UnixStream::from_std(std).unwrap(), (send, recv))
-}
 
 /// Runs the hello exchange by hand.
 async fn hello(raw: &mut UnixStream) {
@@ -65,17 +43,6 @@ fn encode(frames: Vec<Bytes>, descriptor: Option<Descriptor>) -> Vec<u8> {
     chunks.concat()
 }
 
-fn memfd(data: &[u8], seals: SealFlags) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    let mut f = std::fs::File::from(fd);
-    f.write_all(data).unwrap();
-    let fd = OwnedFd::from(f);
-    if !seals.is_empty() {
-        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-    }
-    fd
-}
-
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -89,8 +56,6 @@ fn memfd_mappings() -> usize {
         .filter(|l| l.contains("/memfd:") && !l.split_whitespace().nth(1).is_some_and(|p| p.contains('w')))
         .count()
 }
-
-const SEALED: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::WRITE);
 
 /// One descriptor record to put on the channel before the message: (count announced, seq, fds).
 type Record = (u32, u64, Vec<OwnedFd>);

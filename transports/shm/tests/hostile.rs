@@ -1,52 +1,18 @@
 //! Hostile peers on shm://: the shared kit's bad bytes after the handshake, and bad
 //! preambles (the descriptor channel). Abused shared frames are in abuse.rs.
 
-use std::io::Write;
+mod support;
+
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdStream;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use courier_core::handshake::Hello;
-use courier_core::{Compression, Limits, Message, Registry};
-use courier_shm::{ShmTransport, preamble, raw};
-use rustix::fs::{MemfdFlags, SealFlags};
+use courier_core::{Compression, Limits, Message};
+use courier_shm::{preamble, raw};
+use support::{SEALED, memfd, open, registry, temp_dir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-
-fn registry() -> Registry {
-    Registry::new().with(Arc::new(ShmTransport::new()))
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("courier-shm-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Connects like an shm:// client up to the handshake: the preamble passes the far end of a
-/// fresh channel; returns the stream and this side's channel end.
-fn open(path: &Path) -> (UnixStream, (OwnedFd, OwnedFd)) {
-    let std = StdStream::connect(path).unwrap();
-    let (send, send_far) = raw::channel_pair().unwrap();
-    let (recv, recv_far) = raw::channel_pair().unwrap();
-    raw::send_with_fds(&std, &preamble(true), &[send_far, recv_far]).unwrap();
-    std.set_nonblocking(true).unwrap();
-    (UnixStream::from_std(std).unwrap(), (send, recv))
-}
-
-fn memfd(data: &[u8], seals: SealFlags) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    let mut f = std::fs::File::from(fd);
-    f.write_all(data).unwrap();
-    let fd = OwnedFd::from(f);
-    if !seals.is_empty() {
-        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-    }
-    fd
-}
-
-const SEALED: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::WRITE);
 
 #[tokio::test]
 async fn the_kits_hostile_frames_after_the_handshake() {

@@ -189,7 +189,7 @@ impl Transport for UnixTransport {
             Target::Abstract(_) => None,
         };
         let inner = HandshakingListener::spawn(UnixAcceptor { listener }, addr.clone(), contact, config.clone());
-        Ok(Box::new(UnixListenerHandle { inner, path }))
+        Ok(Box::new(inner.removing_on_close(path)))
     }
 }
 
@@ -213,46 +213,5 @@ impl StreamAcceptor for UnixAcceptor {
 
     async fn readable(&self, conn: &UnixStream) -> io::Result<()> {
         conn.readable().await
-    }
-}
-
-/// Removes a path-based socket file when the listener closes.
-#[derive(Debug)]
-struct UnixListenerHandle {
-    inner: HandshakingListener,
-    path: Option<PathBuf>,
-}
-
-#[async_trait]
-impl Listener for UnixListenerHandle {
-    async fn accept(&mut self) -> Result<Comm, CommError> {
-        self.inner.accept().await
-    }
-
-    fn listen_address(&self) -> &Address {
-        self.inner.listen_address()
-    }
-
-    fn contact_address(&self) -> &Address {
-        self.inner.contact_address()
-    }
-
-    async fn close(&mut self) {
-        self.inner.close().await;
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-
-    fn rejections(&self) -> Option<courier_core::RejectionLog> {
-        self.inner.rejections()
-    }
-}
-
-impl Drop for UnixListenerHandle {
-    fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
