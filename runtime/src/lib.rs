@@ -57,4 +57,4 @@ pub use driver::{SchedulerHandle, ServerConfig, start_scheduler};
 pub use functions::{Args, Functions, MAX_BUILTIN_ELEMENTS, MAX_BUILTIN_SLEEP, TaskFn};
 pub use protocol::{ArgSpec, Failure, Key, LocalContact, TransferCount};
 pub use scheduler::{Scheduler, SchedulerConfig};
-pub use worker::{WorkerConfig, WorkerHandle, start_worker};
+pub use worker::{MemoryLimits, MemoryProbe, WorkerConfig, WorkerHandle, start_worker};

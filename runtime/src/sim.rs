@@ -37,7 +37,7 @@ use crate::protocol::{
     ClientToScheduler, DataReply, DataRequest, Failure, Key, RequestId, SchedulerToClient, TaskSpec, WorkerToScheduler,
 };
 use crate::scheduler::{Action, ClientId, Event, Scheduler, SchedulerConfig, WorkerId};
-use crate::worker::{ConnId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
+use crate::worker::{ConnId, Value, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
 
 /// Settings of a simulation.
 #[derive(Debug, Clone)]
@@ -61,6 +61,8 @@ pub struct SimConfig {
     /// Check the scheduler's invariants every this many steps (they cost O(tables); 1 checks
     /// every step, 0 never).
     pub check_every: u64,
+    /// Workers' memory limits (`None`: unlimited). The simulator has no disk: spills fail.
+    pub memory: Option<crate::worker::MemoryLimits>,
 }
 
 impl Default for SimConfig {
@@ -75,6 +77,7 @@ impl Default for SimConfig {
             scheduler: SchedulerConfig { tasks_per_thread: 4, ..SchedulerConfig::default() },
             time_limit: Duration::from_secs(3600),
             check_every: 1,
+            memory: None,
         }
     }
 }
@@ -258,6 +261,8 @@ pub struct SimStats {
     pub runs_of: Vec<(Key, u64)>,
     /// Steps taken.
     pub steps: u64,
+    /// The most result bytes held in memory by all workers together at any instant.
+    pub peak_managed: u64,
 }
 
 fn client_id(c: usize) -> ClientId {
@@ -320,6 +325,13 @@ impl Sim {
         &self.workers[w].state
     }
 
+    /// Worker `w`'s process now uses `rss` bytes (the driver's memory sample), delivered at
+    /// once.
+    pub fn set_rss(&mut self, w: usize, rss: u64) {
+        let life = self.workers[w].life;
+        self.send(Node::Worker(w), Node::Worker(w), Delivery::ToWorker(w, life, WorkerEvent::Memory { rss }));
+    }
+
     /// Worker `w`'s data address.
     pub fn worker_address(&self, w: usize) -> &str {
         &self.workers[w].address
@@ -354,7 +366,10 @@ impl Sim {
     pub fn add_worker(&mut self) -> usize {
         let w = self.workers.len();
         let address = format!("tcp://10.0.0.{}:{}", w % 250 + 1, 9000 + w);
-        let limits = WorkerLimits::new(address.clone(), self.config.nthreads as usize);
+        let limits = WorkerLimits {
+            memory: self.config.memory,
+            ..WorkerLimits::new(address.clone(), self.config.nthreads as usize)
+        };
         self.workers.push(SimWorker {
             state: WorkerState::new(limits),
             address: address.clone(),
@@ -711,6 +726,8 @@ impl Sim {
         }
         let now = self.instant();
         let actions = self.workers[w].state.handle(e, now);
+        let managed: u64 = self.workers.iter().filter(|x| x.alive).map(|x| x.state.memory().managed).sum();
+        self.stats.peak_managed = self.stats.peak_managed.max(managed);
         for a in actions {
             self.worker_action(w, a);
         }
@@ -770,14 +787,41 @@ impl Sim {
                     Some((_, n)) => *n += 1,
                     None => self.stats.runs_of.push((key.clone(), 1)),
                 }
-                let result = match self.functions.get(&func) {
-                    Some(f) => crate::functions::run_guarded(&f.f, args),
-                    None => Err(format!("unknown function {func:?} on this worker")),
+                let args: Result<Vec<Payload>, String> = args
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Memory(p) => Ok(p),
+                        Value::Disk { file, .. } => file.read(),
+                    })
+                    .collect();
+                let result = match (self.functions.get(&func), args) {
+                    (Some(f), Ok(args)) => crate::functions::run_guarded(&f.f, args),
+                    (None, _) => Err(format!("unknown function {func:?} on this worker")),
+                    (_, Err(e)) => Err(e),
                 };
                 let took = self.jitter(self.config.compute);
                 let event = WorkerEvent::ExecuteDone { key, run, result, seconds: took.as_secs_f64() };
                 self.at(took, from, Delivery::ToWorker(w, life, event));
             }
+            WorkerAction::ReplyLoading { conn, id, values } => {
+                let values = values
+                    .into_iter()
+                    .map(|v| match v {
+                        Some(Value::Memory(p)) => Some(p),
+                        Some(Value::Disk { file, .. }) => file.read().ok(),
+                        None => None,
+                    })
+                    .collect();
+                let reply = WorkerAction::Reply { conn, reply: DataReply::Data { id, values } };
+                self.worker_action(w, reply);
+            }
+            WorkerAction::Spill { key, id, .. } => {
+                // No disk in the simulator: every spill fails (the value stays in memory).
+                let event =
+                    WorkerEvent::Spilled { key, id, result: Err("the simulator has no disk".into()), seconds: 0.0 };
+                self.send(Node::Scheduler, from, Delivery::ToWorker(w, life, event));
+            }
+            WorkerAction::Terminate { .. } => self.kill_worker(w),
             WorkerAction::Shutdown => {
                 // Retired: the process exits; the scheduler already forgot it.
                 self.workers[w].alive = false;

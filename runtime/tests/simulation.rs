@@ -190,9 +190,13 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
             tasks_per_thread: rng.usize(1..=8),
             allowed_failures: 3,
             worker_timeout: Duration::from_secs(30),
+            // Root-task queuing on (at various saturations) or off.
+            worker_saturation: [1.0, 1.1, 2.5, f64::INFINITY][rng.usize(0..4)],
+            root_window: Duration::from_micros(rng.u64(0..5000)),
         },
         time_limit: Duration::from_secs(24 * 3600),
         check_every: 1,
+        memory: None,
     };
     let mut sim = Sim::new(config);
     let c = sim.add_client();

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient};
 pub use data::{DataReply, DataRequest, TransferCount};
 pub use failure::Failure;
-pub use worker::{SchedulerToWorker, WorkerToScheduler};
+pub use worker::{IoCount, SchedulerToWorker, WorkerMemory, WorkerToScheduler};
 
 /// The role a credential grants that may do everything, joining as a worker included
 /// (see `courier_core::AccessList`).

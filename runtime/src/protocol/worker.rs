@@ -69,6 +69,50 @@ pub enum WorkerToScheduler {
     },
     /// Still alive (every heartbeat interval, 1 s).
     Heartbeat,
+    /// This worker's memory figures: sent with a heartbeat when they changed, and at once
+    /// when it pauses or resumes or a spill fails. While `paused` the scheduler assigns it
+    /// nothing and moves its unstarted runs elsewhere.
+    Memory(WorkerMemory),
+    /// A result this worker held is gone (its spilled copy could not be read back): it no
+    /// longer holds `key`.
+    DataLost {
+        /// Key.
+        key: Key,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Counts of spill or unspill operations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoCount {
+    /// Values written or read.
+    pub count: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// A worker's memory, as reported to the scheduler (bytes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerMemory {
+    /// Its memory limit (0: none).
+    pub limit: u64,
+    /// Results held in memory.
+    pub managed: u64,
+    /// Results held on disk.
+    pub spilled: u64,
+    /// The process's resident set size at the last sample (0: not sampled).
+    pub rss: u64,
+    /// Whether it is paused (starts no run).
+    pub paused: bool,
+    /// Spills so far.
+    pub spill: IoCount,
+    /// Values read back so far.
+    pub unspill: IoCount,
+    /// The last spill or unspill error, naming the path.
+    pub spill_error: Option<String>,
 }
 
 /// What the scheduler sends a worker.

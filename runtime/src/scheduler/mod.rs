@@ -68,11 +68,28 @@ pub struct SchedulerConfig {
     /// A worker silent for longer than this (no heartbeat, no message) is removed as dead.
     /// Default 30 s.
     pub worker_timeout: Duration,
+    /// Root-task queuing: ready tasks without dependencies are assigned to a worker only
+    /// while it has fewer than `ceil(nthreads × saturation)` tasks (Dask's
+    /// `worker-saturation`), so a wide graph consumes its inputs as they are produced instead
+    /// of materializing all of them first. Default 1.1; `f64::INFINITY` turns queuing off
+    /// (root tasks then fill `tasks_per_thread` like any other).
+    pub worker_saturation: f64,
+    /// How much work a worker keeps queued per thread while root tasks are held back: a
+    /// function whose measured mean run time is shorter than this gets
+    /// `root_window / mean` slots per thread (at least `worker_saturation`, at most
+    /// `tasks_per_thread`), so trivial tasks never wait on a scheduler round trip. Default 5 ms.
+    pub root_window: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { tasks_per_thread: 128, allowed_failures: 3, worker_timeout: Duration::from_secs(30) }
+        SchedulerConfig {
+            tasks_per_thread: 128,
+            allowed_failures: 3,
+            worker_timeout: Duration::from_secs(30),
+            worker_saturation: 1.1,
+            root_window: Duration::from_millis(5),
+        }
     }
 }
 
@@ -203,6 +220,8 @@ pub struct Scheduler {
     /// Threads of running workers with nothing to run.
     idle_threads: usize,
     queue: VecDeque<(Key, u64)>,
+    /// Ready root tasks (no dependencies) held back by root-task queuing.
+    root_queue: VecDeque<(Key, u64)>,
     queued: usize,
     queue_seq: u64,
     next_run: RunId,
@@ -238,6 +257,7 @@ impl Scheduler {
             idle: BTreeSet::new(),
             idle_threads: 0,
             queue: VecDeque::new(),
+            root_queue: VecDeque::new(),
             queued: 0,
             queue_seq: 0,
             next_run: 1,
@@ -341,6 +361,8 @@ impl Scheduler {
             WorkerToScheduler::ScatterReady { id } => self.scatter_ready(w, id),
             WorkerToScheduler::Stored { key, nbytes } => self.stored(w, key, nbytes),
             WorkerToScheduler::Heartbeat => {}
+            WorkerToScheduler::Memory(report) => self.worker_memory(w, report),
+            WorkerToScheduler::DataLost { key, reason } => self.data_lost(w, key, &reason),
         }
     }
 

@@ -5,10 +5,34 @@ use super::{Scheduler, WorkerId};
 use crate::protocol::{Key, RunId, SchedulerToWorker};
 
 impl Scheduler {
-    fn has_room(&self, w: WorkerId) -> bool {
+    fn has_room(&self, w: WorkerId, root: Option<&str>) -> bool {
         self.workers.get(&w).is_some_and(|worker| {
-            worker.running() && worker.processing.len() < worker.nthreads as usize * self.config.tasks_per_thread
+            let slots = match root {
+                Some(func) => self.root_slots(worker.nthreads, func),
+                None => worker.nthreads as usize * self.config.tasks_per_thread,
+            };
+            worker.takes_work() && worker.processing.len() < slots
         })
+    }
+
+    /// Tasks a worker of `nthreads` may hold while a root task of `func` is placed on it:
+    /// `ceil(nthreads × max(saturation, root_window / mean run time of func))`, between 1 and
+    /// `nthreads × tasks_per_thread`. Before `func` has been measured, saturation alone. O(1).
+    pub(crate) fn root_slots(&self, nthreads: u32, func: &str) -> usize {
+        let full = nthreads as usize * self.config.tasks_per_thread;
+        let saturation = self.config.worker_saturation;
+        if !saturation.is_finite() {
+            return full;
+        }
+        let per_thread = match self.durations.get(func) {
+            Some(&(total, runs)) if runs > 0 && total > 0.0 => {
+                saturation.max(self.config.root_window.as_secs_f64() / (total / runs as f64))
+            }
+            // Measured as instantaneous: nothing to hold back for.
+            Some(&(_, runs)) if runs > 0 => return full,
+            _ => saturation,
+        };
+        ((f64::from(nthreads) * per_thread).ceil() as usize).clamp(1, full.max(1))
     }
 
     /// The worker for a ready task: among the holders of its dependencies that have room, the
@@ -17,8 +41,12 @@ impl Scheduler {
     ///
     /// Cost: O(dependencies × holders) for the data-local choice, O(log W) for the least
     /// loaded (an ordered index), whatever the number of workers.
+    ///
+    /// A root task (no dependencies) has room on a worker only below
+    /// [`root_slots`](Self::root_slots) (root-task queuing).
     pub(crate) fn decide_worker(&self, key: &Key, avoid: Option<WorkerId>) -> Option<WorkerId> {
         let task = self.tasks.get(key)?;
+        let root = if task.deps.is_empty() { Some(&*task.func) } else { None };
         let mut local: Vec<(WorkerId, u64)> = Vec::new();
         for d in &task.deps {
             let Some(dt) = self.tasks.get(d) else { continue };
@@ -33,15 +61,15 @@ impl Scheduler {
         }
         let best = local
             .into_iter()
-            .filter(|(w, _)| Some(*w) != avoid && self.has_room(*w))
+            .filter(|(w, _)| Some(*w) != avoid && self.has_room(*w, root))
             .max_by_key(|(w, bytes)| (*bytes, std::cmp::Reverse(self.workers[w].load_key), std::cmp::Reverse(*w)));
         if let Some((w, _)) = best {
             return Some(w);
         }
         // The least loaded other worker has room if any other has.
         match self.placeable.iter().map(|&(_, w)| w).find(|w| Some(*w) != avoid) {
-            Some(w) if self.has_room(w) => Some(w),
-            _ => avoid.filter(|w| self.has_room(*w)),
+            Some(w) if self.has_room(w, root) => Some(w),
+            _ => avoid.filter(|w| self.has_room(*w, root)),
         }
     }
 
@@ -77,31 +105,42 @@ impl Scheduler {
         self.send_worker(w, msg);
     }
 
-    /// Assigns queued tasks while some worker has room. Stale queue entries (tasks that left
-    /// the queue) are skipped as they come up.
+    /// Assigns queued tasks while some worker has room: tasks with dependencies first (they
+    /// consume data), then held-back root tasks. Stale queue entries (tasks that left the
+    /// queue) are skipped as they come up.
     pub(crate) fn fill_from_queue(&mut self) {
-        while let Some((key, seq)) = self.queue.front() {
-            let current = self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq);
-            if !current {
-                self.queue.pop_front();
-                continue;
+        for root in [false, true] {
+            loop {
+                let queue = if root { &mut self.root_queue } else { &mut self.queue };
+                let Some((key, seq)) = queue.front() else { break };
+                let current =
+                    self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq);
+                if !current {
+                    queue.pop_front();
+                    continue;
+                }
+                let key = key.clone();
+                let Some(w) = self.decide_worker(&key, None) else { break };
+                if root { &mut self.root_queue } else { &mut self.queue }.pop_front();
+                self.assign(&key, w);
             }
-            let key = key.clone();
-            let Some(w) = self.decide_worker(&key, None) else { break };
-            self.queue.pop_front();
-            self.assign(&key, w);
         }
-        if self.queue.is_empty() && self.queue.capacity() > 4096 {
-            self.queue.shrink_to(64);
+        for queue in [&mut self.queue, &mut self.root_queue] {
+            if queue.is_empty() && queue.capacity() > 4096 {
+                queue.shrink_to(64);
+            }
         }
     }
 
     /// Drops stale queue entries once they outnumber the live ones (amortised O(1)).
     fn compact_queue(&mut self) {
-        if self.queue.len() > 2 * self.queued + 1024 {
+        if self.queue.len() + self.root_queue.len() > 2 * self.queued + 1024 {
             let tasks = &self.tasks;
-            self.queue
-                .retain(|(k, seq)| tasks.get(k).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq));
+            let live = |(k, seq): &(Key, u64)| {
+                tasks.get(k).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq)
+            };
+            self.queue.retain(live);
+            self.root_queue.retain(live);
         }
     }
 

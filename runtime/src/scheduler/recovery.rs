@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use super::state::{TaskState, Worker, WorkerStatus};
 use super::{Action, Scheduler, WorkerId};
 use crate::collections::Set;
-use crate::protocol::bounds::{MAX_ADDRESS_LEN, MAX_NAME_LEN, MAX_NTHREADS, check_text};
+use crate::protocol::bounds::{MAX_ADDRESS_LEN, MAX_NAME_LEN, MAX_NTHREADS, check_text, clip_message};
 use crate::protocol::{Failure, Key, LocalContact, RunId, SchedulerToClient, SchedulerToWorker};
 
 impl Scheduler {
@@ -63,6 +63,7 @@ impl Scheduler {
                 ran: 0,
                 load_key: 0,
                 free_counted: 0,
+                memory: Default::default(),
             },
         );
         self.total_threads += u64::from(nthreads);
@@ -324,6 +325,47 @@ impl Scheduler {
         }
         if waiting == 0 {
             self.make_ready(key, avoid);
+        }
+    }
+
+    /// A worker's memory report. Pausing takes it out of placement and asks it to give up
+    /// every run it has not started (each moves only once the worker confirms, as in
+    /// stealing); resuming puts it back. Cost: O(its processing tasks) on a change, O(1) else.
+    pub(crate) fn worker_memory(&mut self, w: WorkerId, mut report: crate::protocol::WorkerMemory) {
+        report.spill_error = report.spill_error.map(clip_message);
+        let Some(worker) = self.workers.get_mut(&w) else { return };
+        let changed = worker.memory.paused != report.paused;
+        let paused = report.paused;
+        worker.memory = report;
+        if !changed {
+            return;
+        }
+        tracing::info!(worker = %worker.address, paused, "worker memory pause changed");
+        self.reindex(w);
+        if paused {
+            let Some(worker) = self.workers.get(&w) else { return };
+            let picks: Vec<(Key, RunId)> = worker
+                .processing
+                .iter()
+                .filter_map(|k| self.tasks.get(k).map(|t| (k, t)))
+                .filter(|(_, t)| !t.stealing)
+                .map(|(k, t)| (k.clone(), t.run))
+                .collect();
+            for (key, run) in picks {
+                if let Some(t) = self.tasks.get_mut(&key) {
+                    t.stealing = true;
+                    t.steal_refused = false;
+                }
+                self.steals_in_flight += 1;
+                self.send_worker(w, SchedulerToWorker::Steal { key, run });
+            }
+        }
+    }
+
+    /// A worker lost a result it held (it could not read it back from disk).
+    pub(crate) fn data_lost(&mut self, w: WorkerId, key: Key, reason: &str) {
+        if self.remove_holder(&key, w) {
+            self.lose(&key, &format!("its holder could not read it back: {}", clip_message(reason.to_owned())));
         }
     }
 

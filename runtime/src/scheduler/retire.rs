@@ -56,7 +56,8 @@ impl Scheduler {
             }
             ids.push(w);
         }
-        let staying = self.placeable.len() - ids.len();
+        // O(W), once per retirement (paused workers stay but are not placeable).
+        let staying = self.workers.values().filter(|w| w.running()).count() - ids.len();
         let busy = ids
             .iter()
             .filter_map(|w| self.workers.get(w))

@@ -112,6 +112,8 @@ pub(crate) struct Worker {
     pub(crate) load_key: u64,
     /// Idle threads this worker contributes to `idle_threads`.
     pub(crate) free_counted: usize,
+    /// Its last memory report.
+    pub(crate) memory: crate::protocol::WorkerMemory,
 }
 
 impl Worker {
@@ -121,6 +123,11 @@ impl Worker {
 
     pub(crate) fn running(&self) -> bool {
         self.status == WorkerStatus::Running
+    }
+
+    /// Running and not paused for memory: new work may go there.
+    pub(crate) fn takes_work(&self) -> bool {
+        self.running() && !self.memory.paused
     }
 }
 
@@ -193,7 +200,11 @@ impl Scheduler {
                 self.queued += 1;
                 self.queue_seq += 1;
                 t.queue_seq = self.queue_seq;
-                self.queue.push_back((key.clone(), self.queue_seq));
+                if t.deps.is_empty() {
+                    self.root_queue.push_back((key.clone(), self.queue_seq));
+                } else {
+                    self.queue.push_back((key.clone(), self.queue_seq));
+                }
             }
             TaskState::Scattering(w) => {
                 if let Some(worker) = workers.get_mut(w) {
@@ -279,8 +290,8 @@ impl Scheduler {
         let Some(worker) = self.workers.get_mut(&w) else { return };
         let (old, new) = (worker.load_key, worker.load());
         let free =
-            if worker.running() { (worker.nthreads as usize).saturating_sub(worker.processing.len()) } else { 0 };
-        let (old_free, running, empty) = (worker.free_counted, worker.running(), worker.processing.is_empty());
+            if worker.takes_work() { (worker.nthreads as usize).saturating_sub(worker.processing.len()) } else { 0 };
+        let (old_free, running, empty) = (worker.free_counted, worker.takes_work(), worker.processing.is_empty());
         worker.load_key = new;
         worker.free_counted = free;
         self.idle_threads = self.idle_threads + free - old_free;
@@ -393,7 +404,7 @@ impl Scheduler {
             if worker.load_key != worker.load() || !self.by_load.contains(&(worker.load_key, *w)) {
                 return Err(format!("worker {w} indexed under a stale load"));
             }
-            if worker.running() != self.placeable.contains(&(worker.load_key, *w)) {
+            if worker.takes_work() != self.placeable.contains(&(worker.load_key, *w)) {
                 return Err(format!("worker {w} placeable index is stale"));
             }
         }
@@ -410,7 +421,7 @@ impl Scheduler {
         let free: usize = self
             .workers
             .values()
-            .filter(|w| w.running())
+            .filter(|w| w.takes_work())
             .map(|w| (w.nthreads as usize).saturating_sub(w.processing.len()))
             .sum();
         if free != self.idle_threads {

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::HEARTBEAT_INTERVAL;
-use super::state::{ConnId, FetchId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
+use super::spill::SpillStore;
+use super::state::{ConnId, FetchId, MemoryLimits, Value, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
 use crate::collections::Map;
 use crate::driver::batched::Outbox;
 use crate::driver::pool::DataPool;
@@ -38,6 +39,56 @@ pub struct WorkerConfig {
     /// Also listen on shm:// and announce it, so peers and clients on this host fetch
     /// through shared memory (default true; needs shm:// in the registry, else skipped).
     pub shm: bool,
+    /// Memory limit and thresholds (default none: results stay in memory, never paused).
+    pub memory: Option<MemoryLimits>,
+    /// Where spilled results go: a directory of this worker's own is made inside (default:
+    /// the system's temporary directory).
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Where memory samples come from (default: the process's RSS from `/proc/self/statm`);
+    /// tests substitute their own.
+    pub memory_probe: Option<MemoryProbe>,
+}
+
+/// A source of memory samples (bytes).
+#[derive(Clone)]
+pub struct MemoryProbe(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for MemoryProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryProbe")
+    }
+}
+
+/// How often a worker with a memory limit samples its RSS.
+pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// This process's resident set size in bytes (`VmRSS` of `/proc/self/status`; 0 where it
+/// cannot be read).
+pub fn process_rss() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The default memory limit of a worker of `nthreads` on this machine: the machine's memory
+/// (or the cgroup's limit, when lower) times `nthreads / cores` (capped at all of it), as
+/// Dask's `auto`; `None` when it cannot be read.
+pub fn default_memory_limit(nthreads: u32) -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    })?;
+    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok());
+    let machine = cgroup.map_or(total, |c| c.min(total));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    Some((machine as f64 * (f64::from(nthreads) / cores).min(1.0)) as u64)
 }
 
 impl WorkerConfig {
@@ -50,6 +101,9 @@ impl WorkerConfig {
             name: None,
             fetch_timeout: Duration::from_secs(60),
             shm: true,
+            memory: None,
+            spill_dir: None,
+            memory_probe: None,
         }
     }
 }
@@ -60,12 +114,19 @@ pub struct WorkerHandle {
     /// Its data address.
     pub address: String,
     shutdown: CloseSignal,
+    terminated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WorkerHandle {
     /// Asks the worker to stop.
     pub fn shutdown(&self) {
         self.shutdown.close();
+    }
+
+    /// True when the worker stopped because its process reached the memory terminate
+    /// threshold: its caller should start a fresh worker (`courier worker` does).
+    pub fn terminated_for_memory(&self) -> bool {
+        self.terminated.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -78,6 +139,10 @@ pub(crate) enum Input {
     Data(ConnId, DataRequest),
     FetchDone(FetchId, Result<Vec<Option<Payload>>, String>),
     ExecuteDone(Key, RunId, Result<Payload, String>, f64),
+    /// Any other event for the state machine (spills, reads back).
+    Event(WorkerEvent),
+    /// A reply whose spilled values were read back.
+    Loaded(ConnId, DataReply),
 }
 
 fn scheme_of(url: &str) -> &str {
@@ -139,9 +204,17 @@ pub async fn start_worker(
     let mut tx = tx;
     tx.send(courier_core::to_message(&[Hello::Worker { name, address: address.clone(), nthreads, local }])?).await?;
     let scheduler = SchedulerLink::new(tx, config.scheduler.clone());
-    let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone() };
+    let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone(), terminated: terminated.clone() };
+    let spill = config.memory.map(|_| {
+        Arc::new(SpillStore::new(config.spill_dir.clone().unwrap_or_else(std::env::temp_dir)))
+    });
+    let probe = config.memory_probe.clone().unwrap_or_else(|| MemoryProbe(Arc::new(process_rss)));
     let driver = Driver {
-        state: WorkerState::new(WorkerLimits::new(address, nthreads as usize)),
+        state: WorkerState::new(WorkerLimits { memory: config.memory, ..WorkerLimits::new(address, nthreads as usize) }),
+        spill,
+        probe,
+        terminated,
         functions,
         pool: DataPool::new(registry, config.fetch_timeout),
         scheduler,
@@ -167,6 +240,10 @@ struct Driver {
     local: VecDeque<WorkerEvent>,
     /// This host's identity, if known: same-host contacts of peers with it are used.
     host: Option<String>,
+    /// Where results are spilled (with a memory limit).
+    spill: Option<Arc<SpillStore>>,
+    probe: MemoryProbe,
+    terminated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Driver {
@@ -178,6 +255,9 @@ impl Driver {
     ) -> Result<(), CommError> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sampler = tokio::time::interval(MEMORY_SAMPLE_INTERVAL);
+        sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sampling = self.spill.is_some();
         let result = loop {
             let event = tokio::select! {
                 biased;
@@ -204,6 +284,15 @@ impl Driver {
                     self.flush();
                     continue;
                 }
+                _ = sampler.tick(), if sampling => {
+                    let rss = (self.probe.0)();
+                    self.step(WorkerEvent::Memory { rss });
+                    self.flush();
+                    if let Some(e) = self.terminate_error() {
+                        break Err(e);
+                    }
+                    continue;
+                }
             };
             match event {
                 Input::Scheduler(batch) => self.on_scheduler_batch(batch),
@@ -228,6 +317,8 @@ impl Driver {
                 Input::ExecuteDone(key, run, result, seconds) => {
                     self.step(WorkerEvent::ExecuteDone { key, run, result, seconds })
                 }
+                Input::Event(e) => self.step(e),
+                Input::Loaded(conn, reply) => self.reply(conn, reply),
             }
             // Whatever else is already here joins this round before anything is written.
             let mut more = 0;
@@ -244,6 +335,8 @@ impl Driver {
                     Input::ExecuteDone(key, run, result, seconds) => {
                         self.step(WorkerEvent::ExecuteDone { key, run, result, seconds })
                     }
+                    Input::Event(e) => self.step(e),
+                    Input::Loaded(conn, reply) => self.reply(conn, reply),
                     Input::DataConn(conn, outbox) => {
                         self.data_conns.insert(conn, outbox);
                     }
@@ -264,6 +357,9 @@ impl Driver {
             if self.state.is_shutting_down() {
                 tracing::info!("retired by the scheduler; exiting");
                 break Ok(());
+            }
+            if let Some(e) = self.terminate_error() {
+                break Err(e);
             }
         };
         shutdown.close();
@@ -315,16 +411,77 @@ impl Driver {
         }
     }
 
+    /// The error the worker stops with once the state machine asked to terminate.
+    fn terminate_error(&self) -> Option<CommError> {
+        self.terminated
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| CommError::closed("the worker reached its memory terminate threshold; restarting"))
+    }
+
+    fn reply(&mut self, conn: ConnId, reply: DataReply) {
+        if let Some(outbox) = self.data_conns.get(&conn)
+            && let Err(e) = outbox.push(reply)
+        {
+            tracing::warn!(conn, error = %e, "a data requester is not reading its replies; disconnected it");
+            self.data_conns.remove(&conn);
+        }
+    }
+
     fn carry_out(&mut self, action: WorkerAction) {
         match action {
             WorkerAction::ToScheduler(msg) => self.scheduler.push(msg),
-            WorkerAction::Reply { conn, reply } => {
-                if let Some(outbox) = self.data_conns.get(&conn)
-                    && let Err(e) = outbox.push(reply)
-                {
-                    tracing::warn!(conn, error = %e, "a data requester is not reading its replies; disconnected it");
-                    self.data_conns.remove(&conn);
-                }
+            WorkerAction::Reply { conn, reply } => self.reply(conn, reply),
+            WorkerAction::ReplyLoading { conn, id, values } => {
+                let tx = self.inputs_tx.clone();
+                tokio::spawn(async move {
+                    let loaded = tokio::task::spawn_blocking(move || {
+                        let mut events = Vec::new();
+                        let (mut bytes, mut count, started) = (0, 0, Instant::now());
+                        let values = values
+                            .into_iter()
+                            .map(|v| match v? {
+                                Value::Memory(p) => Some(p),
+                                Value::Disk { key, file } => match file.read() {
+                                    Ok(p) => {
+                                        (bytes, count) = (bytes + p.byte_len(), count + 1);
+                                        Some(p)
+                                    }
+                                    Err(error) => {
+                                        events.push(WorkerEvent::Unreadable { key, error, run: None });
+                                        None
+                                    }
+                                },
+                            })
+                            .collect();
+                        let seconds = started.elapsed().as_secs_f64();
+                        events.push(WorkerEvent::Unspilled { bytes, count, seconds });
+                        (DataReply::Data { id, values }, events)
+                    })
+                    .await;
+                    let Ok((reply, events)) = loaded else { return };
+                    for e in events {
+                        let _ = tx.send(Input::Event(e)).await;
+                    }
+                    let _ = tx.send(Input::Loaded(conn, reply)).await;
+                });
+            }
+            WorkerAction::Spill { key, id, value } => {
+                let (tx, store) = (self.inputs_tx.clone(), self.spill.clone());
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = match store {
+                        Some(store) => tokio::task::spawn_blocking(move || store.write(&value).map(Arc::new))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("spilling panicked: {e}"))),
+                        None => Err("this worker has no spill directory".into()),
+                    };
+                    let seconds = started.elapsed().as_secs_f64();
+                    let _ = tx.send(Input::Event(WorkerEvent::Spilled { key, id, result, seconds })).await;
+                });
+            }
+            WorkerAction::Terminate { reason } => {
+                tracing::error!(%reason, "terminating the worker before the kernel kills it");
+                self.terminated.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             WorkerAction::Fetch { id, peer, keys } => {
                 let (pool, tx) = (self.pool.clone(), self.inputs_tx.clone());
@@ -344,26 +501,63 @@ impl Driver {
         }
     }
 
-    fn execute(&mut self, key: Key, run: RunId, func: &str, args: Vec<Payload>) {
+    fn execute(&mut self, key: Key, run: RunId, func: &str, args: Vec<Value>) {
         let Some(f) = self.functions.get(func).cloned() else {
             let error = format!("unknown function {func:?} on this worker");
             self.local.push_back(WorkerEvent::ExecuteDone { key, run, result: Err(error), seconds: 0.0 });
             return;
         };
-        if !f.blocking {
-            let started = Instant::now();
-            let result = crate::functions::run_guarded(&f.f, args);
-            let seconds = started.elapsed().as_secs_f64();
-            self.local.push_back(WorkerEvent::ExecuteDone { key, run, result, seconds });
-            return;
-        }
+        let args = match in_memory(args) {
+            Ok(args) if !f.blocking => {
+                let started = Instant::now();
+                let result = crate::functions::run_guarded(&f.f, args);
+                let seconds = started.elapsed().as_secs_f64();
+                self.local.push_back(WorkerEvent::ExecuteDone { key, run, result, seconds });
+                return;
+            }
+            Ok(args) => args.into_iter().map(Value::Memory).collect(),
+            // Spilled inputs are read back on the blocking pool, then the function runs there.
+            Err(args) => args,
+        };
         let tx = self.inputs_tx.clone();
         tokio::spawn(async move {
-            let started = Instant::now();
-            let result = tokio::task::spawn_blocking(move || crate::functions::run_guarded(&f.f, args))
-                .await
-                .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
-            let _ = tx.send(Input::ExecuteDone(key, run, result, started.elapsed().as_secs_f64())).await;
+            let done = tokio::task::spawn_blocking(move || {
+                let (mut bytes, mut count, started) = (0, 0, Instant::now());
+                let mut loaded = Vec::with_capacity(args.len());
+                for a in args {
+                    match a {
+                        Value::Memory(p) => loaded.push(p),
+                        Value::Disk { key: dep, file } => match file.read() {
+                            Ok(p) => {
+                                (bytes, count) = (bytes + p.byte_len(), count + 1);
+                                loaded.push(p);
+                            }
+                            Err(error) => {
+                                let run = Some((key.clone(), run));
+                                return vec![Input::Event(WorkerEvent::Unreadable { key: dep, error, run })];
+                            }
+                        },
+                    }
+                }
+                let mut out = Vec::new();
+                if count > 0 {
+                    let seconds = started.elapsed().as_secs_f64();
+                    out.push(Input::Event(WorkerEvent::Unspilled { bytes, count, seconds }));
+                }
+                let started = Instant::now();
+                let result = crate::functions::run_guarded(&f.f, loaded);
+                out.push(Input::ExecuteDone(key, run, result, started.elapsed().as_secs_f64()));
+                out
+            })
+            .await;
+            match done {
+                Ok(inputs) => {
+                    for i in inputs {
+                        let _ = tx.send(i).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "an execution's thread failed"),
+            }
         });
     }
 
@@ -445,3 +639,18 @@ impl SchedulerLink {
         }
     }
 }
+
+/// The arguments as payloads when none is on disk; else unchanged.
+fn in_memory(args: Vec<Value>) -> Result<Vec<Payload>, Vec<Value>> {
+    if args.iter().any(|a| matches!(a, Value::Disk { .. })) {
+        return Err(args);
+    }
+    Ok(args
+        .into_iter()
+        .filter_map(|a| match a {
+            Value::Memory(p) => Some(p),
+            Value::Disk { .. } => None,
+        })
+        .collect())
+}
+

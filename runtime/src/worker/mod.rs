@@ -4,12 +4,18 @@
 
 mod data_server;
 mod driver;
+pub mod spill;
 mod state;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{WorkerConfig, WorkerHandle, start_worker};
-pub use state::{ConnId, FetchId, WorkerAction, WorkerEvent, WorkerLimits, WorkerState};
+pub use driver::{
+    MEMORY_SAMPLE_INTERVAL, MemoryProbe, WorkerConfig, WorkerHandle, default_memory_limit, process_rss, start_worker,
+};
+pub use state::{
+    ConnId, FetchId, MAX_SPILLS_IN_FLIGHT, MemoryLimits, SPILL_RETRY, Value, WorkerAction, WorkerEvent, WorkerLimits,
+    WorkerState,
+};
 
 /// How often a worker tells the scheduler it is alive.
 pub(crate) const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -20,11 +20,26 @@
 //!   for that old execution to end.
 //! - **Scatter tickets.** A `Store` is accepted only for a key the scheduler announced with
 //!   `ExpectScatter`, with the same ticket, and never overwrites a held key.
+//! - **Memory** (with [`MemoryLimits`]). Managed bytes (results held in memory) are counted
+//!   exactly; the driver samples the process's RSS ([`WorkerEvent::Memory`]). Above *target*
+//!   managed bytes, or above *spill* RSS, least-recently-used results are spilled
+//!   ([`WorkerAction::Spill`], at most [`MAX_SPILLS_IN_FLIGHT`] at once) until managed bytes
+//!   are back under target (by the RSS excess, for RSS); a spilled result is served and used
+//!   as an input by reading it back ([`Value::Disk`]). A failed spill keeps the value in
+//!   memory, reports the error and stops spilling for [`SPILL_RETRY`]. Above *pause* no run
+//!   starts and no fetch begins until the process is back under it, and the scheduler is told
+//!   at once. At *terminate* the worker asks its driver to restart it
+//!   ([`WorkerAction::Terminate`]) before the kernel kills it. LRU order is a `BTreeMap` by
+//!   last use: O(log n) per use and per spill.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_core::Payload;
+
+use super::spill::SpillFile;
+use crate::protocol::{IoCount, WorkerMemory};
 
 use crate::collections::{Map, Set, shrink_map};
 use crate::protocol::bounds::{MAX_KEYS_PER_MESSAGE, clip_message};
@@ -52,6 +67,81 @@ pub struct WorkerLimits {
     pub keys_per_fetch: usize,
     /// How long a scatter ticket stays valid. Default 5 minutes.
     pub ticket_ttl: Duration,
+    /// Memory management; `None`: no limit, nothing spilled, never paused.
+    pub memory: Option<MemoryLimits>,
+}
+
+/// A worker's memory limit and its thresholds, as fractions of the limit (Dask's defaults,
+/// which the same reasoning supports here: spill early enough that writing keeps up, pause
+/// well before the limit, restart before the kernel's OOM killer would act).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryLimits {
+    /// Bytes the worker's process may use.
+    pub limit: u64,
+    /// Managed bytes above which least-recently-used results are spilled. Default 0.6.
+    pub target: f64,
+    /// Process RSS above which results are spilled until managed bytes drop by the excess
+    /// over target. Default 0.7.
+    pub spill: f64,
+    /// Process RSS (or managed bytes) above which no run starts and no fetch begins. Default 0.8.
+    pub pause: f64,
+    /// Process RSS at which the worker restarts. Default 0.95.
+    pub terminate: f64,
+}
+
+impl MemoryLimits {
+    /// A limit of `limit` bytes with the default thresholds.
+    pub fn new(limit: u64) -> Self {
+        MemoryLimits { limit, target: 0.6, spill: 0.7, pause: 0.8, terminate: 0.95 }
+    }
+
+    /// Checks that the fractions are in (0, 1] and ordered target ≤ spill ≤ pause ≤ terminate.
+    pub fn validate(&self) -> Result<(), String> {
+        let f = [self.target, self.spill, self.pause, self.terminate];
+        if self.limit == 0 {
+            return Err("a memory limit of 0 bytes".into());
+        }
+        if f.iter().any(|x| !(x.is_finite() && *x > 0.0 && *x <= 1.0)) {
+            return Err(format!("memory thresholds must be in (0, 1]: {f:?}"));
+        }
+        if f.windows(2).any(|w| w[0] > w[1]) {
+            return Err(format!("memory thresholds must be ordered target ≤ spill ≤ pause ≤ terminate: {f:?}"));
+        }
+        Ok(())
+    }
+
+    fn at(&self, fraction: f64) -> u64 {
+        (self.limit as f64 * fraction) as u64
+    }
+}
+
+/// Spills written at once.
+pub const MAX_SPILLS_IN_FLIGHT: usize = 4;
+/// How long spilling stops after a failed spill (a full or unwritable disk).
+pub const SPILL_RETRY: Duration = Duration::from_secs(30);
+
+/// A held value as an input or a reply: in memory, or spilled (the driver reads it back).
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// In memory.
+    Memory(Payload),
+    /// On disk.
+    Disk {
+        /// Its key (to report it if it cannot be read back).
+        key: Key,
+        /// The file.
+        file: Arc<SpillFile>,
+    },
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Memory(a), Value::Memory(b)) => a == b,
+            (Value::Disk { file: a, .. }, Value::Disk { file: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl WorkerLimits {
@@ -64,6 +154,7 @@ impl WorkerLimits {
             fetches_total: 64,
             keys_per_fetch: 128,
             ticket_ttl: Duration::from_secs(300),
+            memory: None,
         }
     }
 }
@@ -104,6 +195,41 @@ pub enum WorkerEvent {
     },
     /// Time passed (the heartbeat interval).
     Tick,
+    /// The driver sampled the process's resident memory.
+    Memory {
+        /// Resident set size in bytes.
+        rss: u64,
+    },
+    /// A spill finished: the file, or why it could not be written.
+    Spilled {
+        /// Key.
+        key: Key,
+        /// The spill, as in [`WorkerAction::Spill`].
+        id: u64,
+        /// The file, or the error (naming the path).
+        result: Result<Arc<SpillFile>, String>,
+        /// How long writing took.
+        seconds: f64,
+    },
+    /// The driver read spilled values back (for a reply or an execution).
+    Unspilled {
+        /// Bytes read.
+        bytes: u64,
+        /// Values read.
+        count: u64,
+        /// How long reading took.
+        seconds: f64,
+    },
+    /// A spilled value could not be read back (corrupt or vanished): it is dropped here and
+    /// the scheduler told; `run`, if given, is the execution that needed it.
+    Unreadable {
+        /// The spilled key.
+        key: Key,
+        /// Why.
+        error: String,
+        /// The run that needed it as an input, if any.
+        run: Option<(Key, RunId)>,
+    },
 }
 
 /// What the driver must do.
@@ -132,7 +258,8 @@ pub enum WorkerAction {
         /// The fetch.
         id: FetchId,
     },
-    /// Run `func` on `args`; report with `ExecuteDone`.
+    /// Run `func` on `args` (reading spilled ones back first); report with `ExecuteDone`,
+    /// or `Unreadable` naming the run when a spilled input cannot be read.
     Execute {
         /// Key.
         key: Key,
@@ -141,7 +268,32 @@ pub enum WorkerAction {
         /// Function name.
         func: String,
         /// Argument values.
-        args: Vec<Payload>,
+        args: Vec<Value>,
+    },
+    /// Reply `Data` on `conn` once the spilled values among `values` are read back (each
+    /// that cannot be is answered as not held, and reported with `Unreadable`).
+    ReplyLoading {
+        /// The connection.
+        conn: ConnId,
+        /// The request's id.
+        id: RequestId,
+        /// The values, in the order asked.
+        values: Vec<Option<Value>>,
+    },
+    /// Write `value` to disk; report with `Spilled`.
+    Spill {
+        /// Key.
+        key: Key,
+        /// This spill's id.
+        id: u64,
+        /// The value.
+        value: Payload,
+    },
+    /// The process is at its terminate threshold: stop and restart (its results are
+    /// recomputed elsewhere).
+    Terminate {
+        /// Why, for the log.
+        reason: String,
     },
     /// Exit: the scheduler retired this worker.
     Shutdown,
@@ -178,9 +330,54 @@ enum Origin {
 }
 
 #[derive(Debug)]
+enum Stored {
+    Memory(Payload),
+    /// Being written (spill id); still served from memory.
+    Spilling(Payload, u64),
+    Disk(Arc<SpillFile>),
+}
+
+#[derive(Debug)]
 struct Held {
-    value: Payload,
+    stored: Stored,
     origin: Origin,
+    nbytes: u64,
+    /// Last use, the key of `lru` while in memory.
+    used: u64,
+}
+
+impl Held {
+    fn value(&self, key: &Key) -> Value {
+        match &self.stored {
+            Stored::Memory(p) | Stored::Spilling(p, _) => Value::Memory(p.clone()),
+            Stored::Disk(f) => Value::Disk { key: key.clone(), file: f.clone() },
+        }
+    }
+}
+
+/// Memory bookkeeping (see the module docs).
+#[derive(Debug, Default)]
+struct Memory {
+    /// Bytes of held values in memory (including those being spilled).
+    managed: u64,
+    /// Bytes of those being spilled.
+    spilling: u64,
+    /// Bytes of held values on disk.
+    spilled: u64,
+    /// Values in memory by last use.
+    lru: BTreeMap<u64, Key>,
+    next_use: u64,
+    /// Spills in flight.
+    in_flight: Set<u64>,
+    next_spill: u64,
+    rss: u64,
+    paused: bool,
+    terminating: bool,
+    error: Option<String>,
+    retry_at: Option<Instant>,
+    spill_io: IoCount,
+    unspill_io: IoCount,
+    reported: Option<WorkerMemory>,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +417,7 @@ pub struct WorkerState {
     /// Peers the scheduler said are gone (most recent 1,024).
     gone: VecDeque<String>,
     tickets: Map<Key, (Ticket, Instant)>,
+    mem: Memory,
     next_fetch: FetchId,
     shutting_down: bool,
     out: Vec<WorkerAction>,
@@ -242,6 +440,7 @@ impl WorkerState {
             peer_queues: Map::default(),
             gone: VecDeque::new(),
             tickets: Map::default(),
+            mem: Memory::default(),
             next_fetch: 0,
             shutting_down: false,
             out: Vec::new(),
@@ -264,14 +463,213 @@ impl WorkerState {
             WorkerEvent::ExecuteDone { key, run, result, seconds } => self.execute_done(key, run, result, seconds),
             WorkerEvent::Tick => {
                 self.send(WorkerToScheduler::Heartbeat);
+                self.report_memory(false);
                 let ttl = self.limits.ticket_ttl;
                 self.tickets.retain(|_, (_, issued)| now.saturating_duration_since(*issued) < ttl);
                 shrink_map(&mut self.data);
                 shrink_map(&mut self.runs);
             }
+            WorkerEvent::Memory { rss } => {
+                self.mem.rss = rss;
+                self.manage_memory(true);
+            }
+            WorkerEvent::Spilled { key, id, result, seconds } => self.spilled(key, id, result, seconds),
+            WorkerEvent::Unspilled { bytes, count, seconds } => {
+                let io = &mut self.mem.unspill_io;
+                io.count += count;
+                io.bytes += bytes;
+                io.seconds += seconds;
+            }
+            WorkerEvent::Unreadable { key, error, run } => self.unreadable(key, error, run),
         }
+        self.manage_memory(false);
         self.schedule();
         std::mem::take(&mut self.out)
+    }
+
+    /// Inserts a value in memory (replacing any held one), most recently used.
+    fn insert_data(&mut self, key: Key, value: Payload, origin: Origin) {
+        self.remove_data(&key);
+        let nbytes = value.byte_len();
+        self.mem.next_use += 1;
+        let used = self.mem.next_use;
+        self.mem.managed += nbytes;
+        self.mem.lru.insert(used, key.clone());
+        self.data.insert(key, Held { stored: Stored::Memory(value), origin, nbytes, used });
+    }
+
+    /// Removes a held value, keeping the memory counts in step (a spill in flight finds it
+    /// gone and its file is deleted).
+    fn remove_data(&mut self, key: &Key) -> Option<Held> {
+        let held = self.data.remove(key)?;
+        match &held.stored {
+            Stored::Memory(_) => {
+                self.mem.managed -= held.nbytes;
+                self.mem.lru.remove(&held.used);
+            }
+            Stored::Spilling(..) => {
+                self.mem.managed -= held.nbytes;
+                self.mem.spilling -= held.nbytes;
+            }
+            Stored::Disk(_) => self.mem.spilled -= held.nbytes,
+        }
+        Some(held)
+    }
+
+    /// Marks a held value used now (its LRU position) and returns it.
+    fn use_value(&mut self, key: &Key) -> Option<Value> {
+        let next = self.mem.next_use + 1;
+        let held = self.data.get_mut(key)?;
+        if matches!(held.stored, Stored::Memory(_)) {
+            self.mem.lru.remove(&held.used);
+            self.mem.lru.insert(next, key.clone());
+            held.used = next;
+            self.mem.next_use = next;
+        }
+        Some(held.value(key))
+    }
+
+    /// Pause, terminate and spill decisions. RSS-based spilling acts only on a fresh sample
+    /// (`sampled`), so one sample does not trigger spills twice.
+    fn manage_memory(&mut self, sampled: bool) {
+        let Some(m) = self.limits.memory else { return };
+        if self.mem.terminating {
+            return;
+        }
+        let process = self.mem.rss.max(self.mem.managed);
+        if process >= m.at(m.terminate) && self.mem.rss > 0 {
+            self.mem.terminating = true;
+            let reason = format!(
+                "process memory {process} bytes reached the terminate threshold ({} of the {} byte limit)",
+                m.terminate, m.limit
+            );
+            self.out.push(WorkerAction::Terminate { reason });
+            return;
+        }
+        let paused = process > m.at(m.pause);
+        if paused != self.mem.paused {
+            self.mem.paused = paused;
+            if paused {
+                tracing::warn!(process, limit = m.limit, "worker paused: memory above the pause threshold");
+            } else {
+                tracing::info!(process, limit = m.limit, "worker resumed: memory below the pause threshold");
+            }
+            self.report_memory(true);
+        }
+        if self.mem.retry_at.is_some_and(|t| self.now < t) {
+            return;
+        }
+        let target = m.at(m.target);
+        let mut excess = (self.mem.managed - self.mem.spilling).saturating_sub(target);
+        if sampled && self.mem.rss > m.at(m.spill) {
+            excess = excess.max(self.mem.rss.saturating_sub(target).saturating_sub(self.mem.spilling));
+        }
+        while excess > 0 && self.mem.in_flight.len() < MAX_SPILLS_IN_FLIGHT {
+            let Some((&used, key)) = self.mem.lru.iter().next() else { break };
+            let key = key.clone();
+            self.mem.lru.remove(&used);
+            let Some(held) = self.data.get_mut(&key) else { continue };
+            let Stored::Memory(value) = &held.stored else { continue };
+            let value = value.clone();
+            self.mem.next_spill += 1;
+            let id = self.mem.next_spill;
+            held.stored = Stored::Spilling(value.clone(), id);
+            self.mem.spilling += held.nbytes;
+            excess = excess.saturating_sub(held.nbytes);
+            self.mem.in_flight.insert(id);
+            self.out.push(WorkerAction::Spill { key, id, value });
+        }
+    }
+
+    fn spilled(&mut self, key: Key, id: u64, result: Result<Arc<SpillFile>, String>, seconds: f64) {
+        self.mem.in_flight.remove(&id);
+        let Some(held) = self.data.get_mut(&key) else { return };
+        if !matches!(held.stored, Stored::Spilling(_, i) if i == id) {
+            // Released or replaced meanwhile: the file goes with the handle.
+            return;
+        }
+        let nbytes = held.nbytes;
+        match result {
+            Ok(file) => {
+                held.stored = Stored::Disk(file);
+                self.mem.managed -= nbytes;
+                self.mem.spilling -= nbytes;
+                self.mem.spilled += nbytes;
+                let io = &mut self.mem.spill_io;
+                io.count += 1;
+                io.bytes += nbytes;
+                io.seconds += seconds.max(0.0);
+            }
+            Err(error) => {
+                if let Stored::Spilling(value, _) = &held.stored {
+                    held.stored = Stored::Memory(value.clone());
+                }
+                self.mem.spilling -= nbytes;
+                self.mem.lru.insert(held.used, key);
+                tracing::error!(%error, "spilling failed; the value stays in memory");
+                self.mem.error = Some(error);
+                self.mem.retry_at = Some(self.now + SPILL_RETRY);
+                self.report_memory(true);
+            }
+        }
+    }
+
+    fn unreadable(&mut self, key: Key, error: String, run: Option<(Key, RunId)>) {
+        tracing::error!(%key, %error, "a spilled value could not be read back; dropped");
+        if self.data.get(&key).is_some_and(|h| matches!(h.stored, Stored::Disk(_))) {
+            let own = self.remove_data(&key).is_some_and(|h| matches!(h.origin, Origin::Own));
+            if own {
+                self.send(WorkerToScheduler::DataLost { key: key.clone(), reason: clip_message(error.clone()) });
+            }
+        }
+        self.mem.error = Some(error);
+        if let Some((k, r)) = run
+            && self.executing.get(&k) == Some(&r)
+        {
+            self.executing.remove(&k);
+            if self.runs.get(&k).is_some_and(|x| x.run == r) {
+                self.runs.remove(&k);
+                self.send(WorkerToScheduler::MissingData { key: k.clone(), run: r, dep: key, tried: Vec::new() });
+            }
+            if self.deferred.remove(&k)
+                && let Some(x) = self.runs.get(&k)
+            {
+                let run = x.run;
+                self.ready.push_front((k, run));
+            }
+        }
+    }
+
+    /// Tells the scheduler this worker's memory figures: on a tick when they changed, at once
+    /// when `now` (a pause or a spill error).
+    fn report_memory(&mut self, now: bool) {
+        let report = self.memory();
+        if now || self.mem.reported.as_ref() != Some(&report) {
+            if !now && self.limits.memory.is_none() && report.managed == 0 && self.mem.reported.is_none() {
+                return;
+            }
+            self.mem.reported = Some(report.clone());
+            self.send(WorkerToScheduler::Memory(report));
+        }
+    }
+
+    /// This worker's memory figures.
+    pub fn memory(&self) -> WorkerMemory {
+        WorkerMemory {
+            limit: self.limits.memory.map_or(0, |m| m.limit),
+            managed: self.mem.managed,
+            spilled: self.mem.spilled,
+            rss: self.mem.rss,
+            paused: self.mem.paused,
+            spill: self.mem.spill_io,
+            unspill: self.mem.unspill_io,
+            spill_error: self.mem.error.clone(),
+        }
+    }
+
+    /// True while paused for memory.
+    pub fn is_paused(&self) -> bool {
+        self.mem.paused
     }
 
     /// True once the scheduler told this worker to shut down.
@@ -279,9 +677,17 @@ impl WorkerState {
         self.shutting_down
     }
 
-    /// The value held under `key`, if any.
+    /// The value held under `key`, if it is in memory.
     pub fn value(&self, key: &str) -> Option<&Payload> {
-        self.data.get(key).map(|h| &h.value)
+        self.data.get(key).and_then(|h| match &h.stored {
+            Stored::Memory(p) | Stored::Spilling(p, _) => Some(p),
+            Stored::Disk(_) => None,
+        })
+    }
+
+    /// True when `key` is held on disk.
+    pub fn is_spilled(&self, key: &str) -> bool {
+        self.data.get(key).is_some_and(|h| matches!(h.stored, Stored::Disk(_)))
     }
 
     /// Keys held (own results, stored, replicated and fetched copies).
@@ -349,7 +755,7 @@ impl WorkerState {
         if let Some(held) = self.data.get_mut(&key) {
             // Already here (a fetched copy counts: the value is the same computation's).
             held.origin = Origin::Own;
-            let nbytes = held.value.byte_len();
+            let nbytes = held.nbytes;
             self.send(WorkerToScheduler::Finished { key, run, nbytes, seconds: 0.0 });
             return;
         }
@@ -486,10 +892,10 @@ impl WorkerState {
         let Some(dep) = self.deps.remove(&key) else { return };
         let users = dep.waiters.len();
         if dep.replicate {
-            self.data.insert(key.clone(), Held { value, origin: Origin::Own });
+            self.insert_data(key.clone(), value, Origin::Own);
             self.send(WorkerToScheduler::Replicated { key: key.clone(), ok: true });
         } else if users > 0 {
-            self.data.insert(key.clone(), Held { value, origin: Origin::Fetched { users } });
+            self.insert_data(key.clone(), value, Origin::Fetched { users });
         }
         for w in dep.waiters {
             if let Some(r) = self.runs.get_mut(&w) {
@@ -577,7 +983,7 @@ impl WorkerState {
             if let Origin::Fetched { users } = &mut held.origin {
                 *users -= 1;
                 if *users == 0 {
-                    self.data.remove(d);
+                    self.remove_data(d);
                 }
             }
         } else if let Some(dep) = self.deps.get_mut(d) {
@@ -591,7 +997,7 @@ impl WorkerState {
 
     fn release(&mut self, key: &Key) {
         if self.data.get(key).is_some_and(|h| matches!(h.origin, Origin::Own)) {
-            self.data.remove(key);
+            self.remove_data(key);
         }
         self.tickets.remove(key);
         if let Some(dep) = self.deps.get_mut(key)
@@ -615,7 +1021,19 @@ impl WorkerState {
                 } else if self.shutting_down {
                     refused(id, "this worker is shutting down".into())
                 } else {
-                    DataReply::Data { id, values: keys.iter().map(|k| self.value(k).cloned()).collect() }
+                    let values: Vec<Option<Value>> = keys.iter().map(|k| self.use_value(k)).collect();
+                    if values.iter().any(|v| matches!(v, Some(Value::Disk { .. }))) {
+                        self.out.push(WorkerAction::ReplyLoading { conn, id, values });
+                        return;
+                    }
+                    let values = values
+                        .into_iter()
+                        .map(|v| match v {
+                            Some(Value::Memory(p)) => Some(p),
+                            _ => None,
+                        })
+                        .collect();
+                    DataReply::Data { id, values }
                 }
             }
             DataRequest::Store { id, key, ticket, value } => {
@@ -627,7 +1045,7 @@ impl WorkerState {
                 } else {
                     self.tickets.remove(&key);
                     let nbytes = value.byte_len();
-                    self.data.insert(key.clone(), Held { value, origin: Origin::Own });
+                    self.insert_data(key.clone(), value, Origin::Own);
                     self.send(WorkerToScheduler::Stored { key, nbytes });
                     DataReply::Stored { id }
                 }
@@ -647,7 +1065,7 @@ impl WorkerState {
             match result {
                 Ok(value) => {
                     let nbytes = value.byte_len();
-                    self.data.insert(key.clone(), Held { value, origin: Origin::Own });
+                    self.insert_data(key.clone(), value, Origin::Own);
                     self.send(WorkerToScheduler::Finished { key: key.clone(), run, nbytes, seconds });
                 }
                 Err(message) => {
@@ -670,7 +1088,7 @@ impl WorkerState {
     }
 
     fn schedule_fetches(&mut self) {
-        if self.peer_queues.is_empty() || self.in_flight.len() >= self.limits.fetches_total {
+        if self.peer_queues.is_empty() || self.in_flight.len() >= self.limits.fetches_total || self.mem.paused {
             return;
         }
         let mut peers: Vec<String> = self.peer_queues.keys().cloned().collect();
@@ -710,7 +1128,7 @@ impl WorkerState {
     }
 
     fn schedule_executions(&mut self) {
-        while self.executing_current() < self.limits.nthreads && !self.shutting_down {
+        while self.executing_current() < self.limits.nthreads && !self.shutting_down && !self.mem.paused {
             let Some((key, run)) = self.ready.pop_front() else { break };
             let Some(r) = self.runs.get(&key) else { continue };
             if r.run != run || r.phase != Phase::Ready {
@@ -721,15 +1139,16 @@ impl WorkerState {
                 self.deferred.insert(key);
                 continue;
             }
-            let mut args = Vec::with_capacity(r.args.len());
+            let specs = r.args.clone();
+            let mut args = Vec::with_capacity(specs.len());
             let mut absent = None;
-            for a in &r.args {
+            for a in specs {
                 match a {
-                    ArgSpec::Value(p) => args.push(p.clone()),
-                    ArgSpec::Key(k) => match self.data.get(k) {
-                        Some(h) => args.push(h.value.clone()),
+                    ArgSpec::Value(p) => args.push(Value::Memory(p)),
+                    ArgSpec::Key(k) => match self.use_value(&k) {
+                        Some(v) => args.push(v),
                         None => {
-                            absent = Some(k.clone());
+                            absent = Some(k);
                             break;
                         }
                     },
@@ -780,3 +1199,4 @@ impl WorkerState {
 fn refused(id: RequestId, reason: String) -> DataReply {
     DataReply::Refused { id, reason }
 }
+
