@@ -536,3 +536,127 @@ fn seeds_that_once_failed() {
         random_case(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
 }
+
+/// A wide tree reduction: 256 root blocks of 512 numbers, fan-in 4, on 2 one-thread workers.
+/// Returns the peak bytes held by all workers at once, and the answer.
+fn wide_reduction(worker_saturation: f64, seed: u64) -> (u64, i64) {
+    use courier_runtime::Functions;
+    let config = SimConfig {
+        workers: 2,
+        nthreads: 1,
+        seed,
+        scheduler: SchedulerConfig { tasks_per_thread: 128, worker_saturation, ..SchedulerConfig::default() },
+        check_every: 64,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let mut f = Functions::with_builtins();
+    f.register("block", |(i,): (i64,)| Ok::<_, String>(vec![i; 512]));
+    f.register("merge", |xs: Vec<Vec<i64>>| {
+        Ok::<_, String>((0..512).map(|j| xs.iter().map(|x| x[j]).sum::<i64>()).collect::<Vec<i64>>())
+    });
+    f.register("total", |(x,): (Vec<i64>,)| Ok::<_, String>(x.iter().sum::<i64>()));
+    sim.set_functions(f);
+    let c = sim.add_client();
+    let task = |key: String, func: &str, args: Vec<ArgSpec>, wanted| TaskSpec {
+        key: key.into(),
+        func: func.into(),
+        args,
+        retries: 0,
+        wanted,
+    };
+    let mut specs: Vec<TaskSpec> = (0..256).map(|i| task(format!("b0-{i}"), "block", vec![value(i)], false)).collect();
+    let (mut level, mut width) = (0, 256);
+    while width > 1 {
+        for i in 0..width / 4 {
+            let args = (0..4).map(|j| ArgSpec::Key(format!("b{level}-{}", 4 * i + j).into())).collect();
+            specs.push(task(format!("b{}-{i}", level + 1), "merge", args, false));
+        }
+        (level, width) = (level + 1, width / 4);
+    }
+    specs.push(task("sum".into(), "total", vec![ArgSpec::Key(format!("b{level}-0").into())], true));
+    sim.submit(c, specs);
+    sim.run_until(|s| s.client(c).resolved()).unwrap();
+    (sim.stats.peak_managed, sim.fetch_i64(c, "sum").unwrap())
+}
+
+/// Root-task queuing (dask/distributed #6360): with ready root tasks held back on the
+/// scheduler, a wide reduction consumes its inputs as they are produced; without it each
+/// worker runs all its roots before any reduction. Same graph, same seeds.
+#[test]
+fn root_task_queuing_cuts_a_wide_reductions_peak_memory_by_four_or_more() {
+    let expected = 512 * (0..256).sum::<i64>();
+    for seed in 1..=3 {
+        let (on, answer_on) = wide_reduction(1.1, seed);
+        let (off, answer_off) = wide_reduction(f64::INFINITY, seed);
+        assert_eq!((answer_on, answer_off), (expected, expected));
+        println!("seed {seed}: peak held bytes with queuing {on}, without {off} ({:.1}x)", off as f64 / on as f64);
+        assert!(on * 4 <= off, "seed {seed}: peak {on} bytes with queuing, {off} without");
+    }
+}
+
+/// A worker above its pause threshold starts nothing; the scheduler moves its unstarted runs
+/// to the other worker, and it starts again once its memory drops.
+#[test]
+fn a_paused_worker_starts_nothing_and_its_queue_runs_elsewhere() {
+    use courier_runtime::MemoryLimits;
+    let config = SimConfig {
+        workers: 2,
+        nthreads: 1,
+        memory: Some(MemoryLimits::new(1 << 30)),
+        scheduler: SchedulerConfig {
+            tasks_per_thread: 64,
+            worker_saturation: f64::INFINITY,
+            ..SchedulerConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.add_client();
+    sim.set_rss(0, 900 << 20); // above pause (0.8 GiB) before any work arrives
+    sim.run_until(|s| s.worker(0).is_paused()).unwrap();
+    let specs: Vec<TaskSpec> = (0..40).map(|i| add(&format!("t{i}"), &[], i, true)).collect();
+    sim.submit(c, specs);
+    sim.run_until(|s| s.client(c).resolved()).unwrap();
+    assert_eq!(sim.worker(0).held_keys(), 0, "the paused worker ran nothing");
+    assert_eq!(sim.worker(1).held_keys(), 40);
+    // Resumed: new work reaches it again.
+    sim.set_rss(0, 100 << 20);
+    let specs: Vec<TaskSpec> = (0..40).map(|i| add(&format!("u{i}"), &[], i, true)).collect();
+    sim.submit(c, specs);
+    sim.run_until(|s| s.client(c).resolved()).unwrap();
+    assert!(sim.worker(0).held_keys() > 0, "{}", sim.worker(0).describe());
+}
+
+/// The scheduler hears of a pause only after it assigned work: the paused worker gives up
+/// what it has not started and the rest of the cluster runs it.
+#[test]
+fn a_worker_pausing_with_a_queue_gives_it_up() {
+    use courier_runtime::MemoryLimits;
+    let config = SimConfig {
+        workers: 2,
+        nthreads: 1,
+        memory: Some(MemoryLimits::new(1 << 30)),
+        compute: (Duration::from_millis(5), Duration::from_millis(10)),
+        scheduler: SchedulerConfig {
+            tasks_per_thread: 64,
+            worker_saturation: f64::INFINITY,
+            ..SchedulerConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    let c = sim.add_client();
+    let specs: Vec<TaskSpec> = (0..60).map(|i| add(&format!("t{i}"), &[], i, true)).collect();
+    sim.submit(c, specs);
+    sim.run_until(|s| s.worker(0).assigned() >= 10).unwrap();
+    sim.set_rss(0, 900 << 20);
+    sim.run_until(|s| s.worker(0).is_paused()).unwrap();
+    let held_at_pause = sim.worker(0).held_keys();
+    sim.run_until(|s| s.client(c).resolved()).unwrap();
+    // At most the run executing when it paused finished there afterwards.
+    assert!(sim.worker(0).held_keys() <= held_at_pause + 1, "{}", sim.worker(0).describe());
+    for i in 0..60 {
+        assert_eq!(sim.fetch_i64(c, &format!("t{i}")).unwrap(), i);
+    }
+}

@@ -757,3 +757,104 @@ fn workers_of_one_host_are_introduced_to_each_other_and_clients_hear_of_all() {
     let out = join(&mut h, 6, Some(LocalContact { address: "not a url".into(), host: "a".into() }));
     assert!(!out.iter().any(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::LocalPeers { .. }))), "{out:?}");
 }
+
+// ---- root-task queuing, paused workers, lost spilled data ----
+
+fn finish_after(h: &mut Harness, w: WorkerId, key: &str, seconds: f64) -> Vec<Action> {
+    let run = h.run(key);
+    let msg = WorkerToScheduler::Finished { key: key.into(), run, nbytes: 8, seconds };
+    h.ev(Event::FromWorker { id: w, msg })
+}
+
+#[test]
+fn root_tasks_are_held_back_to_saturation_but_dependents_are_not() {
+    let config = SchedulerConfig { tasks_per_thread: 64, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 2)]);
+    let out = h.submit((0..20).map(|i| task(&format!("r{i}"), &[])).collect());
+    // ceil(2 threads × 1.1) = 3 root tasks; the other 17 wait on the scheduler.
+    assert_eq!(computes(&out).len(), 3);
+    assert_eq!(h.s.stats().queued, 17);
+    // A slow root function keeps the limit: one finish lets exactly one more in.
+    let out = finish_after(&mut h, 1, "r0", 1.0);
+    assert_eq!(computes(&out).len(), 1);
+    // Tasks with dependencies are not held back: ten dependents of r0 all go out.
+    let out = h.submit((0..10).map(|i| task(&format!("d{i}"), &["r0"])).collect());
+    assert_eq!(computes(&out).len(), 10);
+}
+
+#[test]
+fn short_root_functions_get_a_window_of_slots_so_they_never_wait_on_a_round_trip() {
+    let config = SchedulerConfig { tasks_per_thread: 64, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 1)]);
+    let out = h.submit((0..200).map(|i| task(&format!("r{i}"), &[])).collect());
+    assert_eq!(computes(&out).len(), 2, "unmeasured: saturation alone");
+    // Measured at 100 µs: a 5 ms window is 50 slots per thread.
+    let out = finish_after(&mut h, 1, "r0", 100e-6);
+    assert_eq!(computes(&out).len(), 49, "the worker fills up to 50 tasks");
+    assert_eq!(h.s.root_slots(1, "f"), 50);
+    // At 1 µs the window exceeds tasks_per_thread, the cap.
+    let out = finish_after(&mut h, 1, "r1", 1e-6);
+    assert!(!computes(&out).is_empty());
+    assert_eq!(h.s.root_slots(1, "f"), 64);
+    // Queuing off: every root task fills tasks_per_thread at once.
+    let config = SchedulerConfig { tasks_per_thread: 64, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 1)]);
+    assert_eq!(computes(&h.submit((0..200).map(|i| task(&format!("r{i}"), &[])).collect())).len(), 64);
+}
+
+fn memory(paused: bool) -> WorkerToScheduler {
+    WorkerToScheduler::Memory(crate::protocol::WorkerMemory { limit: 1000, paused, ..Default::default() })
+}
+
+fn steals_to(actions: &[Action], w: WorkerId) -> Vec<(Key, RunId)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToWorker(x, SchedulerToWorker::Steal { key, run }) if *x == w => Some((key.clone(), *run)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_paused_worker_gets_nothing_new_and_its_unstarted_runs_move_elsewhere() {
+    let config = SchedulerConfig { tasks_per_thread: 4, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 1)]);
+    h.submit((0..4).map(|i| task(&format!("t{i}"), &[])).collect());
+    assert!((0..4).all(|i| h.processing_on(&format!("t{i}")) == 1));
+    let out = h.ev(Event::FromWorker { id: 1, msg: memory(true) });
+    let mut asked = steals_to(&out, 1);
+    asked.sort();
+    assert_eq!(asked.len(), 4, "every run it holds is asked back");
+    // A second worker joins: nothing goes to the paused one, and the runs it gives up go there.
+    h.join(2, 1);
+    let out = h.submit(vec![task("new", &[])]);
+    assert_eq!(computes(&out), vec![(2, Key::from("new"))]);
+    // t0 is executing (refused); t1..t3 are given up and placed on worker 2.
+    let (key, run) = asked[0].clone();
+    h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::StealReply { key, run, stolen: false } });
+    let mut moved = Vec::new();
+    for (key, run) in asked[1..].iter().cloned() {
+        let out = h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::StealReply { key, run, stolen: true } });
+        moved.extend(computes(&out));
+    }
+    assert_eq!(h.processing_on("t0"), 1);
+    assert_eq!(moved.len(), 3, "{moved:?}");
+    assert!(moved.iter().all(|(w, _)| *w == 2), "{moved:?}");
+    // Resumed: placeable again.
+    h.ev(Event::FromWorker { id: 1, msg: memory(false) });
+    let out = h.submit(vec![task("after", &[])]);
+    assert_eq!(computes(&out), vec![(1, Key::from("after"))], "the least loaded is the resumed worker");
+}
+
+#[test]
+fn data_a_worker_lost_from_disk_is_recomputed() {
+    let mut h = Harness::new(&[(1, 1)]);
+    h.submit(vec![task("a", &[])]);
+    h.finish(1, "a", 8);
+    let out = h.ev(Event::FromWorker {
+        id: 1,
+        msg: WorkerToScheduler::DataLost { key: "a".into(), reason: "checksum mismatch".into() },
+    });
+    assert_eq!(computes(&out), vec![(1, Key::from("a"))], "a wanted key with no holder left is computed again");
+}

@@ -4,8 +4,7 @@
 //! A value is written as its frames with its header, so reading it back needs no
 //! re-serialization: one read of the whole file into one 64-byte-aligned buffer, and the
 //! header and frames become [`Bytes`] views of it (every frame starts 64-byte aligned in the
-//! file, so `WireArray::view` does not copy). A CRC-32 over everything after the preamble
-//! detects corruption; a value that fails it is reported, never served.
+//! file, so `WireArray::view` does not copy). A CRC-32 over the whole file detects corruption; a value that fails it is reported, never served.
 //!
 //! ## File format (little-endian)
 //!
@@ -17,7 +16,7 @@
 //! | 8 | 4 | header length `H` |
 //! | 12 | 4 | frame count `N` (at most [`MAX_SPILL_FRAMES`]) |
 //! | 16 | 8 | file length |
-//! | 24 | 4 | CRC-32 (IEEE) of bytes 64 to the end |
+//! | 24 | 4 | CRC-32 (IEEE) of the whole file with these 4 bytes zero |
 //! | 28 | 36 | zero |
 //! | 64 | 8·N | frame lengths, u64 each |
 //!
@@ -124,7 +123,10 @@ pub fn write_spill<W: Write + Seek>(value: &Payload, out: &mut W) -> std::io::Re
     pre[8..12].copy_from_slice(&(value.header.len() as u32).to_le_bytes());
     pre[12..16].copy_from_slice(&(value.frames.len() as u32).to_le_bytes());
     pre[16..24].copy_from_slice(&file_len.to_le_bytes());
-    pre[24..28].copy_from_slice(&crc.finalize().to_le_bytes());
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&pre);
+    whole.combine(&crc);
+    pre[24..28].copy_from_slice(&whole.finalize().to_le_bytes());
     out.seek(SeekFrom::Start(0))?;
     out.write_all(&pre)?;
     Ok(file_len)
@@ -170,7 +172,13 @@ pub fn decode_spill(file: &Bytes) -> Result<Payload, SpillDecodeError> {
     if end != file_len {
         return Err(SpillDecodeError::Layout(format!("lengths describe {end} bytes, the file has {file_len}")));
     }
-    let computed = crc32fast::hash(&file[PREAMBLE..]);
+    let mut zeroed = [0u8; PREAMBLE];
+    zeroed.copy_from_slice(pre);
+    zeroed[24..28].fill(0);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&zeroed);
+    hasher.update(&file[PREAMBLE..]);
+    let computed = hasher.finalize();
     if computed != stored {
         return Err(SpillDecodeError::Checksum { stored, computed });
     }

@@ -287,3 +287,181 @@ fn a_missing_dependency_without_holders_is_reported_before_anything_is_claimed()
     );
     assert_eq!(w.s.describe(), WorkerState::new(WorkerLimits::new(ME, 1)).describe());
 }
+
+// ---- memory: spilling, pausing, terminating ----
+
+/// A value of `n` bytes of frames.
+fn big(n: usize) -> Payload {
+    Payload { header: bytes::Bytes::from_static(b"\x90"), frames: vec![bytes::Bytes::from(vec![7u8; n])] }
+}
+
+fn limited(limit: u64, nthreads: usize) -> W {
+    let limits = WorkerLimits { memory: Some(MemoryLimits::new(limit)), ..WorkerLimits::new(ME, nthreads) };
+    W { s: WorkerState::new(limits), now: Instant::now() }
+}
+
+fn spills(a: &[WorkerAction]) -> Vec<(Key, u64)> {
+    a.iter()
+        .filter_map(|a| match a {
+            WorkerAction::Spill { key, id, .. } => Some((key.clone(), *id)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spill_file(n: u64) -> std::sync::Arc<super::spill::SpillFile> {
+    std::sync::Arc::new(super::spill::SpillFile::new(std::path::PathBuf::from("/nonexistent/courier-test"), n))
+}
+
+/// Finishes run `run` of `key` with a value of `n` bytes.
+fn finish_big(w: &mut W, key: &str, run: RunId, n: usize) -> Vec<WorkerAction> {
+    executes(&w.compute(key, run, &[]));
+    w.ev(WorkerEvent::ExecuteDone { key: key.into(), run, result: Ok(big(n)), seconds: 0.1 })
+}
+
+#[test]
+fn results_above_target_are_spilled_least_recently_used_first() {
+    // Limit 1000: target 600. Three results of ~250 bytes: the third crosses target.
+    let mut w = limited(1000, 1);
+    assert!(spills(&finish_big(&mut w, "a", 1, 250)).is_empty());
+    assert!(spills(&finish_big(&mut w, "b", 2, 250)).is_empty());
+    // `a` is used (served to a peer): `b` is now the least recently used.
+    w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["a".into()] } });
+    let out = finish_big(&mut w, "c", 3, 250);
+    assert_eq!(spills(&out).iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["b"]);
+    let id = spills(&out)[0].1;
+    assert!(w.s.value("b").is_some(), "served from memory while being written");
+    let before = w.s.memory();
+    let out = w.ev(WorkerEvent::Spilled { key: "b".into(), id, result: Ok(spill_file(big(250).byte_len())), seconds: 0.01 });
+    assert!(spills(&out).is_empty());
+    let after = w.s.memory();
+    assert!(w.s.is_spilled("b") && w.s.value("b").is_none());
+    assert_eq!(after.managed, before.managed - big(250).byte_len());
+    assert_eq!(after.spilled, big(250).byte_len());
+    assert_eq!((after.spill.count, after.spill.bytes), (1, big(250).byte_len()));
+    // A peer asking for it gets it read back by the driver; memory values stay inline.
+    let out = w.ev(WorkerEvent::Data { conn: 2, request: DataRequest::Get { id: 9, keys: vec!["b".into(), "a".into(), "zz".into()] } });
+    match &out[..] {
+        [WorkerAction::ReplyLoading { conn: 2, id: 9, values }] => {
+            assert!(matches!(&values[0], Some(Value::Disk { key, .. }) if &**key == "b"));
+            assert_eq!(values[1], Some(Value::Memory(big(250))));
+            assert_eq!(values[2], None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Released: the spilled bytes are no longer counted (the file goes with the handle).
+    w.sched(SchedulerToWorker::Release { keys: vec!["b".into()] });
+    assert_eq!(w.s.memory().spilled, 0);
+}
+
+#[test]
+fn a_spilled_input_is_handed_to_the_execution_to_read_back() {
+    let mut w = limited(1000, 1);
+    let (key, id) = spills(&finish_big(&mut w, "a", 1, 700)).remove(0);
+    assert_eq!(&*key, "a");
+    w.ev(WorkerEvent::Spilled { key: "a".into(), id, result: Ok(spill_file(big(700).byte_len())), seconds: 0.01 });
+    let out = w.compute("c", 3, &[("a", &[ME])]);
+    match &out[..] {
+        [WorkerAction::Execute { key, args, .. }] => {
+            assert_eq!(&**key, "c");
+            assert!(matches!(&args[0], Value::Disk { key, .. } if &**key == "a"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // It cannot be read back: the scheduler hears the key is lost here, and the run is
+    // reported as missing its input (to run again once it is recomputed).
+    let out = w.ev(WorkerEvent::Unreadable { key: "a".into(), error: "checksum".into(), run: Some(("c".into(), 3)) });
+    assert_eq!(
+        to_scheduler(&out),
+        vec![
+            WorkerToScheduler::DataLost { key: "a".into(), reason: "checksum".into() },
+            WorkerToScheduler::MissingData { key: "c".into(), run: 3, dep: "a".into(), tried: vec![] },
+        ]
+    );
+    assert_eq!(w.s.executing(), 0, "the slot is free again");
+    assert_eq!(w.s.memory().spilled, 0);
+}
+
+#[test]
+fn a_failed_spill_keeps_the_value_in_memory_reports_and_retries_later() {
+    let mut w = limited(1000, 1);
+    let (_, id) = spills(&finish_big(&mut w, "a", 1, 700)).remove(0);
+    let out = w.ev(WorkerEvent::Spilled {
+        key: "a".into(),
+        id,
+        result: Err("cannot spill to /full/disk/0.spill: No space left on device".into()),
+        seconds: 0.0,
+    });
+    assert_eq!(w.s.value("a"), Some(&big(700)), "nothing lost");
+    let reports: Vec<_> = to_scheduler(&out)
+        .into_iter()
+        .filter_map(|m| match m {
+            WorkerToScheduler::Memory(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(reports[0].spill_error.as_deref().is_some_and(|e| e.contains("/full/disk")), "{reports:?}");
+    assert!(spills(&out).is_empty(), "no retry at once");
+    assert!(spills(&w.ev(WorkerEvent::Tick)).is_empty());
+    w.now += SPILL_RETRY;
+    assert_eq!(spills(&w.ev(WorkerEvent::Tick)).len(), 1, "retried after SPILL_RETRY");
+}
+
+#[test]
+fn rss_above_spill_spills_by_the_excess_once_per_sample() {
+    // Limit 10,000: target 6,000, spill 7,000. Managed is small but RSS is high.
+    let mut w = limited(10_000, 1);
+    for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+        finish_big(&mut w, k, i as u64 + 1, 500);
+    }
+    assert!(spills(&w.ev(WorkerEvent::Memory { rss: 6_900 })).is_empty(), "below spill");
+    // 7,100 RSS: 1,100 bytes over target, so three results of ~510 bytes, oldest first.
+    let out = w.ev(WorkerEvent::Memory { rss: 7_100 });
+    assert_eq!(spills(&out).iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    // Other events before the next sample do not spill again.
+    assert!(spills(&w.ev(WorkerEvent::Tick)).is_empty());
+}
+
+#[test]
+fn a_paused_worker_starts_nothing_until_it_drops_below_pause_and_tells_the_scheduler() {
+    let mut w = limited(10_000, 1);
+    let out = w.ev(WorkerEvent::Memory { rss: 8_500 });
+    assert!(
+        to_scheduler(&out).iter().any(|m| matches!(m, WorkerToScheduler::Memory(r) if r.paused)),
+        "{out:?}"
+    );
+    assert!(w.s.is_paused());
+    assert!(executes(&w.compute("x", 1, &[])).is_empty(), "no run starts while paused");
+    assert!(fetches(&w.compute("y", 2, &[("d", &[PEER])])).is_empty(), "no fetch begins while paused");
+    // The scheduler may take the unstarted run away meanwhile.
+    let out = w.sched(SchedulerToWorker::Steal { key: "x".into(), run: 1 });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::StealReply { key: "x".into(), run: 1, stolen: true }]);
+    let out = w.ev(WorkerEvent::Memory { rss: 7_000 });
+    assert!(to_scheduler(&out).iter().any(|m| matches!(m, WorkerToScheduler::Memory(r) if !r.paused)));
+    assert_eq!(fetches(&out).len(), 1, "fetches resume");
+}
+
+#[test]
+fn at_terminate_the_worker_asks_to_restart_once() {
+    let mut w = limited(10_000, 1);
+    let out = w.ev(WorkerEvent::Memory { rss: 9_600 });
+    assert!(matches!(&out[..], [WorkerAction::Terminate { reason }] if reason.contains("terminate")), "{out:?}");
+    assert!(w.ev(WorkerEvent::Memory { rss: 9_900 }).iter().all(|a| !matches!(a, WorkerAction::Terminate { .. })));
+}
+
+#[test]
+fn without_a_limit_nothing_is_spilled_or_paused() {
+    let mut w = W::new(1);
+    finish_big(&mut w, "a", 1, 1 << 20);
+    let out = w.ev(WorkerEvent::Memory { rss: u64::MAX / 2 });
+    assert!(spills(&out).is_empty() && !w.s.is_paused());
+    assert_eq!(w.s.memory().managed, big(1 << 20).byte_len());
+}
+
+#[test]
+fn memory_thresholds_are_validated() {
+    assert!(MemoryLimits::new(1 << 30).validate().is_ok());
+    assert!(MemoryLimits { target: 0.9, ..MemoryLimits::new(1 << 30) }.validate().is_err());
+    assert!(MemoryLimits { pause: 1.5, ..MemoryLimits::new(1 << 30) }.validate().is_err());
+    assert!(MemoryLimits::new(0).validate().is_err());
+}
