@@ -221,6 +221,11 @@ impl LocalCluster {
         self.children[i].kill().await
     }
 
+    /// Child process `i`'s process id (`None` once it has been waited for).
+    pub fn process_id(&self, i: usize) -> Option<u32> {
+        self.children.get(i)?.id()
+    }
+
     /// Child process `i`'s exit status, if it has exited.
     pub fn try_wait_process(&mut self, i: usize) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.children[i].try_wait()

@@ -803,7 +803,7 @@ impl Sim {
                 let event = WorkerEvent::ExecuteDone { key, run, result, seconds: took.as_secs_f64() };
                 self.at(took, from, Delivery::ToWorker(w, life, event));
             }
-            WorkerAction::ReplyLoading { conn, id, values } => {
+            WorkerAction::ReplyLoading { conn, id, values, serve } => {
                 let values = values
                     .into_iter()
                     .map(|v| match v {
@@ -814,6 +814,8 @@ impl Sim {
                     .collect();
                 let reply = WorkerAction::Reply { conn, reply: DataReply::Data { id, values } };
                 self.worker_action(w, reply);
+                let served = WorkerEvent::Served { serve };
+                self.send(Node::Scheduler, from, Delivery::ToWorker(w, life, served));
             }
             WorkerAction::Spill { key, id, .. } => {
                 // No disk in the simulator: every spill fails (the value stays in memory).
@@ -898,7 +900,8 @@ impl Sim {
             }
             SchedulerToClient::Workers { .. }
             | SchedulerToClient::ScatterTargets { .. }
-            | SchedulerToClient::Target { .. } => {}
+            | SchedulerToClient::Target { .. }
+            | SchedulerToClient::WorkerInfo { .. } => {}
         }
     }
 

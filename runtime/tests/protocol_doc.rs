@@ -97,6 +97,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         ClientToScheduler::WhoHas { id: 1, keys: vec![] },
         ClientToScheduler::Retire { id: 1, workers: vec![] },
         ClientToScheduler::AdaptiveTarget { id: 1 },
+        ClientToScheduler::WorkerInfo { id: 1 },
     ];
     for m in &c2s {
         match m {
@@ -106,7 +107,8 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
             | ClientToScheduler::Scatter { .. }
             | ClientToScheduler::WhoHas { .. }
             | ClientToScheduler::Retire { .. }
-            | ClientToScheduler::AdaptiveTarget { .. } => out.push(("ClientToScheduler", shape("", m))),
+            | ClientToScheduler::AdaptiveTarget { .. }
+            | ClientToScheduler::WorkerInfo { .. } => out.push(("ClientToScheduler", shape("", m))),
         }
     }
     let s2c = [
@@ -118,6 +120,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         SchedulerToClient::WhoHasReply { id: 1, holders: vec![] },
         SchedulerToClient::Retired { id: 1, result: Ok(()) },
         SchedulerToClient::Target { id: 1, workers: 1, idle: vec![] },
+        SchedulerToClient::WorkerInfo { id: 1, workers: vec![] },
     ];
     for m in &s2c {
         match m {
@@ -128,7 +131,8 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
             | SchedulerToClient::ScatterTargets { .. }
             | SchedulerToClient::WhoHasReply { .. }
             | SchedulerToClient::Retired { .. }
-            | SchedulerToClient::Target { .. } => out.push(("SchedulerToClient", shape("", m))),
+            | SchedulerToClient::Target { .. }
+            | SchedulerToClient::WorkerInfo { .. } => out.push(("SchedulerToClient", shape("", m))),
         }
     }
     let w2s = [
@@ -140,6 +144,8 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         WorkerToScheduler::ScatterReady { id: 1 },
         WorkerToScheduler::Stored { key: "k".into(), nbytes: 1 },
         WorkerToScheduler::Heartbeat,
+        WorkerToScheduler::Memory(WorkerMemory::default()),
+        WorkerToScheduler::DataLost { key: "k".into(), reason: "r".into() },
     ];
     for m in &w2s {
         match m {
@@ -150,7 +156,9 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
             | WorkerToScheduler::Replicated { .. }
             | WorkerToScheduler::ScatterReady { .. }
             | WorkerToScheduler::Stored { .. }
-            | WorkerToScheduler::Heartbeat => out.push(("WorkerToScheduler", shape("", m))),
+            | WorkerToScheduler::Heartbeat
+            | WorkerToScheduler::Memory(_)
+            | WorkerToScheduler::DataLost { .. } => out.push(("WorkerToScheduler", shape("", m))),
         }
     }
     let s2w = [
@@ -203,6 +211,19 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
     out.push(("TaskSpec", shape("TaskSpec", &spec())));
     out.push(("LocalContact", shape("LocalContact", &contact())));
     out.push(("TransferCount", shape("TransferCount", &TransferCount::default())));
+    out.push(("WorkerMemory", shape("WorkerMemory", &WorkerMemory::default())));
+    out.push(("IoCount", shape("IoCount", &IoCount::default())));
+    let summary = WorkerSummary {
+        name: "w".into(),
+        address: "a".into(),
+        nthreads: 1,
+        processing: 0,
+        held: 0,
+        ran: 0,
+        retiring: false,
+        memory: WorkerMemory::default(),
+    };
+    out.push(("WorkerSummary", shape("WorkerSummary", &summary)));
     for a in [ArgSpec::Value(payload()), ArgSpec::Key("k".into())] {
         match a {
             ArgSpec::Value(_) | ArgSpec::Key(_) => out.push(("ArgSpec", shape("", &a))),

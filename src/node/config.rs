@@ -5,6 +5,7 @@
 //! [scheduler]
 //! listen = "tcp://0.0.0.0:8786"
 //! worker_timeout = 30      # seconds a silent worker is tolerated
+//! worker_saturation = 1.1  # root tasks a worker holds per thread ("inf": no queuing)
 //!
 //! [worker]
 //! scheduler = "tcp://10.0.0.5:8786"
@@ -12,6 +13,12 @@
 //! nthreads = 2
 //! name = "alice"
 //! shm = true                # peers and clients on this host fetch through shared memory
+//! memory_limit = "4GiB"     # or a fraction of the machine ("0.5"), "auto", "none"
+//! memory_target = 0.6       # spill least recently used results above this (managed)
+//! memory_spill = 0.7        # spill until under target above this (process RSS)
+//! memory_pause = 0.8        # start no task above this
+//! memory_terminate = 0.95   # restart the worker at this
+//! spill_dir = "/scratch"    # where spilled results go
 //!
 //! [tls]
 //! ca = "ca.pem"
@@ -73,6 +80,7 @@ pub(crate) struct AuthSection {
 pub(crate) struct SchedulerSection {
     pub(crate) listen: Option<String>,
     pub(crate) worker_timeout: Option<f64>,
+    pub(crate) worker_saturation: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +91,12 @@ pub(crate) struct WorkerSection {
     pub(crate) nthreads: Option<u32>,
     pub(crate) name: Option<String>,
     pub(crate) shm: Option<bool>,
+    pub(crate) memory_limit: Option<String>,
+    pub(crate) memory_target: Option<f64>,
+    pub(crate) memory_spill: Option<f64>,
+    pub(crate) memory_pause: Option<f64>,
+    pub(crate) memory_terminate: Option<f64>,
+    pub(crate) spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

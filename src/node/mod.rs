@@ -247,6 +247,10 @@ pub struct SchedulerArgs {
     /// and its work rescheduled (default 30).
     #[arg(long, env = "COURIER_WORKER_TIMEOUT")]
     pub worker_timeout: Option<f64>,
+    /// Root-task queuing: ready tasks without dependencies go to a worker only while it has
+    /// fewer than ceil(threads × this) tasks (default 1.1; `inf` turns queuing off).
+    #[arg(long, env = "COURIER_WORKER_SATURATION")]
+    pub worker_saturation: Option<f64>,
 }
 
 /// `courier worker` settings (and a custom worker's).
@@ -268,6 +272,67 @@ pub struct WorkerArgs {
     /// transport instead).
     #[arg(long, env = "COURIER_NO_SHM")]
     pub no_shm: bool,
+    /// Memory this worker's process may use: a size (`4GiB`), a fraction of the machine's
+    /// memory (`0.5`), `auto` (default: the machine's memory, or the cgroup's limit, times
+    /// threads / cores) or `none` (results stay in memory, never paused).
+    #[arg(long, env = "COURIER_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+    /// Managed memory (results held), as a fraction of the limit, above which the least
+    /// recently used results are spilled to disk (default 0.6).
+    #[arg(long, env = "COURIER_MEMORY_TARGET")]
+    pub memory_target: Option<f64>,
+    /// Process memory fraction above which results are spilled until back under target
+    /// (default 0.7).
+    #[arg(long, env = "COURIER_MEMORY_SPILL")]
+    pub memory_spill: Option<f64>,
+    /// Process memory fraction above which the worker starts no task (default 0.8).
+    #[arg(long, env = "COURIER_MEMORY_PAUSE")]
+    pub memory_pause: Option<f64>,
+    /// Process memory fraction at which the worker restarts, before the kernel would kill it
+    /// (default 0.95).
+    #[arg(long, env = "COURIER_MEMORY_TERMINATE")]
+    pub memory_terminate: Option<f64>,
+    /// Directory for spilled results (a subdirectory of the worker's own is made and removed
+    /// there; default: the system's temporary directory).
+    #[arg(long, env = "COURIER_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+}
+
+/// The memory limits a worker runs with: flags, then file, then defaults.
+fn memory_limits(
+    args: &WorkerArgs,
+    w: &config::WorkerSection,
+    nthreads: u32,
+) -> Result<Option<courier_runtime::MemoryLimits>, NodeError> {
+    let text = args.memory_limit.clone().or_else(|| w.memory_limit.clone()).unwrap_or_else(|| "auto".into());
+    let limit = match text.trim() {
+        "none" | "0" => return Ok(None),
+        "auto" => match courier_runtime::worker::default_memory_limit(nthreads) {
+            Some(l) => l,
+            None => {
+                eprintln!("warning: cannot read this machine's memory; running without a memory limit");
+                return Ok(None);
+            }
+        },
+        t if t.contains('.') => {
+            let f: f64 = t.parse().map_err(|_| NodeError::Config(format!("memory limit {t:?} is not a fraction")))?;
+            let machine = courier_runtime::worker::default_memory_limit(u32::MAX)
+                .ok_or_else(|| NodeError::Config("cannot read this machine's memory for a fractional limit".into()))?;
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(NodeError::Config(format!("memory limit fraction {f}: give (0, 1]")));
+            }
+            (machine as f64 * f) as u64
+        }
+        t => parse_size(t)?,
+    };
+    let mut m = courier_runtime::MemoryLimits::new(limit);
+    let pick = |flag: Option<f64>, file: Option<f64>, default: f64| flag.or(file).unwrap_or(default);
+    m.target = pick(args.memory_target, w.memory_target, m.target);
+    m.spill = pick(args.memory_spill, w.memory_spill, m.spill);
+    m.pause = pick(args.memory_pause, w.memory_pause, m.pause);
+    m.terminate = pick(args.memory_terminate, w.memory_terminate, m.terminate);
+    m.validate().map_err(NodeError::Config)?;
+    Ok(Some(m))
 }
 
 /// Runs a scheduler until Ctrl-C (`Ok`) or until its event loop fails (`Err`). Prints
@@ -282,6 +347,12 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
             return Err(NodeError::Config(format!("worker timeout of {secs} s: give 0.5 to 86400 seconds")));
         }
         config.worker_timeout = std::time::Duration::from_secs_f64(secs);
+    }
+    if let Some(s) = args.worker_saturation.or(file.scheduler.worker_saturation) {
+        if s.is_nan() || s < 1.0 {
+            return Err(NodeError::Config(format!("worker saturation of {s}: give 1.0 or more, or inf")));
+        }
+        config.worker_saturation = s;
     }
     let (handle, task) = courier_runtime::start_scheduler(registry, &listen, config).await?;
     println!("scheduler listening at {}", handle.address);
@@ -304,33 +375,84 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
 /// it loses the scheduler or fails (`Err`). Prints `worker serving data at URL` on stderr.
 pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functions) -> Result<(), NodeError> {
     let file = config::FileConfig::load(common.config.as_deref())?;
-    let registry = common.registry_for(&file, Role::Worker)?;
+    let mut registry = common.registry_for(&file, Role::Worker)?;
     let w = file.worker;
-    let scheduler = args.scheduler.or(w.scheduler).ok_or_else(|| {
+    let scheduler = args.scheduler.clone().or(w.scheduler.clone()).ok_or_else(|| {
         NodeError::Config(
             "a worker needs the scheduler's URL (argument, COURIER_SCHEDULER or [worker] scheduler)".into(),
         )
     })?;
+    let nthreads = args.nthreads.or(w.nthreads).unwrap_or(1);
+    let memory = memory_limits(&args, &w, nthreads)?;
+    if memory.is_some() {
+        // shm:// arenas are memory the limit cannot see or take back (a sender's reused
+        // segments, a receiver's mappings of them): a limited worker sends and receives large
+        // frames through a sealed memfd each, gone when the frame is dropped.
+        registry.register(Arc::new(crate::ShmTransport::new().sealed_only()));
+    }
     let config = WorkerConfig {
         listen: args.listen.or(w.listen),
         name: args.name.or(w.name),
-        nthreads: args.nthreads.or(w.nthreads).unwrap_or(1),
+        nthreads,
         shm: !args.no_shm && w.shm.unwrap_or(true),
+        memory,
+        spill_dir: args.spill_dir.or(w.spill_dir),
         ..WorkerConfig::new(scheduler)
     };
-    let (handle, task) = courier_runtime::start_worker(registry, Arc::new(functions), config).await?;
-    eprintln!("worker serving data at {}", handle.address);
-    tokio::select! {
-        r = task => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::Comm(e)),
-            Err(e) => Err(NodeError::Stopped("worker", e.to_string())),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            handle.shutdown();
-            Ok(())
+    if let Some(m) = &memory {
+        eprintln!(
+            "worker memory limit {} bytes (spill above {:.0}% managed, pause at {:.0}%, restart at {:.0}%)",
+            m.limit,
+            m.target * 100.0,
+            m.pause * 100.0,
+            m.terminate * 100.0
+        );
+    }
+    let functions = Arc::new(functions);
+    // A worker that reaches its terminate threshold stops cleanly and a fresh one takes its
+    // place (its results are recomputed elsewhere from lineage).
+    loop {
+        let (handle, task) = courier_runtime::start_worker(registry.clone(), functions.clone(), config.clone()).await?;
+        eprintln!("worker serving data at {}", handle.address);
+        tokio::select! {
+            r = task => match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if handle.terminated_for_memory() => {
+                    eprintln!("worker restarting: {e}");
+                    return Err(restart_process(config.spill_dir.as_deref()));
+                }
+                Ok(Err(e)) => return Err(NodeError::Comm(e)),
+                Err(e) => return Err(NodeError::Stopped("worker", e.to_string())),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                handle.shutdown();
+                return Ok(());
+            }
         }
     }
+}
+
+/// Replaces this process with a fresh run of the same command: the only restart that gives
+/// memory back at once (blocking threads of the old worker may still hold results, and the
+/// allocator keeps what it likes). Removes this process's spill directories first. Returns
+/// only if exec failed.
+fn restart_process(spill_dir: Option<&std::path::Path>) -> NodeError {
+    use std::os::unix::process::CommandExt as _;
+    let parent = spill_dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    let mine = format!("courier-spill-{}-", std::process::id());
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(&mine)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return NodeError::Stopped("worker", format!("cannot restart: {e}")),
+    };
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    NodeError::Stopped("worker", format!("cannot restart: {err}"))
 }
 
 /// Runs a node's main future to its end, then stops the runtime without waiting for work

@@ -135,7 +135,8 @@ impl Inner {
             m @ SchedulerToClient::ScatterTargets { id, .. }
             | m @ SchedulerToClient::WhoHasReply { id, .. }
             | m @ SchedulerToClient::Retired { id, .. }
-            | m @ SchedulerToClient::Target { id, .. } => self.reply(id, m),
+            | m @ SchedulerToClient::Target { id, .. }
+            | m @ SchedulerToClient::WorkerInfo { id, .. } => self.reply(id, m),
         }
     }
 
@@ -428,6 +429,15 @@ impl Client {
         match self.inner.ask(|id| ClientToScheduler::AdaptiveTarget { id }).await? {
             SchedulerToClient::Target { workers, idle, .. } => Ok((workers, idle)),
             other => Err(CommError::protocol(format!("unexpected answer to AdaptiveTarget: {other:?}"))),
+        }
+    }
+
+    /// Every worker as the scheduler sees it: threads, runs, results held, and memory
+    /// (managed, spilled, RSS, paused, spill and unspill counts, the last spill error).
+    pub async fn worker_info(&self) -> Result<Vec<crate::protocol::WorkerSummary>, CommError> {
+        match self.inner.ask(|id| ClientToScheduler::WorkerInfo { id }).await? {
+            SchedulerToClient::WorkerInfo { workers, .. } => Ok(workers),
+            other => Err(CommError::protocol(format!("unexpected answer to WorkerInfo: {other:?}"))),
         }
     }
 

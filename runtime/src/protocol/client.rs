@@ -58,6 +58,33 @@ pub enum ClientToScheduler {
         /// Echoed in the answer.
         id: RequestId,
     },
+    /// What is each worker doing, and how much memory does it use? Answered with
+    /// [`SchedulerToClient::WorkerInfo`].
+    WorkerInfo {
+        /// Echoed in the answer.
+        id: RequestId,
+    },
+}
+
+/// One worker, as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    /// Its name.
+    pub name: String,
+    /// Its data address.
+    pub address: String,
+    /// Its threads.
+    pub nthreads: u32,
+    /// Runs assigned to it and not finished.
+    pub processing: u64,
+    /// Results it holds.
+    pub held: u64,
+    /// Tasks it has completed.
+    pub ran: u64,
+    /// Whether it is retiring.
+    pub retiring: bool,
+    /// Its last memory report (all zero before the first).
+    pub memory: super::WorkerMemory,
 }
 
 /// Where to store one scattered value.
@@ -188,5 +215,13 @@ pub enum SchedulerToClient {
         workers: usize,
         /// Workers with nothing to do, the best to retire first.
         idle: Vec<String>,
+    },
+    /// The answer to `WorkerInfo`: every worker (at most
+    /// [`MAX_KEYS_PER_MESSAGE`](super::bounds::MAX_KEYS_PER_MESSAGE)), by address.
+    WorkerInfo {
+        /// The request's id.
+        id: RequestId,
+        /// The workers.
+        workers: Vec<WorkerSummary>,
     },
 }

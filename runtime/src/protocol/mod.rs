@@ -27,7 +27,7 @@ pub mod worker;
 use courier_core::Payload;
 use serde::{Deserialize, Serialize};
 
-pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient};
+pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient, WorkerSummary};
 pub use data::{DataReply, DataRequest, TransferCount};
 pub use failure::Failure;
 pub use worker::{IoCount, SchedulerToWorker, WorkerMemory, WorkerToScheduler};

@@ -344,6 +344,24 @@ impl Scheduler {
                 self.out.push(Action::ToClient(client, SchedulerToClient::WhoHasReply { id, holders }));
             }
             ClientToScheduler::Retire { id, workers } => self.retire(client, id, workers),
+            ClientToScheduler::WorkerInfo { id } => {
+                let workers = self
+                    .workers
+                    .values()
+                    .take(crate::protocol::bounds::MAX_KEYS_PER_MESSAGE)
+                    .map(|w| crate::protocol::WorkerSummary {
+                        name: w.name.clone(),
+                        address: w.address.clone(),
+                        nthreads: w.nthreads,
+                        processing: w.processing.len() as u64,
+                        held: w.has.len() as u64,
+                        ran: w.ran,
+                        retiring: !w.running(),
+                        memory: w.memory.clone(),
+                    })
+                    .collect();
+                self.out.push(Action::ToClient(client, SchedulerToClient::WorkerInfo { id, workers }));
+            }
             ClientToScheduler::AdaptiveTarget { id } => {
                 let (workers, idle) = (self.adaptive_target(), self.idle_addresses(1024));
                 self.out.push(Action::ToClient(client, SchedulerToClient::Target { id, workers, idle }));

@@ -206,7 +206,10 @@ pub async fn start_worker(
     let scheduler = SchedulerLink::new(tx, config.scheduler.clone());
     let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handle = WorkerHandle { address: address.clone(), shutdown: shutdown.clone(), terminated: terminated.clone() };
-    let spill = config.memory.map(|_| {
+    let spill = config.memory.map(|m| {
+        // Recycled receive buffers are memory the limit does not see: keep at most 1/16 of it.
+        let pool = courier_core::aligned::set_pool_limit(0);
+        courier_core::aligned::set_pool_limit(pool.min((m.limit / 16) as usize));
         Arc::new(SpillStore::new(config.spill_dir.clone().unwrap_or_else(std::env::temp_dir)))
     });
     let probe = config.memory_probe.clone().unwrap_or_else(|| MemoryProbe(Arc::new(process_rss)));
@@ -244,6 +247,27 @@ struct Driver {
     spill: Option<Arc<SpillStore>>,
     probe: MemoryProbe,
     terminated: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Tells the state machine that the values read back for a reply are gone from memory.
+struct Served {
+    serve: u64,
+    tx: mpsc::Sender<Input>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let event = Input::Event(WorkerEvent::Served { serve: self.serve });
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {
+            // Rare (a full input queue): deliver it from a task rather than lose the release.
+            let tx = self.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(event).await;
+                });
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -431,8 +455,10 @@ impl Driver {
         match action {
             WorkerAction::ToScheduler(msg) => self.scheduler.push(msg),
             WorkerAction::Reply { conn, reply } => self.reply(conn, reply),
-            WorkerAction::ReplyLoading { conn, id, values } => {
+            WorkerAction::ReplyLoading { conn, id, values, serve } => {
                 let tx = self.inputs_tx.clone();
+                // Reported when the last byte read back for this reply is dropped.
+                let guard = Arc::new(Served { serve, tx: tx.clone() });
                 tokio::spawn(async move {
                     let loaded = tokio::task::spawn_blocking(move || {
                         let mut events = Vec::new();
@@ -440,8 +466,8 @@ impl Driver {
                         let values = values
                             .into_iter()
                             .map(|v| match v? {
-                                Value::Memory(p) => Some(p),
-                                Value::Disk { key, file } => match file.read() {
+                                Value::Memory(p) => Some(guarded(p, &guard)),
+                                Value::Disk { key, file } => match file.read_with(guard.clone()) {
                                     Ok(p) => {
                                         (bytes, count) = (bytes + p.byte_len(), count + 1);
                                         Some(p)
@@ -654,3 +680,25 @@ fn in_memory(args: Vec<Value>) -> Result<Vec<Payload>, Vec<Value>> {
         .collect())
 }
 
+
+/// `p` with `guard` kept alive by each of its buffers (views of the same bytes, no copy).
+fn guarded(p: Payload, guard: &Arc<Served>) -> Payload {
+    let wrap = |b: bytes::Bytes| {
+        if b.is_empty() {
+            return b;
+        }
+        bytes::Bytes::from_owner(Guarded { bytes: b, _guard: guard.clone() })
+    };
+    Payload { header: wrap(p.header), frames: p.frames.into_iter().map(wrap).collect() }
+}
+
+struct Guarded {
+    bytes: bytes::Bytes,
+    _guard: Arc<Served>,
+}
+
+impl AsRef<[u8]> for Guarded {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}

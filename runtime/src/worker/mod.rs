@@ -13,7 +13,7 @@ pub use driver::{
     MEMORY_SAMPLE_INTERVAL, MemoryProbe, WorkerConfig, WorkerHandle, default_memory_limit, process_rss, start_worker,
 };
 pub use state::{
-    ConnId, FetchId, MAX_SPILLS_IN_FLIGHT, MemoryLimits, SPILL_RETRY, Value, WorkerAction, WorkerEvent, WorkerLimits,
+    ConnId, FetchId, MAX_SPILLS_IN_FLIGHT, MemoryLimits, SERVE_WAIT, SPILL_RETRY, Value, WorkerAction, WorkerEvent, WorkerLimits,
     WorkerState,
 };
 

@@ -212,6 +212,12 @@ impl SpillFile {
     /// Reads the value back: one read into one aligned buffer, checked against its CRC.
     /// Blocking I/O.
     pub fn read(&self) -> Result<Payload, String> {
+        self.read_with(())
+    }
+
+    /// Like [`read`](Self::read), with `owner` kept alive (and dropped) with the buffer: the
+    /// caller learns when the value read back is gone from memory.
+    pub fn read_with<O: Send + Sync + 'static>(&self, owner: O) -> Result<Payload, String> {
         let fail = |e: &dyn std::fmt::Display| format!("reading spilled value {}: {e}", self.path.display());
         let mut f = File::open(&self.path).map_err(|e| fail(&e))?;
         let len = f.metadata().map_err(|e| fail(&e))?.len();
@@ -219,7 +225,19 @@ impl SpillFile {
         let mut buf = AlignedBuf::try_new(len).map_err(|e| fail(&e))?;
         buf.put_bytes(0, len);
         f.read_exact(buf.filled_mut()).map_err(|e| fail(&e))?;
-        decode_spill(&buf.freeze()).map_err(|e| fail(&e))
+        let file = Bytes::from_owner(Owned { bytes: buf.freeze(), _owner: owner });
+        decode_spill(&file).map_err(|e| fail(&e))
+    }
+}
+
+struct Owned<O> {
+    bytes: Bytes,
+    _owner: O,
+}
+
+impl<O> AsRef<[u8]> for Owned<O> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -236,6 +254,8 @@ static STORES: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct SpillStore {
     parent: PathBuf,
+    /// `<parent>/courier-spill-<pid>-<n>`, named at creation, made on the first spill.
+    name: PathBuf,
     dir: Mutex<Option<PathBuf>>,
     next: AtomicU64,
 }
@@ -243,7 +263,10 @@ pub struct SpillStore {
 impl SpillStore {
     /// A store under `parent` (nothing is created yet).
     pub fn new(parent: impl Into<PathBuf>) -> Self {
-        SpillStore { parent: parent.into(), dir: Mutex::new(None), next: AtomicU64::new(0) }
+        let parent = parent.into();
+        let n = STORES.fetch_add(1, Ordering::Relaxed);
+        let name = parent.join(format!("courier-spill-{}-{n}", std::process::id()));
+        SpillStore { parent, name, dir: Mutex::new(None), next: AtomicU64::new(0) }
     }
 
     /// The parent directory given.
@@ -256,9 +279,8 @@ impl SpillStore {
         if let Some(d) = &*dir {
             return Ok(d.clone());
         }
-        let pid = std::process::id();
         remove_stale(&self.parent);
-        let d = self.parent.join(format!("courier-spill-{pid}-{}", STORES.fetch_add(1, Ordering::Relaxed)));
+        let d = self.name.clone();
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d)
             .map_err(|e| format!("cannot create spill directory {}: {e}", d.display()))?;

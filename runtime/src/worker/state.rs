@@ -83,7 +83,7 @@ pub struct MemoryLimits {
     /// Process RSS above which results are spilled until managed bytes drop by the excess
     /// over target. Default 0.7.
     pub spill: f64,
-    /// Process RSS (or managed bytes) above which no run starts and no fetch begins. Default 0.8.
+    /// Process RSS above which no run starts and no fetch begins. Default 0.8.
     pub pause: f64,
     /// Process RSS at which the worker restarts. Default 0.95.
     pub terminate: f64,
@@ -117,6 +117,8 @@ impl MemoryLimits {
 
 /// Spills written at once.
 pub const MAX_SPILLS_IN_FLIGHT: usize = 4;
+/// How long an execution that needs room waits for a reply reading spilled values back.
+pub const SERVE_WAIT: Duration = Duration::from_secs(5);
 /// How long spilling stops after a failed spill (a full or unwritable disk).
 pub const SPILL_RETRY: Duration = Duration::from_secs(30);
 
@@ -211,6 +213,11 @@ pub enum WorkerEvent {
         /// How long writing took.
         seconds: f64,
     },
+    /// The values read back for `ReplyLoading` `serve` are gone from memory.
+    Served {
+        /// As in `ReplyLoading`.
+        serve: u64,
+    },
     /// The driver read spilled values back (for a reply or an execution).
     Unspilled {
         /// Bytes read.
@@ -279,6 +286,9 @@ pub enum WorkerAction {
         id: RequestId,
         /// The values, in the order asked.
         values: Vec<Option<Value>>,
+        /// Report `Served` with this once every value read back for it has been dropped
+        /// (the reply was written, or abandoned).
+        serve: u64,
     },
     /// Write `value` to disk; report with `Spilled`.
     Spill {
@@ -358,6 +368,20 @@ impl Held {
 /// Memory bookkeeping (see the module docs).
 #[derive(Debug, Default)]
 struct Memory {
+    /// Bytes executions use beyond managed memory (inputs read back or fetched for them
+    /// alone, and their expected result), per executing key.
+    reserved: u64,
+    reservations: Map<Key, u64>,
+    /// Replies waiting to read spilled values back until memory allows (an execution is
+    /// running and the reply would take the worker past pause).
+    waiting_serves: VecDeque<(ConnId, RequestId, Vec<Option<Value>>, u64)>,
+    /// Bytes read back for replies not yet written, per serve.
+    serving: Map<u64, (u64, Instant)>,
+    next_serve: u64,
+    /// The largest result of each function seen here: the expected size of its next one.
+    result_sizes: Map<String, u64>,
+    /// The largest value held here so far: the expected size of a fetch.
+    largest: u64,
     /// Bytes of held values in memory (including those being spilled).
     managed: u64,
     /// Bytes of those being spilled.
@@ -481,6 +505,11 @@ impl WorkerState {
                 io.seconds += seconds;
             }
             WorkerEvent::Unreadable { key, error, run } => self.unreadable(key, error, run),
+            WorkerEvent::Served { serve } => {
+                if let Some((n, _)) = self.mem.serving.remove(&serve) {
+                    self.mem.reserved -= n;
+                }
+            }
         }
         self.manage_memory(false);
         self.schedule();
@@ -494,6 +523,7 @@ impl WorkerState {
         self.mem.next_use += 1;
         let used = self.mem.next_use;
         self.mem.managed += nbytes;
+        self.mem.largest = self.mem.largest.max(nbytes);
         self.mem.lru.insert(used, key.clone());
         self.data.insert(key, Held { stored: Stored::Memory(value), origin, nbytes, used });
     }
@@ -536,12 +566,34 @@ impl WorkerState {
         if self.mem.terminating {
             return;
         }
-        let process = self.mem.rss.max(self.mem.managed);
-        if process >= m.at(m.terminate) && self.mem.rss > 0 {
+        // Managed values can be spilled; the process's resident memory is what the kernel
+        // counts, so it alone pauses and terminates.
+        let process = self.mem.rss;
+        if sampled && self.mem.rss > m.at(m.spill) {
+            tracing::debug!(
+                rss = self.mem.rss,
+                managed = self.mem.managed,
+                spilling = self.mem.spilling,
+                reserved = self.mem.reserved,
+                spilled = self.mem.spilled,
+                executing = self.executing.len(),
+                fetching = self.in_flight.len(),
+                "memory above the spill threshold"
+            );
+        }
+        if process >= m.at(m.terminate) {
             self.mem.terminating = true;
             let reason = format!(
-                "process memory {process} bytes reached the terminate threshold ({} of the {} byte limit)",
-                m.terminate, m.limit
+                "process memory {process} bytes reached the terminate threshold ({} of the {} byte limit); \
+                 managed {} (spilling {}), reserved {}, executing {}, fetching {}, replies {}",
+                m.terminate,
+                m.limit,
+                self.mem.managed,
+                self.mem.spilling,
+                self.mem.reserved,
+                self.executing.len(),
+                self.in_flight.len(),
+                self.mem.serving.len()
             );
             self.out.push(WorkerAction::Terminate { reason });
             return;
@@ -560,9 +612,18 @@ impl WorkerState {
             return;
         }
         let target = m.at(m.target);
-        let mut excess = (self.mem.managed - self.mem.spilling).saturating_sub(target);
+        let mut excess = (self.mem.managed - self.mem.spilling + self.mem.reserved).saturating_sub(target);
         if sampled && self.mem.rss > m.at(m.spill) {
             excess = excess.max(self.mem.rss.saturating_sub(target).saturating_sub(self.mem.spilling));
+        }
+        self.spill_lru(excess);
+    }
+
+    /// Spills least-recently-used values in memory until `excess` bytes are on their way
+    /// out (at most [`MAX_SPILLS_IN_FLIGHT`] at once, never while spilling is suspended).
+    fn spill_lru(&mut self, mut excess: u64) {
+        if self.mem.retry_at.is_some_and(|t| self.now < t) {
+            return;
         }
         while excess > 0 && self.mem.in_flight.len() < MAX_SPILLS_IN_FLIGHT {
             let Some((&used, key)) = self.mem.lru.iter().next() else { break };
@@ -627,6 +688,7 @@ impl WorkerState {
             && self.executing.get(&k) == Some(&r)
         {
             self.executing.remove(&k);
+            self.unreserve(&k);
             if self.runs.get(&k).is_some_and(|x| x.run == r) {
                 self.runs.remove(&k);
                 self.send(WorkerToScheduler::MissingData { key: k.clone(), run: r, dep: key, tried: Vec::new() });
@@ -1022,8 +1084,20 @@ impl WorkerState {
                     refused(id, "this worker is shutting down".into())
                 } else {
                     let values: Vec<Option<Value>> = keys.iter().map(|k| self.use_value(k)).collect();
-                    if values.iter().any(|v| matches!(v, Some(Value::Disk { .. }))) {
-                        self.out.push(WorkerAction::ReplyLoading { conn, id, values });
+                    // A reply holds its values until written, even those spilled meanwhile: with
+                    // a memory limit every reply is reserved for (in-memory values counted
+                    // twice while they are also managed: conservative) until `Served`.
+                    let limited = self.limits.memory.is_some();
+                    let need: u64 = values
+                        .iter()
+                        .map(|v| match v {
+                            Some(Value::Disk { file, .. }) => file.nbytes(),
+                            Some(Value::Memory(p)) if limited => p.byte_len(),
+                            _ => 0,
+                        })
+                        .sum();
+                    if values.iter().any(|v| matches!(v, Some(Value::Disk { .. }))) || need > 0 {
+                        self.mem.waiting_serves.push_back((conn, id, values, need));
                         return;
                     }
                     let values = values
@@ -1059,12 +1133,19 @@ impl WorkerState {
             return;
         }
         self.executing.remove(&key);
+        self.unreserve(&key);
         let current = self.runs.get(&key).is_some_and(|r| r.run == run && r.phase == Phase::Executing);
         if current {
-            self.runs.remove(&key);
+            let func = self.runs.remove(&key).map(|r| r.func);
             match result {
                 Ok(value) => {
                     let nbytes = value.byte_len();
+                    if let Some(func) = func
+                        && self.limits.memory.is_some()
+                    {
+                        let size = self.mem.result_sizes.entry(func).or_insert(0);
+                        *size = (*size).max(nbytes);
+                    }
                     self.insert_data(key.clone(), value, Origin::Own);
                     self.send(WorkerToScheduler::Finished { key: key.clone(), run, nbytes, seconds });
                 }
@@ -1081,10 +1162,28 @@ impl WorkerState {
         }
     }
 
-    /// Starts fetches and executions while there is room.
+    /// Starts fetches, executions and replies that read back while there is room.
     fn schedule(&mut self) {
         self.schedule_fetches();
         self.schedule_executions();
+        self.schedule_serves();
+    }
+
+    /// Replies that read spilled values back start in order, each once nothing executes or
+    /// its values fit under pause; what they read is reserved until `Served`.
+    fn schedule_serves(&mut self) {
+        while let Some((_, _, _, need)) = self.mem.waiting_serves.front() {
+            let fits = self.limits.memory.is_none_or(|m| self.committed() + need <= m.at(m.pause));
+            if !(fits || (self.executing.is_empty() && self.in_flight.is_empty())) {
+                break;
+            }
+            let Some((conn, id, values, need)) = self.mem.waiting_serves.pop_front() else { break };
+            self.mem.next_serve += 1;
+            let serve = self.mem.next_serve;
+            self.mem.reserved += need;
+            self.mem.serving.insert(serve, (need, self.now));
+            self.out.push(WorkerAction::ReplyLoading { conn, id, values, serve });
+        }
     }
 
     fn schedule_fetches(&mut self) {
@@ -1093,13 +1192,28 @@ impl WorkerState {
         }
         let mut peers: Vec<String> = self.peer_queues.keys().cloned().collect();
         peers.sort();
+        // With a memory limit, a fetch (expected as large as the largest value seen) starts
+        // only if it fits under pause, or nothing else is being fetched or executed.
+        let room = |s: &Self| {
+            s.limits.memory.is_none_or(|m| s.committed() + s.mem.largest <= m.at(m.pause))
+                || (s.in_flight.is_empty() && s.executing.is_empty())
+        };
         for peer in peers {
             while self.in_flight.len() < self.limits.fetches_total
                 && self.per_peer.get(&peer).copied().unwrap_or(0) < self.limits.fetches_per_peer
+                && room(self)
             {
                 let mut keys = Vec::new();
+                // With a memory limit, as many keys as fit under pause at the largest size seen.
+                let per_fetch = match self.limits.memory {
+                    Some(m) if self.mem.largest > 0 => {
+                        let room = m.at(m.pause).saturating_sub(self.committed()) / self.mem.largest;
+                        (room as usize).clamp(1, self.limits.keys_per_fetch)
+                    }
+                    _ => self.limits.keys_per_fetch,
+                };
                 let Some(queue) = self.peer_queues.get_mut(&peer) else { break };
-                while keys.len() < self.limits.keys_per_fetch {
+                while keys.len() < per_fetch {
                     let Some(k) = queue.pop_front() else { break };
                     if self.deps.get(&k).is_some_and(|d| d.queued_on.as_deref() == Some(&peer) && d.in_flight.is_none())
                     {
@@ -1161,15 +1275,81 @@ impl WorkerState {
                 self.send(WorkerToScheduler::MissingData { key, run, dep, tried: Vec::new() });
                 continue;
             }
+            // Room first: what this execution will hold beyond managed memory (inputs read back
+            // or fetched for it alone, and a result as large as this function's largest here,
+            // else as its largest input). While spills that make room are in flight, it waits.
+            let need = self.execution_need(&key, &args);
+            if let Some(m) = self.limits.memory {
+                // Values being written still occupy memory until their spill completes, and
+                // fetches in flight until they land: wait for both.
+                let total = self.committed() + need;
+                let target = m.at(m.target);
+                if total > target {
+                    self.spill_lru((total - target).saturating_sub(self.mem.spilling));
+                    // A reply holding values read back is waited for only briefly: a peer that
+                    // does not read must not stall this worker's executions.
+                    let now = self.now;
+                    let serving = self.mem.serving.values().any(|(_, t)| now.saturating_duration_since(*t) < SERVE_WAIT);
+                    if !self.mem.in_flight.is_empty() || !self.in_flight.is_empty() || serving {
+                        self.ready.push_front((key, run));
+                        break;
+                    }
+                }
+            }
             let Some(r) = self.runs.get_mut(&key) else { continue };
             r.phase = Phase::Executing;
             let func = r.func.clone();
             let deps = r.deps.clone();
+            if need > 0 {
+                self.mem.reserved += need;
+                self.mem.reservations.insert(key.clone(), need);
+            }
             self.executing.insert(key.clone(), run);
             for d in &deps {
                 self.unclaim(d, &key);
             }
             self.out.push(WorkerAction::Execute { key, run, func, args });
+        }
+    }
+
+    /// Memory committed now: managed values (including those being written), reservations of
+    /// executions and replies, and each fetch in flight at the largest value seen here.
+    fn committed(&self) -> u64 {
+        self.mem.managed + self.mem.reserved + self.in_flight.len() as u64 * self.mem.largest
+    }
+
+    /// Bytes an execution of `key` with `args` will hold beyond managed memory.
+    fn execution_need(&self, key: &Key, args: &[Value]) -> u64 {
+        if self.limits.memory.is_none() {
+            return 0;
+        }
+        let Some(r) = self.runs.get(key) else { return 0 };
+        let mut need = 0;
+        let mut largest = 0;
+        for d in &r.deps {
+            let Some(h) = self.data.get(d) else { continue };
+            largest = largest.max(h.nbytes);
+            let private = match (&h.stored, &h.origin) {
+                (Stored::Disk(_), _) => true,
+                (_, Origin::Fetched { users }) => *users <= 1,
+                _ => false,
+            };
+            if private {
+                need += h.nbytes;
+            }
+        }
+        for a in args {
+            if let Value::Memory(p) = a {
+                largest = largest.max(p.byte_len());
+            }
+        }
+        need + self.mem.result_sizes.get(&r.func).copied().unwrap_or(largest)
+    }
+
+    /// Releases an execution's reservation.
+    fn unreserve(&mut self, key: &Key) {
+        if let Some(n) = self.mem.reservations.remove(key) {
+            self.mem.reserved -= n;
         }
     }
 

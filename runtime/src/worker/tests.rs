@@ -314,9 +314,12 @@ fn spill_file(n: u64) -> std::sync::Arc<super::spill::SpillFile> {
 }
 
 /// Finishes run `run` of `key` with a value of `n` bytes.
+/// Returns what starting and finishing it did.
 fn finish_big(w: &mut W, key: &str, run: RunId, n: usize) -> Vec<WorkerAction> {
-    executes(&w.compute(key, run, &[]));
-    w.ev(WorkerEvent::ExecuteDone { key: key.into(), run, result: Ok(big(n)), seconds: 0.1 })
+    let mut out = w.compute(key, run, &[]);
+    assert_eq!(executes(&out).len(), 1, "{out:?}");
+    out.extend(w.ev(WorkerEvent::ExecuteDone { key: key.into(), run, result: Ok(big(n)), seconds: 0.1 }));
+    out
 }
 
 #[test]
@@ -326,23 +329,39 @@ fn results_above_target_are_spilled_least_recently_used_first() {
     assert!(spills(&finish_big(&mut w, "a", 1, 250)).is_empty());
     assert!(spills(&finish_big(&mut w, "b", 2, 250)).is_empty());
     // `a` is used (served to a peer): `b` is now the least recently used.
-    w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["a".into()] } });
-    let out = finish_big(&mut w, "c", 3, 250);
+    let out = w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["a".into()] } });
+    // With a memory limit every reply is reserved for until the driver reports it written.
+    let serve = match &out[..] {
+        [WorkerAction::ReplyLoading { conn: 1, id: 1, values, serve }] => {
+            assert_eq!(values, &vec![Some(Value::Memory(big(250)))]);
+            *serve
+        }
+        other => panic!("{other:?}"),
+    };
+    w.ev(WorkerEvent::Served { serve });
+    // Starting `c` (expected to be as large as the others) makes room first, and waits for it.
+    let out = w.compute("c", 3, &[]);
     assert_eq!(spills(&out).iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["b"]);
+    assert!(executes(&out).is_empty());
     let id = spills(&out)[0].1;
     assert!(w.s.value("b").is_some(), "served from memory while being written");
     let before = w.s.memory();
     let out = w.ev(WorkerEvent::Spilled { key: "b".into(), id, result: Ok(spill_file(big(250).byte_len())), seconds: 0.01 });
     assert!(spills(&out).is_empty());
+    assert_eq!(executes(&out), vec![("c".into(), 3)]);
     let after = w.s.memory();
     assert!(w.s.is_spilled("b") && w.s.value("b").is_none());
     assert_eq!(after.managed, before.managed - big(250).byte_len());
     assert_eq!(after.spilled, big(250).byte_len());
     assert_eq!((after.spill.count, after.spill.bytes), (1, big(250).byte_len()));
-    // A peer asking for it gets it read back by the driver; memory values stay inline.
+    // A peer asking for it gets it read back by the driver, once the running execution no
+    // longer needs the room (the reply would take the worker past pause).
     let out = w.ev(WorkerEvent::Data { conn: 2, request: DataRequest::Get { id: 9, keys: vec!["b".into(), "a".into(), "zz".into()] } });
+    assert!(out.is_empty(), "{out:?}");
+    let out = w.ev(WorkerEvent::ExecuteDone { key: "c".into(), run: 3, result: Ok(v(1)), seconds: 0.1 });
+    let out: Vec<_> = out.into_iter().filter(|a| matches!(a, WorkerAction::ReplyLoading { .. })).collect();
     match &out[..] {
-        [WorkerAction::ReplyLoading { conn: 2, id: 9, values }] => {
+        [WorkerAction::ReplyLoading { conn: 2, id: 9, values, .. }] => {
             assert!(matches!(&values[0], Some(Value::Disk { key, .. }) if &**key == "b"));
             assert_eq!(values[1], Some(Value::Memory(big(250))));
             assert_eq!(values[2], None);
@@ -464,4 +483,30 @@ fn memory_thresholds_are_validated() {
     assert!(MemoryLimits { target: 0.9, ..MemoryLimits::new(1 << 30) }.validate().is_err());
     assert!(MemoryLimits { pause: 1.5, ..MemoryLimits::new(1 << 30) }.validate().is_err());
     assert!(MemoryLimits::new(0).validate().is_err());
+}
+
+#[test]
+fn an_execution_waits_for_the_spills_that_make_room_for_it() {
+    // Limit 1000, target 600: two results of ~400 bytes; the second run's expected result
+    // (as large as the first) would take the worker over target.
+    let mut w = limited(1000, 1);
+    finish_big(&mut w, "a", 1, 400);
+    let out = w.compute("b", 2, &[]);
+    let spilled = spills(&out);
+    assert_eq!(spilled.iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["a"]);
+    assert!(executes(&out).is_empty(), "b waits while a is written: {out:?}");
+    let id = spilled[0].1;
+    let out = w.ev(WorkerEvent::Spilled { key: "a".into(), id, result: Ok(spill_file(big(400).byte_len())), seconds: 0.0 });
+    assert_eq!(executes(&out), vec![("b".into(), 2)], "room made: b starts");
+}
+
+#[test]
+fn with_nothing_left_to_spill_an_execution_starts_anyway() {
+    let mut w = limited(1000, 1);
+    // A first result larger than target (below pause): spilled (and failing), nothing else
+    // to spill.
+    let out = finish_big(&mut w, "a", 1, 700);
+    let (_, id) = spills(&out)[0].clone();
+    w.ev(WorkerEvent::Spilled { key: "a".into(), id, result: Err("disk full".into()), seconds: 0.0 });
+    assert_eq!(executes(&w.compute("b", 2, &[])), vec![("b".into(), 2)], "no deadlock waiting for room");
 }
