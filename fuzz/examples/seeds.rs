@@ -204,13 +204,34 @@ fn runtime_messages() {
         write("runtime_messages", &format!("worker-{i}"), &one);
     }
     let mut hello = Vec::new();
-    let h = RuntimeHello::Worker { name: "w".into(), address: "tcp://10.0.0.9:1".into(), nthreads: 2 };
+    let h = RuntimeHello::Worker { name: "w".into(), address: "tcp://10.0.0.9:1".into(), nthreads: 2, local: None };
     segment(&mut hello, 0, &to_message(&h).unwrap());
     segment(&mut hello, 2, &to_message(&data).unwrap());
     write("runtime_messages", "hello-and-data", &hello);
 }
 
+/// Spill files of a scalar, of an array with frames, and of an empty value.
+fn spill_file() {
+    let array = courier_core::WireArray::from_array(ndarray_like());
+    let values = [
+        ("scalar", Payload::new(&42i64).unwrap()),
+        ("array", Payload::new(&array).unwrap()),
+        ("empty", Payload { header: Bytes::new(), frames: vec![Bytes::new(), Bytes::from_static(b"x")] }),
+    ];
+    for (name, v) in values {
+        let mut out = std::io::Cursor::new(Vec::new());
+        courier_runtime::worker::spill::write_spill(&v, &mut out).unwrap();
+        write("spill_file", name, &out.into_inner());
+    }
+}
+
+fn ndarray_like() -> courier_core::ndarray::ArrayD<f64> {
+    courier_core::ndarray::ArrayD::from_shape_vec(courier_core::ndarray::IxDyn(&[3, 5]), (0..15).map(f64::from).collect())
+        .unwrap()
+}
+
 fn main() {
+    spill_file();
     stream_decoder();
     hello();
     values();

@@ -182,6 +182,14 @@ pub fn decode_spill(file: &Bytes) -> Result<Payload, SpillDecodeError> {
     if computed != stored {
         return Err(SpillDecodeError::Checksum { stored, computed });
     }
+    // Padding is zero (one encoding per value: corruption cannot hide there).
+    let mut pos = table_end as u64;
+    for &(at, len) in std::iter::once(&(header_at, header_len)).chain(&frames) {
+        if file[pos as usize..at as usize].iter().any(|&b| b != 0) {
+            return Err(SpillDecodeError::Layout(format!("non-zero padding before offset {at}")));
+        }
+        pos = at + len;
+    }
     let slice = |(at, len): (u64, u64)| file.slice(at as usize..(at + len) as usize);
     Ok(Payload { header: slice((header_at, header_len)), frames: frames.into_iter().map(slice).collect() })
 }
