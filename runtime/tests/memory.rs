@@ -57,10 +57,9 @@ async fn a_paused_worker_starts_nothing_until_below_pause_and_its_queue_runs_els
     let slow = c.map::<f64>("sleep", (0..12).map(|_| vec![arg(&0.05f64)])).await.unwrap();
     until(&c, "the limited worker runs", |w| ran(w, "limited") > 0).await;
     rss.store(GIB * 9 / 10, Ordering::SeqCst);
-    let at_pause = until(&c, "the pause reaches the scheduler", |w| {
-        w.iter().any(|x| x.name == "limited" && x.memory.paused)
-    })
-    .await;
+    let at_pause =
+        until(&c, "the pause reaches the scheduler", |w| w.iter().any(|x| x.name == "limited" && x.memory.paused))
+            .await;
     for f in &slow {
         f.result().await.unwrap();
     }

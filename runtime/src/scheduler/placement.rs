@@ -113,8 +113,7 @@ impl Scheduler {
             loop {
                 let queue = if root { &mut self.root_queue } else { &mut self.queue };
                 let Some((key, seq)) = queue.front() else { break };
-                let current =
-                    self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq);
+                let current = self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq);
                 if !current {
                     queue.pop_front();
                     continue;

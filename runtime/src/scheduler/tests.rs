@@ -797,7 +797,8 @@ fn short_root_functions_get_a_window_of_slots_so_they_never_wait_on_a_round_trip
     assert!(!computes(&out).is_empty());
     assert_eq!(h.s.root_slots(1, "f"), 64);
     // Queuing off: every root task fills tasks_per_thread at once.
-    let config = SchedulerConfig { tasks_per_thread: 64, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
+    let config =
+        SchedulerConfig { tasks_per_thread: 64, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
     let mut h = Harness::with(config, &[(1, 1)]);
     assert_eq!(computes(&h.submit((0..200).map(|i| task(&format!("r{i}"), &[])).collect())).len(), 64);
 }
@@ -818,7 +819,8 @@ fn steals_to(actions: &[Action], w: WorkerId) -> Vec<(Key, RunId)> {
 
 #[test]
 fn a_paused_worker_gets_nothing_new_and_its_unstarted_runs_move_elsewhere() {
-    let config = SchedulerConfig { tasks_per_thread: 4, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
+    let config =
+        SchedulerConfig { tasks_per_thread: 4, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
     let mut h = Harness::with(config, &[(1, 1)]);
     h.submit((0..4).map(|i| task(&format!("t{i}"), &[])).collect());
     assert!((0..4).all(|i| h.processing_on(&format!("t{i}")) == 1));

@@ -214,7 +214,10 @@ pub async fn start_worker(
     });
     let probe = config.memory_probe.clone().unwrap_or_else(|| MemoryProbe(Arc::new(process_rss)));
     let driver = Driver {
-        state: WorkerState::new(WorkerLimits { memory: config.memory, ..WorkerLimits::new(address, nthreads as usize) }),
+        state: WorkerState::new(WorkerLimits {
+            memory: config.memory,
+            ..WorkerLimits::new(address, nthreads as usize)
+        }),
         spill,
         probe,
         terminated,
@@ -679,7 +682,6 @@ fn in_memory(args: Vec<Value>) -> Result<Vec<Payload>, Vec<Value>> {
         })
         .collect())
 }
-
 
 /// `p` with `guard` kept alive by each of its buffers (views of the same bytes, no copy).
 fn guarded(p: Payload, guard: &Arc<Served>) -> Payload {

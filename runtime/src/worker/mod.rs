@@ -13,8 +13,8 @@ pub use driver::{
     MEMORY_SAMPLE_INTERVAL, MemoryProbe, WorkerConfig, WorkerHandle, default_memory_limit, process_rss, start_worker,
 };
 pub use state::{
-    ConnId, FetchId, MAX_SPILLS_IN_FLIGHT, MemoryLimits, SERVE_WAIT, SPILL_RETRY, Value, WorkerAction, WorkerEvent, WorkerLimits,
-    WorkerState,
+    ConnId, FetchId, MAX_SPILLS_IN_FLIGHT, MemoryLimits, SERVE_WAIT, SPILL_RETRY, Value, WorkerAction, WorkerEvent,
+    WorkerLimits, WorkerState,
 };
 
 /// How often a worker tells the scheduler it is alive.

@@ -290,8 +290,7 @@ impl SpillStore {
         remove_stale(&self.parent);
         let d = self.name.clone();
         let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)
-            .map_err(|e| format!("cannot create spill directory {}: {e}", d.display()))?;
+        std::fs::create_dir_all(&d).map_err(|e| format!("cannot create spill directory {}: {e}", d.display()))?;
         *dir = Some(d.clone());
         Ok(d)
     }

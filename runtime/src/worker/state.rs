@@ -1289,7 +1289,8 @@ impl WorkerState {
                     // A reply holding values read back is waited for only briefly: a peer that
                     // does not read must not stall this worker's executions.
                     let now = self.now;
-                    let serving = self.mem.serving.values().any(|(_, t)| now.saturating_duration_since(*t) < SERVE_WAIT);
+                    let serving =
+                        self.mem.serving.values().any(|(_, t)| now.saturating_duration_since(*t) < SERVE_WAIT);
                     if !self.mem.in_flight.is_empty() || !self.in_flight.is_empty() || serving {
                         self.ready.push_front((key, run));
                         break;
@@ -1379,4 +1380,3 @@ impl WorkerState {
 fn refused(id: RequestId, reason: String) -> DataReply {
     DataReply::Refused { id, reason }
 }
-

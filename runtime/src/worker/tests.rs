@@ -346,7 +346,8 @@ fn results_above_target_are_spilled_least_recently_used_first() {
     let id = spills(&out)[0].1;
     assert!(w.s.value("b").is_some(), "served from memory while being written");
     let before = w.s.memory();
-    let out = w.ev(WorkerEvent::Spilled { key: "b".into(), id, result: Ok(spill_file(big(250).byte_len())), seconds: 0.01 });
+    let out =
+        w.ev(WorkerEvent::Spilled { key: "b".into(), id, result: Ok(spill_file(big(250).byte_len())), seconds: 0.01 });
     assert!(spills(&out).is_empty());
     assert_eq!(executes(&out), vec![("c".into(), 3)]);
     let after = w.s.memory();
@@ -356,7 +357,10 @@ fn results_above_target_are_spilled_least_recently_used_first() {
     assert_eq!((after.spill.count, after.spill.bytes), (1, big(250).byte_len()));
     // A peer asking for it gets it read back by the driver, once the running execution no
     // longer needs the room (the reply would take the worker past pause).
-    let out = w.ev(WorkerEvent::Data { conn: 2, request: DataRequest::Get { id: 9, keys: vec!["b".into(), "a".into(), "zz".into()] } });
+    let out = w.ev(WorkerEvent::Data {
+        conn: 2,
+        request: DataRequest::Get { id: 9, keys: vec!["b".into(), "a".into(), "zz".into()] },
+    });
     assert!(out.is_empty(), "{out:?}");
     let out = w.ev(WorkerEvent::ExecuteDone { key: "c".into(), run: 3, result: Ok(v(1)), seconds: 0.1 });
     let out: Vec<_> = out.into_iter().filter(|a| matches!(a, WorkerAction::ReplyLoading { .. })).collect();
@@ -445,10 +449,7 @@ fn rss_above_spill_spills_by_the_excess_once_per_sample() {
 fn a_paused_worker_starts_nothing_until_it_drops_below_pause_and_tells_the_scheduler() {
     let mut w = limited(10_000, 1);
     let out = w.ev(WorkerEvent::Memory { rss: 8_500 });
-    assert!(
-        to_scheduler(&out).iter().any(|m| matches!(m, WorkerToScheduler::Memory(r) if r.paused)),
-        "{out:?}"
-    );
+    assert!(to_scheduler(&out).iter().any(|m| matches!(m, WorkerToScheduler::Memory(r) if r.paused)), "{out:?}");
     assert!(w.s.is_paused());
     assert!(executes(&w.compute("x", 1, &[])).is_empty(), "no run starts while paused");
     assert!(fetches(&w.compute("y", 2, &[("d", &[PEER])])).is_empty(), "no fetch begins while paused");
@@ -496,7 +497,8 @@ fn an_execution_waits_for_the_spills_that_make_room_for_it() {
     assert_eq!(spilled.iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["a"]);
     assert!(executes(&out).is_empty(), "b waits while a is written: {out:?}");
     let id = spilled[0].1;
-    let out = w.ev(WorkerEvent::Spilled { key: "a".into(), id, result: Ok(spill_file(big(400).byte_len())), seconds: 0.0 });
+    let out =
+        w.ev(WorkerEvent::Spilled { key: "a".into(), id, result: Ok(spill_file(big(400).byte_len())), seconds: 0.0 });
     assert_eq!(executes(&out), vec![("b".into(), 2)], "room made: b starts");
 }
 
