@@ -134,7 +134,7 @@ json.dump({
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",
-                 "memory": "spill_bench: 16 x 64 MiB, 5 repetitions, dd bs = value size, no sync; root_queuing: 7 repetitions, 256 x 4 MiB fan-in 4, 100,000 trivial tasks, 2 one-thread worker processes over tcp"},
+                 "memory": "spill_bench: 16 x 64 MiB, 5 repetitions, dd bs = value size, sync before writes, no sync after; root_queuing: 7 repetitions, 256 x 4 MiB fan-in 4, 100,000 trivial tasks, 2 one-thread worker processes over tcp"},
 }, open(path, "w"), indent=2)
 PY
 cargo run --release -p courier-bench --bin plots -- "$out"

@@ -3,7 +3,10 @@
 //! reads them back (CRC-checked, into aligned buffers), and `dd` writes and reads the same
 //! bytes in the same directory with one value per block (`bs` = the value size, so both make
 //! the same size of I/O calls; no sync for either: both go through the page cache, as a
-//! spilling worker does). Reads are warm (just written) and, when run as root, also cold
+//! spilling worker does): as one file of all of them (sequential: the disk's limit, the
+//! baseline of the ratios) and, for context, as one file per value (the spill store's layout,
+//! but one `dd` process per file). Dirty pages are written back (`sync`) before every write
+//! measurement, so no contender pays for another's writeback. Reads are warm (just written) and, when run as root, also cold
 //! (page cache dropped first). Repetitions interleave the contenders; prints medians with the
 //! spread (min–max), the ratio to dd, and CPU seconds per GiB (this process for the spill
 //! store, dd's for dd).
@@ -42,8 +45,12 @@ fn children_cpu() -> Duration {
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
-fn drop_caches() -> bool {
+fn sync() {
     let _ = Command::new("sync").status();
+}
+
+fn drop_caches() -> bool {
+    sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
@@ -100,6 +107,7 @@ fn main() -> anyhow::Result<()> {
     for rep in 0..reps {
         // The spill store.
         let store = SpillStore::new(&work);
+        sync();
         let (cpu, started) = (process_cpu(), Instant::now());
         let files: Vec<_> =
             values.iter().map(|v| store.write(v)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
@@ -126,15 +134,42 @@ fn main() -> anyhow::Result<()> {
         let of = format!("of={}", file.display());
         let if_ = format!("if={}", file.display());
         let (n, bs) = (format!("count={count}"), format!("bs={mib}M"));
+        sync();
         let (t, c) = dd(&["if=/dev/zero", &of, &bs, &n])?;
-        push("dd write", rep, t, c);
+        push("dd 1 file write", rep, t, c);
         let (t, c) = dd(&[&if_, "of=/dev/null", &bs])?;
-        push("dd read (warm)", rep, t, c);
+        push("dd 1 file read (warm)", rep, t, c);
         if cold && drop_caches() {
             let (t, c) = dd(&[&if_, "of=/dev/null", &bs])?;
-            push("dd read (cold)", rep, t, c);
+            push("dd 1 file read (cold)", rep, t, c);
         }
         std::fs::remove_file(&file)?;
+        // dd, one file per value.
+        let names: Vec<PathBuf> = (0..count).map(|i| work.join(format!("dd-{i}.bin"))).collect();
+        let each = |out: bool| -> anyhow::Result<(Duration, Duration)> {
+            let (mut t, mut c) = (Duration::ZERO, Duration::ZERO);
+            for f in &names {
+                let (a, b) = if out {
+                    dd(&["if=/dev/zero", &format!("of={}", f.display()), &bs, "count=1"])?
+                } else {
+                    dd(&[&format!("if={}", f.display()), "of=/dev/null", &bs])?
+                };
+                (t, c) = (t + a, c + b);
+            }
+            Ok((t, c))
+        };
+        sync();
+        let (t, c) = each(true)?;
+        push("dd write", rep, t, c);
+        let (t, c) = each(false)?;
+        push("dd read (warm)", rep, t, c);
+        if cold && drop_caches() {
+            let (t, c) = each(false)?;
+            push("dd read (cold)", rep, t, c);
+        }
+        for f in &names {
+            std::fs::remove_file(f)?;
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
     let gib = total as f64 / (1u64 << 30) as f64;
@@ -147,14 +182,16 @@ fn main() -> anyhow::Result<()> {
         let (cpu, _, _) = median(s.iter().map(|s| s.cpu_seconds).collect());
         Some((t, lo, hi, cpu))
     };
-    println!("{:<20} {:>10} {:>20} {:>10} {:>14}", "", "GiB/s", "spread (GiB/s)", "vs dd", "CPU s per GiB");
-    for (ours, theirs) in
-        [("spill write", "dd write"), ("spill read (warm)", "dd read (warm)"), ("spill read (cold)", "dd read (cold)")]
-    {
-        let (Some(a), Some(b)) = (summary(ours), summary(theirs)) else { continue };
-        for (what, (t, lo, hi, cpu), ratio) in [(ours, a, Some(b.0 / a.0)), (theirs, b, None)] {
+    println!("{:<22} {:>10} {:>20} {:>10} {:>14}", "", "GiB/s", "spread (GiB/s)", "vs dd", "CPU s per GiB");
+    for (ours, theirs, limit) in [
+        ("spill write", "dd write", "dd 1 file write"),
+        ("spill read (warm)", "dd read (warm)", "dd 1 file read (warm)"),
+        ("spill read (cold)", "dd read (cold)", "dd 1 file read (cold)"),
+    ] {
+        let (Some(a), Some(b), Some(l)) = (summary(ours), summary(theirs), summary(limit)) else { continue };
+        for (what, (t, lo, hi, cpu), ratio) in [(ours, a, Some(l.0 / a.0)), (limit, l, None), (theirs, b, None)] {
             println!(
-                "{:<20} {:>10.2} {:>9.2} – {:<8.2} {:>10} {:>14.3}",
+                "{:<22} {:>10.2} {:>9.2} – {:<8.2} {:>10} {:>14.3}",
                 what,
                 gib / t,
                 gib / hi,
@@ -165,7 +202,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "(GiB/s: median of {reps}; spread: slowest – fastest; vs dd: throughput ratio, same bytes, same directory)"
+        "(GiB/s: median of {reps}; spread: slowest – fastest; vs dd: throughput ratio to `dd 1 file`, the same \
+         bytes in one file, same directory, the disk's sequential limit; `dd`: one file and one dd per value)"
     );
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&samples)?)?;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use courier::node::{CommonArgs, SchedulerArgs, WorkerArgs};
 
 mod compare;
+mod info;
 mod npy;
 mod perf;
 mod stability;
@@ -33,6 +34,9 @@ enum Command {
     /// Each argument is JSON (a bare word is a string). An array result is summarised (dtype,
     /// shape, first values, checksum); `--out FILE.npy` writes it whole for numpy.
     Submit(submit::Args),
+    /// Show the scheduler's workers: threads, runs, results held, memory (limit, managed,
+    /// spilled, RSS, paused) and spill rates. `--json` for all of it as JSON.
+    Info(info::Args),
     /// Stability runs: repeat a mixed workload per transport; count failures, hangs and lost
     /// messages; sample memory and file descriptors.
     Stability(stability::Args),
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Perf(p) => multi()?.block_on(perf::run(p, cli.common.registry()?)),
         Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
         Command::Submit(args) => courier::node::block_on_node(multi()?, submit::run(args, cli.common.registry()?)),
+        Command::Info(args) => courier::node::block_on_node(multi()?, info::run(args, cli.common.registry()?)),
         Command::Scheduler(args) => {
             Ok(courier::node::block_on_node(multi()?, courier::node::run_scheduler(args, &cli.common))?)
         }

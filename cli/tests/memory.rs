@@ -184,6 +184,12 @@ async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
         assert!(e.contains(spill_dir), "the error names the directory: {e}");
     }
     assert!(info.iter().all(|w| w.memory.spilled == 0 && w.memory.spill.count == 0));
+    // `courier info` shows the same: both workers, their limit, and the error.
+    let out = support::courier().args(["info", cluster.scheduler_address()]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("worker-0") && text.contains("worker-1"), "{text}");
+    assert!(text.contains(" 256 ") && text.contains("spill error: cannot create spill directory"), "{text}");
     drop(c);
     cluster.shutdown().await;
     let _ = std::fs::remove_dir_all(parent);
