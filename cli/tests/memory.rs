@@ -155,7 +155,7 @@ async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
     let spill_dir = not_a_dir.to_str().unwrap();
     // Target 0.2 of 256 MiB: spilling is attempted after a few arrays, far below pause.
     let prefix = ["worker", "--memory-limit", "256MiB", "--memory-target", "0.2", "--spill-dir", spill_dir];
-    let mut cluster = LocalCluster::processes_with(
+    let cluster = LocalCluster::processes_with(
         Registry::with_default_transports(),
         courier_bin(),
         "tcp://127.0.0.1:0",
@@ -193,4 +193,39 @@ async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
     drop(c);
     cluster.shutdown().await;
     let _ = std::fs::remove_dir_all(parent);
+}
+
+/// A task whose memory takes its worker past the terminate threshold: the worker restarts
+/// itself (the same process, re-executed: a new worker to the scheduler) instead of being
+/// killed by the kernel; after 4 such deaths the task fails as `KilledWorker`, and the
+/// restarted worker goes on serving other tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_past_its_terminate_threshold_restarts_itself() {
+    let prefix = ["worker", "--memory-limit", "128MiB", "--no-shm"];
+    let mut cluster = LocalCluster::processes_with(
+        Registry::with_default_transports(),
+        courier_bin(),
+        "tcp://127.0.0.1:0",
+        1,
+        courier_bin(),
+        &prefix,
+    )
+    .await
+    .unwrap();
+    let pid = cluster.process_id(1).unwrap();
+    let c = cluster.client().await.unwrap();
+    // 256 MiB made on a blocking thread, while the worker samples its memory.
+    let bomb = c.submit::<WireArray>("slow_random_array", vec![arg(&vec![32usize << 20]), arg(&1u64), arg(&0.0f64)]);
+    let err = tokio::time::timeout(Duration::from_secs(300), bomb.await.unwrap().result())
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("KilledWorker"), "{text}");
+    assert_eq!(cluster.try_wait_process(1).unwrap(), None, "the worker process restarted, it did not exit");
+    assert_eq!(cluster.process_id(1), Some(pid), "restarted in place (exec)");
+    let after = c.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(60), after.result()).await.unwrap().unwrap(), 42);
+    drop(c);
+    cluster.shutdown().await;
 }

@@ -226,8 +226,11 @@ fn spill_file() {
 }
 
 fn ndarray_like() -> courier_core::ndarray::ArrayD<f64> {
-    courier_core::ndarray::ArrayD::from_shape_vec(courier_core::ndarray::IxDyn(&[3, 5]), (0..15).map(f64::from).collect())
-        .unwrap()
+    courier_core::ndarray::ArrayD::from_shape_vec(
+        courier_core::ndarray::IxDyn(&[3, 5]),
+        (0..15).map(f64::from).collect(),
+    )
+    .unwrap()
 }
 
 fn main() {

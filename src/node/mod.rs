@@ -408,26 +408,23 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
             m.terminate * 100.0
         );
     }
-    let functions = Arc::new(functions);
-    // A worker that reaches its terminate threshold stops cleanly and a fresh one takes its
-    // place (its results are recomputed elsewhere from lineage).
-    loop {
-        let (handle, task) = courier_runtime::start_worker(registry.clone(), functions.clone(), config.clone()).await?;
-        eprintln!("worker serving data at {}", handle.address);
-        tokio::select! {
-            r = task => match r {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) if handle.terminated_for_memory() => {
-                    eprintln!("worker restarting: {e}");
-                    return Err(restart_process(config.spill_dir.as_deref()));
-                }
-                Ok(Err(e)) => return Err(NodeError::Comm(e)),
-                Err(e) => return Err(NodeError::Stopped("worker", e.to_string())),
-            },
-            _ = tokio::signal::ctrl_c() => {
-                handle.shutdown();
-                return Ok(());
+    let (handle, task) = courier_runtime::start_worker(registry, Arc::new(functions), config.clone()).await?;
+    eprintln!("worker serving data at {}", handle.address);
+    tokio::select! {
+        r = task => match r {
+            Ok(Ok(())) => Ok(()),
+            // At its terminate threshold the worker stops cleanly and the process starts
+            // afresh (its results are recomputed elsewhere from lineage).
+            Ok(Err(e)) if handle.terminated_for_memory() => {
+                eprintln!("worker restarting: {e}");
+                Err(restart_process(config.spill_dir.as_deref()))
             }
+            Ok(Err(e)) => Err(NodeError::Comm(e)),
+            Err(e) => Err(NodeError::Stopped("worker", e.to_string())),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            handle.shutdown();
+            Ok(())
         }
     }
 }

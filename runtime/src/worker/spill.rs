@@ -51,9 +51,12 @@ fn align(n: u64) -> Option<u64> {
     n.checked_add(ALIGN - 1).map(|n| n & !(ALIGN - 1))
 }
 
-/// Where each part of a spill file lies: (offset, length) of the header and of each frame, and
-/// the file's length. `None` when the lengths overflow.
-fn layout(header_len: u64, frames: &[u64]) -> Option<((u64, u64), Vec<(u64, u64)>, u64)> {
+/// (offset, length) of one part of a spill file.
+type Span = (u64, u64);
+
+/// Where each part of a spill file lies: the header's span, each frame's, and the file's
+/// length. `None` when the lengths overflow.
+fn layout(header_len: u64, frames: &[u64]) -> Option<(Span, Vec<Span>, u64)> {
     let table_end = PREAMBLE as u64 + 8 * frames.len() as u64;
     let header_at = align(table_end)?;
     let mut end = header_at.checked_add(header_len)?;

@@ -28,9 +28,19 @@
 //!   as an input by reading it back ([`Value::Disk`]). A failed spill keeps the value in
 //!   memory, reports the error and stops spilling for [`SPILL_RETRY`]. Above *pause* no run
 //!   starts and no fetch begins until the process is back under it, and the scheduler is told
-//!   at once. At *terminate* the worker asks its driver to restart it
-//!   ([`WorkerAction::Terminate`]) before the kernel kills it. LRU order is a `BTreeMap` by
-//!   last use: O(log n) per use and per spill.
+//!   at once. At *terminate* (unless the spills in flight would bring it back under) the
+//!   worker asks its driver to restart it ([`WorkerAction::Terminate`]) before the kernel
+//!   kills it. Pause and terminate look at the process's RSS only: managed values can be
+//!   spilled. LRU order is a `BTreeMap` by last use: O(log n) per use and per spill.
+//! - **Room before work.** With a limit, whatever would add memory waits until it fits:
+//!   an execution reserves its inputs read back or fetched for it alone plus a result as
+//!   large as its function's largest here, spills to make room, and waits for those spills
+//!   and for fetches in flight (and, at most [`SERVE_WAIT`], for replies reading values back);
+//!   a reply holds a reservation for its values until the driver reports them dropped
+//!   (`Served`), and starts only under pause or when nothing executes or is fetched; a fetch
+//!   (expected as large as the largest value seen) starts only under pause or when nothing
+//!   else is fetched or executed, with as many keys as fit. Each wait ends because what it
+//!   waits for ends, so nothing deadlocks; when nothing is left to spill, work starts anyway.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -581,7 +591,9 @@ impl WorkerState {
                 "memory above the spill threshold"
             );
         }
-        if process >= m.at(m.terminate) {
+        // Values being written are still resident; if writing them would bring the process
+        // back under, wait for them rather than restart.
+        if process.saturating_sub(self.mem.spilling) >= m.at(m.terminate) {
             self.mem.terminating = true;
             let reason = format!(
                 "process memory {process} bytes reached the terminate threshold ({} of the {} byte limit); \
