@@ -118,3 +118,53 @@ if path.exists():
     for l in path.read_text().splitlines():
         if "tasks in" in l:
             print(f"- {l.split('... ')[-1]}")
+
+
+def med(values):
+    v = sorted(values)
+    return v[len(v) // 2], v[0], v[-1]
+
+
+path = root / "spill.json"
+if path.exists():
+    samples = json.loads(path.read_text())
+    def stat(what):
+        s = [x for x in samples if x["what"] == what]
+        if not s:
+            return None
+        gib = s[0]["bytes"] / GIB
+        t, lo, hi = med([x["seconds"] for x in s])
+        c, _, _ = med([x["cpu_seconds"] for x in s])
+        return gib / t, gib / hi, gib / lo, c / gib
+    print("\n### Spill and read back against dd (`spill.json`)\n")
+    print("| row | Courier | dd, one file | ratio | dd, one file per value |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, ours, one, each in [
+        ("spill write", "spill write", "dd 1 file write", "dd write"),
+        ("read back, page cache warm", "spill read (warm)", "dd 1 file read (warm)", "dd read (warm)"),
+        ("read back, cold", "spill read (cold)", "dd 1 file read (cold)", "dd read (cold)"),
+    ]:
+        a, b, e = stat(ours), stat(one), stat(each)
+        if not (a and b and e):
+            continue
+        print(
+            f"| {name} | {a[0]:.2f} GiB/s ({a[1]:.2f}–{a[2]:.2f}), {a[3]:.2f} CPU s/GiB | "
+            f"{b[0]:.2f} GiB/s ({b[1]:.2f}–{b[2]:.2f}), {b[3]:.2f} | {a[0] / b[0]:.2f} | {e[0]:.2f} GiB/s |"
+        )
+
+path = root / "root_queuing.json"
+if path.exists():
+    runs = json.loads(path.read_text())
+    def pick(on, f):
+        return med([f(r) for r in runs if r["queuing"] == on])
+    print(f"\n### Root-task queuing (`root_queuing.json`, median of {len(runs) // 2}, spread)\n")
+    print("| row | on | off | on / off |")
+    print("| --- | --- | --- | --- |")
+    for name, f, fmt in [
+        ("cluster peak RSS (sum of the workers' VmHWM)", lambda r: sum(r["peak_rss_bytes"]) / 2**20, "{:,.0f} MiB"),
+        ("reduction wall time", lambda r: r["reduction_seconds"], "{:.2f} s"),
+        ("trivial tasks, map + gather", lambda r: r["trivial_tasks_per_second"] / 1e3, "{:.1f}k/s"),
+    ]:
+        on, off = pick(True, f), pick(False, f)
+        cell = lambda m: f"{fmt.format(m[0])} ({fmt.format(m[1])}–{fmt.format(m[2])})"
+        print(f"| {name} | {cell(on)} | {cell(off)} | {on[0] / off[0]:.2f} |")

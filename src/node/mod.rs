@@ -384,10 +384,11 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
     })?;
     let nthreads = args.nthreads.or(w.nthreads).unwrap_or(1);
     let memory = memory_limits(&args, &w, nthreads)?;
-    if memory.is_some() {
+    if memory.is_some_and(|m| m.limit < 8 * courier_shm::DEFAULT_ARENA_CAP as u64) {
         // shm:// arenas are memory the limit cannot see or take back (a sender's reused
-        // segments, a receiver's mappings of them): a limited worker sends and receives large
-        // frames through a sealed memfd each, gone when the frame is dropped.
+        // segments, up to 1 GiB, and a receiver's mappings of its peers'): a worker limited to
+        // less than 8 times that sends and receives large frames through a sealed memfd each,
+        // gone when the frame is dropped.
         registry.register(Arc::new(crate::ShmTransport::new().sealed_only()));
     }
     let config = WorkerConfig {

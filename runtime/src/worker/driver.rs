@@ -509,7 +509,9 @@ impl Driver {
                 });
             }
             WorkerAction::Terminate { reason } => {
-                tracing::error!(%reason, "terminating the worker before the kernel kills it");
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let kinds: Vec<&str> = status.lines().filter(|l| l.starts_with("Rss")).collect();
+                tracing::error!(%reason, resident = %kinds.join(", "), "terminating the worker before the kernel kills it");
                 self.terminated.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             WorkerAction::Fetch { id, peer, keys } => {

@@ -382,6 +382,10 @@ struct Memory {
     /// alone, and their expected result), per executing key.
     reserved: u64,
     reservations: Map<Key, u64>,
+    /// Values executions are using (not spilled while they run), with how many use each.
+    pinned: Map<Key, usize>,
+    /// The values each executing key pinned.
+    pins: Map<Key, Vec<Key>>,
     /// Replies waiting to read spilled values back until memory allows (an execution is
     /// running and the reply would take the worker past pause).
     waiting_serves: VecDeque<(ConnId, RequestId, Vec<Option<Value>>, u64)>,
@@ -637,9 +641,15 @@ impl WorkerState {
         if self.mem.retry_at.is_some_and(|t| self.now < t) {
             return;
         }
+        // Least recently used first, skipping values executions hold (O(pinned) extra).
+        let mut after = 0;
         while excess > 0 && self.mem.in_flight.len() < MAX_SPILLS_IN_FLIGHT {
-            let Some((&used, key)) = self.mem.lru.iter().next() else { break };
+            let Some((&used, key)) = self.mem.lru.range(after..).find(|(_, k)| !self.mem.pinned.contains_key(*k))
+            else {
+                break;
+            };
             let key = key.clone();
+            after = used + 1;
             self.mem.lru.remove(&used);
             let Some(held) = self.data.get_mut(&key) else { continue };
             let Stored::Memory(value) = &held.stored else { continue };
@@ -1291,6 +1301,9 @@ impl WorkerState {
             // or fetched for it alone, and a result as large as this function's largest here,
             // else as its largest input). While spills that make room are in flight, it waits.
             let need = self.execution_need(&key, &args);
+            // Its own inputs are not spilled to make room for it (that would free nothing).
+            let deps = self.runs.get(&key).map(|r| r.deps.clone()).unwrap_or_default();
+            self.pin_inputs(&key, &deps);
             if let Some(m) = self.limits.memory {
                 // Values being written still occupy memory until their spill completes, and
                 // fetches in flight until they land: wait for both.
@@ -1304,6 +1317,7 @@ impl WorkerState {
                     let serving =
                         self.mem.serving.values().any(|(_, t)| now.saturating_duration_since(*t) < SERVE_WAIT);
                     if !self.mem.in_flight.is_empty() || !self.in_flight.is_empty() || serving {
+                        self.unreserve(&key);
                         self.ready.push_front((key, run));
                         break;
                     }
@@ -1312,7 +1326,6 @@ impl WorkerState {
             let Some(r) = self.runs.get_mut(&key) else { continue };
             r.phase = Phase::Executing;
             let func = r.func.clone();
-            let deps = r.deps.clone();
             if need > 0 {
                 self.mem.reserved += need;
                 self.mem.reservations.insert(key.clone(), need);
@@ -1342,8 +1355,10 @@ impl WorkerState {
         for d in &r.deps {
             let Some(h) = self.data.get(d) else { continue };
             largest = largest.max(h.nbytes);
+            // Inputs the execution holds outside managed memory: read back, being written
+            // (gone from managed when the write completes), or fetched for it alone.
             let private = match (&h.stored, &h.origin) {
-                (Stored::Disk(_), _) => true,
+                (Stored::Disk(_) | Stored::Spilling(..), _) => true,
                 (_, Origin::Fetched { users }) => *users <= 1,
                 _ => false,
             };
@@ -1359,10 +1374,37 @@ impl WorkerState {
         need + self.mem.result_sizes.get(&r.func).copied().unwrap_or(largest)
     }
 
-    /// Releases an execution's reservation.
+    /// Releases an execution's reservation and the inputs it pinned.
     fn unreserve(&mut self, key: &Key) {
         if let Some(n) = self.mem.reservations.remove(key) {
             self.mem.reserved -= n;
+        }
+        for d in self.mem.pins.remove(key).unwrap_or_default() {
+            if let Some(n) = self.mem.pinned.get_mut(&d) {
+                *n -= 1;
+                if *n == 0 {
+                    self.mem.pinned.remove(&d);
+                }
+            }
+        }
+    }
+
+    /// Pins the inputs of `key`'s execution that stay in managed memory: spilling them while
+    /// it runs would free nothing (it holds them) and make managed memory undercount.
+    fn pin_inputs(&mut self, key: &Key, deps: &[Key]) {
+        if self.limits.memory.is_none() {
+            return;
+        }
+        let kept: Vec<Key> = deps
+            .iter()
+            .filter(|d| self.data.get(*d).is_some_and(|h| matches!(h.stored, Stored::Memory(_))))
+            .cloned()
+            .collect();
+        for d in &kept {
+            *self.mem.pinned.entry(d.clone()).or_insert(0) += 1;
+        }
+        if !kept.is_empty() {
+            self.mem.pins.insert(key.clone(), kept);
         }
     }
 

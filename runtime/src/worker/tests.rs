@@ -512,3 +512,24 @@ fn with_nothing_left_to_spill_an_execution_starts_anyway() {
     w.ev(WorkerEvent::Spilled { key: "a".into(), id, result: Err("disk full".into()), seconds: 0.0 });
     assert_eq!(executes(&w.compute("b", 2, &[])), vec![("b".into(), 2)], "no deadlock waiting for room");
 }
+
+#[test]
+fn values_a_running_execution_uses_are_not_spilled() {
+    // Limit 1000, target 600, two threads. `a` (~300 bytes) is an input of `c`; `c`'s expected
+    // result takes the worker past target, but spilling `a` would free nothing while `c` holds
+    // it.
+    let mut w = limited(1000, 2);
+    finish_big(&mut w, "a", 1, 300);
+    let out = w.compute("c", 2, &[("a", &[ME])]);
+    assert!(spills(&out).is_empty(), "{out:?}");
+    assert_eq!(executes(&out), vec![("c".into(), 2)], "nothing else to spill: it starts");
+    // While `c` runs, a new result over target: the least recently used value that is not
+    // pinned goes to disk (`b`), not `a`.
+    let out = finish_big(&mut w, "b", 3, 300);
+    let spilled: Vec<Key> = spills(&out).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(spilled, vec![Key::from("b")]);
+    // Once `c` is done, `a` is spillable again.
+    let out = w.ev(WorkerEvent::ExecuteDone { key: "c".into(), run: 2, result: Ok(big(300)), seconds: 0.1 });
+    let spilled: Vec<Key> = spills(&out).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(spilled, vec![Key::from("a")]);
+}
