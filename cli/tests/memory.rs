@@ -54,6 +54,9 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// These tests measure processes' peak memory: they run one at a time, not against each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn spill_parent(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("courier-memory-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -66,6 +69,7 @@ fn spill_parent(name: &str) -> std::path::PathBuf {
 /// (95%), and the spill counters show data went to disk and came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_256_mib_workers_reduce_3_gib_by_spilling_to_disk() {
+    let _serial = SERIAL.lock().await;
     const LEAVES: u64 = 48;
     const N: usize = 8 << 20; // 8 Mi f64 = 64 MiB per array
     const LIMIT: u64 = 256 << 20;
@@ -147,6 +151,7 @@ async fn two_256_mib_workers_reduce_3_gib_by_spilling_to_disk() {
 /// completes with the failure-free result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
+    let _serial = SERIAL.lock().await;
     const LEAVES: u64 = 8;
     const N: usize = 2 << 20; // 16 MiB per array
     let parent = spill_parent("unwritable");
@@ -201,6 +206,7 @@ async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
 /// restarted worker goes on serving other tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_past_its_terminate_threshold_restarts_itself() {
+    let _serial = SERIAL.lock().await;
     let prefix = ["worker", "--memory-limit", "128MiB", "--no-shm"];
     let mut cluster = LocalCluster::processes_with(
         Registry::with_default_transports(),

@@ -1195,8 +1195,13 @@ impl WorkerState {
     /// its values fit under pause; what they read is reserved until `Served`.
     fn schedule_serves(&mut self) {
         while let Some((_, _, _, need)) = self.mem.waiting_serves.front() {
+            let need = *need;
             let fits = self.limits.memory.is_none_or(|m| self.committed() + need <= m.at(m.pause));
-            if !(fits || (self.executing.is_empty() && self.in_flight.is_empty())) {
+            if !(fits || self.memory_idle()) {
+                if let Some(m) = self.limits.memory {
+                    let excess = (self.committed() + need).saturating_sub(m.at(m.pause));
+                    self.spill_lru(excess.saturating_sub(self.mem.spilling));
+                }
                 break;
             }
             let Some((conn, id, values, need)) = self.mem.waiting_serves.pop_front() else { break };
@@ -1217,9 +1222,15 @@ impl WorkerState {
         // With a memory limit, a fetch (expected as large as the largest value seen) starts
         // only if it fits under pause, or nothing else is being fetched or executed.
         let room = |s: &Self| {
-            s.limits.memory.is_none_or(|m| s.committed() + s.mem.largest <= m.at(m.pause))
-                || (s.in_flight.is_empty() && s.executing.is_empty())
+            s.limits.memory.is_none_or(|m| s.committed() + s.mem.largest <= m.at(m.pause)) || s.memory_idle()
         };
+        if !room(self)
+            && let Some(m) = self.limits.memory
+        {
+            // Make room for it: spilling what is not in use brings it under pause.
+            let excess = (self.committed() + self.mem.largest).saturating_sub(m.at(m.pause));
+            self.spill_lru(excess.saturating_sub(self.mem.spilling));
+        }
         for peer in peers {
             while self.in_flight.len() < self.limits.fetches_total
                 && self.per_peer.get(&peer).copied().unwrap_or(0) < self.limits.fetches_per_peer
@@ -1336,6 +1347,15 @@ impl WorkerState {
             }
             self.out.push(WorkerAction::Execute { key, run, func, args });
         }
+    }
+
+    /// Nothing that holds memory outside managed values is in flight: no execution, fetch,
+    /// spill or reply. Work that does not fit may then start anyway (progress).
+    fn memory_idle(&self) -> bool {
+        self.executing.is_empty()
+            && self.in_flight.is_empty()
+            && self.mem.in_flight.is_empty()
+            && self.mem.serving.is_empty()
     }
 
     /// Memory committed now: managed values (including those being written), reservations of

@@ -361,7 +361,9 @@ fn results_above_target_are_spilled_least_recently_used_first() {
         conn: 2,
         request: DataRequest::Get { id: 9, keys: vec!["b".into(), "a".into(), "zz".into()] },
     });
-    assert!(out.is_empty(), "{out:?}");
+    // It waits, and makes room meanwhile: `a` (not used by the running `c`) goes to disk.
+    assert_eq!(spills(&out).iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["a"]);
+    assert!(out.iter().all(|a| matches!(a, WorkerAction::Spill { .. })), "{out:?}");
     let out = w.ev(WorkerEvent::ExecuteDone { key: "c".into(), run: 3, result: Ok(v(1)), seconds: 0.1 });
     let out: Vec<_> = out.into_iter().filter(|a| matches!(a, WorkerAction::ReplyLoading { .. })).collect();
     match &out[..] {
