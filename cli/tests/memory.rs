@@ -54,6 +54,12 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// A tcp:// process cluster of `n` `courier worker PREFIX…` processes.
+async fn workers(n: usize, prefix: &[&str]) -> LocalCluster {
+    let registry = Registry::with_default_transports();
+    LocalCluster::processes_with(registry, courier_bin(), "tcp://127.0.0.1:0", n, courier_bin(), prefix).await.unwrap()
+}
+
 /// These tests measure processes' peak memory: they run one at a time, not against each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -75,16 +81,7 @@ async fn two_256_mib_workers_reduce_3_gib_by_spilling_to_disk() {
     const LIMIT: u64 = 256 << 20;
     let dir = spill_parent("reduce");
     let prefix = ["worker", "--memory-limit", "256MiB", "--spill-dir", dir.to_str().unwrap()];
-    let mut cluster = LocalCluster::processes_with(
-        Registry::with_default_transports(),
-        courier_bin(),
-        "tcp://127.0.0.1:0",
-        2,
-        courier_bin(),
-        &prefix,
-    )
-    .await
-    .unwrap();
+    let mut cluster = workers(2, &prefix).await;
     let c = cluster.client().await.unwrap();
     // A worker that restarted (at its terminate threshold) would rejoin at a new address.
     let mut started: Vec<String> = c.worker_info().await.unwrap().into_iter().map(|w| w.address).collect();
@@ -160,16 +157,7 @@ async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
     let spill_dir = not_a_dir.to_str().unwrap();
     // Target 0.2 of 256 MiB: spilling is attempted after a few arrays, far below pause.
     let prefix = ["worker", "--memory-limit", "256MiB", "--memory-target", "0.2", "--spill-dir", spill_dir];
-    let cluster = LocalCluster::processes_with(
-        Registry::with_default_transports(),
-        courier_bin(),
-        "tcp://127.0.0.1:0",
-        2,
-        courier_bin(),
-        &prefix,
-    )
-    .await
-    .unwrap();
+    let cluster = workers(2, &prefix).await;
     let c = cluster.client().await.unwrap();
     let seeds: Vec<u64> = (0..LEAVES).map(|i| 7 + i).collect();
     let leaves = c.map("random_array", seeds.iter().map(|&s| vec![arg(&vec![N]), arg(&s)])).await.unwrap();
@@ -208,16 +196,7 @@ async fn an_unwritable_spill_directory_loses_nothing_and_names_the_directory() {
 async fn a_worker_past_its_terminate_threshold_restarts_itself() {
     let _serial = SERIAL.lock().await;
     let prefix = ["worker", "--memory-limit", "128MiB", "--no-shm"];
-    let mut cluster = LocalCluster::processes_with(
-        Registry::with_default_transports(),
-        courier_bin(),
-        "tcp://127.0.0.1:0",
-        1,
-        courier_bin(),
-        &prefix,
-    )
-    .await
-    .unwrap();
+    let mut cluster = workers(1, &prefix).await;
     let pid = cluster.process_id(1).unwrap();
     let c = cluster.client().await.unwrap();
     // 256 MiB made on a blocking thread, while the worker samples its memory.

@@ -595,23 +595,27 @@ fn root_task_queuing_cuts_a_wide_reductions_peak_memory_by_four_or_more() {
     }
 }
 
-/// A worker above its pause threshold starts nothing; the scheduler moves its unstarted runs
-/// to the other worker, and it starts again once its memory drops.
-#[test]
-fn a_paused_worker_starts_nothing_and_its_queue_runs_elsewhere() {
-    use courier_runtime::MemoryLimits;
-    let config = SimConfig {
+/// Two one-thread workers limited to 1 GiB (pause at 0.8 GiB), 64 tasks per thread, no
+/// root-task queuing (so a worker holds a queue of its own).
+fn limited_pair() -> SimConfig {
+    SimConfig {
         workers: 2,
         nthreads: 1,
-        memory: Some(MemoryLimits::new(1 << 30)),
+        memory: Some(courier_runtime::MemoryLimits::new(1 << 30)),
         scheduler: SchedulerConfig {
             tasks_per_thread: 64,
             worker_saturation: f64::INFINITY,
             ..SchedulerConfig::default()
         },
         ..SimConfig::default()
-    };
-    let mut sim = Sim::new(config);
+    }
+}
+
+/// A worker above its pause threshold starts nothing; the scheduler moves its unstarted runs
+/// to the other worker, and it starts again once its memory drops.
+#[test]
+fn a_paused_worker_starts_nothing_and_its_queue_runs_elsewhere() {
+    let mut sim = Sim::new(limited_pair());
     let c = sim.add_client();
     sim.set_rss(0, 900 << 20); // above pause (0.8 GiB) before any work arrives
     sim.run_until(|s| s.worker(0).is_paused()).unwrap();
@@ -632,19 +636,7 @@ fn a_paused_worker_starts_nothing_and_its_queue_runs_elsewhere() {
 /// what it has not started and the rest of the cluster runs it.
 #[test]
 fn a_worker_pausing_with_a_queue_gives_it_up() {
-    use courier_runtime::MemoryLimits;
-    let config = SimConfig {
-        workers: 2,
-        nthreads: 1,
-        memory: Some(MemoryLimits::new(1 << 30)),
-        compute: (Duration::from_millis(5), Duration::from_millis(10)),
-        scheduler: SchedulerConfig {
-            tasks_per_thread: 64,
-            worker_saturation: f64::INFINITY,
-            ..SchedulerConfig::default()
-        },
-        ..SimConfig::default()
-    };
+    let config = SimConfig { compute: (Duration::from_millis(5), Duration::from_millis(10)), ..limited_pair() };
     let mut sim = Sim::new(config);
     let c = sim.add_client();
     let specs: Vec<TaskSpec> = (0..60).map(|i| add(&format!("t{i}"), &[], i, true)).collect();
