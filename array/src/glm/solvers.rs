@@ -69,6 +69,12 @@ pub async fn fit<O: Objective>(
     }
 }
 
+/// What a loss of about `loss` may differ by from rounding alone (sums over many rows, joined
+/// in a different order): line searches do not ask for decreases smaller than this.
+fn noise(loss: f64) -> f64 {
+    1e-10 * loss.abs().max(1e-300)
+}
+
 fn inf_norm(v: &Array1<f64>) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
@@ -117,8 +123,8 @@ fn soft_threshold(v: &Array1<f64>, t: f64) -> Array1<f64> {
 }
 
 /// Accelerated proximal gradient descent (FISTA) with backtracking on the Lipschitz estimate
-/// (tried 0.8× smaller each iteration, doubled until the sufficient-decrease condition holds)
-/// and restart whenever the objective rises. L2 is part of the smooth term; L1 is the
+/// (tried 0.8× smaller each iteration, doubled until the secant condition holds) and restart
+/// whenever the momentum points uphill. L2 is part of the smooth term; L1 is the
 /// proximal step (soft thresholding).
 pub async fn proximal_gradient<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) -> Result<Fit, ArrayError> {
     let (l2, l1) = match reg {
@@ -139,12 +145,18 @@ pub async fn proximal_gradient<O: Objective>(obj: &mut O, reg: Regularizer, opts
         let at_y = f.eval(&y, Eval::Gradient).await?;
         let g = at_y.grad.ok_or_else(|| ArrayError::Data("no gradient".into()))?;
         lip *= 0.8;
-        let (x_new, f_new) = loop {
+        let (x_new, f_new, _) = loop {
             let cand = soft_threshold(&(&y - &(&g / lip)), l1 / lip);
             let d = &cand - &y;
-            let f_cand = f.eval(&cand, Eval::Loss).await?.loss;
-            if f_cand <= at_y.loss + g.dot(&d) + 0.5 * lip * d.dot(&d) + 1e-12 * at_y.loss.abs() {
-                break (cand, f_cand);
+            let at_cand = f.eval(&cand, Eval::Gradient).await?;
+            let g_cand = at_cand.grad.ok_or_else(|| ArrayError::Data("no gradient".into()))?;
+            // The secant estimate of the gradient's Lipschitz constant along the step. It bounds
+            // the loss by the descent lemma along the step (exactly for least squares) and,
+            // unlike a test on loss values, stays exact where the loss changes by less than its
+            // rounding error.
+            let dg = &g_cand - &g;
+            if dg.dot(&dg).sqrt() <= lip * d.dot(&d).sqrt() {
+                break (cand, at_cand.loss, g_cand);
             }
             lip *= 2.0;
             if !lip.is_finite() {
@@ -165,8 +177,9 @@ pub async fn proximal_gradient<O: Objective>(obj: &mut O, reg: Regularizer, opts
                 history,
             });
         }
-        if objective > last {
-            // Adaptive restart: momentum carried us uphill.
+        if (&y - &x_new).dot(&(&x_new - &x)) > 0.0 {
+            // Gradient restart (O'Donoghue & Candès; with the gradient mapping, so it holds
+            // for the proximal step too): momentum points uphill.
             t = 1.0;
             y = x_new.clone();
         } else {
@@ -264,7 +277,7 @@ pub async fn newton<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) 
         let loss = loop {
             let cand = &beta + &(&d * step);
             let l = f.eval(&cand, Eval::Loss).await?.loss;
-            if l <= e.loss + 1e-4 * step * slope || step < 1e-10 {
+            if l <= e.loss + 1e-4 * step * slope + noise(e.loss) || step < 1e-10 {
                 beta = cand;
                 break l;
             }
@@ -335,7 +348,7 @@ pub async fn lbfgs<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) -
         let (next, at_next) = loop {
             let cand = &beta + &(&d * step);
             let en = f.eval(&cand, Eval::Gradient).await?;
-            if en.loss <= e.loss + 1e-4 * step * slope || step < 1e-12 {
+            if en.loss <= e.loss + 1e-4 * step * slope + noise(e.loss) || step < 1e-12 {
                 break (cand, en);
             }
             step *= 0.5;
