@@ -78,7 +78,9 @@ fn main() -> anyhow::Result<()> {
             Ok(courier::node::block_on_node(multi()?, courier::node::run_scheduler(args, &cli.common))?)
         }
         Command::Worker(args) => {
-            let functions = courier::courier_runtime::Functions::with_builtins();
+            // The built-ins plus the chunked-array and GLM block functions (all bounded).
+            let mut functions = courier::courier_runtime::Functions::with_builtins();
+            functions.extend(courier_array::functions());
             Ok(courier::node::block_on_node(multi()?, courier::node::run_worker(args, &cli.common, functions))?)
         }
     }
