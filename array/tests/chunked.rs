@@ -270,3 +270,33 @@ fn misfits_are_typed_errors_before_anything_runs_and_failed_blocks_fail_the_comp
         }
     });
 }
+
+/// Bytes the workers of `client`'s cluster have fetched from each other so far.
+async fn fetched_bytes(client: &Client) -> u64 {
+    let mut total = 0;
+    for w in client.workers() {
+        total += client.worker_transfer_stats(&w).await.unwrap().iter().map(|t| t.bytes).sum::<u64>();
+    }
+    total
+}
+
+#[test]
+fn rechunk_from_rows_to_columns_moves_each_byte_at_most_once() {
+    let s = setup();
+    s.rt.block_on(async {
+        let (n, rows_per_chunk) = (1024usize, 16usize); // 64 input blocks of 128 KiB
+        let a = local(&[n, n], 5);
+        let rows = ChunkedArray::from_ndarray(&s.client, a.view(), &[rows_per_chunk, n]).await.unwrap();
+        rows.wait().await.unwrap();
+        let before = fetched_bytes(&s.client).await;
+        let cols = rows.rechunk(&[n, rows_per_chunk]).unwrap().persist().await.unwrap();
+        cols.wait().await.unwrap();
+        let moved = fetched_bytes(&s.client).await - before;
+        let bytes = (n * n * 8) as u64;
+        // Each output block takes one slice of every input block; half of the slices are on
+        // the other worker. More than 1.1× would mean whole input blocks travelled.
+        assert!(moved as f64 <= 1.1 * bytes as f64, "moved {moved} bytes for an array of {bytes}");
+        assert!(moved > 0, "two workers had to exchange slices");
+        assert_eq!(cols.compute().await.unwrap(), a);
+    });
+}

@@ -193,6 +193,8 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
             // Root-task queuing on (at various saturations) or off.
             worker_saturation: [1.0, 1.1, 2.5, f64::INFINITY][rng.usize(0..4)],
             root_window: Duration::from_micros(rng.u64(0..5000)),
+            // Tasks stay with their inputs (slow links) or move freely (fast ones).
+            transfer_bandwidth: [1e3, 1e6, 1e9, f64::INFINITY][rng.usize(0..4)],
         },
         time_limit: Duration::from_secs(24 * 3600),
         check_every: 1,

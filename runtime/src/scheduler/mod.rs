@@ -79,6 +79,10 @@ pub struct SchedulerConfig {
     /// `root_window / mean` slots per thread (at least `worker_saturation`, at most
     /// `tasks_per_thread`), so trivial tasks never wait on a scheduler round trip. Default 5 ms.
     pub root_window: Duration,
+    /// Bytes per second a transfer between workers is assumed to run at, to weigh moving a
+    /// task's inputs against waiting for the worker that holds them (see
+    /// `Scheduler::stays_with_data`). Default 1 GiB/s.
+    pub transfer_bandwidth: f64,
 }
 
 impl Default for SchedulerConfig {
@@ -89,6 +93,7 @@ impl Default for SchedulerConfig {
             worker_timeout: Duration::from_secs(30),
             worker_saturation: 1.1,
             root_window: Duration::from_millis(5),
+            transfer_bandwidth: (1u64 << 30) as f64,
         }
     }
 }

@@ -4,6 +4,9 @@ use super::state::TaskState;
 use super::{Scheduler, WorkerId};
 use crate::protocol::{Key, RunId, SchedulerToWorker};
 
+/// Tasks of one victim looked at per stealing round.
+pub(crate) const STEAL_SCAN: usize = 256;
+
 impl Scheduler {
     fn has_room(&self, w: WorkerId, root: Option<&str>) -> bool {
         self.workers.get(&w).is_some_and(|worker| {
@@ -35,9 +38,45 @@ impl Scheduler {
         ((f64::from(nthreads) * per_thread).ceil() as usize).clamp(1, full.max(1))
     }
 
+    /// Inputs smaller than this move freely: fetching them costs about a round trip.
+    pub(crate) const SMALL_INPUTS: u64 = 64 << 10;
+
+    /// Whether a task of `func` should go to (or stay on) the worker holding `bytes` of its
+    /// inputs even when that worker is busy: the inputs are not small and moving them (at
+    /// [`transfer_bandwidth`](SchedulerConfig::transfer_bandwidth)) takes longer than the
+    /// task runs (its function's measured mean; before any measurement it is assumed shorter,
+    /// as most tasks on large inputs are slices, sums and products). Dask weighs the same two
+    /// costs in `decide_worker` and in stealing. O(1).
+    ///
+    /// [`SchedulerConfig`]: super::SchedulerConfig
+    pub(crate) fn stays_with_data(&self, func: &str, bytes: u64) -> bool {
+        if bytes < Self::SMALL_INPUTS {
+            return false;
+        }
+        let transfer = bytes as f64 / self.config.transfer_bandwidth.max(1.0);
+        match self.durations.get(func) {
+            Some(&(total, runs)) if runs > 0 => total / (runs as f64) < transfer,
+            _ => true,
+        }
+    }
+
+    /// Bytes of `key`'s inputs that worker `w` holds. O(dependencies × holders).
+    pub(crate) fn input_bytes_on(&self, key: &Key, w: WorkerId) -> u64 {
+        let Some(task) = self.tasks.get(key) else { return 0 };
+        task.deps
+            .iter()
+            .filter_map(|d| self.tasks.get(d))
+            .filter(|dt| matches!(&dt.state, TaskState::Memory(holders) if holders.contains(&w)))
+            .map(|dt| dt.nbytes.max(1))
+            .sum()
+    }
+
     /// The worker for a ready task: among the holders of its dependencies that have room, the
-    /// one holding the most of its input bytes (ties: the least loaded); else the least
-    /// loaded worker with room. `None` when no worker has room.
+    /// one holding the most of its input bytes (ties: the least loaded); else, if moving its
+    /// inputs would cost more than the task ([`stays_with_data`](Self::stays_with_data)),
+    /// the holder of the most input bytes even without room (the data stays put; the task
+    /// waits its turn there); else the least loaded worker with room. `None` when no worker
+    /// has room.
     ///
     /// Cost: O(dependencies × holders) for the data-local choice, O(log W) for the least
     /// loaded (an ordered index), whatever the number of workers.
@@ -59,11 +98,19 @@ impl Scheduler {
                 }
             }
         }
-        let best = local
-            .into_iter()
-            .filter(|(w, _)| Some(*w) != avoid && self.has_room(*w, root))
-            .max_by_key(|(w, bytes)| (*bytes, std::cmp::Reverse(self.workers[w].load_key), std::cmp::Reverse(*w)));
-        if let Some((w, _)) = best {
+        let rank =
+            |&(w, bytes): &(WorkerId, u64)| (bytes, std::cmp::Reverse(self.workers[&w].load_key), std::cmp::Reverse(w));
+        let best = local.iter().filter(|(w, _)| Some(*w) != avoid && self.has_room(*w, root)).max_by_key(|x| rank(x));
+        if let Some(&(w, _)) = best {
+            return Some(w);
+        }
+        let anchor = local
+            .iter()
+            .filter(|(w, _)| Some(*w) != avoid && self.workers.get(w).is_some_and(|x| x.takes_work()))
+            .max_by_key(|x| rank(x));
+        if let Some(&(w, bytes)) = anchor
+            && self.stays_with_data(&task.func, bytes)
+        {
             return Some(w);
         }
         // The least loaded other worker has room if any other has.
@@ -144,7 +191,10 @@ impl Scheduler {
     }
 
     /// Work stealing: while threads are idle, asks overloaded workers (more tasks than
-    /// threads, most loaded first) to give up tasks they have not started. A task moves only
+    /// threads, most loaded first) to give up tasks they have not started, except tasks whose
+    /// inputs there cost more to move than the task takes to run
+    /// ([`stays_with_data`](Self::stays_with_data)); at most [`STEAL_SCAN`] candidates are
+    /// looked at per victim. A task moves only
     /// when its worker confirms ([`Scheduler::steal_reply`]), so stealing never runs a task
     /// twice. Cost: O(steals issued + overloaded workers visited).
     pub(crate) fn steal(&mut self) {
@@ -160,8 +210,12 @@ impl Scheduler {
             let picks: Vec<(Key, RunId)> = worker
                 .processing
                 .iter()
+                // Bounded scan: tasks that stay with their data are skipped, not searched past.
+                .take(STEAL_SCAN)
                 .filter_map(|k| self.tasks.get(k).map(|t| (k, t)))
-                .filter(|(_, t)| !t.stealing && !t.steal_refused)
+                .filter(|(k, t)| {
+                    !t.stealing && !t.steal_refused && !self.stays_with_data(&t.func, self.input_bytes_on(k, victim))
+                })
                 .take(excess.min(budget))
                 .map(|(k, t)| (k.clone(), t.run))
                 .collect();

@@ -499,19 +499,56 @@ fn a_silent_worker_is_removed_after_the_timeout_in_simulated_time() {
 }
 
 #[test]
+fn tasks_stay_with_large_inputs_unless_they_take_longer_than_moving_them() {
+    // Worker 1 holds d (8 MiB), one thread and room for 2 tasks; worker 2 is empty.
+    let config = SchedulerConfig { tasks_per_thread: 2, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 1), (2, 1)]);
+    let out = h.ev(Event::FromClient {
+        id: CLIENT,
+        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 8 << 20)] },
+    });
+    let Some(Action::ToWorker(w, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
+        panic!("{out:?}")
+    };
+    let (holder, other) = (*w, 3 - *w);
+    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::ScatterReady { id: *sid } });
+    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 8 << 20 } });
+    // Slices of d (unmeasured: assumed quicker than moving 8 MiB): all go to the holder, past
+    // its room, and none is stolen by the idle worker.
+    let out = h.submit((0..6).map(|i| task(&format!("slice-{i}"), &["d"])).collect());
+    let placed = computes(&out);
+    assert_eq!(placed.len(), 6);
+    assert!(placed.iter().all(|(w, _)| *w == holder), "{placed:?}");
+    let out = h.ev(Event::Tick);
+    assert!(!out.iter().any(|a| matches!(a, Action::ToWorker(_, SchedulerToWorker::Steal { .. }))), "{out:?}");
+    // Once measured at 1 s a run (8 MiB moves in ~8 ms at 1 GiB/s), the idle worker steals.
+    let run = h.run("slice-0");
+    let msg = WorkerToScheduler::Finished { key: "slice-0".into(), run, nbytes: 1, seconds: 1.0 };
+    h.ev(Event::FromWorker { id: holder, msg });
+    let out = h.ev(Event::Tick);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::ToWorker(w, SchedulerToWorker::Steal { .. }) if *w == holder)),
+        "{out:?}"
+    );
+    // And a new slow task with the holder busy goes to the worker with room.
+    let out = h.submit(vec![task("slice-late", &["d"])]);
+    assert_eq!(computes(&out), vec![(other, Key::from("slice-late"))]);
+}
+
+#[test]
 fn stealing_moves_unstarted_tasks_only_when_the_victim_agrees() {
     let mut h = Harness::with(SchedulerConfig { tasks_per_thread: 8, ..SchedulerConfig::default() }, &[(1, 1)]);
     let out = h.ev(Event::FromClient {
         id: CLIENT,
-        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 1 << 20)] },
+        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 1 << 10)] },
     });
     let Some(Action::ToWorker(1, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
         panic!("{out:?}")
     };
     let sid = *sid;
     h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::ScatterReady { id: sid } });
-    h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 1 << 20 } });
-    // Every task needs d, which lives on worker 1: they all go there.
+    h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 1 << 10 } });
+    // Every task needs d (small: it moves freely), which lives on worker 1: they all go there.
     let out = h.submit((0..4).map(|i| task(&format!("t{i}"), &["d"])).collect());
     assert!(computes(&out).iter().all(|(w, _)| *w == 1));
     h.join(2, 1);
