@@ -6,7 +6,7 @@
 #
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
-#                                                  tasks, stability, scheduler, million, shm, memory); the manifest records
+#                                                  tasks, stability, scheduler, million, shm, memory, glm); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory glm)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
@@ -29,10 +29,10 @@ if [ $quick = 1 ]; then
   tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1)
   stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
   shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256)
-  spill_args=(8 4 1) queuing_args=(1 16 1 2000)
+  spill_args=(8 4 1) queuing_args=(1 16 1 2000) glm_args=(40000 32 8 3)
 else
   compare_args=() tasks_args=() shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
-  spill_args=(64 16 5) queuing_args=(7 256 4 100000)
+  spill_args=(64 16 5) queuing_args=(7 256 4 100000) glm_args=(4000000 32 40 10)
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
   stability_args=()
 fi
@@ -100,7 +100,15 @@ for part in "${parts[@]}"; do
       ./target/release/examples/root_queuing target/release/courier "${queuing_args[@]}" --json "$out/root_queuing.json" \
         | tee "$out/root_queuing.txt"
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory)" >&2; exit 2 ;;
+    glm)
+      # Logistic regression on persisted chunks: seconds per pass over X against the
+      # single-threaded floor, on a LocalCluster and on worker processes (tcp://, shm://,
+      # and recomputing the chunks every pass), and the bytes a rechunk moves.
+      cargo build --release -p courier-cli --example glm_bench
+      ./target/release/examples/glm_bench target/release/courier "${glm_args[@]}" --json "$out/glm.json" 2>/dev/null \
+        | tee "$out/glm.txt"
+      ;;
+    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory, glm)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -134,6 +142,7 @@ json.dump({
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",
+                 "glm": "glm_bench: L-BFGS, L2 1e-4, 10 iterations (3 when recomputing), each pass timed; 2 one-thread workers; median with min and max of the passes",
                  "memory": "spill_bench: 16 x 64 MiB, 5 repetitions, dd bs = value size, sync before writes, no sync after; root_queuing: 7 repetitions, 256 x 4 MiB fan-in 4, 100,000 trivial tasks, 2 one-thread worker processes over tcp"},
 }, open(path, "w"), indent=2)
 PY
@@ -142,7 +151,7 @@ if [ $quick = 1 ]; then
   for f in criterion.txt transports.csv compare.txt compare.json tasks.json tasks.txt stability.json \
     stability.txt scheduler.txt scheduler.csv manifest.json throughput.svg round_trips.svg tasks.svg stability.svg \
     shm_costs.txt shm_compare.txt shm_compare.json shm_perf.jsonl shm_perf.txt shm_stability.txt shm_stability.json \
-    shm_tree.txt shm_tree.json spill.txt spill.json root_queuing.txt root_queuing.json; do
+    shm_tree.txt shm_tree.json spill.txt spill.json root_queuing.txt root_queuing.json glm.txt glm.json glm.svg; do
     [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
   done
 fi

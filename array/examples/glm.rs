@@ -39,6 +39,7 @@ pub(crate) struct Config {
 
 /// What the fit found.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(test), expect(dead_code, reason = "read by the test that includes this file"))]
 pub(crate) struct Report {
     /// Iterations run.
     pub(crate) iterations: usize,

@@ -4,6 +4,17 @@ use std::ops::Range;
 
 use crate::ArrayError;
 
+/// Where a block of one axis overlaps a range of that axis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Overlap {
+    /// The block's index along the axis.
+    pub(crate) block: usize,
+    /// The overlap, in the block's coordinates.
+    pub(crate) within_block: Range<usize>,
+    /// The overlap, relative to the start of the range.
+    pub(crate) within_range: Range<usize>,
+}
+
 /// The chunking of an n-d array: for each axis, the lengths of its chunks, in order. A regular
 /// chunking ([`Chunks::regular`]) has equal chunks with a ragged last one.
 ///
@@ -102,8 +113,8 @@ impl Chunks {
     }
 
     /// The blocks of one axis that overlap `range` of it, with the overlap in block
-    /// coordinates: `(block, range within the block, range within `range`)`.
-    pub(crate) fn overlaps(&self, axis: usize, range: Range<usize>) -> Vec<(usize, Range<usize>, Range<usize>)> {
+    /// coordinates.
+    pub(crate) fn overlaps(&self, axis: usize, range: Range<usize>) -> Vec<Overlap> {
         let mut out = Vec::new();
         let mut start = 0;
         for (b, &len) in self.sizes[axis].iter().enumerate() {
@@ -111,7 +122,11 @@ impl Chunks {
             let lo = start.max(range.start);
             let hi = end.min(range.end);
             if lo < hi {
-                out.push((b, lo - start..hi - start, lo - range.start..hi - range.start));
+                out.push(Overlap {
+                    block: b,
+                    within_block: lo - start..hi - start,
+                    within_range: lo - range.start..hi - range.start,
+                });
             }
             start = end;
         }
@@ -154,7 +169,8 @@ mod tests {
     #[test]
     fn overlaps_cover_a_range_exactly() {
         let c = Chunks::regular(&[10], &[4]).unwrap();
-        assert_eq!(c.overlaps(0, 3..9), vec![(0, 3..4, 0..1), (1, 0..4, 1..5), (2, 0..1, 5..6)]);
+        let o = |block, within_block, within_range| Overlap { block, within_block, within_range };
+        assert_eq!(c.overlaps(0, 3..9), vec![o(0, 3..4, 0..1), o(1, 0..4, 1..5), o(2, 0..1, 5..6)]);
     }
 
     proptest! {

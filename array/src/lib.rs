@@ -32,6 +32,8 @@
 //! let col_means = x.mean(&[0])?.compute().await?; // a tree reduction over 4 row blocks
 //! assert_eq!(col_means.shape(), &[20]);
 //! assert!(col_means.iter().all(|m| (m - 0.5).abs() < 0.1));
+//! let gram = x.t().dot(&x)?.compute().await?; // Xᵀ X: 4 block products summed in a tree
+//! assert_eq!(gram.shape(), &[20, 20]);
 //! # Ok(())
 //! # }
 //! ```

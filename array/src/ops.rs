@@ -1,9 +1,8 @@
 //! Operations on chunked arrays, as task graphs: elementwise, reductions (tree), products,
 //! transposes and rechunking.
 
-use std::ops::Range;
-
 use crate::array::{Block, ChunkedArray, Input, val};
+use crate::chunks::Overlap;
 use crate::kernels::{AssembleSpec, BinaryOp, CombineSpec, Float, ReduceOp, UnaryOp, names};
 use crate::{ArrayError, Chunks};
 
@@ -247,26 +246,26 @@ impl<T: Float> ChunkedArray<T> {
         let blocks = grid_indices(&out.grid())
             .map(|idx| {
                 let ranges = out.block_ranges(&idx);
-                let per_axis: Vec<Vec<(usize, Range<usize>, Range<usize>)>> =
+                let per_axis: Vec<Vec<Overlap>> =
                     ranges.iter().enumerate().map(|(ax, r)| self.chunks.overlaps(ax, r.clone())).collect();
                 let counts: Vec<usize> = per_axis.iter().map(Vec::len).collect();
                 let mut pieces = Vec::new();
                 let mut offsets = Vec::new();
                 let mut all_whole = true;
                 for choice in grid_indices(&counts) {
-                    let parts: Vec<&(usize, Range<usize>, Range<usize>)> =
-                        choice.iter().enumerate().map(|(ax, &c)| &per_axis[ax][c]).collect();
-                    let src: Vec<usize> = parts.iter().map(|p| p.0).collect();
+                    let parts: Vec<&Overlap> = choice.iter().enumerate().map(|(ax, &c)| &per_axis[ax][c]).collect();
+                    let src: Vec<usize> = parts.iter().map(|p| p.block).collect();
                     let block = self.blocks[self.chunks.linear(&src)].clone();
-                    let whole = parts.iter().zip(self.chunks.block_shape(&src)).all(|(p, n)| p.1 == (0..n));
+                    let whole = parts.iter().zip(self.chunks.block_shape(&src)).all(|(p, n)| p.within_block == (0..n));
                     all_whole &= whole;
                     pieces.push(if whole {
                         block
                     } else {
-                        let r: Vec<(usize, usize)> = parts.iter().map(|p| (p.1.start, p.1.end)).collect();
+                        let r: Vec<(usize, usize)> =
+                            parts.iter().map(|p| (p.within_block.start, p.within_block.end)).collect();
                         Block::task(names::SLICE, vec![val(&r), block.into()])
                     });
-                    offsets.push(parts.iter().map(|p| p.2.start).collect::<Vec<usize>>());
+                    offsets.push(parts.iter().map(|p| p.within_range.start).collect::<Vec<usize>>());
                 }
                 if pieces.len() == 1 && all_whole {
                     // The output block is an input block.

@@ -144,6 +144,9 @@ async fn smooth_solvers_refuse_l1_and_the_cluster_evaluates_like_one_thread() {
     assert!(ga.iter().zip(&gb).all(|(x, y)| (x - y).abs() < 1e-12), "{ga} vs {gb}");
     let (ha, hb) = (a.hess.unwrap(), b.hess.unwrap());
     assert!(ha.iter().zip(&hb).all(|(x, y)| (x - y).abs() < 1e-10));
+    let threaded = local.clone().with_threads(3).evaluate(&beta, Eval::Gradient).await.unwrap();
+    assert!((threaded.loss - b.loss).abs() < 1e-12);
+    assert!(threaded.grad.unwrap().iter().zip(&gb).all(|(x, y)| (x - y).abs() < 1e-12));
     let g = reference::gradient(Family::Logistic, local.x().view(), local.y().view(), &beta);
     assert!(ga.iter().zip(&g).all(|(x, y)| (x - y).abs() < 1e-12), "the reference's gradient agrees");
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use courier_core::ndarray::{Array1, Array2};
+use courier_core::ndarray::{Array1, Array2, s};
 use courier_runtime::{Client, arg};
 
 use super::model::{Eval, Evaluation, Family, chunk_sums};
@@ -27,6 +27,7 @@ pub struct LocalObjective {
     family: Family,
     x: Array2<f64>,
     y: Array1<f64>,
+    threads: usize,
 }
 
 impl LocalObjective {
@@ -35,7 +36,15 @@ impl LocalObjective {
         if x.nrows() != y.len() || x.nrows() == 0 {
             return Err(ArrayError::shape(format!("{} rows with {} labels", x.nrows(), y.len())));
         }
-        Ok(LocalObjective { family, x: x.as_standard_layout().into_owned(), y })
+        Ok(LocalObjective { family, x: x.as_standard_layout().into_owned(), y, threads: 1 })
+    }
+
+    /// Evaluates on `threads` threads, each on a contiguous share of the rows (scoped threads,
+    /// sums added here): what this machine's cores can do with the same per-chunk function and
+    /// no runtime at all, the limit a cluster on this host is compared to.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.clamp(1, self.x.nrows());
+        self
     }
 
     /// The design matrix.
@@ -55,9 +64,32 @@ impl Objective for LocalObjective {
     }
 
     fn evaluate(&mut self, beta: &[f64], what: Eval) -> impl Future<Output = Result<Evaluation, ArrayError>> + Send {
-        let r = chunk_sums(self.family, what, self.x.view(), self.y.view(), beta)
-            .and_then(|sums| Evaluation::from_sums(&sums, what, self.x.ncols(), self.x.nrows()))
-            .map_err(ArrayError::Data);
+        let (n, family) = (self.x.nrows(), self.family);
+        let share = n.div_ceil(self.threads);
+        let sums = if self.threads == 1 {
+            chunk_sums(family, what, self.x.view(), self.y.view(), beta)
+        } else {
+            std::thread::scope(|s| {
+                let parts: Vec<_> = (0..n)
+                    .step_by(share)
+                    .map(|lo| {
+                        let hi = (lo + share).min(n);
+                        let (x, y) = (self.x.slice(s![lo..hi, ..]), self.y.slice(s![lo..hi]));
+                        s.spawn(move || chunk_sums(family, what, x, y, beta))
+                    })
+                    .collect();
+                let mut total: Option<Vec<f64>> = None;
+                for p in parts {
+                    let part = p.join().map_err(|_| "an evaluation thread panicked".to_owned())??;
+                    match &mut total {
+                        Some(t) => t.iter_mut().zip(&part).for_each(|(a, b)| *a += b),
+                        None => total = Some(part),
+                    }
+                }
+                total.ok_or_else(|| "no rows".to_owned())
+            })
+        };
+        let r = sums.and_then(|sums| Evaluation::from_sums(&sums, what, self.x.ncols(), n)).map_err(ArrayError::Data);
         std::future::ready(r)
     }
 }
@@ -189,8 +221,8 @@ impl Synthetic {
             let seed = block_seed(self.seed ^ 0x5EED_1AB5, i as u64);
             let labels = super::model::synthetic_labels(self.family, block.view(), &self.beta, self.noise, seed)
                 .map_err(ArrayError::Data)?;
-            x.slice_mut(courier_core::ndarray::s![r.clone(), ..]).assign(&block);
-            y.slice_mut(courier_core::ndarray::s![r]).assign(&labels);
+            x.slice_mut(s![r.clone(), ..]).assign(&block);
+            y.slice_mut(s![r]).assign(&labels);
         }
         LocalObjective::new(self.family, x, y)
     }

@@ -139,6 +139,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &names,
         &series,
     )?;
+    // GLM seconds per pass over the data (when the glm part ran).
+    if let Ok(text) = std::fs::read_to_string(dir.join("glm.json")) {
+        let glm: serde_json::Value = serde_json::from_str(&text)?;
+        let rows: Vec<&serde_json::Value> = glm["configs"].as_array().into_iter().flatten().collect();
+        let get = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
+        let mut names = Vec::new();
+        let (mut median, mut cpu) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let name = r["config"].as_str().unwrap_or_default().to_owned();
+            if name == "floor" {
+                names.push("floor / 2 (ideal, 2 cores)".to_owned());
+                median.push(get(r, "seconds_per_eval_median") / 2.0);
+                cpu.push(0.0);
+            }
+            names.push(name);
+            median.push(get(r, "seconds_per_eval_median"));
+            cpu.push(get(r, "cpu_seconds_per_eval"));
+        }
+        let title = format!(
+            "Logistic regression: seconds per pass over X ({} × {} f64, {} chunks), median",
+            glm["rows"], glm["cols"], glm["chunks"]
+        );
+        let series = vec![("wall seconds".to_owned(), median), ("CPU seconds (all processes)".to_owned(), cpu)];
+        bars(&dir.join("glm.svg"), &title, "seconds", &names, &series)?;
+        println!("wrote glm.svg");
+    }
     println!("wrote throughput.svg, round_trips.svg, tasks.svg, stability.svg in {}", dir.display());
     Ok(())
 }

@@ -551,44 +551,42 @@ impl Driver {
             Err(args) => args,
         };
         let tx = self.inputs_tx.clone();
-        tokio::spawn(async move {
-            let done = tokio::task::spawn_blocking(move || {
-                let (mut bytes, mut count, started) = (0, 0, Instant::now());
-                let mut loaded = Vec::with_capacity(args.len());
-                for a in args {
-                    match a {
-                        Value::Memory(p) => loaded.push(p),
-                        Value::Disk { key: dep, file } => match file.read() {
-                            Ok(p) => {
-                                (bytes, count) = (bytes + p.byte_len(), count + 1);
-                                loaded.push(p);
-                            }
-                            Err(error) => {
-                                let run = Some((key.clone(), run));
-                                return vec![Input::Event(WorkerEvent::Unreadable { key: dep, error, run })];
-                            }
-                        },
+        // Straight onto the blocking pool, reporting from there: no task in between to wake
+        // (on a busy host every wake-up between two runs is latency the thread sits idle).
+        tokio::task::spawn_blocking(move || {
+            let report = |inputs: Vec<Input>| {
+                for i in inputs {
+                    if tx.blocking_send(i).is_err() {
+                        return;
                     }
                 }
-                let mut out = Vec::new();
-                if count > 0 {
-                    let seconds = started.elapsed().as_secs_f64();
-                    out.push(Input::Event(WorkerEvent::Unspilled { bytes, count, seconds }));
+            };
+            let (mut bytes, mut count, started) = (0, 0, Instant::now());
+            let mut loaded = Vec::with_capacity(args.len());
+            for a in args {
+                match a {
+                    Value::Memory(p) => loaded.push(p),
+                    Value::Disk { key: dep, file } => match file.read() {
+                        Ok(p) => {
+                            (bytes, count) = (bytes + p.byte_len(), count + 1);
+                            loaded.push(p);
+                        }
+                        Err(error) => {
+                            let run = Some((key.clone(), run));
+                            return report(vec![Input::Event(WorkerEvent::Unreadable { key: dep, error, run })]);
+                        }
+                    },
                 }
-                let started = Instant::now();
-                let result = crate::functions::run_guarded(&f.f, loaded);
-                out.push(Input::ExecuteDone(key, run, result, started.elapsed().as_secs_f64()));
-                out
-            })
-            .await;
-            match done {
-                Ok(inputs) => {
-                    for i in inputs {
-                        let _ = tx.send(i).await;
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "an execution's thread failed"),
             }
+            let mut out = Vec::new();
+            if count > 0 {
+                let seconds = started.elapsed().as_secs_f64();
+                out.push(Input::Event(WorkerEvent::Unspilled { bytes, count, seconds }));
+            }
+            let started = Instant::now();
+            let result = crate::functions::run_guarded(&f.f, loaded);
+            out.push(Input::ExecuteDone(key, run, result, started.elapsed().as_secs_f64()));
+            report(out);
         });
     }
 
