@@ -592,6 +592,36 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.1 && (sd - 2.0).abs() < 0.1, "{mean} {sd}");
     }
 
+    proptest::proptest! {
+        /// Whatever the parameters (shapes, ranges, offsets, axes, permutations), a block
+        /// function returns a result or an error: it never panics.
+        #[test]
+        fn hostile_parameters_never_panic(
+            shape in proptest::collection::vec(0usize..5, 0..4),
+            other in proptest::collection::vec(0usize..5, 0..4),
+            ranges in proptest::collection::vec((0usize..7, 0usize..7), 0..4),
+            offsets in proptest::collection::vec(proptest::collection::vec(0usize..9, 0..4), 0..3),
+            axes in proptest::collection::vec(0usize..5, 0..4),
+            scale in proptest::num::f64::ANY,
+        ) {
+            let n: usize = shape.iter().product();
+            let a = WireArray::from_array(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| i as f64).collect()).unwrap());
+            let m: usize = other.iter().product();
+            let b = WireArray::from_array(ArrayD::from_shape_vec(IxDyn(&other), vec![1.5f64; m]).unwrap());
+            let _ = slice::<f64>(&a, &ranges);
+            let _ = transpose::<f64>(&a, &axes);
+            let _ = matmul::<f64>(&a, &b);
+            let _ = reduce_keepdims(view::<f64>(&a).unwrap().view(), ReduceOp::Max, &axes);
+            let spec = CombineSpec { op: ReduceOp::Sum, scale, shape: Some(other.clone()) };
+            let _ = combine::<f64>(&spec, &[a.clone(), b.clone()]);
+            let _ = combine::<f64>(&spec, &[a.clone(), a.clone()]);
+            let spec = AssembleSpec { dtype: Dtype::F64, shape: other.clone(), offsets: offsets.clone() };
+            let pieces: Vec<WireArray> = offsets.iter().map(|_| a.clone()).collect();
+            let _ = assemble::<f64>(&spec, &pieces);
+            let _ = random::<f32>(&shape, 1, Distribution::Normal { mean: scale, std: scale.abs() });
+        }
+    }
+
     #[test]
     fn sigmoid_is_stable_at_the_extremes() {
         assert_eq!(sigmoid(-1000.0f64), 0.0);

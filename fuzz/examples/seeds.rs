@@ -233,7 +233,79 @@ fn ndarray_like() -> courier_core::ndarray::ArrayD<f64> {
     .unwrap()
 }
 
+/// A valid argument list for every block function of `courier_array::functions()`.
+fn block_functions() {
+    use courier_core::ndarray::{ArrayD, IxDyn};
+    let names: Vec<String> = courier_array::functions().names().into_iter().map(str::to_owned).collect();
+    let p = |v: &dyn erased::Ser| v.payload();
+    let m = |shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        WireArray::from_array(ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| i as f64 * 0.25).collect()).unwrap())
+    };
+    let info = courier_array::BlockInfo {
+        index: vec![1, 0],
+        offset: vec![4, 0],
+        shape: vec![4, 3],
+        array_shape: vec![10, 3],
+        number: 1,
+    };
+    use courier_array::glm::{Eval, Family};
+    use courier_array::{BinaryOp, Distribution, Dtype, ReduceOp, UnaryOp};
+    let calls: Vec<(&str, Vec<Payload>)> = vec![
+        (
+            "array.random",
+            vec![p(&vec![4usize, 3]), p(&7u64), p(&Dtype::F64), p(&Distribution::Normal { mean: 0.0, std: 1.0 })],
+        ),
+        ("array.full", vec![p(&vec![2usize, 2]), p(&1.5f64), p(&Dtype::F32)]),
+        ("array.unary", vec![p(&UnaryOp::Sigmoid), p(&m(&[3, 2]))]),
+        ("array.binary", vec![p(&BinaryOp::Add), p(&m(&[3, 2])), p(&m(&[3, 2]))]),
+        ("array.scalar", vec![p(&BinaryOp::Div), p(&m(&[3, 2])), p(&2.0f64), p(&true)]),
+        ("array.reduce", vec![p(&ReduceOp::Max), p(&vec![0usize]), p(&m(&[3, 2]))]),
+        ("array.combine", vec![p(&(ReduceOp::Sum, 0.5f64, Some(vec![2usize]))), p(&m(&[1, 2])), p(&m(&[1, 2]))]),
+        ("array.matmul", vec![p(&m(&[3, 2])), p(&m(&[2]))]),
+        ("array.transpose", vec![p(&vec![1usize, 0]), p(&m(&[3, 2]))]),
+        ("array.slice", vec![p(&vec![(1usize, 3usize), (0usize, 1usize)]), p(&m(&[3, 2]))]),
+        (
+            "array.assemble",
+            vec![p(&(Dtype::F64, vec![2usize, 2], vec![vec![0usize, 0], vec![1, 0]])), p(&m(&[1, 2])), p(&m(&[1, 2]))],
+        ),
+        (
+            "glm.sums",
+            vec![p(&Family::Logistic), p(&Eval::Hessian), p(&m(&[4, 3])), p(&m(&[4])), p(&vec![0.1f64, -0.2, 0.3])],
+        ),
+        ("glm.design", vec![p(&info), p(&3u64), p(&2.0f64)]),
+        ("glm.labels", vec![p(&Family::Normal), p(&m(&[4, 3])), p(&vec![0.1f64, -0.2, 0.3]), p(&0.5f64), p(&9u64)]),
+    ];
+    let functions = courier_array::functions();
+    for (name, args) in calls {
+        if let Err(e) = functions.call(name, args.clone()) {
+            panic!("the seed for {name} is not a valid call: {e}");
+        }
+        let pick = names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no {name}")) as u8;
+        let msg = to_message(&args).unwrap();
+        let mut out = vec![pick];
+        for piece in std::iter::once(&msg.header).chain(&msg.frames) {
+            out.extend_from_slice(&(piece.len() as u32).to_le_bytes());
+            out.extend_from_slice(piece);
+        }
+        write("block_functions", name, &out);
+    }
+}
+
+/// Serializing through a trait object, for the table of calls above.
+mod erased {
+    pub(crate) trait Ser {
+        fn payload(&self) -> courier_core::Payload;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn payload(&self) -> courier_core::Payload {
+            courier_core::Payload::new(self).unwrap()
+        }
+    }
+}
+
 fn main() {
+    block_functions();
     spill_file();
     stream_decoder();
     hello();
