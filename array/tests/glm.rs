@@ -94,6 +94,11 @@ async fn lbfgs_without_penalty_matches_the_references() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_descent_without_penalty_matches_the_references() {
+    check_smooth(Solver::GradientDescent, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gradient_descent_with_l2_matches_the_references() {
     check_smooth(Solver::GradientDescent, 0.05).await;
 }

@@ -32,3 +32,25 @@ async fn glm_example_fits_a_logistic_regression_on_worker_processes() {
     client.close().await;
     cluster.shutdown().await;
 }
+
+/// The chunked operations on worker processes over unix:// give what ndarray gives: the same
+/// code as on a LocalCluster, another transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_operations_on_worker_processes_match_ndarray() {
+    use courier::courier_core::ndarray::{Array2, Axis};
+    use courier_array::{BinaryOp, ChunkedArray, UnaryOp};
+
+    let dir = std::env::temp_dir().join(format!("courier-glm-test-{}", std::process::id()));
+    let listen = format!("unix://{}", dir.with_extension("sock").display());
+    let cluster = LocalCluster::processes(Registry::with_default_transports(), courier_bin(), &listen, 2).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let a = Array2::from_shape_fn((37, 11), |(i, j)| ((i * 11 + j) % 17) as f64 - 8.0);
+    let x = ChunkedArray::from_ndarray(&client, a.view(), &[8, 4]).await.unwrap().persist().await.unwrap();
+    let got = x.rechunk(&[5, 11]).unwrap().scalar(BinaryOp::Mul, 0.5).map(UnaryOp::Abs).sum(&[0]).unwrap();
+    let want = (&a * 0.5).mapv(f64::abs).sum_axis(Axis(0));
+    assert_eq!(got.compute().await.unwrap(), want.into_dyn());
+    let gram = x.t().dot(&x).unwrap().compute().await.unwrap();
+    assert_eq!(gram, a.t().dot(&a).into_dyn());
+    client.close().await;
+    cluster.shutdown().await;
+}
