@@ -168,3 +168,29 @@ if path.exists():
         on, off = pick(True, f), pick(False, f)
         cell = lambda m: f"{fmt.format(m[0])} ({fmt.format(m[1])}–{fmt.format(m[2])})"
         print(f"| {name} | {cell(on)} | {cell(off)} | {on[0] / off[0]:.2f} |")
+
+path = root / "glm.json"
+if path.exists():
+    glm = json.loads(path.read_text())
+    print(
+        f"\n### Logistic regression, seconds per pass over X (`glm.json`: {glm['rows']:,} × {glm['cols']} f64 "
+        f"in {glm['chunks']} chunks, L-BFGS)\n"
+    )
+    print("| config | passes | median s/pass (min–max) | CPU s/pass | s/iteration | setup s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in glm["configs"]:
+        print(
+            f"| {r['config']} | {r['evaluations']} | {r['seconds_per_eval_median']:.4f} "
+            f"({r['seconds_per_eval_min']:.4f}–{r['seconds_per_eval_max']:.4f}) | {r['cpu_seconds_per_eval']:.4f} | "
+            f"{r['seconds_per_iteration']:.4f} | {r['setup_seconds']:.1f} |"
+        )
+    print("\n| ratio | value |")
+    print("| --- | --- |")
+    for k, v in glm["ratios"].items():
+        print(f"| {k.replace('_', ' ')} | {v:.3f} |")
+    rc = glm.get("rechunk")
+    if rc:
+        print(
+            f"\nRechunk rows → columns: workers fetched {rc['fetched_bytes']:,} bytes, "
+            f"{rc['ratio']:.3f} × the array's {rc['array_bytes']:,}, in {rc['seconds']:.2f} s."
+        )
