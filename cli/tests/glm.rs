@@ -42,7 +42,8 @@ async fn chunked_operations_on_worker_processes_match_ndarray() {
 
     let dir = std::env::temp_dir().join(format!("courier-glm-test-{}", std::process::id()));
     let listen = format!("unix://{}", dir.with_extension("sock").display());
-    let cluster = LocalCluster::processes(Registry::with_default_transports(), courier_bin(), &listen, 2).await.unwrap();
+    let cluster =
+        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), &listen, 2).await.unwrap();
     let client = cluster.client().await.unwrap();
     let a = Array2::from_shape_fn((37, 11), |(i, j)| ((i * 11 + j) % 17) as f64 - 8.0);
     let x = ChunkedArray::from_ndarray(&client, a.view(), &[8, 4]).await.unwrap().persist().await.unwrap();
