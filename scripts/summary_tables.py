@@ -194,3 +194,13 @@ if path.exists():
             f"\nRechunk rows → columns: workers fetched {rc['fetched_bytes']:,} bytes, "
             f"{rc['ratio']:.3f} × the array's {rc['array_bytes']:,}, in {rc['seconds']:.2f} s."
         )
+    tl = glm.get("local_timeline")
+    if tl:
+        none, one, two = tl["seconds_with_running"]
+        print(
+            f"\nLocalCluster timeline ({tl['passes']} passes with the per-chunk function wrapped, medians per pass): "
+            f"{two:.4f} s with two executions running, {one:.4f} s with one, {none:.4f} s with none; a worker's "
+            f"thread waits {tl['gap_seconds_median'] * 1e3:.2f} ms between two of its executions "
+            f"({tl['gap_seconds_per_pass']:.4f} s per pass over both workers); the workers finish "
+            f"{tl['tail_seconds'] * 1e3:.1f} ms apart."
+        )

@@ -15,6 +15,10 @@
 //! - **tcp-recompute**: as tcp, but the chunks are not persisted: every evaluation makes X and
 //!   y again first (what happens without `persist`); fewer iterations (same path).
 //!
+//! Then the LocalCluster again with its per-chunk function wrapped to record when each
+//! execution starts and ends: how much of a pass has two, one or no chunk computing, and how
+//! long a worker's thread waits between two of its executions.
+//!
 //! Each evaluation (one pass over the data: loss and gradient) is timed; reported: its median
 //! with the smallest and largest, CPU seconds per evaluation (this process plus the worker
 //! processes, from /proc), and the ratios the targets name. Then the rechunk of
@@ -167,6 +171,139 @@ async fn fetched(client: &Client) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// A function's arguments as they came.
+struct Raw(Vec<courier::courier_core::Payload>);
+
+impl courier::courier_runtime::Args for Raw {
+    fn from_payloads(args: Vec<courier::courier_core::Payload>) -> Result<Self, String> {
+        Ok(Raw(args))
+    }
+}
+
+/// Where a LocalCluster pass spends its time, seen from inside the per-chunk function.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Timeline {
+    passes: usize,
+    /// Medians per pass: seconds with 0, 1 and 2 executions running.
+    seconds_with_running: [f64; 3],
+    /// Median per pass of the idle time between a worker's consecutive executions (summed
+    /// over both workers), and per gap.
+    gap_seconds_per_pass: f64,
+    gap_seconds_median: f64,
+    /// Median per pass of the time between one worker's last execution ending and the other's.
+    tail_seconds: f64,
+}
+
+/// The LocalCluster again, its per-chunk function wrapped to record when each execution starts
+/// and ends (the same work plus two clock reads and a lock): how much of a pass runs two
+/// chunks at once, one, or none, and how long a worker's thread waits between two of its
+/// executions (the hop through the worker's event loop).
+async fn local_timeline(problem: &Synthetic, passes: usize) -> anyhow::Result<Timeline> {
+    use std::sync::{Arc, Mutex};
+    type Log = Arc<Mutex<Vec<(f64, f64, usize)>>>;
+    let log: Log = Arc::default();
+    let t0 = Instant::now();
+    let mut functions = Functions::with_builtins();
+    functions.extend(courier_array::functions());
+    let sums = courier_array::functions();
+    let l2 = log.clone();
+    functions.register_blocking("glm.sums", move |Raw(args): Raw| {
+        // Which chunk: the address of its data, the same every pass.
+        let chunk = args.get(2).and_then(|p| p.frames.first()).map_or(0, |f| f.as_ptr() as usize);
+        let start = t0.elapsed().as_secs_f64();
+        let r = sums
+            .call("glm.sums", args)
+            .and_then(|p| p.decode::<courier::courier_core::WireArray>().map_err(|e| e.to_string()));
+        l2.lock().map_err(|_| "poisoned")?.push((start, t0.elapsed().as_secs_f64(), chunk));
+        r
+    });
+    let cluster = LocalCluster::inproc(Registry::with_default_transports(), 2, functions).await?;
+    let client = cluster.client().await?;
+    let mut obj = persisted(problem, &client).await?;
+    // Which worker holds which chunk (by data address), from the first pass's order: a worker
+    // runs its executions one after another, so they never overlap.
+    let owner: std::collections::HashMap<usize, usize> = {
+        obj.evaluate(&vec![0.0; problem.cols], Eval::Gradient).await?;
+        let mut l = log.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        l.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut ends: Vec<f64> = Vec::new();
+        let mut owner = std::collections::HashMap::new();
+        for (s, f, chunk) in l {
+            let w = match ends.iter().position(|&e| e <= s) {
+                Some(w) => w,
+                None => {
+                    ends.push(0.0);
+                    ends.len() - 1
+                }
+            };
+            ends[w] = f;
+            owner.insert(chunk, w);
+        }
+        owner
+    };
+    let (mut levels, mut gaps, mut per_gap, mut tails) = ([vec![], vec![], vec![]], vec![], vec![], vec![]);
+    for i in 0..passes {
+        log.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clear();
+        let t = t0.elapsed().as_secs_f64();
+        let beta: Vec<f64> = (0..problem.cols).map(|j| 0.01 * (i + j) as f64).collect();
+        obj.evaluate(&beta, Eval::Gradient).await?;
+        let e = t0.elapsed().as_secs_f64();
+        let l = log.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        let mut ev: Vec<(f64, i32)> = l.iter().flat_map(|&(s, f, _)| [(s, 1), (f, -1)]).collect();
+        ev.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut lvl, mut cur, mut last) = ([0.0f64; 3], 0usize, t);
+        for (time, d) in ev {
+            lvl[cur.min(2)] += time - last;
+            last = time;
+            cur = (cur as i32 + d).max(0) as usize;
+        }
+        lvl[cur.min(2)] += e - last;
+        for k in 0..3 {
+            levels[k].push(lvl[k]);
+        }
+        let mut pass_gaps = 0.0;
+        let mut last_ends = Vec::new();
+        for w in 0..2 {
+            let mut mine: Vec<(f64, f64)> =
+                l.iter().filter(|x| owner.get(&x.2) == Some(&w)).map(|x| (x.0, x.1)).collect();
+            mine.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for pair in mine.windows(2) {
+                let g = (pair[1].0 - pair[0].1).max(0.0);
+                pass_gaps += g;
+                per_gap.push(g);
+            }
+            if let Some(x) = mine.last() {
+                last_ends.push(x.1);
+            }
+        }
+        gaps.push(pass_gaps);
+        if let [a, b] = last_ends[..] {
+            tails.push((a - b).abs());
+        }
+    }
+    client.close().await;
+    cluster.shutdown().await;
+    let tl = Timeline {
+        passes,
+        seconds_with_running: [median(&mut levels[0]), median(&mut levels[1]), median(&mut levels[2])],
+        gap_seconds_per_pass: median(&mut gaps),
+        gap_seconds_median: median(&mut per_gap),
+        tail_seconds: median(&mut tails),
+    };
+    println!(
+        "local timeline ({passes} passes, medians): {:.4} s with two executions running, {:.4} s with one, \
+         {:.4} s with none; a worker's thread waits {:.2} ms between two of its executions \
+         ({:.4} s per pass over both workers); the workers finish {:.1} ms apart",
+        tl.seconds_with_running[2],
+        tl.seconds_with_running[1],
+        tl.seconds_with_running[0],
+        tl.gap_seconds_median * 1e3,
+        tl.gap_seconds_per_pass,
+        tl.tail_seconds * 1e3
+    );
+    Ok(tl)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -216,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
         client.close().await;
         cluster.shutdown().await;
     }
+    let timeline = local_timeline(&problem, iterations).await?;
 
     // Worker processes: tcp:// (rechunk measured here too), shm://, and recomputing.
     let mut rechunk = None;
@@ -276,6 +414,7 @@ async fn main() -> anyhow::Result<()> {
             "rows": rows, "cols": cols, "chunks": chunks, "iterations": iterations,
             "configs": table,
             "rechunk": rechunk,
+            "local_timeline": timeline,
             "ratios": {
                 "two_threads_over_half_floor": per("2-threads") / half_floor,
                 "local_over_half_floor": per("local") / half_floor,
