@@ -55,6 +55,21 @@ pub struct Fit {
     pub history: Vec<f64>,
 }
 
+impl Fit {
+    /// A result at `beta`, converged when `grad_norm` is within `tol`.
+    fn at(
+        beta: &Array1<f64>,
+        iterations: usize,
+        evaluations: usize,
+        objective: f64,
+        grad_norm: f64,
+        tol: f64,
+        history: Vec<f64>,
+    ) -> Fit {
+        Fit { beta: beta.to_vec(), iterations, evaluations, converged: grad_norm <= tol, objective, grad_norm, history }
+    }
+}
+
 /// Fits with `solver`.
 pub async fn fit<O: Objective>(
     obj: &mut O,
@@ -167,15 +182,7 @@ pub async fn proximal_gradient<O: Objective>(obj: &mut O, reg: Regularizer, opts
         let objective = f_new + l1 * x_new.iter().map(|v| v.abs()).sum::<f64>();
         history.push(objective);
         if grad_norm <= opts.tol {
-            return Ok(Fit {
-                beta: x_new.to_vec(),
-                iterations: it,
-                evaluations: f.evaluations,
-                converged: true,
-                objective,
-                grad_norm,
-                history,
-            });
+            return Ok(Fit::at(&x_new, it, f.evaluations, objective, grad_norm, opts.tol, history));
         }
         if (&y - &x_new).dot(&(&x_new - &x)) > 0.0 {
             // Gradient restart (O'Donoghue & Candès; with the gradient mapping, so it holds
@@ -191,15 +198,7 @@ pub async fn proximal_gradient<O: Objective>(obj: &mut O, reg: Regularizer, opts
         x = x_new;
     }
     let objective = last;
-    Ok(Fit {
-        beta: x.to_vec(),
-        iterations: opts.max_iter,
-        evaluations: f.evaluations,
-        converged: false,
-        objective,
-        grad_norm,
-        history,
-    })
+    Ok(Fit::at(&x, opts.max_iter, f.evaluations, objective, grad_norm, opts.tol, history))
 }
 
 /// Solves `a x = b` for a symmetric positive definite `a` (Cholesky); `None` if `a` is not.
@@ -248,15 +247,7 @@ pub async fn newton<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) 
         let (Some(g), Some(mut h)) = (e.grad, e.hess) else { return Err(ArrayError::Data("no Hessian".into())) };
         let grad_norm = inf_norm(&g);
         if grad_norm <= opts.tol {
-            return Ok(Fit {
-                beta: beta.to_vec(),
-                iterations: it - 1,
-                evaluations: f.evaluations,
-                converged: true,
-                objective: e.loss,
-                grad_norm,
-                history,
-            });
+            return Ok(Fit::at(&beta, it - 1, f.evaluations, e.loss, grad_norm, opts.tol, history));
         }
         let neg = -&g;
         let mut jitter = 0.0;
@@ -287,15 +278,7 @@ pub async fn newton<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) 
     }
     let e = f.eval(&beta, Eval::Gradient).await?;
     let grad_norm = e.grad.as_ref().map_or(f64::INFINITY, inf_norm);
-    Ok(Fit {
-        beta: beta.to_vec(),
-        iterations: opts.max_iter,
-        evaluations: f.evaluations,
-        converged: grad_norm <= opts.tol,
-        objective: e.loss,
-        grad_norm,
-        history,
-    })
+    Ok(Fit::at(&beta, opts.max_iter, f.evaluations, e.loss, grad_norm, opts.tol, history))
 }
 
 /// L-BFGS with the 10 most recent curvature pairs and a backtracking (Armijo) line search that
@@ -313,15 +296,7 @@ pub async fn lbfgs<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) -
     for it in 1..=opts.max_iter {
         let grad_norm = inf_norm(&g);
         if grad_norm <= opts.tol {
-            return Ok(Fit {
-                beta: beta.to_vec(),
-                iterations: it - 1,
-                evaluations: f.evaluations,
-                converged: true,
-                objective: e.loss,
-                grad_norm,
-                history,
-            });
+            return Ok(Fit::at(&beta, it - 1, f.evaluations, e.loss, grad_norm, opts.tol, history));
         }
         // Two-loop recursion: d = -H g.
         let mut q = g.clone();
@@ -370,15 +345,7 @@ pub async fn lbfgs<O: Objective>(obj: &mut O, reg: Regularizer, opts: Options) -
         history.push(e.loss);
     }
     let grad_norm = inf_norm(&g);
-    Ok(Fit {
-        beta: beta.to_vec(),
-        iterations: opts.max_iter,
-        evaluations: f.evaluations,
-        converged: grad_norm <= opts.tol,
-        objective: e.loss,
-        grad_norm,
-        history,
-    })
+    Ok(Fit::at(&beta, opts.max_iter, f.evaluations, e.loss, grad_norm, opts.tol, history))
 }
 
 #[cfg(test)]
