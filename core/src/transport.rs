@@ -162,6 +162,8 @@ pub struct RejectionLog {
 struct RejectionState {
     total: u64,
     recent: VecDeque<(ErrorKind, String)>,
+    /// Refusals per kind (a handful of kinds: a short list).
+    by_kind: Vec<(ErrorKind, u64)>,
 }
 
 impl fmt::Debug for RejectionLog {
@@ -177,6 +179,10 @@ impl RejectionLog {
     pub fn record(&self, err: &CommError) {
         let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
         s.total += 1;
+        match s.by_kind.iter_mut().find(|(k, _)| *k == err.kind()) {
+            Some((_, n)) => *n += 1,
+            None => s.by_kind.push((err.kind(), 1)),
+        }
         if s.recent.len() == Self::KEEP {
             s.recent.pop_front();
         }
@@ -188,6 +194,11 @@ impl RejectionLog {
     /// How many connections were refused in all.
     pub fn total(&self) -> u64 {
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    /// Refusals in all, per kind of error.
+    pub fn by_kind(&self) -> Vec<(ErrorKind, u64)> {
+        self.inner.0.lock().unwrap_or_else(|p| p.into_inner()).by_kind.clone()
     }
 
     /// The most recent refusals (at most 64), oldest first.

@@ -65,7 +65,20 @@ impl LocalCluster {
         nthreads: u32,
         functions: Functions,
     ) -> Result<Self, CommError> {
-        let (scheduler, _) = start_scheduler(registry.clone(), listen, SchedulerConfig::default()).await?;
+        Self::in_process_with(registry, listen, n_workers, nthreads, functions, SchedulerConfig::default()).await
+    }
+
+    /// Like [`LocalCluster::in_process`], with the scheduler's driver configured by `config`
+    /// (for example with the dashboard on).
+    pub async fn in_process_with(
+        registry: Registry,
+        listen: &str,
+        n_workers: usize,
+        nthreads: u32,
+        functions: Functions,
+        config: impl Into<crate::ServerConfig>,
+    ) -> Result<Self, CommError> {
+        let (scheduler, _) = start_scheduler(registry.clone(), listen, config).await?;
         let address = scheduler.address.clone();
         let functions = Arc::new(functions);
         let mut workers = Vec::new();

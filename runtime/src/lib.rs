@@ -44,6 +44,7 @@
 mod client;
 mod cluster;
 mod collections;
+pub mod dashboard;
 pub mod driver;
 mod functions;
 pub mod protocol;
@@ -53,6 +54,7 @@ pub mod worker;
 
 pub use client::{AsCompleted, Client, ClusterError, Graph, Status, TaskError, TaskFuture, arg, try_arg};
 pub use cluster::{Adaptive, LocalCluster};
+pub use dashboard::DashboardConfig;
 pub use driver::{SchedulerHandle, ServerConfig, start_scheduler};
 pub use functions::{Args, Functions, MAX_BUILTIN_ELEMENTS, MAX_BUILTIN_SLEEP, TaskFn};
 pub use protocol::{ArgSpec, Failure, Key, LocalContact, TransferCount};

@@ -145,6 +145,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         WorkerToScheduler::Stored { key: "k".into(), nbytes: 1 },
         WorkerToScheduler::Heartbeat,
         WorkerToScheduler::Memory(WorkerMemory::default()),
+        WorkerToScheduler::Transfers(WorkerTransfers::default()),
         WorkerToScheduler::DataLost { key: "k".into(), reason: "r".into() },
     ];
     for m in &w2s {
@@ -158,6 +159,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
             | WorkerToScheduler::Stored { .. }
             | WorkerToScheduler::Heartbeat
             | WorkerToScheduler::Memory(_)
+            | WorkerToScheduler::Transfers(_)
             | WorkerToScheduler::DataLost { .. } => out.push(("WorkerToScheduler", shape("", m))),
         }
     }
@@ -213,6 +215,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
     out.push(("TransferCount", shape("TransferCount", &TransferCount::default())));
     out.push(("WorkerMemory", shape("WorkerMemory", &WorkerMemory::default())));
     out.push(("IoCount", shape("IoCount", &IoCount::default())));
+    out.push(("WorkerTransfers", shape("WorkerTransfers", &WorkerTransfers::default())));
     let summary = WorkerSummary {
         name: "w".into(),
         address: "a".into(),

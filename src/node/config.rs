@@ -81,6 +81,7 @@ pub(crate) struct SchedulerSection {
     pub(crate) listen: Option<String>,
     pub(crate) worker_timeout: Option<f64>,
     pub(crate) worker_saturation: Option<f64>,
+    pub(crate) dashboard: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

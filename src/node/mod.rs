@@ -251,6 +251,11 @@ pub struct SchedulerArgs {
     /// fewer than ceil(threads × this) tasks (default 1.1; `inf` turns queuing off).
     #[arg(long, env = "COURIER_WORKER_SATURATION")]
     pub worker_saturation: Option<f64>,
+    /// Serve the dashboard (live page at `/`, Prometheus `/metrics`, JSON `/api/…`) over HTTP
+    /// on `host:port` (port 0: any free port). Off unless given: the page has no
+    /// authentication, so it is opened deliberately, typically on 127.0.0.1.
+    #[arg(long, env = "COURIER_DASHBOARD", value_name = "HOST:PORT")]
+    pub dashboard: Option<String>,
 }
 
 /// `courier worker` settings (and a custom worker's).
@@ -354,8 +359,13 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
         }
         config.worker_saturation = s;
     }
-    let (handle, task) = courier_runtime::start_scheduler(registry, &listen, config).await?;
+    let mut server = courier_runtime::ServerConfig::from(config);
+    server.dashboard = args.dashboard.or(file.scheduler.dashboard).map(courier_runtime::DashboardConfig::new);
+    let (handle, task) = courier_runtime::start_scheduler(registry, &listen, server).await?;
     println!("scheduler listening at {}", handle.address);
+    if let Some(d) = handle.dashboard_address() {
+        println!("dashboard at http://{d}/ (metrics at http://{d}/metrics)");
+    }
     use std::io::Write as _;
     std::io::stdout().flush()?;
     tokio::select! {

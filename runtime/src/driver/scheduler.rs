@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::batched::Outbox;
 use crate::collections::{Map, Set};
+use crate::dashboard::{Feed, Publisher};
 use crate::protocol::{ClientToScheduler, Hello, SchedulerToClient, SchedulerToWorker, WorkerToScheduler};
 use crate::scheduler::{Action, ClientId, Event, Scheduler, SchedulerConfig, SchedulerStats, WorkerId};
 
@@ -38,11 +39,13 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// Unsent messages a peer may accumulate before it is disconnected (default 1,000,000).
     pub outbox_limit: usize,
+    /// Serve the dashboard (`/`, `/metrics`, `/api/…`) over HTTP (default: off).
+    pub dashboard: Option<crate::dashboard::DashboardConfig>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { scheduler: SchedulerConfig::default(), outbox_limit: 1_000_000 }
+        ServerConfig { scheduler: SchedulerConfig::default(), outbox_limit: 1_000_000, dashboard: None }
     }
 }
 
@@ -60,9 +63,15 @@ pub struct SchedulerHandle {
     shutdown: CloseSignal,
     received: Arc<AtomicU64>,
     stats: tokio::sync::watch::Sender<SchedulerStats>,
+    dashboard: Option<std::net::SocketAddr>,
 }
 
 impl SchedulerHandle {
+    /// Where the dashboard listens, if it was started.
+    pub fn dashboard_address(&self) -> Option<std::net::SocketAddr> {
+        self.dashboard
+    }
+
     /// Bytes of messages the scheduler has received from all peers (headers and frames).
     /// Task data moves worker to worker, so this stays small however large the results.
     pub fn bytes_received(&self) -> u64 {
@@ -140,13 +149,34 @@ pub async fn start_scheduler(
     let config = config.into();
     let mut listener = registry.listen(listen).await?;
     let address = listener.contact_address().to_string();
+    let rejections = listener.rejections();
     let shutdown = CloseSignal::new();
     let (events_tx, events) = mpsc::channel::<FromPeer>(EVENT_QUEUE);
     let received = Arc::new(AtomicU64::new(0));
     let stats = tokio::sync::watch::Sender::new(SchedulerStats::default());
     let ids = Arc::new(AtomicU64::new(1));
+    let scheduler = Scheduler::new(config.scheduler);
+    let scheme = address.split("://").next().unwrap_or("").to_owned();
+    let feed = Arc::new(Feed::new(&scheduler, rejections, received.clone(), scheme));
+    let dashboard = match config.dashboard {
+        Some(d) => {
+            let listen = d.listen.clone();
+            let started = crate::dashboard::start(d, feed.clone(), shutdown.clone()).await.map_err(|e| {
+                CommError::new(courier_core::ErrorKind::Io, format!("the dashboard cannot listen on {listen}: {e}"))
+            });
+            match started {
+                Ok(d) => Some(d.address),
+                Err(e) => {
+                    listener.close().await;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
 
     let stop = shutdown.clone();
+    let errors = feed.clone();
     let (counter, limit) = (received.clone(), config.outbox_limit);
     tokio::spawn(async move {
         loop {
@@ -162,13 +192,13 @@ pub async fn start_scheduler(
                 },
             };
             let id = ids.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(serve_peer(comm, id, events_tx.clone(), stop.clone(), counter.clone(), limit));
+            tokio::spawn(serve_peer(comm, id, events_tx.clone(), stop.clone(), counter.clone(), limit, errors.clone()));
         }
         listener.close().await;
     });
-    let core = Core::new(Scheduler::new(config.scheduler), stats.clone());
-    let task = tokio::spawn(core.run(events, shutdown.clone()));
-    Ok((SchedulerHandle { address, shutdown, received, stats }, task))
+    let core = Core::new(scheduler, stats.clone(), Publisher::new(feed.clone()));
+    let task = tokio::spawn(core.run(events, shutdown.clone(), feed));
+    Ok((SchedulerHandle { address, shutdown, received, stats, dashboard }, task))
 }
 
 /// The event loop's state: the state machine, the outboxes, and each peer's waiting items.
@@ -182,10 +212,11 @@ struct Core {
     /// Departures found while routing (overflowed outboxes), handled next.
     departed: VecDeque<Event>,
     stats: tokio::sync::watch::Sender<SchedulerStats>,
+    publisher: Publisher,
 }
 
 impl Core {
-    fn new(scheduler: Scheduler, stats: tokio::sync::watch::Sender<SchedulerStats>) -> Self {
+    fn new(scheduler: Scheduler, stats: tokio::sync::watch::Sender<SchedulerStats>, publisher: Publisher) -> Self {
         Core {
             scheduler,
             outboxes: Map::default(),
@@ -194,6 +225,7 @@ impl Core {
             turns: VecDeque::new(),
             departed: VecDeque::new(),
             stats,
+            publisher,
         }
     }
 
@@ -258,7 +290,12 @@ impl Core {
         }
     }
 
-    async fn run(mut self, mut events: mpsc::Receiver<FromPeer>, stop: CloseSignal) -> Result<(), CommError> {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<FromPeer>,
+        stop: CloseSignal,
+        feed: Arc<Feed>,
+    ) -> Result<(), CommError> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -267,6 +304,7 @@ impl Core {
                     biased;
                     () = stop.closed() => break,
                     _ = tick.tick() => self.handle(Event::Tick),
+                    () = feed.asked() => {}
                     e = events.recv() => match e {
                         Some(e) => self.enqueue(e),
                         None => break,
@@ -300,6 +338,7 @@ impl Core {
                 *s = now;
                 changed
             });
+            self.publisher.maybe_publish(&self.scheduler, Instant::now());
         }
         for o in self.outboxes.values() {
             o.close();
@@ -380,6 +419,7 @@ async fn serve_peer(
     stop: CloseSignal,
     counter: Arc<AtomicU64>,
     limit: usize,
+    feed: Arc<Feed>,
 ) {
     let remote = comm.peer_address().to_string();
     let role = comm.peer_info().role.clone();
@@ -396,11 +436,13 @@ async fn serve_peer(
         }
         Ok(Err(e)) => {
             if !e.is_closed() {
+                feed.comm_error(e.kind());
                 tracing::warn!(%remote, error = %e, "a peer did not start with a hello; dropped it");
             }
             return;
         }
         Err(_) => {
+            feed.comm_error(courier_core::ErrorKind::Timeout);
             tracing::warn!(%remote, "a peer sent no hello within {HELLO_TIMEOUT:?}; dropped it");
             return;
         }
@@ -410,7 +452,7 @@ async fn serve_peer(
         return;
     }
     let credit = Arc::new(Semaphore::new(PEER_CREDIT));
-    let ctx = Relay { events: &events, stop: &stop, counter: &counter, remote: &remote, credit: &credit };
+    let ctx = Relay { events: &events, stop: &stop, counter: &counter, remote: &remote, credit: &credit, feed: &feed };
     match hello {
         Hello::Worker { name, address, nthreads, local } => {
             let peer = Peer::Worker(id);
@@ -442,6 +484,7 @@ struct Relay<'a> {
     counter: &'a AtomicU64,
     remote: &'a str,
     credit: &'a Arc<Semaphore>,
+    feed: &'a Feed,
 }
 
 impl Relay<'_> {
@@ -465,6 +508,7 @@ impl Relay<'_> {
                     Ok(b) => b,
                     Err(e) => {
                         if !e.is_closed() {
+                            self.feed.comm_error(e.kind());
                             tracing::warn!(remote = %self.remote, error = %e, "malformed message from a peer; disconnected it");
                         }
                         outbox.abort();

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient, WorkerSummary};
 pub use data::{DataReply, DataRequest, TransferCount};
 pub use failure::Failure;
-pub use worker::{IoCount, SchedulerToWorker, WorkerMemory, WorkerToScheduler};
+pub use worker::{IoCount, MAX_TRANSFER_SCHEMES, SchedulerToWorker, WorkerMemory, WorkerToScheduler, WorkerTransfers};
 
 /// The role a credential grants that may do everything, joining as a worker included
 /// (see `courier_core::AccessList`).

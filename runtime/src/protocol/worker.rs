@@ -73,6 +73,10 @@ pub enum WorkerToScheduler {
     /// when it pauses or resumes or a spill fails. While `paused` the scheduler assigns it
     /// nothing and moves its unstarted runs elsewhere.
     Memory(WorkerMemory),
+    /// This worker's transfer counters (cumulative), sent with a heartbeat when they changed:
+    /// what it fetched from peers and what it served them, per transport scheme. The
+    /// scheduler only displays them (dashboard, `/metrics`).
+    Transfers(WorkerTransfers),
     /// A result this worker held is gone (its spilled copy could not be read back): it no
     /// longer holds `key`.
     DataLost {
@@ -114,6 +118,19 @@ pub struct WorkerMemory {
     /// The last spill or unspill error, naming the path.
     pub spill_error: Option<String>,
 }
+
+/// A worker's cumulative transfer counters, per transport scheme (at most
+/// [`MAX_TRANSFER_SCHEMES`] entries each; the scheduler ignores the rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerTransfers {
+    /// Values this worker fetched from peers (bytes in).
+    pub fetched: Vec<super::TransferCount>,
+    /// Values this worker served to peers and clients (bytes out).
+    pub served: Vec<super::TransferCount>,
+}
+
+/// Entries of each [`WorkerTransfers`] list the scheduler keeps.
+pub const MAX_TRANSFER_SCHEMES: usize = 16;
 
 /// What the scheduler sends a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

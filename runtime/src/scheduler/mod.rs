@@ -32,6 +32,7 @@
 //! ticket it issued.
 
 mod adaptive;
+mod observe;
 mod placement;
 mod recovery;
 mod retire;
@@ -48,6 +49,9 @@ use std::time::{Duration, Instant};
 use crate::collections::{Map, shrink_map};
 use crate::protocol::{ClientToScheduler, Key, RunId, SchedulerToClient, SchedulerToWorker, WorkerToScheduler};
 
+pub use observe::{
+    Counters, DURATION_BUCKETS, Durations, Execution, Group, MAX_GROUPS, OTHER, STREAM_KEEP, Snapshot, WorkerView,
+};
 pub use state::TaskState;
 use state::{ClientState, Task, Worker};
 
@@ -245,6 +249,7 @@ pub struct Scheduler {
     releases: BTreeMap<WorkerId, Vec<Key>>,
     out: Vec<Action>,
     now: Instant,
+    observer: observe::Observer,
 }
 
 impl Scheduler {
@@ -280,6 +285,7 @@ impl Scheduler {
             releases: BTreeMap::new(),
             out: Vec::new(),
             now: Instant::now(),
+            observer: observe::Observer::new(Instant::now()),
         }
     }
 
@@ -385,6 +391,7 @@ impl Scheduler {
             WorkerToScheduler::Stored { key, nbytes } => self.stored(w, key, nbytes),
             WorkerToScheduler::Heartbeat => {}
             WorkerToScheduler::Memory(report) => self.worker_memory(w, report),
+            WorkerToScheduler::Transfers(report) => self.observer.transfers(w, report),
             WorkerToScheduler::DataLost { key, reason } => self.data_lost(w, key, &reason),
         }
     }

@@ -67,6 +67,7 @@ impl Scheduler {
             },
         );
         self.total_threads += u64::from(nthreads);
+        self.observer.counters.workers_joined += 1;
         self.reindex(id);
         self.timeouts.push(Reverse((self.now + self.config.worker_timeout, id)));
         let clients: Vec<_> = self.clients.keys().copied().collect();
@@ -143,6 +144,11 @@ impl Scheduler {
     pub(crate) fn worker_left(&mut self, id: WorkerId) {
         let Some(worker) = self.remove_worker_entry(id) else { return };
         tracing::info!(name = %worker.name, address = %worker.address, "worker left");
+        self.observer.transfers.remove(&id);
+        match worker.status {
+            WorkerStatus::Retiring(_) => self.observer.counters.workers_retired += 1,
+            WorkerStatus::Running => self.observer.counters.workers_lost += 1,
+        }
         if let WorkerStatus::Retiring(r) = worker.status
             && let Some(ret) = self.retirements.get_mut(&r)
         {
@@ -414,6 +420,7 @@ impl Scheduler {
                 worker.address, self.config.worker_timeout
             );
             tracing::warn!(%reason);
+            self.observer.counters.heartbeats_missed += 1;
             self.out.push(Action::DropWorker { id, reason });
             self.worker_left(id);
         }

@@ -144,8 +144,10 @@ impl Scheduler {
     /// dependencies' counts of outstanding dependents. Cost: O(1) plus O(holders) for memory
     /// and O(dependencies) when the task starts or stops being outstanding.
     pub(crate) fn set_state(&mut self, key: &Key, new: TaskState) {
-        let Some(t) = self.tasks.get_mut(key) else { return };
+        let Scheduler { tasks, observer, .. } = self;
+        let Some(t) = tasks.get_mut(key) else { return };
         let old = std::mem::replace(&mut t.state, new);
+        observer.moved(&t.func, &old, &t.state);
         let (was_out, is_out) = (old.is_outstanding(), t.state.is_outstanding());
         // A steal or a refusal concerns one run; any change of state ends it.
         let was_stealing = std::mem::take(&mut t.stealing);
@@ -418,6 +420,7 @@ impl Scheduler {
         if queued != self.queued {
             return Err(format!("{queued} queued, counted {}", self.queued));
         }
+        self.observer.check(&self.tasks)?;
         let free: usize = self
             .workers
             .values()

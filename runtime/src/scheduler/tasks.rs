@@ -172,6 +172,7 @@ impl Scheduler {
             }
             self.tasks.insert(key.clone(), task);
             self.set_state(&key, TaskState::Waiting);
+            self.observer.counters.submitted += 1;
             if waiting == 0 {
                 now_ready.push(key);
             }
@@ -219,6 +220,7 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&key) {
             t.nbytes = nbytes;
             let func = t.func.clone();
+            self.observer.executed(w, &func, seconds, self.now);
             let d = self.durations.entry(func).or_insert((0.0, 0));
             *d = (d.0 + seconds, d.1 + 1);
         }

@@ -897,3 +897,44 @@ fn data_a_worker_lost_from_disk_is_recomputed() {
     });
     assert_eq!(computes(&out), vec![(1, Key::from("a"))], "a wanted key with no holder left is computed again");
 }
+
+/// The observer's groups, counters and stream follow the tasks; a flood of made-up function
+/// names shares one group past `MAX_GROUPS`, and the stream keeps only the newest runs.
+#[test]
+fn the_snapshot_counts_groups_and_bounds_names_and_the_stream() {
+    let mut h = Harness::new(&[(1, 1)]);
+    h.submit(vec![task("a", &[]), task("b", &["a"])]);
+    let snap = h.s.snapshot(h.now);
+    let g = snap.groups.iter().find(|g| g.function == "f").unwrap();
+    assert_eq!((g.waiting, g.queued, g.processing, g.finished), (1, 0, 1, 0));
+    h.finish(1, "a", 8);
+    h.finish(1, "b", 8);
+    let snap = h.s.snapshot(h.now);
+    let g = snap.groups.iter().find(|g| g.function == "f").unwrap();
+    assert_eq!((g.waiting, g.queued, g.processing, g.finished), (0, 0, 0, 2));
+    assert_eq!(snap.counters.submitted, 2);
+    assert_eq!(snap.counters.finished, 2);
+    assert_eq!(snap.stream.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(snap.workers.len(), 1);
+    assert_eq!(snap.workers[0].ran, 2);
+
+    let names: Vec<TaskSpec> = (0..MAX_GROUPS + 50)
+        .map(|i| TaskSpec { func: format!("made-up-{i}"), ..task(&format!("n{i}"), &[]) })
+        .collect();
+    h.submit(names);
+    let snap = h.s.snapshot(h.now);
+    assert_eq!(snap.groups.len(), MAX_GROUPS + 1, "MAX_GROUPS names and the shared group");
+    let other = snap.groups.iter().find(|g| g.function == super::OTHER).expect("the shared group");
+    assert!(other.queued + other.processing + other.waiting >= 50);
+    // Every run finished is in the stream, up to its bound.
+    let mut done = 0;
+    while let Some(key) = h.s.workers.get(&1).and_then(|w| w.processing.iter().next().cloned()) {
+        h.finish(1, &key, 1);
+        done += 1;
+    }
+    assert_eq!(done, MAX_GROUPS + 50);
+    let snap = h.s.snapshot(h.now);
+    assert_eq!(snap.stream.len(), (MAX_GROUPS + 52).min(STREAM_KEEP));
+    assert_eq!(snap.stream.last().unwrap().seq, (MAX_GROUPS + 52) as u64);
+    assert_eq!(snap.groups.iter().map(|g| g.finished).sum::<u64>(), (MAX_GROUPS + 52) as u64);
+}

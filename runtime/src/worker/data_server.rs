@@ -39,9 +39,10 @@ pub(crate) fn spawn(
             };
             let conn: ConnId = ids.fetch_add(1, Ordering::Relaxed);
             let peer = comm.peer_address().to_string();
+            let scheme = comm.local_address().scheme().to_owned();
             let (tx, mut rx) = comm.split();
             let outbox: Outbox<DataReply> = Outbox::spawn(tx, REPLY_OUTBOX_LIMIT, peer.clone());
-            if inputs.send(Input::DataConn(conn, outbox.clone())).await.is_err() {
+            if inputs.send(Input::DataConn(conn, outbox.clone(), scheme)).await.is_err() {
                 break;
             }
             let (inputs, stop) = (inputs.clone(), stop.clone());

@@ -19,7 +19,10 @@ use crate::collections::Map;
 use crate::driver::batched::Outbox;
 use crate::driver::pool::DataPool;
 use crate::functions::Functions;
-use crate::protocol::{DataReply, DataRequest, Hello, Key, LocalContact, RunId, SchedulerToWorker, WorkerToScheduler};
+use crate::protocol::{
+    DataReply, DataRequest, Hello, Key, LocalContact, RunId, SchedulerToWorker, TransferCount, WorkerToScheduler,
+    WorkerTransfers,
+};
 use courier_core::CommSender;
 
 /// How to start a worker.
@@ -134,7 +137,8 @@ impl WorkerHandle {
 pub(crate) enum Input {
     Scheduler(Vec<SchedulerToWorker>),
     SchedulerLost(CommError),
-    DataConn(ConnId, Outbox<DataReply>),
+    /// A data comm opened, over this scheme.
+    DataConn(ConnId, Outbox<DataReply>, String),
     DataConnClosed(ConnId),
     Data(ConnId, DataRequest),
     FetchDone(FetchId, Result<Vec<Option<Payload>>, String>),
@@ -225,6 +229,8 @@ pub async fn start_worker(
         pool: DataPool::new(registry, config.fetch_timeout),
         scheduler,
         data_conns: Map::default(),
+        served: Map::default(),
+        reported: WorkerTransfers::default(),
         fetches: Map::default(),
         inputs_tx,
         local: VecDeque::new(),
@@ -234,12 +240,23 @@ pub async fn start_worker(
     Ok((handle, task))
 }
 
+/// A peer's or client's comm to this worker's data server.
+struct DataConn {
+    outbox: Outbox<DataReply>,
+    /// Its transport's scheme, for the served counters.
+    scheme: String,
+}
+
 struct Driver {
     state: WorkerState,
     functions: Arc<Functions>,
     pool: DataPool,
     scheduler: SchedulerLink,
-    data_conns: Map<ConnId, Outbox<DataReply>>,
+    data_conns: Map<ConnId, DataConn>,
+    /// Values served to peers and clients, per scheme (reported with heartbeats).
+    served: Map<String, TransferCount>,
+    /// The transfer counters last reported.
+    reported: WorkerTransfers,
     fetches: Map<FetchId, AbortHandle>,
     inputs_tx: mpsc::Sender<Input>,
     /// Events produced by carrying out actions (inline executions), handled next.
@@ -308,6 +325,7 @@ impl Driver {
                 },
                 _ = heartbeat.tick() => {
                     self.step(WorkerEvent::Tick);
+                    self.report_transfers();
                     self.flush();
                     continue;
                 }
@@ -330,8 +348,8 @@ impl Driver {
                         Err(e)
                     };
                 }
-                Input::DataConn(conn, outbox) => {
-                    self.data_conns.insert(conn, outbox);
+                Input::DataConn(conn, outbox, scheme) => {
+                    self.data_conns.insert(conn, DataConn { outbox, scheme });
                 }
                 Input::DataConnClosed(conn) => {
                     self.data_conns.remove(&conn);
@@ -364,8 +382,8 @@ impl Driver {
                     }
                     Input::Event(e) => self.step(e),
                     Input::Loaded(conn, reply) => self.reply(conn, reply),
-                    Input::DataConn(conn, outbox) => {
-                        self.data_conns.insert(conn, outbox);
+                    Input::DataConn(conn, outbox, scheme) => {
+                        self.data_conns.insert(conn, DataConn { outbox, scheme });
                     }
                     Input::DataConnClosed(conn) => {
                         self.data_conns.remove(&conn);
@@ -419,8 +437,8 @@ impl Driver {
     /// machine's.
     fn on_data(&mut self, conn: ConnId, request: DataRequest) {
         if let DataRequest::Stats { id } = request {
-            if let Some(outbox) = self.data_conns.get(&conn) {
-                let _ = outbox.push(DataReply::Stats { id, fetched: self.pool.stats() });
+            if let Some(c) = self.data_conns.get(&conn) {
+                let _ = c.outbox.push(DataReply::Stats { id, fetched: self.pool.stats() });
             }
             return;
         }
@@ -446,9 +464,22 @@ impl Driver {
     }
 
     fn reply(&mut self, conn: ConnId, reply: DataReply) {
-        if let Some(outbox) = self.data_conns.get(&conn)
-            && let Err(e) = outbox.push(reply)
-        {
+        let Some(c) = self.data_conns.get(&conn) else { return };
+        if let DataReply::Data { values, .. } = &reply {
+            let count = match self.served.get_mut(&c.scheme) {
+                Some(count) => count,
+                None => self
+                    .served
+                    .entry(c.scheme.clone())
+                    .or_insert_with(|| TransferCount { scheme: c.scheme.clone(), ..TransferCount::default() }),
+            };
+            count.requests += 1;
+            for v in values.iter().flatten() {
+                count.values += 1;
+                count.bytes += v.byte_len();
+            }
+        }
+        if let Err(e) = c.outbox.push(reply) {
             tracing::warn!(conn, error = %e, "a data requester is not reading its replies; disconnected it");
             self.data_conns.remove(&conn);
         }
@@ -590,10 +621,21 @@ impl Driver {
         });
     }
 
+    /// Sends the transfer counters to the scheduler when they changed since the last report.
+    fn report_transfers(&mut self) {
+        let mut served: Vec<TransferCount> = self.served.values().cloned().collect();
+        served.sort_by(|a, b| a.scheme.cmp(&b.scheme));
+        let now = WorkerTransfers { fetched: self.pool.stats(), served };
+        if now != self.reported {
+            self.reported = now.clone();
+            self.scheduler.push(WorkerToScheduler::Transfers(now));
+        }
+    }
+
     fn flush(&mut self) {
         self.scheduler.start();
-        for outbox in self.data_conns.values() {
-            outbox.flush();
+        for c in self.data_conns.values() {
+            c.outbox.flush();
         }
     }
 }
