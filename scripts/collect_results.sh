@@ -6,7 +6,8 @@
 #
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
-#                                                  tasks, stability, scheduler, million, shm, memory, glm); the manifest records
+#                                                  tasks, stability, scheduler, million, shm, memory, glm,
+#                                                  dashboard); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory glm)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory glm dashboard)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
@@ -29,10 +30,10 @@ if [ $quick = 1 ]; then
   tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1)
   stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
   shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256)
-  spill_args=(8 4 1) queuing_args=(1 16 1 2000) glm_args=(40000 32 8 3)
+  spill_args=(8 4 1) queuing_args=(1 16 1 2000) glm_args=(40000 32 8 3) dashboard_args=(2000 1)
 else
   compare_args=() tasks_args=() shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
-  spill_args=(64 16 5) queuing_args=(7 256 4 100000) glm_args=(4000000 32 40 10)
+  spill_args=(64 16 5) queuing_args=(7 256 4 100000) glm_args=(4000000 32 40 10) dashboard_args=(100000 9)
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
   stability_args=()
 fi
@@ -108,7 +109,15 @@ for part in "${parts[@]}"; do
       ./target/release/examples/glm_bench target/release/courier "${glm_args[@]}" --json "$out/glm.json" 2>/dev/null \
         | tee "$out/glm.txt"
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory, glm)" >&2; exit 2 ;;
+    dashboard)
+      # The scheduler's throughput with the dashboard off and with the live page open in
+      # headless Chromium, alternating; the page's screenshot after the last run.
+      [ -d scripts/dashboard/node_modules/playwright-core ] || npm ci --prefix scripts/dashboard --no-audit --no-fund
+      cargo build --release -p courier-cli --example dashboard_bench
+      ./target/release/examples/dashboard_bench target/release/courier "${dashboard_args[@]}" --json "$out/dashboard.json" \
+        --screenshot "$out/dashboard.png" 2>/dev/null | tee "$out/dashboard.txt"
+      ;;
+    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory, glm, dashboard)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -142,6 +151,7 @@ json.dump({
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",
+                 "dashboard": "dashboard_bench: map + gather of 100,000 trivial tasks, 9 repetitions alternating dashboard off / page open in headless Chromium; tcp:// scheduler + 2 one-thread worker processes; median with min and max",
                  "glm": "glm_bench: L-BFGS, L2 1e-4, 10 iterations (3 when recomputing), each pass timed; 2 one-thread workers; median with min and max of the passes",
                  "memory": "spill_bench: 16 x 64 MiB, 5 repetitions, dd bs = value size, sync before writes, no sync after; root_queuing: 7 repetitions, 256 x 4 MiB fan-in 4, 100,000 trivial tasks, 2 one-thread worker processes over tcp"},
 }, open(path, "w"), indent=2)
@@ -151,7 +161,8 @@ if [ $quick = 1 ]; then
   for f in criterion.txt transports.csv compare.txt compare.json tasks.json tasks.txt stability.json \
     stability.txt scheduler.txt scheduler.csv manifest.json throughput.svg round_trips.svg tasks.svg stability.svg \
     shm_costs.txt shm_compare.txt shm_compare.json shm_perf.jsonl shm_perf.txt shm_stability.txt shm_stability.json \
-    shm_tree.txt shm_tree.json spill.txt spill.json root_queuing.txt root_queuing.json glm.txt glm.json glm.svg; do
+    shm_tree.txt shm_tree.json spill.txt spill.json root_queuing.txt root_queuing.json glm.txt glm.json glm.svg \
+    dashboard.txt dashboard.json dashboard.png; do
     [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
   done
 fi

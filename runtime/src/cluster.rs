@@ -25,6 +25,8 @@ pub struct LocalCluster {
     children: Vec<Child>,
     functions: Arc<Functions>,
     nthreads: u32,
+    /// The scheduler process's dashboard (`http://host:port/`), if it serves one.
+    dashboard_url: Option<String>,
 }
 
 /// Adaptive scaling in progress; stops when dropped. See [`LocalCluster::adapt`].
@@ -93,6 +95,7 @@ impl LocalCluster {
             children: Vec::new(),
             functions,
             nthreads,
+            dashboard_url: None,
         };
         cluster.wait_for_workers(n_workers).await?;
         Ok(cluster)
@@ -120,19 +123,53 @@ impl LocalCluster {
         worker_program: &Path,
         prefix: &[&str],
     ) -> Result<Self, CommError> {
+        Self::processes_full(registry, courier_bin, listen, &[], n_workers, worker_program, prefix).await
+    }
+
+    /// Like [`LocalCluster::processes`], with more arguments for `courier scheduler` (for
+    /// example `["--dashboard", "127.0.0.1:0"]`; see [`LocalCluster::dashboard_url`]).
+    pub async fn processes_with_scheduler_args(
+        registry: Registry,
+        courier_bin: &Path,
+        listen: &str,
+        scheduler_args: &[&str],
+        n_workers: usize,
+    ) -> Result<Self, CommError> {
+        Self::processes_full(registry, courier_bin, listen, scheduler_args, n_workers, courier_bin, &["worker"]).await
+    }
+
+    async fn processes_full(
+        registry: Registry,
+        courier_bin: &Path,
+        listen: &str,
+        scheduler_args: &[&str],
+        n_workers: usize,
+        worker_program: &Path,
+        prefix: &[&str],
+    ) -> Result<Self, CommError> {
         let io = |e: std::io::Error| CommError::from_io("starting a cluster process", e);
         let mut scheduler = Command::new(courier_bin)
             .args(["scheduler", "--listen", listen])
+            .args(scheduler_args)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(io)?;
         let stdout = scheduler.stdout.take().ok_or_else(|| CommError::closed("scheduler has no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let address = tokio::time::timeout(Duration::from_secs(30), async {
+        let dashboard = scheduler_args.contains(&"--dashboard");
+        let (address, dashboard_url) = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut address = None;
             while let Some(line) = lines.next_line().await? {
                 if let Some(addr) = line.strip_prefix("scheduler listening at ") {
-                    return Ok(addr.trim().to_owned());
+                    address = Some(addr.trim().to_owned());
+                    if !dashboard {
+                        return Ok((address.unwrap_or_default(), None));
+                    }
+                }
+                if let (Some(a), Some(url)) = (&address, line.strip_prefix("dashboard at ")) {
+                    let url = url.split_whitespace().next().unwrap_or("").to_owned();
+                    return Ok((a.clone(), Some(url)));
                 }
             }
             Err(std::io::Error::other("the scheduler exited before listening"))
@@ -148,12 +185,19 @@ impl LocalCluster {
             children: vec![scheduler],
             functions: Arc::new(Functions::with_builtins()),
             nthreads: 1,
+            dashboard_url,
         };
         for i in 0..n_workers {
             cluster.spawn_worker_program(worker_program, prefix, &format!("worker-{i}")).await?;
         }
         cluster.wait_for_workers(n_workers).await?;
         Ok(cluster)
+    }
+
+    /// The scheduler process's dashboard, `http://host:port/`, when it was started with
+    /// `--dashboard` (see [`LocalCluster::processes_with_scheduler_args`]).
+    pub fn dashboard_url(&self) -> Option<&str> {
+        self.dashboard_url.as_deref()
     }
 
     /// Starts one more worker process of the `courier` binary at `courier_bin`.
