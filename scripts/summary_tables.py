@@ -204,3 +204,16 @@ if path.exists():
             f"({tl['gap_seconds_per_pass']:.4f} s per pass over both workers); the workers finish "
             f"{tl['tail_seconds'] * 1e3:.1f} ms apart."
         )
+
+path = root / "dashboard.json"
+if path.exists():
+    d = json.loads(path.read_text())
+    print("\n### Dashboard cost (`dashboard.json`: map + gather of trivial tasks, alternating)\n")
+    print("| dashboard | tasks | median tasks/s (min–max) | scheduler CPU s per run |")
+    print("| --- | --- | --- | --- |")
+    for r in d["rows"]:
+        print(
+            f"| {r['cluster']} | {r['tasks']:,} | {r['median_tasks_per_s'] / 1e3:.1f}k "
+            f"({r['min_tasks_per_s'] / 1e3:.1f}k–{r['max_tasks_per_s'] / 1e3:.1f}k) | {r['median_scheduler_cpu_s']:.3f} |"
+        )
+    print(f"\nPage open / off: {d['ratio_page_open_to_off']:.3f}.")
