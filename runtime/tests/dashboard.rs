@@ -136,6 +136,10 @@ async fn metrics_count_the_work_done() {
         level = next;
     }
     tokio::time::timeout(LIMIT, level[0].result()).await.unwrap().unwrap();
+    // Scattered round robin, one value on each worker: their sum fetches one of them.
+    let pair = c.scatter(&[5i64, 7i64]).await.unwrap();
+    let sum = c.submit::<i64>("add", pair.iter().map(|f| f.arg()).collect()).await.unwrap();
+    assert_eq!(tokio::time::timeout(LIMIT, sum.result()).await.unwrap().unwrap(), 12);
     let fails = c.map::<()>("fail", (0..5).map(|i| vec![arg(&format!("boom {i}"))])).await.unwrap();
     for f in &fails {
         assert!(tokio::time::timeout(LIMIT, f.result()).await.unwrap().is_err());
@@ -163,6 +167,7 @@ async fn metrics_count_the_work_done() {
     assert_eq!(metric(&text, "courier_tasks_finished_total", "function=\"inc\""), Some(100.0));
     assert_eq!(metric(&text, "courier_tasks_finished_total", "function=\"random_array\""), Some(8.0));
     assert_eq!(metric(&text, "courier_tasks_finished_total", "function=\"array_add\""), Some(7.0));
+    assert_eq!(metric(&text, "courier_tasks_finished_total", "function=\"add\""), Some(1.0));
     assert_eq!(metric(&text, "courier_tasks_erred_total", "function=\"fail\""), Some(5.0));
     assert_eq!(metric(&text, "courier_tasks_erred_total", "function=\"inc\""), Some(0.0));
     let finished = sum_metric(&text, "courier_tasks_finished_total", "function=");

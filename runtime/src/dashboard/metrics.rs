@@ -15,9 +15,9 @@ use super::Published;
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Encodes `p` as metrics named `courier_…`.
-pub(crate) fn render(p: &Published) -> Result<String, std::fmt::Error> {
+pub(crate) fn render(p: &std::sync::Arc<Published>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("courier");
-    registry.register_collector(Box::new(SnapshotCollector(std::sync::Arc::new(p.clone()))));
+    registry.register_collector(Box::new(SnapshotCollector(p.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)

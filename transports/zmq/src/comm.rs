@@ -338,7 +338,16 @@ impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
                         read.read_buf(rbuf).await
                     }
                 }
-            } => r.map_err(|e| CommError::from_io(format!("receiving from {peer}"), e))?,
+            } => r.map_err(|e| {
+                // A peer that vanished with unread data resets rather than closes: say so.
+                let doing = match e.kind() {
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                        format!("{peer} reset the connection")
+                    }
+                    _ => format!("receiving from {peer}"),
+                };
+                CommError::from_io(doing, e)
+            })?,
         };
         if n == 0 {
             let mid = if mid_message { " in the middle of a message" } else { "" };
