@@ -201,7 +201,8 @@ async fn the_api_shows_workers_groups_and_the_task_stream() {
     assert_eq!(summary["counters"]["finished"], 50);
     assert_eq!(summary["scheme"], "inproc");
     let workers = get_json(address, "/api/workers").await;
-    let names: Vec<&str> = workers.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> = workers.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
     assert_eq!(names, ["worker-0", "worker-1"]);
     let ran: u64 = workers.as_array().unwrap().iter().map(|w| w["ran"].as_u64().unwrap()).sum();
     assert_eq!(ran, 50);
