@@ -25,7 +25,7 @@ mod patterns;
 pub mod raw;
 mod stats;
 
-pub use limits::{BlockingPair, memcpy, process_cpu};
+pub use limits::{BlockingPair, memcpy, process_cpu, process_cpu_of};
 pub use patterns::{echo_client, echo_server, payload_message, stream_receiver, stream_sender};
 pub use raw::{RawPair, RawReader, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender};
 pub use stats::{Summary, format_bytes};

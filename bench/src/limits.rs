@@ -126,9 +126,28 @@ pub fn process_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/PID/stat` (clock
+/// ticks of 1/100 s); 0 when it cannot be read (the process is gone).
+pub fn process_cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_process_cpu_is_read_from_proc() {
+        let me = process_cpu_of(std::process::id());
+        assert!(me >= 0.0 && me.is_finite());
+        assert_eq!(process_cpu_of(u32::MAX), 0.0, "no such process");
+    }
 
     #[test]
     fn the_stream_limit_moves_every_byte_and_can_be_reused() {

@@ -21,15 +21,6 @@ use courier::courier_runtime::{Client, LocalCluster, arg};
 use courier::{Registry, RegistryExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// User + system CPU seconds of process `pid` (from /proc/pid/stat, in ticks of 1/100 s).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -39,13 +30,13 @@ fn median(v: &[f64]) -> f64 {
 
 /// One map + gather: tasks per second and the scheduler's CPU seconds.
 async fn run(c: &Client, scheduler_pid: u32, n: usize) -> anyhow::Result<(f64, f64)> {
-    let cpu0 = cpu_seconds(scheduler_pid);
+    let cpu0 = courier_bench::process_cpu_of(scheduler_pid);
     let start = Instant::now();
     let futures = c.map::<i64>("inc", (0..n as i64).map(|i| vec![arg(&i)])).await?;
     let results = c.gather(&futures).await?;
     let took = start.elapsed().as_secs_f64();
     anyhow::ensure!(results.len() == n && results[n - 1] == n as i64, "wrong results");
-    Ok((n as f64 / took, cpu_seconds(scheduler_pid) - cpu0))
+    Ok((n as f64 / took, courier_bench::process_cpu_of(scheduler_pid) - cpu0))
 }
 
 #[derive(serde::Serialize)]

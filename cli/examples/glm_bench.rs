@@ -90,19 +90,9 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-/// User + system CPU seconds of process `pid` (from /proc/pid/stat, in clock ticks of 1/100 s).
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn cpu_now(pids: &[u32]) -> f64 {
-    proc_cpu(std::process::id()) + pids.iter().map(|&p| proc_cpu(p)).sum::<f64>()
+    let cpu = courier_bench::process_cpu_of;
+    cpu(std::process::id()) + pids.iter().map(|&p| cpu(p)).sum::<f64>()
 }
 
 async fn measure<O: Objective + Send>(
