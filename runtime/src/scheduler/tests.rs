@@ -938,3 +938,22 @@ fn the_snapshot_counts_groups_and_bounds_names_and_the_stream() {
     assert_eq!(snap.stream.last().unwrap().seq, (MAX_GROUPS + 52) as u64);
     assert_eq!(snap.groups.iter().map(|g| g.finished).sum::<u64>(), (MAX_GROUPS + 52) as u64);
 }
+
+/// A worker's transfer report is kept within its bounds: at most `MAX_TRANSFER_SCHEMES`
+/// entries per list, schemes cut to 32 characters; it is forgotten when the worker leaves.
+#[test]
+fn a_hostile_transfer_report_is_cut_to_its_bounds_and_forgotten_with_its_worker() {
+    use crate::protocol::{MAX_TRANSFER_SCHEMES, TransferCount, WorkerTransfers};
+    let mut h = Harness::new(&[(1, 1)]);
+    let entry =
+        |i: usize| TransferCount { scheme: format!("{i}{}", "x".repeat(10_000)), requests: 1, values: 1, bytes: 8 };
+    let report = WorkerTransfers { fetched: (0..1000).map(entry).collect(), served: (0..1000).map(entry).collect() };
+    h.ev(Event::FromWorker { id: 1, msg: WorkerToScheduler::Transfers(report) });
+    let snap = h.s.snapshot(h.now);
+    let t = &snap.workers[0].transfers;
+    assert_eq!((t.fetched.len(), t.served.len()), (MAX_TRANSFER_SCHEMES, MAX_TRANSFER_SCHEMES));
+    assert!(t.fetched.iter().chain(&t.served).all(|c| c.scheme.len() <= 32));
+    h.ev(Event::WorkerLeft { id: 1 });
+    assert!(h.s.observer.transfers.is_empty());
+    assert_eq!(h.s.snapshot(h.now).counters.workers_lost, 1);
+}
