@@ -199,9 +199,9 @@ if path.exists():
         none, one, two = tl["seconds_with_running"]
         print(
             f"\nLocalCluster timeline ({tl['passes']} passes with the per-chunk function wrapped, medians per pass): "
-            f"{two:.4f} s with two executions running, {one:.4f} s with one, {none:.4f} s with none; a worker's "
-            f"thread waits {tl['gap_seconds_median'] * 1e3:.2f} ms between two of its executions "
-            f"({tl['gap_seconds_per_pass']:.4f} s per pass over both workers); the workers finish "
+            f"{two:.4f} s with two executions running, {one:.4f} s with one, {none:.4f} s with none; a "
+            f"thread waits {tl['gap_seconds_median'] * 1e3:.2f} ms between two executions "
+            f"({tl['gap_seconds_per_pass']:.4f} s per pass over both threads); the threads' last executions end "
             f"{tl['tail_seconds'] * 1e3:.1f} ms apart."
         )
 

@@ -18,6 +18,12 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(None)
+}
+
+/// With `scheduler` configured so (default: `LocalCluster::inproc`'s, which places by load
+/// alone, as moving a value in one process moves no bytes).
+fn setup_with(scheduler: Option<courier_runtime::SchedulerConfig>) -> Setup {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (cluster, client) = rt.block_on(async {
         let registry = courier_core::Registry::new().with(Arc::new(courier_inproc::InprocTransport::new()));
@@ -39,7 +45,11 @@ fn setup() -> Setup {
         functions.register("test.plus", |(a, s): (courier_core::WireArray, f64)| {
             Ok::<_, String>(courier_core::WireArray::from_array(a.to_array::<f64>().map_err(|e| e.to_string())? + s))
         });
-        let cluster = LocalCluster::inproc(registry, 2, functions).await.unwrap();
+        let cluster = match scheduler {
+            Some(config) => LocalCluster::in_process_with(registry, "inproc://", 2, 1, functions, config).await,
+            None => LocalCluster::inproc(registry, 2, functions).await,
+        }
+        .unwrap();
         let client = cluster.client().await.unwrap();
         (cluster, client)
     });
@@ -282,7 +292,9 @@ async fn fetched_bytes(client: &Client) -> u64 {
 
 #[test]
 fn rechunk_from_rows_to_columns_moves_each_byte_at_most_once() {
-    let s = setup();
+    // The scheduler's default transfer cost (1 GiB/s, as between processes): the placement a
+    // process cluster gets, counted in bytes here.
+    let s = setup_with(Some(courier_runtime::SchedulerConfig::default()));
     s.rt.block_on(async {
         let (n, rows_per_chunk) = (1024usize, 16usize); // 64 input blocks of 128 KiB
         let a = local(&[n, n], 5);

@@ -176,21 +176,23 @@ struct Timeline {
     passes: usize,
     /// Medians per pass: seconds with 0, 1 and 2 executions running.
     seconds_with_running: [f64; 3],
-    /// Median per pass of the idle time between a worker's consecutive executions (summed
-    /// over both workers), and per gap.
+    /// Median per pass of the idle time between a lane's consecutive executions (summed over
+    /// both lanes), and per gap.
     gap_seconds_per_pass: f64,
     gap_seconds_median: f64,
-    /// Median per pass of the time between one worker's last execution ending and the other's.
+    /// Median per pass of the time between one lane's last execution ending and the other's.
     tail_seconds: f64,
 }
 
 /// The LocalCluster again, its per-chunk function wrapped to record when each execution starts
 /// and ends (the same work plus two clock reads and a lock): how much of a pass runs two
-/// chunks at once, one, or none, and how long a worker's thread waits between two of its
-/// executions (the hop through the worker's event loop).
+/// chunks at once, one, or none, and how long a thread waits between two executions (the hop
+/// from one run to the next). A pass's executions are split into two lanes, each execution to
+/// the lane that freed last before it starts (one thread per worker runs its executions one
+/// after another, so they never overlap on a lane).
 async fn local_timeline(problem: &Synthetic, passes: usize) -> anyhow::Result<Timeline> {
     use std::sync::{Arc, Mutex};
-    type Log = Arc<Mutex<Vec<(f64, f64, usize)>>>;
+    type Log = Arc<Mutex<Vec<(f64, f64)>>>;
     let log: Log = Arc::default();
     let t0 = Instant::now();
     let mut functions = Functions::with_builtins();
@@ -198,39 +200,18 @@ async fn local_timeline(problem: &Synthetic, passes: usize) -> anyhow::Result<Ti
     let sums = courier_array::functions();
     let l2 = log.clone();
     functions.register_blocking("glm.sums", move |Raw(args): Raw| {
-        // Which chunk: the address of its data, the same every pass.
-        let chunk = args.get(2).and_then(|p| p.frames.first()).map_or(0, |f| f.as_ptr() as usize);
         let start = t0.elapsed().as_secs_f64();
         let r = sums
             .call("glm.sums", args)
             .and_then(|p| p.decode::<courier::courier_core::WireArray>().map_err(|e| e.to_string()));
-        l2.lock().map_err(|_| "poisoned")?.push((start, t0.elapsed().as_secs_f64(), chunk));
+        l2.lock().map_err(|_| "poisoned")?.push((start, t0.elapsed().as_secs_f64()));
         r
     });
     let cluster = LocalCluster::inproc(Registry::with_default_transports(), 2, functions).await?;
     let client = cluster.client().await?;
     let mut obj = persisted(problem, &client).await?;
-    // Which worker holds which chunk (by data address), from the first pass's order: a worker
-    // runs its executions one after another, so they never overlap.
-    let owner: std::collections::HashMap<usize, usize> = {
-        obj.evaluate(&vec![0.0; problem.cols], Eval::Gradient).await?;
-        let mut l = log.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-        l.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut ends: Vec<f64> = Vec::new();
-        let mut owner = std::collections::HashMap::new();
-        for (s, f, chunk) in l {
-            let w = match ends.iter().position(|&e| e <= s) {
-                Some(w) => w,
-                None => {
-                    ends.push(0.0);
-                    ends.len() - 1
-                }
-            };
-            ends[w] = f;
-            owner.insert(chunk, w);
-        }
-        owner
-    };
+    // One pass to warm up (the scheduler measures the function's run time).
+    obj.evaluate(&vec![0.0; problem.cols], Eval::Gradient).await?;
     let (mut levels, mut gaps, mut per_gap, mut tails) = ([vec![], vec![], vec![]], vec![], vec![], vec![]);
     for i in 0..passes {
         log.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clear();
@@ -239,7 +220,7 @@ async fn local_timeline(problem: &Synthetic, passes: usize) -> anyhow::Result<Ti
         obj.evaluate(&beta, Eval::Gradient).await?;
         let e = t0.elapsed().as_secs_f64();
         let l = log.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-        let mut ev: Vec<(f64, i32)> = l.iter().flat_map(|&(s, f, _)| [(s, 1), (f, -1)]).collect();
+        let mut ev: Vec<(f64, i32)> = l.iter().flat_map(|&(s, f)| [(s, 1), (f, -1)]).collect();
         ev.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (mut lvl, mut cur, mut last) = ([0.0f64; 3], 0usize, t);
         for (time, d) in ev {
@@ -252,20 +233,25 @@ async fn local_timeline(problem: &Synthetic, passes: usize) -> anyhow::Result<Ti
             levels[k].push(lvl[k]);
         }
         let mut pass_gaps = 0.0;
-        let mut last_ends = Vec::new();
-        for w in 0..2 {
-            let mut mine: Vec<(f64, f64)> =
-                l.iter().filter(|x| owner.get(&x.2) == Some(&w)).map(|x| (x.0, x.1)).collect();
-            mine.sort_by(|a, b| a.0.total_cmp(&b.0));
-            for pair in mine.windows(2) {
-                let g = (pair[1].0 - pair[0].1).max(0.0);
+        let mut lanes: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut sorted = l.clone();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (s, f) in sorted {
+            // The lane that freed last (the thread that just finished takes the next run).
+            let free = lanes.iter_mut().filter(|lane| lane.last().is_some_and(|x| x.1 <= s));
+            match free.max_by(|a, b| a.last().map_or(0.0, |x| x.1).total_cmp(&b.last().map_or(0.0, |x| x.1))) {
+                Some(lane) => lane.push((s, f)),
+                None => lanes.push(vec![(s, f)]),
+            }
+        }
+        for lane in &lanes {
+            for pair in lane.windows(2) {
+                let g = pair[1].0 - pair[0].1;
                 pass_gaps += g;
                 per_gap.push(g);
             }
-            if let Some(x) = mine.last() {
-                last_ends.push(x.1);
-            }
         }
+        let last_ends: Vec<f64> = lanes.iter().filter_map(|lane| lane.last().map(|x| x.1)).collect();
         gaps.push(pass_gaps);
         if let [a, b] = last_ends[..] {
             tails.push((a - b).abs());
@@ -282,8 +268,8 @@ async fn local_timeline(problem: &Synthetic, passes: usize) -> anyhow::Result<Ti
     };
     println!(
         "local timeline ({passes} passes, medians): {:.4} s with two executions running, {:.4} s with one, \
-         {:.4} s with none; a worker's thread waits {:.2} ms between two of its executions \
-         ({:.4} s per pass over both workers); the workers finish {:.1} ms apart",
+         {:.4} s with none; a thread waits {:.2} ms between two executions \
+         ({:.4} s per pass over both threads); the threads' last executions end {:.1} ms apart",
         tl.seconds_with_running[2],
         tl.seconds_with_running[1],
         tl.seconds_with_running[0],

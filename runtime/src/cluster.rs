@@ -59,7 +59,10 @@ impl LocalCluster {
     }
 
     /// A scheduler listening on `listen` and `n_workers` workers (of `nthreads`), all in this
-    /// process; the scheme of `listen` picks the transport.
+    /// process; the scheme of `listen` picks the transport. Over inproc://, a value fetched
+    /// from another worker is the same buffer (no byte moves), so the scheduler places tasks
+    /// by load alone (an infinite [`SchedulerConfig::transfer_bandwidth`]): a task on a large
+    /// input runs on whichever worker is free rather than waiting for the one holding it.
     pub async fn in_process(
         registry: Registry,
         listen: &str,
@@ -67,7 +70,11 @@ impl LocalCluster {
         nthreads: u32,
         functions: Functions,
     ) -> Result<Self, CommError> {
-        Self::in_process_with(registry, listen, n_workers, nthreads, functions, SchedulerConfig::default()).await
+        let mut config = SchedulerConfig::default();
+        if listen.starts_with("inproc://") {
+            config.transfer_bandwidth = f64::INFINITY;
+        }
+        Self::in_process_with(registry, listen, n_workers, nthreads, functions, config).await
     }
 
     /// Like [`LocalCluster::in_process`], with the scheduler's driver configured by `config`

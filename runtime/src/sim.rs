@@ -149,6 +149,9 @@ struct SimWorker {
     life: u64,
     /// Deliveries held while frozen.
     held: Vec<Delivery>,
+    /// When each of its threads is next free: the driver's execution lanes, which start the
+    /// runs handed over (up to `nthreads + execute_ahead`) in order on `nthreads` threads.
+    lanes_free: Vec<Duration>,
 }
 
 /// What a simulated client knows of a key it wants.
@@ -377,6 +380,7 @@ impl Sim {
             frozen: false,
             life: 0,
             held: Vec::new(),
+            lanes_free: vec![Duration::ZERO; self.config.nthreads.max(1) as usize],
         });
         let event = Event::WorkerJoined {
             id: worker_id(w),
@@ -800,8 +804,15 @@ impl Sim {
                     (_, Err(e)) => Err(e),
                 };
                 let took = self.jitter(self.config.compute);
+                // The first free lane takes it (FIFO, as the driver's queue); it may wait there.
+                let now = self.now;
+                let lanes = &mut self.workers[w].lanes_free;
+                let Some(lane) = lanes.iter_mut().min() else { return };
+                let start = (*lane).max(now);
+                *lane = start + took;
+                let done = *lane - now;
                 let event = WorkerEvent::ExecuteDone { key, run, result, seconds: took.as_secs_f64() };
-                self.at(took, from, Delivery::ToWorker(w, life, event));
+                self.at(done, from, Delivery::ToWorker(w, life, event));
             }
             WorkerAction::ReplyLoading { conn, id, values, serve } => {
                 let values = values

@@ -85,7 +85,9 @@ pub struct SchedulerConfig {
     pub root_window: Duration,
     /// Bytes per second a transfer between workers is assumed to run at, to weigh moving a
     /// task's inputs against waiting for the worker that holds them (see
-    /// `Scheduler::stays_with_data`). Default 1 GiB/s.
+    /// `Scheduler::stays_with_data`). Default 1 GiB/s. Infinite where moving a value costs
+    /// nothing (workers in one process over inproc://, which hand over the same buffer):
+    /// tasks are then placed by load alone.
     pub transfer_bandwidth: f64,
 }
 

@@ -46,11 +46,12 @@ impl Scheduler {
     /// [`transfer_bandwidth`](SchedulerConfig::transfer_bandwidth)) takes longer than the
     /// task runs (its function's measured mean; before any measurement it is assumed shorter,
     /// as most tasks on large inputs are slices, sums and products). Dask weighs the same two
-    /// costs in `decide_worker` and in stealing. O(1).
+    /// costs in `decide_worker` and in stealing. Never with an infinite bandwidth (moving is
+    /// free). O(1).
     ///
     /// [`SchedulerConfig`]: super::SchedulerConfig
     pub(crate) fn stays_with_data(&self, func: &str, bytes: u64) -> bool {
-        if bytes < Self::SMALL_INPUTS {
+        if bytes < Self::SMALL_INPUTS || self.config.transfer_bandwidth == f64::INFINITY {
             return false;
         }
         let transfer = bytes as f64 / self.config.transfer_bandwidth.max(1.0);

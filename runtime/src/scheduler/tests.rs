@@ -536,6 +536,29 @@ fn tasks_stay_with_large_inputs_unless_they_take_longer_than_moving_them() {
 }
 
 #[test]
+fn with_free_transfers_tasks_on_large_inputs_are_placed_by_load_alone() {
+    // As LocalCluster over inproc:// configures it: moving a value moves no bytes.
+    let config =
+        SchedulerConfig { tasks_per_thread: 2, transfer_bandwidth: f64::INFINITY, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 1), (2, 1)]);
+    let out = h.ev(Event::FromClient {
+        id: CLIENT,
+        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 8 << 20)] },
+    });
+    let Some(Action::ToWorker(w, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
+        panic!("{out:?}")
+    };
+    let (holder, other) = (*w, 3 - *w);
+    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::ScatterReady { id: *sid } });
+    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 8 << 20 } });
+    // Unmeasured slices of 8 MiB (which stay with their input at a finite bandwidth): the
+    // holder takes what it has room for, the other worker the rest.
+    let placed = computes(&h.submit((0..4).map(|i| task(&format!("slice-{i}"), &["d"])).collect()));
+    let on = |w| placed.iter().filter(|(x, _)| *x == w).count();
+    assert_eq!((on(holder), on(other)), (2, 2), "{placed:?}");
+}
+
+#[test]
 fn stealing_moves_unstarted_tasks_only_when_the_victim_agrees() {
     let mut h = Harness::with(SchedulerConfig { tasks_per_thread: 8, ..SchedulerConfig::default() }, &[(1, 1)]);
     let out = h.ev(Event::FromClient {

@@ -1,6 +1,7 @@
 //! The worker's tokio driver: feeds the [`WorkerState`] machine and carries out its actions.
-//! It decides nothing. Quick functions run inline on the event loop; blocking ones on tokio's
-//! blocking pool (the state machine never starts more than `nthreads` at once). Fetches run
+//! It decides nothing. Quick functions run inline on the event loop; blocking ones on at most
+//! `nthreads` threads of tokio's blocking pool, which take the runs the state machine hands
+//! over (a few more than `nthreads`, see [`WorkerLimits::execute_ahead`]) in order. Fetches run
 //! as independent tasks through a [`DataPool`] (ids, timeouts, no shared lock), so fetches
 //! from different peers proceed independently.
 
@@ -233,11 +234,74 @@ pub async fn start_worker(
         reported: WorkerTransfers::default(),
         fetches: Map::default(),
         inputs_tx,
+        lanes: Lanes::new(nthreads as usize),
         local: VecDeque::new(),
         host,
     };
     let task = tokio::spawn(driver.run(inputs, rx, shutdown));
     Ok((handle, task))
+}
+
+/// A run handed to the execution lanes.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The worker's execution queue: the runs the state machine handed over (at most `nthreads +
+/// execute_ahead`), started in order on at most `nthreads` threads of tokio's blocking pool. A
+/// thread that finishes a run takes the next queued one itself, so two runs on one thread are
+/// separated by a lock, not by a wake-up of the event loop and then of a pool thread (on a host
+/// whose cores are all computing, each wake-up waits for a time slice: milliseconds). With
+/// nothing queued the thread returns to the pool. Runs not started when the worker stops are
+/// dropped.
+struct Lanes {
+    shared: Arc<std::sync::Mutex<LaneQueue>>,
+    nthreads: usize,
+}
+
+#[derive(Default)]
+struct LaneQueue {
+    jobs: VecDeque<Job>,
+    /// Threads taking jobs from the queue.
+    running: usize,
+}
+
+impl Lanes {
+    fn new(nthreads: usize) -> Self {
+        Lanes { shared: Arc::default(), nthreads: nthreads.max(1) }
+    }
+
+    fn push(&self, job: Job) {
+        let mut q = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.jobs.push_back(job);
+        if q.running < self.nthreads {
+            q.running += 1;
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || Self::lane(&shared));
+        }
+    }
+
+    /// One thread's loop: the next job, until the queue is empty (checked and left under the
+    /// lock, so a job pushed meanwhile is never stranded).
+    fn lane(shared: &std::sync::Mutex<LaneQueue>) {
+        loop {
+            let job = {
+                let mut q = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match q.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        q.running -= 1;
+                        return;
+                    }
+                }
+            };
+            job();
+        }
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).jobs.clear();
+    }
 }
 
 /// A peer's or client's comm to this worker's data server.
@@ -259,6 +323,8 @@ struct Driver {
     reported: WorkerTransfers,
     fetches: Map<FetchId, AbortHandle>,
     inputs_tx: mpsc::Sender<Input>,
+    /// Where blocking runs execute.
+    lanes: Lanes,
     /// Events produced by carrying out actions (inline executions), handled next.
     local: VecDeque<WorkerEvent>,
     /// This host's identity, if known: same-host contacts of peers with it are used.
@@ -582,9 +648,9 @@ impl Driver {
             Err(args) => args,
         };
         let tx = self.inputs_tx.clone();
-        // Straight onto the blocking pool, reporting from there: no task in between to wake
-        // (on a busy host every wake-up between two runs is latency the thread sits idle).
-        tokio::task::spawn_blocking(move || {
+        // Onto the execution lanes, reporting from there: no task in between to wake (on a
+        // busy host every wake-up between two runs is latency the thread sits idle).
+        self.lanes.push(Box::new(move || {
             let report = |inputs: Vec<Input>| {
                 for i in inputs {
                     if tx.blocking_send(i).is_err() {
@@ -618,7 +684,7 @@ impl Driver {
             let result = crate::functions::run_guarded(&f.f, loaded);
             out.push(Input::ExecuteDone(key, run, result, started.elapsed().as_secs_f64()));
             report(out);
-        });
+        }));
     }
 
     /// Sends the transfer counters to the scheduler when they changed since the last report.
@@ -744,5 +810,80 @@ struct Guarded {
 impl AsRef<[u8]> for Guarded {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lanes_run_queued_jobs_on_at_most_nthreads_threads() {
+        let lanes = Lanes::new(2);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (started_tx, mut started) = mpsc::channel::<usize>(16);
+        let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        for i in 0..6 {
+            let (running, most, started_tx, gate) = (running.clone(), most.clone(), started_tx.clone(), gate.clone());
+            lanes.push(Box::new(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let _ = started_tx.try_send(i);
+                // Each job holds its thread until the test lets one go.
+                let _ = gate.lock().map(|g| g.recv());
+                running.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        let mut order = vec![started.recv().await, started.recv().await];
+        order.sort();
+        assert_eq!(order, [Some(0), Some(1)], "the first two start on the two threads");
+        for _ in 0..6 {
+            gate_tx.send(()).unwrap();
+        }
+        for _ in 2..6 {
+            order.push(started.recv().await);
+        }
+        order.sort();
+        assert_eq!(order, (0..6).map(Some).collect::<Vec<_>>(), "every job ran");
+        assert_eq!(most.load(Ordering::SeqCst), 2, "never more than nthreads at once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_lane_runs_jobs_in_the_order_handed_over() {
+        let lanes = Lanes::new(1);
+        let (tx, mut rx) = mpsc::channel::<usize>(16);
+        for i in 0..5 {
+            let tx = tx.clone();
+            lanes.push(Box::new(move || {
+                let _ = tx.try_send(i);
+            }));
+        }
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            order.push(rx.recv().await);
+        }
+        assert_eq!(order, (0..5).map(Some).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_not_started_when_the_lanes_are_dropped_never_run() {
+        let lanes = Lanes::new(1);
+        let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
+        let (started_tx, mut started) = mpsc::channel::<u32>(16);
+        let tx = started_tx.clone();
+        lanes.push(Box::new(move || {
+            let _ = tx.try_send(0);
+            let _ = gate.recv();
+        }));
+        lanes.push(Box::new(move || {
+            let _ = started_tx.try_send(1);
+        }));
+        assert_eq!(started.recv().await, Some(0));
+        drop(lanes);
+        gate_tx.send(()).unwrap();
+        // The queued job was dropped with its sender: the channel closes without a 1.
+        assert_eq!(started.recv().await, None);
     }
 }

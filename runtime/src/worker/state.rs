@@ -5,8 +5,10 @@
 //!
 //! ## What it decides
 //!
-//! - **Execution slots.** At most `nthreads` runs execute at once; runs whose inputs are all
-//!   here wait in a ready queue (validated lazily, so dropping one is O(1)).
+//! - **Execution slots.** At most `nthreads + execute_ahead` runs are handed to the driver at
+//!   once (it runs `nthreads` of them and queues the rest, so a thread goes straight from one
+//!   run to the next; only `nthreads` with a memory limit); runs whose inputs are all here
+//!   wait in a ready queue (validated lazily, so dropping one is O(1)).
 //! - **Fetching.** A dependency it lacks is fetched from a holder the scheduler named, at most
 //!   `fetches_per_peer` requests in flight per peer and `fetches_total` overall, several keys
 //!   per request. A holder that fails (error, timeout, "not here", or `PeerGone`) is marked
@@ -69,6 +71,14 @@ pub struct WorkerLimits {
     pub address: String,
     /// Runs executing at once.
     pub nthreads: usize,
+    /// Runs handed to the driver beyond `nthreads`: they wait in the driver's execution queue
+    /// and start the moment a thread frees, on that thread, with no hop through the event loop
+    /// between two runs (on a busy host each hop is a wake-up the thread sits idle for).
+    /// Such a run counts as executing: it is not given up to `Steal`. Default `nthreads` (one
+    /// queued run per thread); 0 hands a run over only when a thread is free. Ignored (0) with
+    /// a memory limit: a queued run would start after the worker paused, and its pinned inputs
+    /// would keep the runs before it from making room.
+    pub execute_ahead: usize,
     /// Fetch requests in flight to one peer. Default 4.
     pub fetches_per_peer: usize,
     /// Fetch requests in flight in all. Default 64.
@@ -162,6 +172,7 @@ impl WorkerLimits {
         WorkerLimits {
             address: address.into(),
             nthreads: nthreads.max(1),
+            execute_ahead: nthreads.max(1),
             fetches_per_peer: 4,
             fetches_total: 64,
             keys_per_fetch: 128,
@@ -1275,7 +1286,8 @@ impl WorkerState {
     }
 
     fn schedule_executions(&mut self) {
-        while self.executing_current() < self.limits.nthreads && !self.shutting_down && !self.mem.paused {
+        while self.executing_current() < self.limits.nthreads + self.ahead() && !self.shutting_down && !self.mem.paused
+        {
             let Some((key, run)) = self.ready.pop_front() else { break };
             let Some(r) = self.runs.get(&key) else { continue };
             if r.run != run || r.phase != Phase::Ready {
@@ -1426,6 +1438,12 @@ impl WorkerState {
         if !kept.is_empty() {
             self.mem.pins.insert(key.clone(), kept);
         }
+    }
+
+    /// Runs handed to the driver beyond `nthreads` ([`WorkerLimits::execute_ahead`]; none with
+    /// a memory limit).
+    fn ahead(&self) -> usize {
+        if self.limits.memory.is_some() { 0 } else { self.limits.execute_ahead }
     }
 
     /// Executions that hold a slot: every execution, released or not, occupies a thread.

@@ -17,7 +17,16 @@ struct W {
 }
 
 impl W {
+    /// A worker that hands a run over only when a thread is free (`execute_ahead` 0), so a
+    /// handed-over run is a started one; [`W::ahead`] for the default.
     fn new(nthreads: usize) -> Self {
+        W {
+            s: WorkerState::new(WorkerLimits { execute_ahead: 0, ..WorkerLimits::new(ME, nthreads) }),
+            now: Instant::now(),
+        }
+    }
+
+    fn ahead(nthreads: usize) -> Self {
         W { s: WorkerState::new(WorkerLimits::new(ME, nthreads)), now: Instant::now() }
     }
 
@@ -91,6 +100,25 @@ fn runs_execute_in_at_most_nthreads_slots_and_report_with_their_run() {
     let out = w.ev(WorkerEvent::ExecuteDone { key: "b".into(), run: 11, result: Err("boom".into()), seconds: 0.1 });
     assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::Erred { key: "b".into(), run: 11, message: "boom".into() }]);
     assert_eq!(w.s.value("b"), None);
+}
+
+#[test]
+fn by_default_one_run_per_thread_is_handed_over_ahead_and_is_not_given_up_to_a_steal() {
+    let mut w = W::ahead(2);
+    let mut handed = Vec::new();
+    for (i, k) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        handed.extend(executes(&w.compute(k, 10 + i as u64, &[])));
+    }
+    let keys: Vec<&str> = handed.iter().map(|(k, _)| &**k).collect();
+    assert_eq!(keys, ["a", "b", "c", "d"], "two threads and one queued run for each");
+    assert_eq!(w.s.executing(), 4);
+    // Queued in the driver: it may start any moment, so it is not given up.
+    let out = w.sched(SchedulerToWorker::Steal { key: "d".into(), run: 13 });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::StealReply { key: "d".into(), run: 13, stolen: false }]);
+    let out = w.sched(SchedulerToWorker::Steal { key: "e".into(), run: 14 });
+    assert_eq!(to_scheduler(&out), vec![WorkerToScheduler::StealReply { key: "e".into(), run: 14, stolen: true }]);
+    w.compute("e", 15, &[]);
+    assert_eq!(executes(&w.done("a", 10, 1)), vec![("e".into(), 15)], "a finished run makes room for the next");
 }
 
 #[test]
@@ -377,6 +405,16 @@ fn results_above_target_are_spilled_least_recently_used_first() {
     // Released: the spilled bytes are no longer counted (the file goes with the handle).
     w.sched(SchedulerToWorker::Release { keys: vec!["b".into()] });
     assert_eq!(w.s.memory().spilled, 0);
+}
+
+#[test]
+fn with_a_memory_limit_a_run_is_handed_over_only_when_a_thread_is_free() {
+    // Plenty of room: still one run at a time (a queued run would start after a pause).
+    let mut w = limited(1 << 30, 1);
+    let mut out = w.compute("x", 2, &[]);
+    out.extend(w.compute("y", 3, &[]));
+    assert_eq!(executes(&out), vec![("x".into(), 2)]);
+    assert_eq!(executes(&w.done("x", 2, 1)), vec![("y".into(), 3)]);
 }
 
 #[test]
