@@ -498,21 +498,27 @@ fn a_silent_worker_is_removed_after_the_timeout_in_simulated_time() {
     assert!(moved.iter().all(|(w, _)| *w == 2) && !moved.is_empty(), "worker 1's task moves to worker 2: {out:?}");
 }
 
+/// Scatters `key` (8 MiB) to one of workers 1 and 2; returns which.
+fn scatter_8_mib(h: &mut Harness, key: &str) -> WorkerId {
+    let out = h.ev(Event::FromClient {
+        id: CLIENT,
+        msg: ClientToScheduler::Scatter { id: 1, keys: vec![(key.into(), 8 << 20)] },
+    });
+    let Some(&Action::ToWorker(holder, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
+        panic!("{out:?}")
+    };
+    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::ScatterReady { id: sid } });
+    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::Stored { key: key.into(), nbytes: 8 << 20 } });
+    holder
+}
+
 #[test]
 fn tasks_stay_with_large_inputs_unless_they_take_longer_than_moving_them() {
     // Worker 1 holds d (8 MiB), one thread and room for 2 tasks; worker 2 is empty.
     let config = SchedulerConfig { tasks_per_thread: 2, ..SchedulerConfig::default() };
     let mut h = Harness::with(config, &[(1, 1), (2, 1)]);
-    let out = h.ev(Event::FromClient {
-        id: CLIENT,
-        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 8 << 20)] },
-    });
-    let Some(Action::ToWorker(w, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
-        panic!("{out:?}")
-    };
-    let (holder, other) = (*w, 3 - *w);
-    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::ScatterReady { id: *sid } });
-    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 8 << 20 } });
+    let holder = scatter_8_mib(&mut h, "d");
+    let other = 3 - holder;
     // Slices of d (unmeasured: assumed quicker than moving 8 MiB): all go to the holder, past
     // its room, and none is stolen by the idle worker.
     let out = h.submit((0..6).map(|i| task(&format!("slice-{i}"), &["d"])).collect());
@@ -541,16 +547,8 @@ fn with_free_transfers_tasks_on_large_inputs_are_placed_by_load_alone() {
     let config =
         SchedulerConfig { tasks_per_thread: 2, transfer_bandwidth: f64::INFINITY, ..SchedulerConfig::default() };
     let mut h = Harness::with(config, &[(1, 1), (2, 1)]);
-    let out = h.ev(Event::FromClient {
-        id: CLIENT,
-        msg: ClientToScheduler::Scatter { id: 1, keys: vec![("d".into(), 8 << 20)] },
-    });
-    let Some(Action::ToWorker(w, SchedulerToWorker::ExpectScatter { id: sid, .. })) = out.first() else {
-        panic!("{out:?}")
-    };
-    let (holder, other) = (*w, 3 - *w);
-    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::ScatterReady { id: *sid } });
-    h.ev(Event::FromWorker { id: holder, msg: WorkerToScheduler::Stored { key: "d".into(), nbytes: 8 << 20 } });
+    let holder = scatter_8_mib(&mut h, "d");
+    let other = 3 - holder;
     // Unmeasured slices of 8 MiB (which stay with their input at a finite bandwidth): the
     // holder takes what it has room for, the other worker the rest.
     let placed = computes(&h.submit((0..4).map(|i| task(&format!("slice-{i}"), &["d"])).collect()));
