@@ -176,6 +176,7 @@ async fn metrics_count_the_work_done() {
     assert_eq!(submitted, finished + 5.0, "every submitted task finished or failed once");
     assert_eq!(metric(&text, "courier_workers", "status=\"running\""), Some(2.0));
     assert_eq!(metric(&text, "courier_workers_joined_total", ""), Some(2.0));
+    assert_eq!(metric(&text, "courier_adaptive_target_workers", ""), Some(0.0), "no work left calls for no worker");
     assert_eq!(metric(&text, "courier_workers_lost_total", ""), Some(0.0));
     assert_eq!(sum_metric(&text, "courier_tasks", "state=\"processing\""), 0.0, "nothing is left running");
     let fetched = sum_metric(&text, "courier_transfer_bytes_total", "direction=\"in\"");

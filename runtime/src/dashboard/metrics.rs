@@ -142,6 +142,12 @@ impl Collector for SnapshotCollector {
                 (vec![("status", "paused".to_owned())], paused),
             ],
         )?;
+        gauge(
+            &mut enc,
+            "adaptive_target_workers",
+            "Workers the outstanding work calls for (scale workers to this)",
+            &[(vec![], n(s.adaptive_target))],
+        )?;
         counter(&mut enc, "workers_joined", "Workers that joined", &[(vec![], c.workers_joined)])?;
         counter(&mut enc, "workers_retired", "Workers that left after retirement", &[(vec![], c.workers_retired)])?;
         counter(&mut enc, "workers_lost", "Workers lost (comm closed or silent)", &[(vec![], c.workers_lost)])?;

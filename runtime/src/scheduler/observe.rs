@@ -129,6 +129,9 @@ pub struct Snapshot {
     pub tasks: u64,
     /// Tasks waiting, queued or processing.
     pub outstanding: u64,
+    /// Workers the outstanding work calls for ([`Scheduler::adaptive_target`]): what an
+    /// autoscaler (a Kubernetes HorizontalPodAutoscaler on this metric) scales workers to.
+    pub adaptive_target: u64,
     /// Clients connected.
     pub clients: u64,
     /// Cumulative counters.
@@ -300,6 +303,7 @@ impl Scheduler {
             uptime: now.saturating_duration_since(o.start).as_secs_f64(),
             tasks: self.tasks.len() as u64,
             outstanding: self.outstanding_total as u64,
+            adaptive_target: self.adaptive_target() as u64,
             clients: self.clients.len() as u64,
             counters: o.counters.clone(),
             groups,

@@ -613,6 +613,7 @@ fn the_adaptive_target_follows_queued_work_and_measured_durations() {
     assert_eq!(h.s.adaptive_target(), 0, "no work, no workers needed");
     h.submit((0..10).map(|i| task(&format!("t{i}"), &[])).collect());
     assert_eq!(h.s.adaptive_target(), 5, "10 tasks x 0.5 s (unmeasured) = 5 worker-seconds");
+    assert_eq!(h.s.snapshot(h.now).adaptive_target, 5, "the dashboard's metric shows it");
     // Measured: these tasks take 2 s each; 9 remain.
     let run = h.run("t0");
     let msg = WorkerToScheduler::Finished { key: "t0".into(), run, nbytes: 1, seconds: 2.0 };
