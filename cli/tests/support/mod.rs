@@ -26,3 +26,4 @@ pub(crate) fn example(name: &str) -> PathBuf {
     assert!(path.exists(), "{} is missing: `cargo test -p courier-cli` builds the examples", path.display());
     path
 }
+pub(crate) mod netns;

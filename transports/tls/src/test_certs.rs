@@ -24,6 +24,12 @@ pub struct TestPki {
 impl TestPki {
     /// A fresh CA with server and client certificates.
     pub fn generate() -> TestPki {
+        Self::generate_for(&[])
+    }
+
+    /// Like [`TestPki::generate`], with `extra` names (host names or IP addresses, e.g. test
+    /// hosts' addresses) in the server certificate beside localhost's.
+    pub fn generate_for(extra: &[&str]) -> TestPki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
@@ -32,7 +38,9 @@ impl TestPki {
             let cert = CertificateParams::new(names).expect("params").signed_by(&key, &ca).expect("signed");
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        names.extend(extra.iter().map(|n| (*n).to_owned()));
+        let (server_cert, server_key) = leaf(names);
         let (client_cert, client_key) = leaf(vec!["courier-client".into()]);
         TestPki { ca: ca.pem(), server_cert, server_key, client_cert, client_key }
     }
