@@ -259,14 +259,16 @@ async fn a_host_whose_link_goes_down_mid_graph_is_recovered_from_like_a_dead_wor
 /// The harness leaves nothing behind when a test fails while its hosts are up.
 #[test]
 fn hosts_are_torn_down_when_a_test_fails() {
-    let prefix = std::thread::spawn(|| {
-        let Some(hosts) = Hosts::up(2, Some("10gbit")) else { return None::<()> };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let prefix = std::thread::spawn(move || -> Option<()> {
+        let hosts = Hosts::up(2, Some("10gbit"))?;
         let prefix = hosts.prefix().to_owned();
         assert!(!Hosts::leftovers(&prefix).is_empty(), "the hosts exist while the test runs");
-        let _sleeper = std::process::Command::new("ip")
+        let sleeper = std::process::Command::new("ip")
             .args(["netns", "exec", &format!("{prefix}1"), "sleep", "600"])
             .spawn()
             .unwrap();
+        tx.send(sleeper).unwrap();
         std::panic::panic_any(prefix);
     })
     .join();
@@ -276,4 +278,6 @@ fn hosts_are_torn_down_when_a_test_fails() {
         Err(panic) => *panic.downcast::<String>().expect("the test's own panic"),
     };
     assert_eq!(Hosts::leftovers(&prefix), "", "namespaces or links left after a failing test");
+    let status = rx.recv().unwrap().wait().unwrap();
+    assert!(!status.success(), "what ran on a host was killed with it: {status}");
 }
