@@ -35,6 +35,11 @@ pub(crate) enum Perf {
         /// stream (one-way throughput) or echo (round trips).
         #[arg(long, default_value = "stream")]
         pattern: String,
+        /// What the payload holds: random (incompressible), zeros, smooth (a float64 field
+        /// that varies slowly, like a simulation's), or sparse (float64, runs of 64 values
+        /// either zero or random, half each: shrinks to about half).
+        #[arg(long, default_value = "random")]
+        data: String,
         /// How long to measure, in seconds.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
@@ -91,6 +96,7 @@ fn rss_mark() -> u64 {
 struct Report {
     url: String,
     pattern: String,
+    data: String,
     payload_bytes: usize,
     seconds: f64,
     messages: u64,
@@ -119,6 +125,41 @@ fn checksum(b: &[u8]) -> u64 {
         sum = sum.wrapping_add(u64::from(t) << (8 * i));
     }
     sum.wrapping_add(b.len() as u64)
+}
+
+/// `len` bytes of the kind `courier perf client --data` names.
+fn payload_data(kind: &str, len: usize) -> anyhow::Result<Bytes> {
+    Ok(match kind {
+        "random" => payload_message(len).frames[0].clone(),
+        "zeros" => Bytes::from(vec![0u8; len]),
+        "smooth" => {
+            // A 2-d field of float64 sampled from smooth waves, rows of 1024 values.
+            let mut v = Vec::with_capacity(len + 8);
+            let mut i = 0usize;
+            while v.len() < len {
+                let (r, c) = ((i / 1024) as f64, (i % 1024) as f64);
+                let x = (r * 0.01).sin() * (c * 0.02).cos() + 0.5 * (r * 0.003 + c * 0.001).sin();
+                v.extend_from_slice(&x.to_le_bytes());
+                i += 1;
+            }
+            v.truncate(len);
+            Bytes::from(v)
+        }
+        "sparse" => {
+            let mut rng = fastrand::Rng::with_seed(11);
+            let mut v = Vec::with_capacity(len + 512);
+            while v.len() < len {
+                let zero = rng.bool();
+                for _ in 0..64 {
+                    let x = if zero { 0.0 } else { rng.f64() };
+                    v.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            v.truncate(len);
+            Bytes::from(v)
+        }
+        other => bail!("unknown --data {other:?} (random, zeros, smooth or sparse)"),
+    })
 }
 
 fn header<T: Serialize>(v: &T) -> anyhow::Result<Bytes> {
@@ -178,12 +219,11 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
                 }
             }
         }
-        Perf::Client { url, payload, pattern, duration, json } => {
+        Perf::Client { url, payload, pattern, data, duration, json } => {
             let len = crate::compare::parse_size(&payload)?;
+            let frame = payload_data(&data, len)?;
             let mut comm = registry.connect(&url).await?;
             comm.send(Message::from_header(header(&Control { pattern: pattern.clone(), payload: len })?)).await?;
-            let msg = payload_message(len);
-            let frame = msg.frames[0].clone();
             let sum = checksum(&frame);
             let budget = Duration::from_secs_f64(duration.max(0.01));
             let start = Instant::now();
@@ -225,6 +265,7 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
             let report = Report {
                 url,
                 pattern,
+                data,
                 payload_bytes: len,
                 seconds,
                 messages,

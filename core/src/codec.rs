@@ -17,7 +17,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::aligned::AlignedBuf;
 use crate::budget::{RecvBudget, SPECULATIVE_MAX};
-use crate::compression::{self, Codec, Compression};
+use crate::compression::{self, ALL_CODECS, Codec, Compression, Link};
 use crate::error::{CommError, ErrorKind};
 use crate::limits::Limits;
 use crate::message::Message;
@@ -66,17 +66,31 @@ pub fn check_limits(msg: &Message, limits: &Limits) -> Result<(), CommError> {
 }
 
 /// Encodes messages for a peer with the given receive `limits`, compressing per `compression`
-/// (already restricted to codecs the peer accepts).
+/// with the codecs the peer accepts, and planning `auto` with the link's measured bandwidth.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     limits: Limits,
     compression: Compression,
+    codecs: u32,
+    link: Link,
 }
 
 impl Encoder {
-    /// An encoder honouring the peer's limits.
+    /// An encoder honouring the peer's limits, for a peer that accepts every codec.
     pub fn new(limits: Limits, compression: Compression) -> Self {
-        Encoder { limits, compression }
+        Encoder { limits, compression, codecs: ALL_CODECS, link: Link::unmeasured() }
+    }
+
+    /// Restricts the codecs to `mask` (the peer's handshake `compressions`).
+    pub fn with_codecs(mut self, mask: u32) -> Self {
+        self.codecs = mask;
+        self
+    }
+
+    /// Plans `auto` with `link` (tests and benches; comms measure their own).
+    pub fn with_link(mut self, link: Link) -> Self {
+        self.link = link;
+        self
     }
 
     /// The compression in force.
@@ -84,12 +98,25 @@ impl Encoder {
         self.compression
     }
 
+    /// The link estimate `auto` plans with.
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// Records that a message of `wire_bytes` took `elapsed` to write (see [`Link::observe`]).
+    pub fn observe(&mut self, wire_bytes: u64, elapsed: std::time::Duration) {
+        self.link.observe(wire_bytes, elapsed);
+    }
+
     /// Appends the chunks for `msg` to `out`. Fails with `FrameTooLarge`, writing nothing,
     /// if the peer's limits would reject the message.
     pub fn encode(&self, msg: &Message, out: &mut Vec<Bytes>) -> Result<(), CommError> {
         check_limits(msg, &self.limits)?;
-        let wire: Vec<(Codec, Bytes)> =
-            msg.frames.iter().map(|f| compression::compress_frame(f, self.compression)).collect();
+        let wire: Vec<(Codec, Bytes)> = msg
+            .frames
+            .iter()
+            .map(|f| compression::compress_frame(f, self.compression, self.codecs, &self.link))
+            .collect();
 
         let mut head =
             BytesMut::with_capacity(HEAD_LEN + FRAME_ENTRY_LEN * wire.len() + msg.header.len().min(COALESCE_MAX));
@@ -290,10 +317,15 @@ impl Decoder {
                         }
                         let max_wire = match codec {
                             Codec::None => self.limits.max_frame_size,
-                            // Snappy's worst-case expansion of a frame of the largest size.
+                            // Snappy's and lz4's worst-case expansion of a frame of the largest
+                            // size (lz4: 4-byte length prefix, then at most len / 255 + 16 more).
                             Codec::Snappy => {
                                 let m = self.limits.max_frame_size;
                                 m.saturating_add(m / 6).saturating_add(32)
+                            }
+                            Codec::Lz4 => {
+                                let m = self.limits.max_frame_size;
+                                m.saturating_add(m / 255).saturating_add(20)
                             }
                         };
                         if wire_len > max_wire {
@@ -379,6 +411,9 @@ impl Drop for Decoder {
 /// Snappy never expands data more than this many times (a 3-byte copy element yields at
 /// most 64 bytes), so a declared length beyond it is a lie told to make the receiver allocate.
 const SNAPPY_MAX_EXPANSION: u64 = 22;
+/// LZ4 never expands data more than this many times (each extra length byte of a match adds
+/// at most 255 bytes).
+const LZ4_MAX_EXPANSION: u64 = 255;
 
 fn finish_frame(
     buf: AlignedBuf,
@@ -387,34 +422,34 @@ fn finish_frame(
     budget: &mut RecvBudget,
     index: usize,
 ) -> Result<Bytes, CommError> {
-    match codec {
-        Codec::None => Ok(buf.freeze()),
-        Codec::Snappy => {
-            let compressed = buf.filled();
-            let len = compression::snappy_decompressed_len(compressed)? as u64;
-            if len > limits.max_frame_size {
-                return Err(too_large(&format!("frame {index} (decompressed)"), len, limits.max_frame_size));
-            }
-            let plausible = (compressed.len() as u64).saturating_mul(SNAPPY_MAX_EXPANSION).saturating_add(64);
-            if len > plausible {
-                return Err(CommError::new(
-                    ErrorKind::Compression,
-                    format!(
-                        "frame {index}: {} compressed bytes cannot decompress to the {len} bytes declared",
-                        compressed.len()
-                    ),
-                ));
-            }
-            budget.reserve(len)?;
-            let len = to_usize(len)?;
-            let mut out = AlignedBuf::try_new(len)?;
-            // Zero-initialised once so the decompressor writes into an ordinary slice of an
-            // allocation this code owns exclusively; frozen only when complete.
-            out.put_bytes(0, len);
-            compression::snappy_decompress_into(compressed, out.filled_mut())?;
-            Ok(out.freeze())
-        }
+    let expansion = match codec {
+        Codec::None => return Ok(buf.freeze()),
+        Codec::Snappy => SNAPPY_MAX_EXPANSION,
+        Codec::Lz4 => LZ4_MAX_EXPANSION,
+    };
+    let compressed = buf.filled();
+    let len = compression::decompressed_len(codec, compressed)? as u64;
+    if len > limits.max_frame_size {
+        return Err(too_large(&format!("frame {index} (decompressed)"), len, limits.max_frame_size));
     }
+    let plausible = (compressed.len() as u64).saturating_mul(expansion).saturating_add(64);
+    if len > plausible {
+        return Err(CommError::new(
+            ErrorKind::Compression,
+            format!(
+                "frame {index}: {} compressed bytes cannot decompress to the {len} bytes declared",
+                compressed.len()
+            ),
+        ));
+    }
+    budget.reserve(len)?;
+    let len = to_usize(len)?;
+    let mut out = AlignedBuf::try_new(len)?;
+    // Zero-initialised once so the decompressor writes into an ordinary slice of an
+    // allocation this code owns exclusively; frozen only when complete.
+    out.put_bytes(0, len);
+    compression::decompress_into(codec, compressed, out.filled_mut())?;
+    Ok(out.freeze())
 }
 
 #[cfg(test)]
@@ -611,6 +646,43 @@ mod tests {
         assert!(e.to_string().contains("did not announce"), "{e}");
         let mut d = Decoder::with(Limits::default(), snappy, RecvBudget::new(1 << 20, None));
         assert_eq!(d.decode(&mut BytesMut::from(&good[..])).unwrap().unwrap().frames[0].len(), 100_000);
+    }
+
+    #[test]
+    fn lz4_bombs_lies_and_unannounced_lz4_are_refused_before_allocating() {
+        let frame = |payload: &[u8]| {
+            let mut b = vec![1, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(&0u64.to_le_bytes());
+            b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            b.push(Codec::Lz4 as u8);
+            b.extend_from_slice(&[0; 7]);
+            b.extend_from_slice(payload);
+            b
+        };
+        let lz4 = Codec::Lz4.mask_bit();
+        // 16 bytes declaring 4 GiB - 1.
+        let mut bomb = u32::MAX.to_le_bytes().to_vec();
+        bomb.extend_from_slice(&[0; 12]);
+        let mut d = Decoder::with(Limits::default(), lz4, RecvBudget::unlimited());
+        let e = d.decode(&mut BytesMut::from(&frame(&bomb)[..])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Compression, "{e}");
+        assert!(e.to_string().contains("cannot decompress to the 4294967295 bytes declared"), "{e}");
+        assert_eq!(d.committed(), 0);
+        // Shorter than its length prefix.
+        let mut d = Decoder::with(Limits::default(), lz4, RecvBudget::unlimited());
+        assert_eq!(d.decode(&mut BytesMut::from(&frame(&[1, 2])[..])).unwrap_err().kind(), ErrorKind::Compression);
+        // A valid frame that declares twice what it holds.
+        let mut lie = Codec::Lz4.compress(&[5u8; 50_000]).unwrap();
+        lie[..4].copy_from_slice(&100_000u32.to_le_bytes());
+        let mut d = Decoder::with(Limits::default(), lz4, RecvBudget::unlimited());
+        assert_eq!(d.decode(&mut BytesMut::from(&frame(&lie)[..])).unwrap_err().kind(), ErrorKind::Compression);
+        // Unannounced: a side that offered only snappy refuses lz4.
+        let good = frame(&Codec::Lz4.compress(&[5u8; 50_000]).unwrap());
+        let mut d = Decoder::with(Limits::default(), Codec::Snappy.mask_bit(), RecvBudget::unlimited());
+        let e = d.decode(&mut BytesMut::from(&good[..])).unwrap_err();
+        assert!(e.to_string().contains("did not announce"), "{e}");
+        let mut d = Decoder::with(Limits::default(), lz4, RecvBudget::unlimited());
+        assert_eq!(d.decode(&mut BytesMut::from(&good[..])).unwrap().unwrap().frames[0], vec![5u8; 50_000]);
     }
 
     #[test]

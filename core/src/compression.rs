@@ -1,13 +1,30 @@
-//! Per-frame compression: the codecs and the sampled `auto` decision.
+//! Per-frame compression: the codecs, and `auto`, which decides per frame and per link.
 //!
-//! `auto` never hands a whole frame to the compressor just to decide. It compresses
+//! `auto` never hands a whole frame to a compressor just to decide. It compresses
 //! [`SAMPLE_COUNT`] samples of [`SAMPLE_SIZE`] bytes taken at spread, sorted offsets of the
-//! frame's *flat bytes* and compresses the whole frame only if they shrink to at most the
-//! threshold ratio. Sampling works on bytes, never on rows of a shaped view: an n-d array of
-//! any shape or order costs at most 50 kB of sampling. (Sampling by rows is the defect that
-//! made Dask compress most of a 2-d array with long rows just to decide.)
+//! frame's *flat bytes* with each codec the peer accepts. Sampling works on bytes, never on
+//! rows of a shaped view: an n-d array of any shape or order costs at most 50 kB of sampling
+//! per codec. (Sampling by rows is the defect that made Dask compress most of a 2-d array with
+//! long rows just to decide.)
+//!
+//! A codec is a candidate when its samples shrink to at most the threshold ratio. Among the
+//! candidates and raw, `auto` then picks the one that gets the frame to the peer soonest:
+//!
+//! ```text
+//! raw:   len / bandwidth
+//! codec: len / compress_speed + ratio × len / bandwidth + len / decompress_speed
+//! ```
+//!
+//! `bandwidth` is the comm's own measurement of its link ([`Link`]: wire bytes over the time
+//! a large message took to write); until a comm has measured, it assumes
+//! [`ASSUMED_BANDWIDTH`]. The codecs' speeds on this machine are measured once per process
+//! ([`speeds`], a few milliseconds on first use) on data of three compressibilities, and read
+//! at the samples' ratio. So on a fast link a frame that shrinks only a little goes raw, on a
+//! slow link it is compressed, and data that does not shrink is never compressed.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -19,8 +36,13 @@ pub const MIN_COMPRESS_SIZE: usize = 10_000;
 pub const SAMPLE_SIZE: usize = 10_000;
 /// Samples per `auto` decision.
 pub const SAMPLE_COUNT: usize = 5;
-/// Default ratio the samples must reach for `auto` to compress.
+/// Default ratio the samples must reach for `auto` to consider a codec.
 pub const DEFAULT_THRESHOLD: f64 = 0.7;
+/// The link bandwidth `auto` assumes before a comm has measured its own (10 Gbit/s), in
+/// bytes per second.
+pub const ASSUMED_BANDWIDTH: f64 = 1.25e9;
+/// Largest frame an lz4 frame can carry (its length prefix is 32 bits).
+pub const LZ4_MAX_FRAME: usize = u32::MAX as usize;
 
 /// A compression codec, as recorded in a frame's flags on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,7 +52,13 @@ pub enum Codec {
     None = 0,
     /// Snappy raw format (not the framed format).
     Snappy = 1,
+    /// LZ4 block format after a 4-byte little-endian decompressed length (the layout of
+    /// python-lz4's `lz4.block.compress(store_size=True)`).
+    Lz4 = 2,
 }
+
+/// The codecs `auto` considers, in order of preference when they tie.
+const CODECS: [Codec; 2] = [Codec::Lz4, Codec::Snappy];
 
 impl Codec {
     /// The codec for a wire id.
@@ -38,29 +66,60 @@ impl Codec {
         match id {
             0 => Some(Codec::None),
             1 => Some(Codec::Snappy),
+            2 => Some(Codec::Lz4),
             _ => None,
         }
     }
 
-    /// Bit of this codec in a capability mask (handshake).
+    /// Bit of this codec in a capability mask (handshake): snappy 1, lz4 2.
     pub fn mask_bit(self) -> u32 {
         match self {
             Codec::None => 0,
             Codec::Snappy => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    /// Whether `mask` (a handshake's `compressions`) includes this codec.
+    pub fn allowed_by(self, mask: u32) -> bool {
+        self == Codec::None || mask & self.mask_bit() != 0
+    }
+
+    /// The codec's name in configuration (`none`, `snappy`, `lz4`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+        }
+    }
+
+    /// Compresses `data` whole, or `None` if this codec cannot carry it.
+    pub fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Codec::None => None,
+            Codec::Snappy => snap::raw::Encoder::new().compress_vec(data).ok(),
+            Codec::Lz4 => (data.len() <= LZ4_MAX_FRAME).then(|| lz4_flex::block::compress_prepend_size(data)),
         }
     }
 }
+
+/// Every codec this build decompresses, as a handshake mask.
+pub const ALL_CODECS: u32 = 1 | 2;
 
 /// How a sender compresses frames.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Compression {
     /// Never compress.
     None,
-    /// Compress every frame of at least [`MIN_COMPRESS_SIZE`] bytes.
+    /// Compress every frame of at least [`MIN_COMPRESS_SIZE`] bytes with snappy.
     Snappy,
-    /// Decide per frame by sampling; compress when samples reach `threshold`.
+    /// Compress every frame of at least [`MIN_COMPRESS_SIZE`] bytes with lz4.
+    Lz4,
+    /// Decide per frame and per link (see the module docs).
     Auto {
-        /// Compressed/raw ratio the samples must reach (default 0.7).
+        /// Compressed/raw ratio the samples must reach for a codec to be considered
+        /// (default 0.7).
         threshold: f64,
     },
 }
@@ -69,25 +128,158 @@ impl Compression {
     /// `Auto` with the default threshold.
     pub const AUTO: Compression = Compression::Auto { threshold: DEFAULT_THRESHOLD };
 
-    /// Parses `none`, `snappy` or `auto`.
+    /// Parses `none`, `snappy`, `lz4` or `auto`.
     pub fn parse(s: &str) -> Result<Compression, CommError> {
         match s {
             "none" => Ok(Compression::None),
             "snappy" => Ok(Compression::Snappy),
+            "lz4" => Ok(Compression::Lz4),
             "auto" => Ok(Compression::AUTO),
             other => Err(CommError::new(
                 ErrorKind::InvalidAddress,
-                format!("unknown compression {other:?} (expected none, snappy or auto)"),
+                format!("unknown compression {other:?} (expected none, snappy, lz4 or auto)"),
             )),
         }
     }
 
-    /// The capability mask a side offers in the handshake for this setting.
+    /// The capability mask a side offers in the handshake for this setting: every codec
+    /// unless compression is off.
     pub fn offered_mask(self) -> u32 {
         match self {
             Compression::None => 0,
-            _ => Codec::Snappy.mask_bit(),
+            _ => ALL_CODECS,
         }
+    }
+}
+
+/// A comm's estimate of its link's bandwidth, from the messages it sends.
+///
+/// Only messages of at least [`Link::MEASURE_MIN`] wire bytes count: smaller ones end in the
+/// kernel's socket buffer and say nothing about the link. Each measurement moves the estimate
+/// halfway to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    bytes_per_s: Option<f64>,
+}
+
+impl Link {
+    /// Wire bytes a message needs for its write time to count.
+    pub const MEASURE_MIN: u64 = 4 << 20;
+
+    /// A link not measured yet.
+    pub fn unmeasured() -> Link {
+        Link::default()
+    }
+
+    /// A link measured at `bytes_per_s` (tests, benches).
+    pub fn measured(bytes_per_s: f64) -> Link {
+        Link { bytes_per_s: Some(bytes_per_s) }
+    }
+
+    /// Records that `wire_bytes` took `elapsed` to write.
+    pub fn observe(&mut self, wire_bytes: u64, elapsed: Duration) {
+        if wire_bytes < Self::MEASURE_MIN || elapsed.is_zero() {
+            return;
+        }
+        let now = wire_bytes as f64 / elapsed.as_secs_f64();
+        self.bytes_per_s = Some(self.bytes_per_s.map_or(now, |old| 0.5 * old + 0.5 * now));
+    }
+
+    /// The measured bandwidth, if any (bytes per second).
+    pub fn bandwidth(&self) -> Option<f64> {
+        self.bytes_per_s
+    }
+
+    /// The bandwidth `auto` plans with.
+    pub fn planning_bandwidth(&self) -> f64 {
+        self.bytes_per_s.unwrap_or(ASSUMED_BANDWIDTH)
+    }
+}
+
+/// One codec's measured speed on data of one compressibility.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpeedPoint {
+    /// Compressed/raw ratio of the calibration data.
+    pub ratio: f64,
+    /// Raw bytes compressed per second.
+    pub compress: f64,
+    /// Raw bytes produced per second when decompressing.
+    pub decompress: f64,
+}
+
+/// A codec's speeds on this machine at three compressibilities, sorted by ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodecSpeed {
+    /// The calibration points.
+    pub points: [SpeedPoint; 3],
+}
+
+impl CodecSpeed {
+    /// (compress, decompress) speed for data of `ratio`, interpolated between the points.
+    pub fn at(&self, ratio: f64) -> (f64, f64) {
+        let p = &self.points;
+        let (a, b) = if ratio <= p[1].ratio { (p[0], p[1]) } else { (p[1], p[2]) };
+        let t = if b.ratio > a.ratio { ((ratio - a.ratio) / (b.ratio - a.ratio)).clamp(0.0, 1.0) } else { 0.0 };
+        let lerp = |x: f64, y: f64| x * (1.0 - t) + y * t;
+        (lerp(a.compress, b.compress), lerp(a.decompress, b.decompress))
+    }
+}
+
+/// Calibration data of three compressibilities, `len` bytes each: zeros, runs of 32 noise
+/// bytes between runs of 32 zeros (shrinks to about half), and noise.
+fn calibration_data(len: usize) -> [Vec<u8>; 3] {
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let zeros = vec![0u8; len];
+    let half: Vec<u8> = (0..len).map(|i| if i % 64 < 32 { rng.u8(..) } else { 0 }).collect();
+    let noise: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+    [zeros, half, noise]
+}
+
+fn best_of<F: FnMut()>(reps: usize, mut f: F) -> Duration {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+        .max(Duration::from_nanos(1))
+}
+
+/// Measures `codec` on this machine (best of 3 on 256 KiB of each calibration data).
+pub fn calibrate(codec: Codec) -> CodecSpeed {
+    const LEN: usize = 256 << 10;
+    let data = calibration_data(LEN);
+    let points = std::array::from_fn(|i| {
+        let raw = &data[i];
+        let packed = codec.compress(raw).unwrap_or_else(|| raw.clone());
+        let mut out = vec![0u8; LEN];
+        let c = best_of(3, || {
+            std::hint::black_box(codec.compress(std::hint::black_box(raw)));
+        });
+        let d = best_of(3, || {
+            let _ = decompress_into(codec, std::hint::black_box(&packed), &mut out);
+        });
+        SpeedPoint {
+            ratio: packed.len() as f64 / LEN as f64,
+            compress: LEN as f64 / c.as_secs_f64(),
+            decompress: LEN as f64 / d.as_secs_f64(),
+        }
+    });
+    let mut speed = CodecSpeed { points };
+    speed.points.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    speed
+}
+
+/// This process's measured speeds of lz4 and snappy (calibrated on first use, then cached).
+pub fn speeds(codec: Codec) -> Option<&'static CodecSpeed> {
+    static SPEEDS: OnceLock<[CodecSpeed; 2]> = OnceLock::new();
+    let s = SPEEDS.get_or_init(|| [calibrate(Codec::Lz4), calibrate(Codec::Snappy)]);
+    match codec {
+        Codec::Lz4 => Some(&s[0]),
+        Codec::Snappy => Some(&s[1]),
+        Codec::None => None,
     }
 }
 
@@ -97,7 +289,8 @@ thread_local! {
 }
 
 /// Total bytes `auto` decisions on the calling thread have compressed while deciding (not
-/// counting chosen compressions). Tests and benches read it to prove the sampling bound.
+/// counting chosen compressions), per codec tried. Tests and benches read it to prove the
+/// sampling bound.
 pub fn sampled_bytes_on_this_thread() -> u64 {
     SAMPLED_BYTES.with(Cell::get)
 }
@@ -109,14 +302,11 @@ pub fn sample_offsets(len: usize) -> [usize; SAMPLE_COUNT] {
     std::array::from_fn(|i| (span * i as u128 / (SAMPLE_COUNT as u128 - 1)) as usize)
 }
 
-/// Decides by sampling whether compressing `data` is worth it. Returns the compressed bytes
-/// handed to the compressor (≤ `SAMPLE_COUNT * SAMPLE_SIZE`) and the decision.
-pub fn auto_decision(data: &[u8], threshold: f64) -> (usize, bool) {
-    if data.len() < MIN_COMPRESS_SIZE {
-        return (0, false);
-    }
-    let mut encoder = snap::raw::Encoder::new();
-    let mut out = vec![0u8; snap::raw::max_compress_len(SAMPLE_SIZE)];
+/// The compressed/raw ratio of `data`'s samples under `codec`, and the raw bytes sampled.
+pub fn sample_ratio(codec: Codec, data: &[u8]) -> (f64, usize) {
+    let mut out =
+        vec![0u8; lz4_flex::block::get_maximum_output_size(SAMPLE_SIZE).max(snap::raw::max_compress_len(SAMPLE_SIZE))];
+    let mut snappy = snap::raw::Encoder::new();
     let (mut raw, mut packed, mut last_end) = (0usize, 0usize, 0usize);
     for off in sample_offsets(data.len()) {
         let start = off.max(last_end);
@@ -126,27 +316,115 @@ pub fn auto_decision(data: &[u8], threshold: f64) -> (usize, bool) {
         }
         last_end = end;
         raw += end - start;
-        packed += encoder.compress(&data[start..end], &mut out).unwrap_or(end - start);
+        let sample = &data[start..end];
+        packed += match codec {
+            Codec::None => sample.len(),
+            Codec::Snappy => snappy.compress(sample, &mut out).unwrap_or(sample.len()),
+            Codec::Lz4 => lz4_flex::block::compress_into(sample, &mut out).unwrap_or(sample.len()),
+        };
     }
     SAMPLED_BYTES.with(|c| c.set(c.get() + raw as u64));
-    (raw, (packed as f64) <= threshold * raw as f64)
+    (if raw == 0 { 1.0 } else { packed as f64 / raw as f64 }, raw)
 }
 
-/// Compresses `frame` per `policy` (with the codec allowed by the peer). Returns the codec
-/// used and the wire bytes; a frame that would not get smaller is sent raw.
-pub fn compress_frame(frame: &Bytes, policy: Compression) -> (Codec, Bytes) {
-    let go = match policy {
-        Compression::None => false,
-        Compression::Snappy => frame.len() >= MIN_COMPRESS_SIZE,
-        Compression::Auto { threshold } => auto_decision(frame, threshold).1,
+/// Seconds to get `len` bytes of data with sampled `ratio` to the peer with `codec` over a
+/// link of `bandwidth` bytes per second (raw for `Codec::None`).
+pub fn delivery_seconds(codec: Codec, len: usize, ratio: f64, bandwidth: f64) -> f64 {
+    let len = len as f64;
+    match speeds(codec) {
+        None => len / bandwidth,
+        Some(s) => {
+            let (c, d) = s.at(ratio);
+            len / c + ratio * len / bandwidth + len / d
+        }
+    }
+}
+
+/// `auto`'s choice for `data`: the codec among `allowed` (a handshake mask) whose samples
+/// reach `threshold` and that delivers soonest over `link`, or raw. Returns the codec and the
+/// bytes sampled.
+pub fn auto_choice(data: &[u8], threshold: f64, allowed: u32, link: &Link) -> (Codec, usize) {
+    if data.len() < MIN_COMPRESS_SIZE {
+        return (Codec::None, 0);
+    }
+    let bandwidth = link.planning_bandwidth();
+    let raw = data.len() as f64 / bandwidth;
+    let (mut best, mut best_cost, mut sampled) = (Codec::None, raw, 0);
+    for codec in CODECS.into_iter().filter(|c| c.allowed_by(allowed)) {
+        let (ratio, n) = sample_ratio(codec, data);
+        sampled += n;
+        if ratio > threshold {
+            continue;
+        }
+        let cost = delivery_seconds(codec, data.len(), ratio, bandwidth);
+        tracing::trace!(?codec, ratio, cost, raw, bandwidth, "auto compression candidate");
+        if cost < best_cost {
+            (best, best_cost) = (codec, cost);
+        }
+    }
+    (best, sampled)
+}
+
+/// Decides by sampling (snappy and lz4, unmeasured link) whether compressing `data` is worth
+/// it. Returns the raw bytes sampled and the decision.
+pub fn auto_decision(data: &[u8], threshold: f64) -> (usize, bool) {
+    let (codec, sampled) = auto_choice(data, threshold, ALL_CODECS, &Link::unmeasured());
+    (sampled, codec != Codec::None)
+}
+
+/// Compresses `frame` per `policy`, with a codec in `allowed` (the peer's handshake mask),
+/// over `link`. Returns the codec used and the wire bytes; a frame that would not get
+/// smaller is sent raw.
+pub fn compress_frame(frame: &Bytes, policy: Compression, allowed: u32, link: &Link) -> (Codec, Bytes) {
+    let codec = match policy {
+        Compression::None => Codec::None,
+        Compression::Snappy if frame.len() >= MIN_COMPRESS_SIZE => Codec::Snappy,
+        Compression::Lz4 if frame.len() >= MIN_COMPRESS_SIZE => Codec::Lz4,
+        Compression::Snappy | Compression::Lz4 => Codec::None,
+        Compression::Auto { threshold } => auto_choice(frame, threshold, allowed, link).0,
     };
-    if go
-        && let Ok(packed) = snap::raw::Encoder::new().compress_vec(frame)
+    if codec.allowed_by(allowed)
+        && let Some(packed) = codec.compress(frame)
         && packed.len() < frame.len()
     {
-        return (Codec::Snappy, Bytes::from(packed));
+        return (codec, Bytes::from(packed));
     }
     (Codec::None, frame.clone())
+}
+
+/// The decompressed length a compressed frame declares, checked before any allocation.
+pub fn decompressed_len(codec: Codec, wire: &[u8]) -> Result<usize, CommError> {
+    match codec {
+        Codec::None => Ok(wire.len()),
+        Codec::Snappy => snappy_decompressed_len(wire),
+        Codec::Lz4 => match wire.get(..4) {
+            Some(n) => Ok(u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize),
+            None => Err(CommError::new(ErrorKind::Compression, "lz4 frame shorter than its length prefix")),
+        },
+    }
+}
+
+/// Decompresses a frame of `codec` into `out`, which must be exactly the declared length.
+pub fn decompress_into(codec: Codec, wire: &[u8], out: &mut [u8]) -> Result<(), CommError> {
+    match codec {
+        Codec::None => {
+            if wire.len() != out.len() {
+                return Err(CommError::new(ErrorKind::Compression, "raw frame of the wrong length"));
+            }
+            out.copy_from_slice(wire);
+            Ok(())
+        }
+        Codec::Snappy => snappy_decompress_into(wire, out),
+        Codec::Lz4 => {
+            let body = wire.get(4..).unwrap_or_default();
+            let n = lz4_flex::block::decompress_into(body, out)
+                .map_err(|e| CommError::new(ErrorKind::Compression, "corrupt lz4 frame").with_source(e))?;
+            if n != out.len() {
+                return Err(CommError::new(ErrorKind::Compression, "lz4 frame shorter than declared"));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The decompressed length a snappy frame declares, checked before any allocation.
@@ -175,6 +453,16 @@ mod tests {
         (0..len).map(|_| rng.u8(..)).collect()
     }
 
+    /// Bytes that shrink to about half: every other 4-byte word is noise, the rest zeros.
+    fn half_noise(len: usize) -> Vec<u8> {
+        let n = noise(len, 3);
+        n.chunks(32).enumerate().flat_map(|(i, w)| if i % 2 == 0 { w.to_vec() } else { vec![0; w.len()] }).collect()
+    }
+
+    fn auto(frame: &Bytes, link: Link) -> (Codec, Bytes) {
+        compress_frame(frame, Compression::AUTO, ALL_CODECS, &link)
+    }
+
     #[test]
     fn offsets_are_sorted_spread_and_in_bounds() {
         for len in [10_000usize, 10_001, 49_999, 50_000, 1 << 20, 64 << 20] {
@@ -188,45 +476,131 @@ mod tests {
     #[test]
     fn auto_compresses_zeros_and_sends_noise_raw() {
         let zeros = Bytes::from(vec![0u8; 1 << 20]);
-        let (codec, wire) = compress_frame(&zeros, Compression::AUTO);
-        assert_eq!(codec, Codec::Snappy);
-        assert!(wire.len() < zeros.len() / 10);
+        for link in [Link::unmeasured(), Link::measured(125e6), Link::measured(1.25e9)] {
+            let (codec, wire) = auto(&zeros, link);
+            assert_ne!(codec, Codec::None, "{link:?}");
+            assert!(wire.len() < zeros.len() / 10);
+        }
         let noisy = Bytes::from(noise(1 << 20, 7));
-        let (codec, wire) = compress_frame(&noisy, Compression::AUTO);
-        assert_eq!(codec, Codec::None);
-        assert_eq!(wire.as_ptr(), noisy.as_ptr(), "raw frames are not copied");
+        for link in [Link::unmeasured(), Link::measured(1e6)] {
+            let (codec, wire) = auto(&noisy, link);
+            assert_eq!(codec, Codec::None);
+            assert_eq!(wire.as_ptr(), noisy.as_ptr(), "raw frames are not copied");
+        }
+    }
+
+    #[test]
+    fn auto_weighs_the_link_a_slow_one_compresses_what_a_fast_one_sends_raw() {
+        let data = Bytes::from(half_noise(4 << 20));
+        let (ratio, _) = sample_ratio(Codec::Lz4, &data);
+        assert!((0.4..0.7).contains(&ratio), "the data shrinks to about half: {ratio}");
+        // 1 MB/s: compressing always pays. 1 TB/s: it never can (no codec runs that fast).
+        assert_ne!(auto(&data, Link::measured(1e6)).0, Codec::None);
+        assert_eq!(auto(&data, Link::measured(1e12)).0, Codec::None);
+        // The choice is the one the model says delivers first.
+        for bw in [1e7, 1e8, 1e9, 1e10] {
+            let (codec, _) = auto(&data, Link::measured(bw));
+            let raw = delivery_seconds(Codec::None, data.len(), 1.0, bw);
+            let chosen = match codec {
+                Codec::None => raw,
+                c => delivery_seconds(c, data.len(), sample_ratio(c, &data).0, bw),
+            };
+            for c in CODECS {
+                let other = delivery_seconds(c, data.len(), sample_ratio(c, &data).0, bw);
+                assert!(chosen <= other.min(raw) * (1.0 + 1e-9), "{bw}: chose {codec:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_codecs_the_peer_accepts_are_used() {
+        let zeros = Bytes::from(vec![0u8; 1 << 20]);
+        let snappy_only = Codec::Snappy.mask_bit();
+        let slow = Link::measured(1e7);
+        assert_eq!(compress_frame(&zeros, Compression::AUTO, snappy_only, &slow).0, Codec::Snappy);
+        assert_eq!(compress_frame(&zeros, Compression::Lz4, snappy_only, &Link::unmeasured()).0, Codec::None);
+        assert_eq!(compress_frame(&zeros, Compression::AUTO, 0, &Link::unmeasured()).0, Codec::None);
+        assert_eq!(compress_frame(&zeros, Compression::Lz4, ALL_CODECS, &Link::unmeasured()).0, Codec::Lz4);
     }
 
     #[test]
     fn small_frames_are_never_compressed() {
         let zeros = Bytes::from(vec![0u8; MIN_COMPRESS_SIZE - 1]);
-        assert_eq!(compress_frame(&zeros, Compression::Snappy).0, Codec::None);
-        assert_eq!(compress_frame(&zeros, Compression::AUTO).0, Codec::None);
-    }
-
-    #[test]
-    fn decision_samples_at_most_50kb_whatever_the_size() {
-        for len in [10_000usize, 30_000, 1 << 20, 64 << 20] {
-            let data = vec![3u8; len];
-            let (sampled, _) = auto_decision(&data, DEFAULT_THRESHOLD);
-            assert!(sampled <= SAMPLE_COUNT * SAMPLE_SIZE, "{len}: {sampled}");
-            assert!(sampled <= len);
+        for policy in [Compression::Snappy, Compression::Lz4, Compression::AUTO] {
+            assert_eq!(compress_frame(&zeros, policy, ALL_CODECS, &Link::measured(1.0)).0, Codec::None);
         }
     }
 
     #[test]
-    fn snappy_round_trip_and_corrupt_input() {
-        let data = Bytes::from(vec![9u8; 100_000]);
-        let (codec, wire) = compress_frame(&data, Compression::Snappy);
-        assert_eq!(codec, Codec::Snappy);
-        let n = snappy_decompressed_len(&wire).unwrap();
-        let mut out = vec![0u8; n];
-        snappy_decompress_into(&wire, &mut out).unwrap();
-        assert_eq!(out, &data[..]);
-        let mut bad = wire.to_vec();
-        bad.truncate(bad.len() / 2);
-        let mut out = vec![0u8; n];
-        assert_eq!(snappy_decompress_into(&bad, &mut out).unwrap_err().kind(), ErrorKind::Compression);
+    fn decision_samples_at_most_50kb_per_codec_whatever_the_size() {
+        for len in [10_000usize, 30_000, 1 << 20, 64 << 20] {
+            let data = vec![3u8; len];
+            let (sampled, _) = auto_decision(&data, DEFAULT_THRESHOLD);
+            assert!(sampled <= CODECS.len() * SAMPLE_COUNT * SAMPLE_SIZE, "{len}: {sampled}");
+            assert!(sampled <= CODECS.len() * len);
+        }
+    }
+
+    #[test]
+    fn codecs_round_trip_and_refuse_corrupt_input() {
+        let data = Bytes::from(half_noise(100_000));
+        for codec in CODECS {
+            let wire = codec.compress(&data).unwrap();
+            let n = decompressed_len(codec, &wire).unwrap();
+            assert_eq!(n, data.len());
+            let mut out = vec![0u8; n];
+            decompress_into(codec, &wire, &mut out).unwrap();
+            assert_eq!(out, &data[..], "{codec:?}");
+            let mut bad = wire.clone();
+            bad.truncate(bad.len() / 2);
+            let mut out = vec![0u8; n];
+            assert_eq!(decompress_into(codec, &bad, &mut out).unwrap_err().kind(), ErrorKind::Compression, "{codec:?}");
+        }
         assert!(snappy_decompressed_len(&[0xff; 12]).is_err());
+        assert_eq!(decompressed_len(Codec::Lz4, &[1, 2]).unwrap_err().kind(), ErrorKind::Compression);
+        // An lz4 frame that declares more than it holds.
+        let mut lie = Codec::Lz4.compress(&[7u8; 1000]).unwrap();
+        lie[..4].copy_from_slice(&2000u32.to_le_bytes());
+        let mut out = vec![0u8; 2000];
+        assert_eq!(decompress_into(Codec::Lz4, &lie, &mut out).unwrap_err().kind(), ErrorKind::Compression);
+    }
+
+    #[test]
+    fn lz4_frames_are_python_lz4_blocks_with_their_size() {
+        // python-lz4: lz4.block.compress(b"a" * 100, store_size=True)
+        let wire = Codec::Lz4.compress(&[b'a'; 100]).unwrap();
+        assert_eq!(&wire[..4], &100u32.to_le_bytes());
+        let mut out = vec![0u8; 100];
+        decompress_into(Codec::Lz4, &wire, &mut out).unwrap();
+        assert_eq!(out, [b'a'; 100]);
+    }
+
+    #[test]
+    fn calibration_orders_data_by_ratio_and_reads_speeds_between_points() {
+        for codec in CODECS {
+            let s = speeds(codec).unwrap();
+            let [zeros, partial, noise] = s.points;
+            assert!(zeros.ratio < 0.05 && noise.ratio > 0.99, "{codec:?}: {s:?}");
+            assert!(zeros.ratio < partial.ratio && partial.ratio < noise.ratio, "{codec:?}: {s:?}");
+            assert!(s.points.iter().all(|p| p.compress > 0.0 && p.decompress > 0.0));
+            let mid = (partial.ratio + noise.ratio) / 2.0;
+            let (c, d) = s.at(mid);
+            assert!(c >= partial.compress.min(noise.compress) && c <= partial.compress.max(noise.compress));
+            assert!(d >= partial.decompress.min(noise.decompress) && d <= partial.decompress.max(noise.decompress));
+            assert_eq!(s.at(-1.0), (zeros.compress, zeros.decompress));
+            assert_eq!(s.at(2.0), (noise.compress, noise.decompress));
+        }
+    }
+
+    #[test]
+    fn the_link_is_measured_from_large_messages_only() {
+        let mut link = Link::unmeasured();
+        link.observe(1 << 20, Duration::from_millis(1));
+        assert_eq!(link.bandwidth(), None, "a small message says nothing about the link");
+        assert_eq!(link.planning_bandwidth(), ASSUMED_BANDWIDTH);
+        link.observe(100 << 20, Duration::from_secs(1));
+        assert_eq!(link.bandwidth(), Some((100 << 20) as f64));
+        link.observe(300 << 20, Duration::from_secs(1));
+        assert_eq!(link.bandwidth(), Some((200 << 20) as f64), "halfway to the new measurement");
     }
 }

@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::compression::{Codec, Compression};
+use crate::compression::{ALL_CODECS, Compression};
 use crate::error::CommError;
 use crate::limits::Limits;
 
@@ -36,7 +36,7 @@ pub struct Hello {
     pub version: u16,
     /// What this side accepts.
     pub limits: Limits,
-    /// Codecs this side can decompress, as a bit mask (bit 0: snappy).
+    /// Codecs this side can decompress, as a bit mask (bit 0: snappy, bit 1: lz4).
     pub compressions: u32,
     /// A free-form identity (worker name, client id); may be empty.
     pub name: String,
@@ -187,8 +187,10 @@ impl Hello {
 /// What a comm runs with after the handshake.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
-    /// How this side compresses what it sends (restricted to what the peer accepts).
+    /// How this side compresses what it sends (`None` if the peer accepts no codec).
     pub send_compression: Compression,
+    /// The codecs this side may send with: those the peer announced that this build knows.
+    pub send_codecs: u32,
     /// The peer's receive limits: this side refuses to send beyond them.
     pub send_limits: Limits,
     /// This side's receive limits.
@@ -199,9 +201,9 @@ pub struct Session {
 
 /// Combines this side's settings with the peer's hello.
 pub fn negotiate(local_limits: Limits, local_compression: Compression, peer: Hello) -> Session {
-    let send_compression =
-        if peer.compressions & Codec::Snappy.mask_bit() != 0 { local_compression } else { Compression::None };
-    Session { send_compression, send_limits: peer.limits, recv_limits: local_limits, peer }
+    let send_codecs = peer.compressions & ALL_CODECS;
+    let send_compression = if send_codecs != 0 { local_compression } else { Compression::None };
+    Session { send_compression, send_codecs, send_limits: peer.limits, recv_limits: local_limits, peer }
 }
 
 #[cfg(test)]
@@ -306,5 +308,17 @@ mod tests {
         assert_eq!(negotiate(Limits::default(), Compression::AUTO, none).send_compression, Compression::None);
         assert_eq!(negotiate(Limits::default(), Compression::AUTO, auto.clone()).send_compression, Compression::AUTO);
         assert_eq!(negotiate(Limits::default(), Compression::None, auto).send_compression, Compression::None);
+    }
+
+    #[test]
+    fn codecs_are_those_the_peer_announced_and_this_build_knows() {
+        let mut peer = Hello::new(Limits::default(), Compression::AUTO, "");
+        assert_eq!(negotiate(Limits::default(), Compression::AUTO, peer.clone()).send_codecs, 0b11);
+        // An older peer that knows only snappy; a newer one announcing codecs unknown here.
+        peer.compressions = 0b1;
+        assert_eq!(negotiate(Limits::default(), Compression::AUTO, peer.clone()).send_codecs, 0b1);
+        peer.compressions = 0b1110;
+        let s = negotiate(Limits::default(), Compression::AUTO, peer);
+        assert_eq!((s.send_codecs, s.send_compression), (0b10, Compression::AUTO));
     }
 }

@@ -225,7 +225,7 @@ where
     };
     let send = StreamSend {
         write,
-        encoder: Encoder::new(session.send_limits, session.send_compression),
+        encoder: Encoder::new(session.send_limits, session.send_compression).with_codecs(session.send_codecs),
         chunks: Vec::new(),
         close: close.clone(),
         state: SendState::Open,
@@ -295,6 +295,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> CommSend for StreamSend<W> {
         self.chunks.clear();
         self.encoder.encode(&msg, &mut self.chunks)?;
         self.state = SendState::Poisoned;
+        let wire_bytes: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
+        // tokio's clock: the same as std's, except in tests that pause time.
+        let start = tokio::time::Instant::now();
         let result = write_all_vectored(&mut self.write, &mut self.chunks).await;
         let result = match result {
             Ok(()) => self.write.flush().await,
@@ -302,6 +305,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> CommSend for StreamSend<W> {
         };
         match result {
             Ok(()) => {
+                // The link's bandwidth, for `auto` compression (large messages only).
+                self.encoder.observe(wire_bytes, start.elapsed());
                 self.state = SendState::Open;
                 Ok(())
             }

@@ -452,6 +452,10 @@ where
     stall.extend_from_slice(&[0; 1000]);
     let mut corrupt = head(1, 0, 0, &[(20, 1)]);
     corrupt.extend_from_slice(&[0xff; 20]);
+    // An lz4 frame declaring 1,000 bytes whose block ends in a match past its start.
+    let mut corrupt_lz4 = head(1, 0, 0, &[(12, 2)]);
+    corrupt_lz4.extend_from_slice(&1000u32.to_le_bytes());
+    corrupt_lz4.extend_from_slice(&[0x0f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     let mut over_budget = head(1, 0, 0, &[(2 << 20, 0)]);
     over_budget.extend(std::iter::repeat_n(0u8, 2 << 20));
     // (what, listener config, bytes, close after sending, expected error, text it mentions)
@@ -485,6 +489,14 @@ where
             true,
             ErrorKind::Compression,
             "",
+        ),
+        (
+            "corrupt lz4",
+            with(&|c| c.compression = Some(Compression::Lz4)),
+            corrupt_lz4,
+            true,
+            ErrorKind::Compression,
+            "lz4",
         ),
         (
             "over the connection's budget",

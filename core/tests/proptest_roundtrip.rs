@@ -50,7 +50,7 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 fn compression() -> impl Strategy<Value = Compression> {
-    prop_oneof![Just(Compression::None), Just(Compression::Snappy), Just(Compression::AUTO)]
+    prop_oneof![Just(Compression::None), Just(Compression::Snappy), Just(Compression::Lz4), Just(Compression::AUTO)]
 }
 
 /// An array of f64 or i16 with 0-4 dimensions, in C order, Fortran order, or a strided view.
@@ -114,8 +114,12 @@ proptest! {
     }
 
     #[test]
-    fn mutated_valid_streams_never_panic(msg in message(), flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
-        let mut bytes = encode(std::slice::from_ref(&msg), Compression::Snappy);
+    fn mutated_valid_streams_never_panic(
+        msg in message(),
+        lz4 in any::<bool>(),
+        flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = encode(std::slice::from_ref(&msg), if lz4 { Compression::Lz4 } else { Compression::Snappy });
         for (at, v) in flips {
             let n = bytes.len();
             bytes[at % n] ^= v;

@@ -47,7 +47,7 @@ fn messages() -> Vec<(&'static str, Message)> {
 
 fn stream_decoder() {
     for (name, msg) in messages() {
-        for (compression, announce) in [(Compression::None, 0u8), (Compression::Snappy, 1u8)] {
+        for (compression, announce) in [(Compression::None, 0u8), (Compression::Snappy, 1u8), (Compression::Lz4, 2u8)] {
             let mut chunks = Vec::new();
             Encoder::new(Limits::default(), compression).encode(&msg, &mut chunks).unwrap();
             let mut seed = vec![announce, 255, 255, 200];

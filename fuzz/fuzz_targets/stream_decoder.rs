@@ -16,7 +16,7 @@ const LIMITS: Limits =
 
 fuzz_target!(|data: &[u8]| {
     let Some((ctl, bytes)) = data.split_first_chunk::<4>() else { return };
-    let codecs = if ctl[0] & 1 == 1 { Compression::Snappy.offered_mask() } else { 0 };
+    let codecs = u32::from(ctl[0] & 3); // bit 0 snappy, bit 1 lz4, as in a hello
     let budget_limit = (u64::from(ctl[1]) + 1) << 13; // 8 KiB .. 2 MiB
     let mut decoder = Decoder::with(LIMITS, codecs, RecvBudget::new(budget_limit, None))
         .with_speculative_max(64 * (usize::from(ctl[2]) + 1));

@@ -151,6 +151,7 @@ impl Functions {
     /// | `sleep` | seconds `f64` (at most 60) | the seconds slept (blocking) |
     /// | `fail` | message `String` | always fails with it |
     /// | `slow_random_array` | shape, seed, seconds `f64` (at most 60) | `random_array` after sleeping (blocking) |
+    /// | `smooth_array` | shape `Vec<usize>`, seed `u64` | f64 array of slow waves (compresses partly) |
     pub fn with_builtins() -> Self {
         let mut f = Functions::new();
         f.register("inc", |(x,): (i64,)| x.checked_add(1).ok_or_else(|| format!("{x} + 1 overflows i64")));
@@ -158,6 +159,7 @@ impl Functions {
             xs.iter().try_fold(0i64, |acc, &x| acc.checked_add(x)).ok_or_else(|| "the sum overflows i64".to_owned())
         });
         f.register("random_array", |(shape, seed): (Vec<usize>, u64)| random_array(&shape, seed));
+        f.register("smooth_array", |(shape, seed): (Vec<usize>, u64)| smooth_array(&shape, seed));
         f.register("array_add", |xs: Vec<WireArray>| {
             let mut it = xs.iter();
             let first = it.next().ok_or("array_add needs at least one array")?;
@@ -227,6 +229,25 @@ fn random_array(shape: &[usize], seed: u64) -> Result<WireArray, String> {
     Ok(WireArray::from_array(a))
 }
 
+/// A field of slow waves (like a simulation's output: neighbouring values close, so it
+/// compresses partly), phase-shifted by `seed`; rows of the last axis.
+fn smooth_array(shape: &[usize], seed: u64) -> Result<WireArray, String> {
+    let n = check_elements(shape)?;
+    let cols = shape.last().copied().unwrap_or(1).max(1);
+    let phase = (seed % 1000) as f64 * 0.1;
+    let a = ArrayD::from_shape_vec(
+        IxDyn(shape),
+        (0..n)
+            .map(|i| {
+                let (r, c) = ((i / cols) as f64, (i % cols) as f64);
+                (r * 0.01 + phase).sin() * (c * 0.02).cos() + 0.5 * (r * 0.003 + c * 0.001 + phase).sin()
+            })
+            .collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(WireArray::from_array(a))
+}
+
 /// Runs a task function; a panic becomes the task's error instead of killing the worker.
 pub(crate) fn run_guarded(f: &TaskFn, args: Vec<Payload>) -> Result<Payload, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args))).unwrap_or_else(|p| {
@@ -253,7 +274,8 @@ mod tests {
                 "matmul",
                 "random_array",
                 "sleep",
-                "slow_random_array"
+                "slow_random_array",
+                "smooth_array"
             ]
         );
     }
@@ -266,6 +288,8 @@ mod tests {
         let err = call("random_array", vec![p(&vec![1usize << 20, 1 << 20]), p(&1u64)]).unwrap_err();
         assert!(err.contains("exceeds"), "{err}");
         let err = call("random_array", vec![p(&vec![usize::MAX, 2]), p(&1u64)]).unwrap_err();
+        assert!(err.contains("exceeds"), "{err}");
+        let err = call("smooth_array", vec![p(&vec![1usize << 20, 1 << 20]), p(&1u64)]).unwrap_err();
         assert!(err.contains("exceeds"), "{err}");
         let err = call("sleep", vec![p(&1e9f64)]).unwrap_err();
         assert!(err.contains("outside"), "{err}");

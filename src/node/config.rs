@@ -27,7 +27,7 @@
 //! require_client_cert = true
 //!
 //! [comm]
-//! compression = "auto"      # none, snappy or auto
+//! compression = "auto"      # none, snappy, lz4 or auto
 //! recv_budget = "2GiB"      # bytes a listener's comms may hold while receiving
 //!
 //! [auth]

@@ -162,7 +162,8 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Compression of what this process sends, and what it announces it accepts: `none`,
-    /// `snappy` or `auto` (default: none on loopback and in-process, auto across machines).
+    /// `snappy`, `lz4` or `auto` (default: none on loopback and in-process, auto across
+    /// machines: per frame and link, see docs/PROTOCOL.md).
     #[arg(long, global = true, env = "COURIER_COMPRESSION")]
     pub compression: Option<String>,
     /// Bytes all comms of one listener may hold while receiving messages (e.g. `512MiB`,
