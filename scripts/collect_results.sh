@@ -7,7 +7,7 @@
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
 #                                                  tasks, stability, scheduler, million, shm, memory, glm,
-#                                                  dashboard); the manifest records
+#                                                  dashboard, links); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory glm dashboard)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory glm dashboard links)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
@@ -117,7 +117,16 @@ for part in "${parts[@]}"; do
       ./target/release/examples/dashboard_bench target/release/courier "${dashboard_args[@]}" --json "$out/dashboard.json" \
         --screenshot "$out/dashboard.png" 2>/dev/null | tee "$out/dashboard.txt"
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory, glm, dashboard)" >&2; exit 2 ;;
+    links)
+      # Compression none / snappy / lz4 / auto across test hosts on 1 and 10 Gbit/s links, and
+      # a tree reduction across hosts (needs root and network namespaces: scripts/netns.sh).
+      if scripts/netns.sh check; then
+        if [ $quick = 1 ]; then scripts/links_bench.sh "$out" --quick; else scripts/links_bench.sh "$out"; fi
+      else
+        echo "links: skipped, this machine cannot make test hosts (reason above)" >&2
+      fi
+      ;;
+    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory, glm, dashboard, links)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -151,6 +160,7 @@ json.dump({
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",
+                 "links": "links_bench.sh: test hosts in network namespaces on a bridge, each link shaped both ways with tc htb at 1 and 10 Gbit/s; courier perf stream of 64 MiB, 5 repetitions interleaved over none/snappy/lz4/auto, 5 s (1 Gbit/s) or 3 s (10 Gbit/s) each; tree_across: 16 arrays of 8 MiB, scheduler and 3 one-thread workers on their own hosts, 5 repetitions",
                  "dashboard": "dashboard_bench: map + gather of 100,000 trivial tasks, 9 repetitions alternating dashboard off / page open in headless Chromium; tcp:// scheduler + 2 one-thread worker processes; median with min and max",
                  "glm": "glm_bench: L-BFGS, L2 1e-4, 10 iterations (3 when recomputing), each pass timed; 2 one-thread workers; median with min and max of the passes",
                  "memory": "spill_bench: 16 x 64 MiB, 5 repetitions, dd bs = value size, sync before writes, no sync after; root_queuing: 7 repetitions, 256 x 4 MiB fan-in 4, 100,000 trivial tasks, 2 one-thread worker processes over tcp"},
@@ -165,5 +175,10 @@ if [ $quick = 1 ]; then
     dashboard.txt dashboard.json dashboard.png; do
     [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
   done
+  if scripts/netns.sh check 2>/dev/null; then
+    for f in links.txt links_perf.jsonl links_tree.jsonl; do
+      [ -s "$out/$f" ] || { echo "quick run: $out/$f is missing or empty" >&2; exit 1; }
+    done
+  fi
 fi
 echo "results written to $out/"

@@ -15,7 +15,7 @@ mkdir -p "$out"
 if [ "$quick" = --quick ]; then
   rates=(1gbit) reps=1 seconds=(1) payload=8MiB tree=(4 64)
 else
-  rates=(1gbit 10gbit) reps=5 seconds=(6 3) payload=64MiB tree=(16 1024)
+  rates=(1gbit 10gbit) reps=5 seconds=(5 3) payload=64MiB tree=(16 1024)
 fi
 scripts/netns.sh check
 cargo build --release --bin courier -p courier-cli --example tree_across
