@@ -148,6 +148,32 @@ async fn a_custom_worker_binary_serves_its_functions() {
     cluster.shutdown().await;
 }
 
+/// Kubernetes and SLURM scale down with SIGTERM: the worker process retires (its results move
+/// to the other worker first) and exits cleanly, so even scattered values, which nothing can
+/// recompute, survive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigtermed_worker_process_retires_and_even_scattered_data_survives() {
+    let mut cluster =
+        LocalCluster::processes(Registry::with_default_transports(), courier_bin(), "tcp://127.0.0.1:0", 2)
+            .await
+            .unwrap();
+    let c = cluster.client().await.unwrap();
+    let values: Vec<i64> = (0..40).collect();
+    let data = c.scatter(&values).await.unwrap();
+    c.wait(&data).await;
+    let leaving = cluster.process_id(1).expect("worker-0 runs");
+    let workers = c.workers();
+    let held = |w: &str| data.iter().filter(|f| f.who_has().iter().any(|h| h == w)).count();
+    assert!(workers.iter().all(|w| held(w) > 0), "both workers hold scattered values: {workers:?}");
+    let pid = rustix::process::Pid::from_raw(leaving as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("signal delivered");
+    let status = tokio::time::timeout(Duration::from_secs(60), cluster.wait_process(1)).await.unwrap().unwrap();
+    assert!(status.success(), "a SIGTERMed worker retires and exits cleanly, got {status}");
+    assert_eq!(c.gather(&data).await.unwrap(), values, "nothing it held was lost");
+    assert_eq!(c.workers().len(), 1);
+    cluster.shutdown().await;
+}
+
 fn signal(child: &tokio::process::Child, sig: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
     rustix::process::kill_process(pid, sig).expect("signal delivered");

@@ -383,7 +383,9 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
 }
 
 /// Runs a worker with `functions` until the scheduler retires it or Ctrl-C (`Ok`), or until
-/// it loses the scheduler or fails (`Err`). Prints `worker serving data at URL` on stderr.
+/// it loses the scheduler or fails (`Err`). SIGTERM retires it: it asks the scheduler to move
+/// its results to other workers, then exits (within [`RETIRE_GRACE`] each). Prints `worker
+/// serving data at URL` on stderr.
 pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functions) -> Result<(), NodeError> {
     let file = config::FileConfig::load(common.config.as_deref())?;
     let mut registry = common.registry_for(&file, Role::Worker)?;
@@ -420,26 +422,70 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
             m.terminate * 100.0
         );
     }
+    let client_registry = registry.clone();
     let (handle, task) = courier_runtime::start_worker(registry, Arc::new(functions), config.clone()).await?;
     eprintln!("worker serving data at {}", handle.address);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| NodeError::Stopped("worker", format!("cannot watch for SIGTERM: {e}")))?;
+    tokio::pin!(task);
+    let ended = |r: Result<Result<(), CommError>, tokio::task::JoinError>| match r {
+        Ok(Ok(())) => Ok(()),
+        // At its terminate threshold the worker stops cleanly and the process starts
+        // afresh (its results are recomputed elsewhere from lineage).
+        Ok(Err(e)) if handle.terminated_for_memory() => {
+            eprintln!("worker restarting: {e}");
+            Err(restart_process(config.spill_dir.as_deref()))
+        }
+        Ok(Err(e)) => Err(NodeError::Comm(e)),
+        Err(e) => Err(NodeError::Stopped("worker", e.to_string())),
+    };
     tokio::select! {
-        r = task => match r {
-            Ok(Ok(())) => Ok(()),
-            // At its terminate threshold the worker stops cleanly and the process starts
-            // afresh (its results are recomputed elsewhere from lineage).
-            Ok(Err(e)) if handle.terminated_for_memory() => {
-                eprintln!("worker restarting: {e}");
-                Err(restart_process(config.spill_dir.as_deref()))
-            }
-            Ok(Err(e)) => Err(NodeError::Comm(e)),
-            Err(e) => Err(NodeError::Stopped("worker", e.to_string())),
-        },
+        r = &mut task => ended(r),
         _ = tokio::signal::ctrl_c() => {
+            handle.shutdown();
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            // What a cluster manager sends to scale down (Kubernetes, SLURM): retire, so
+            // the results this worker holds move to the others instead of being recomputed.
+            eprintln!("worker {}: SIGTERM, retiring", handle.address);
+            let retire = async {
+                let client = courier_runtime::Client::connect(client_registry, &config.scheduler).await?;
+                let result = client.retire_workers(std::slice::from_ref(&handle.address)).await;
+                client.close().await;
+                result.map_err(|e| CommError::closed(e.to_string()))
+            };
+            let retired = tokio::select! {
+                // Let go by the scheduler once its results moved, or the scheduler is gone:
+                // either way the worker has stopped, as asked.
+                r = &mut task => {
+                    if let Ok(Err(e)) = r {
+                        eprintln!("worker {}: stopped ({e})", handle.address);
+                    }
+                    return Ok(());
+                }
+                r = tokio::time::timeout(RETIRE_GRACE, retire) => r,
+            };
+            match retired {
+                Ok(Ok(())) => {
+                    if tokio::time::timeout(RETIRE_GRACE, &mut task).await.is_ok() {
+                        return Ok(());
+                    }
+                    eprintln!("worker {}: retired, but still running after {RETIRE_GRACE:?}; stopping", handle.address);
+                }
+                Ok(Err(e)) => eprintln!("worker {}: not retired ({e}); stopping", handle.address),
+                Err(_) => eprintln!("worker {}: not retired within {RETIRE_GRACE:?}; stopping", handle.address),
+            }
             handle.shutdown();
             Ok(())
         }
     }
 }
+
+/// How long a worker told to stop with SIGTERM spends retiring (moving its results to other
+/// workers), and then waiting to be let go, before it stops regardless: within Kubernetes'
+/// default 30 s grace period.
+pub const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Replaces this process with a fresh run of the same command: the only restart that gives
 /// memory back at once (blocking threads of the old worker may still hold results, and the
