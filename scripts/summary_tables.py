@@ -4,6 +4,7 @@ in them comes from a file in results/ (python3 scripts/summary_tables.py [result
 import csv
 import json
 import pathlib
+import subprocess
 import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "results")
@@ -217,3 +218,9 @@ if path.exists():
             f"({r['min_tasks_per_s'] / 1e3:.1f}k–{r['max_tasks_per_s'] / 1e3:.1f}k) | {r['median_scheduler_cpu_s']:.3f} |"
         )
     print(f"\nPage open / off: {d['ratio_page_open_to_off']:.3f}.")
+
+if (root / "links_perf.jsonl").exists():
+    # Across hosts: the same tables links_bench.sh writes to links.txt.
+    print()
+    sys.stdout.flush()
+    subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("links_table.py")), str(root)], check=True)
