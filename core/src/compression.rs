@@ -16,6 +16,8 @@
 //! codec: len / compress_speed + ratio × len / bandwidth + len / decompress_speed
 //! ```
 //!
+//! and compresses only when the codec's estimate is at most [`COMPRESS_MARGIN`] of raw's.
+//!
 //! `bandwidth` is the comm's own measurement of its link ([`Link`]: wire bytes over the time
 //! a message of at least 4 MiB took to write); until a comm has measured, it assumes
 //! [`ASSUMED_BANDWIDTH`]. `compress_speed` is measured on the frame's own samples (the median
@@ -42,9 +44,15 @@ pub const SAMPLE_SIZE: usize = 10_000;
 pub const SAMPLE_COUNT: usize = 5;
 /// Default ratio the samples must reach for `auto` to consider a codec.
 pub const DEFAULT_THRESHOLD: f64 = 0.7;
-/// The link bandwidth `auto` assumes before a comm has measured its own (10 Gbit/s), in
-/// bytes per second.
-pub const ASSUMED_BANDWIDTH: f64 = 1.25e9;
+/// The link bandwidth `auto` assumes before a comm has measured its own (1 Gbit/s), in bytes
+/// per second. Low on purpose: compressing on a fast link by mistake costs at most the
+/// codec's time, sending raw on a slow link by mistake costs the link's, which is far more.
+pub const ASSUMED_BANDWIDTH: f64 = 1.25e8;
+/// `auto` compresses only when the estimate says that delivers the frame in at most this
+/// fraction of the raw time: the samples are compressed hot in cache and alone, while a whole
+/// frame competes for the cores with the application and the kernel's networking (on this
+/// 2-core VM a 1 GB/s link made lz4 30 % slower than its samples said).
+pub const COMPRESS_MARGIN: f64 = 0.8;
 /// Largest frame an lz4 frame can carry (its length prefix is 32 bits).
 pub const LZ4_MAX_FRAME: usize = u32::MAX as usize;
 
@@ -398,7 +406,7 @@ pub fn auto_choice(data: &[u8], threshold: f64, allowed: u32, link: &Link) -> (C
         bandwidth,
         "auto compression"
     );
-    (if cost < raw { codec } else { Codec::None }, s.bytes)
+    (if cost <= COMPRESS_MARGIN * raw { codec } else { Codec::None }, s.bytes)
 }
 
 /// Decides by sampling (lz4, unmeasured link) whether compressing `data` is worth it. Returns

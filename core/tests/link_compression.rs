@@ -97,7 +97,7 @@ async fn wire_bytes_per_message(rate: f64, n: usize) -> Vec<u64> {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_link_learns_to_compress_what_shrinks() {
-    // 10 MB/s. The first message goes as the 10 Gbit/s assumed before any measurement says
+    // 10 MB/s. The first message goes as the 1 Gbit/s assumed before any measurement says
     // (raw or compressed: that depends on this machine's speed); it measures the link, and
     // from then on the data travels compressed to about half.
     let sizes = wire_bytes_per_message(10e6, 3).await;
