@@ -25,11 +25,12 @@ check() {
   [ "$(id -u)" = 0 ] || die "needs root (network namespaces and tc)"
   command -v ip >/dev/null || die "needs iproute2's ip"
   command -v tc >/dev/null || die "needs iproute2's tc"
-  local probe="crnprobe$$"
+  # Names unique to this process: tests probe concurrently.
+  local probe="crnprobe$$" veth="cp$$"
   ip netns add "$probe" 2>/dev/null || die "cannot create a network namespace (ip netns add failed)"
   local ok=1
-  ip link add "${probe:0:9}a" type veth peer name "${probe:0:9}b" 2>/dev/null || ok=0
-  ip link del "${probe:0:9}a" 2>/dev/null || true
+  ip link add "${veth}a" type veth peer name "${veth}b" 2>/dev/null || ok=0
+  ip link del "${veth}a" 2>/dev/null || true
   ip netns del "$probe"
   [ "$ok" = 1 ] || die "cannot create veth pairs"
 }

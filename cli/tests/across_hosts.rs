@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use courier::courier_core::WireArray;
 use courier::courier_runtime::protocol::TransferCount;
-use courier::courier_runtime::{Client, Graph, LocalCluster, Status, TaskFuture, arg};
+use courier::courier_runtime::{Client, Graph, Status, TaskFuture, arg};
 use courier::{Registry, RegistryExt};
 use courier_tls::test_certs::TestPki;
 use support::courier_bin;
@@ -22,30 +22,12 @@ use tokio::process::Child;
 const LEAVES: u64 = 64;
 const SIDE: usize = 256; // 512 KiB leaves: transfers take ~4 ms each on the 1 Gbit/s links
 
-/// A tree reduction with slow leaves; the adds fetch their inputs from other workers.
 async fn tree(c: &Client, delay: f64) -> (Vec<TaskFuture<WireArray>>, TaskFuture<f64>) {
-    let leaves: Vec<TaskFuture<WireArray>> = c
-        .map("slow_random_array", (0..LEAVES).map(|seed| vec![arg(&vec![SIDE, SIDE]), arg(&seed), arg(&delay)]))
-        .await
-        .unwrap();
-    let mut level = leaves.clone();
-    while level.len() > 1 {
-        let mut next = Vec::new();
-        for pair in level.chunks(2) {
-            next.push(c.submit::<WireArray>("array_add", pair.iter().map(|f| f.arg()).collect()).await.unwrap());
-        }
-        level = next;
-    }
-    let total = c.submit::<f64>("array_sum", vec![level[0].arg()]).await.unwrap();
-    (leaves, total)
+    support::tree(c, LEAVES, SIDE, delay).await
 }
 
 async fn reference() -> f64 {
-    let functions = courier::courier_runtime::Functions::with_builtins();
-    let cluster = LocalCluster::inproc(Registry::with_default_transports(), 2, functions).await.unwrap();
-    let c = cluster.client().await.unwrap();
-    let (_, total) = tree(&c, 0.0).await;
-    total.result().await.unwrap()
+    support::tree_reference(LEAVES, SIDE).await
 }
 
 /// A scheduler on host 0 and workers on hosts 1..=3, all over `scheme`.

@@ -11,30 +11,14 @@ use courier::courier_runtime::{Client, LocalCluster, TaskFuture, arg};
 use courier::{Registry, RegistryExt};
 use support::{courier_bin, example};
 
-/// A tree reduction with `leaves` slow leaves: 2 × leaves tasks in all.
+const SIDE: usize = 16;
+
 async fn tree(c: &Client, leaves: u64, delay: f64) -> (Vec<TaskFuture<WireArray>>, TaskFuture<f64>) {
-    let level0: Vec<TaskFuture<WireArray>> = c
-        .map("slow_random_array", (0..leaves).map(|seed| vec![arg(&vec![16usize, 16]), arg(&seed), arg(&delay)]))
-        .await
-        .unwrap();
-    let mut level = level0.clone();
-    while level.len() > 1 {
-        let mut next = Vec::new();
-        for pair in level.chunks(2) {
-            next.push(c.submit::<WireArray>("array_add", pair.iter().map(|f| f.arg()).collect()).await.unwrap());
-        }
-        level = next;
-    }
-    let total = c.submit::<f64>("array_sum", vec![level[0].arg()]).await.unwrap();
-    (level0, total)
+    support::tree(c, leaves, SIDE, delay).await
 }
 
 async fn reference_result(leaves: u64) -> f64 {
-    let functions = courier::courier_runtime::Functions::with_builtins();
-    let cluster = LocalCluster::inproc(Registry::with_default_transports(), 2, functions).await.unwrap();
-    let c = cluster.client().await.unwrap();
-    let (_, total) = tree(&c, leaves, 0.0).await;
-    total.result().await.unwrap()
+    support::tree_reference(leaves, SIDE).await
 }
 
 async fn survives_a_sigkilled_worker(listen: &str) {
