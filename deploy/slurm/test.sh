@@ -48,8 +48,11 @@ chmod +x "$work/bin/srun"
 job() { # JOB_DIR EXPECTED_SCHEDULER_HOST [env…]
   local dir=$1 host=$2
   shift 2
+  # stdout alone: the nodes log to stderr with unbuffered writes that can land inside the
+  # client's line if they share a pipe.
   out=$(env -u COURIER_HOST PATH="$work/bin:$PATH" COURIER="$courier" COURIER_JOB_DIR="$dir" "$@" \
-    SLURM_JOB_ID=1 SLURM_NTASKS=2 SLURM_CPUS_PER_TASK=1 timeout 120 deploy/slurm/courier.sbatch 2>&1)
+    SLURM_JOB_ID=1 SLURM_NTASKS=2 SLURM_CPUS_PER_TASK=1 timeout 120 deploy/slurm/courier.sbatch 2>"$dir.log")
+  cat "$dir.log"
   echo "$out"
   grep -q "^scheduler at tcp://$host:" <<<"$out" || { echo "FAIL: no scheduler address on $host" >&2; exit 1; }
   grep -qx "42" <<<"$out" || { echo "FAIL: the job's task did not print 42" >&2; exit 1; }
