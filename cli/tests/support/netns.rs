@@ -87,6 +87,20 @@ impl Hosts {
         netns(&["link", &self.prefix, &i.to_string(), if up { "up" } else { "down" }]).unwrap();
     }
 
+    /// Whether host `i`'s link is up on either end (its bridge port or its own interface).
+    pub(crate) fn link_is_up(&self, i: usize) -> bool {
+        let flags = |args: &[&str]| {
+            let out = StdCommand::new("ip").args(args).output().expect("ip link show");
+            String::from_utf8_lossy(&out.stdout)
+                .split_once('<')
+                .map(|(_, f)| f.split('>').next().unwrap_or("").split(',').any(|f| f == "UP"))
+                .unwrap_or(false)
+        };
+        let host = format!("{}{i}", self.prefix);
+        flags(&["-o", "link", "show", &format!("{}h{i}", self.prefix)])
+            || flags(&["-n", &host, "-o", "link", "show", "eth0"])
+    }
+
     /// Namespaces and links of these hosts still present (empty once dropped).
     pub(crate) fn leftovers(prefix: &str) -> String {
         netns(&["leftovers", prefix]).unwrap()
