@@ -389,7 +389,7 @@ impl Decoder {
                         let index = frames.len();
                         frames.push(finish_frame(inc.buf, desc.codec, &self.limits, &mut self.budget, index)?);
                     }
-                    let msg = Message { header: std::mem::take(header), frames: std::mem::take(frames) };
+                    let msg = Message { header: std::mem::take(header), frames: std::mem::take(frames), local: None };
                     self.state = State::Head;
                     return Ok(Some(msg));
                 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::address::Address;
-use crate::error::CommError;
+use crate::error::{CommError, ErrorKind};
 use crate::message::Message;
 
 /// The sending half a transport implements.
@@ -31,6 +31,23 @@ pub trait CommSend: Send + fmt::Debug {
     async fn send(&mut self, msg: Message) -> Result<(), CommError>;
     /// Closes the comm in both directions. Calling it again is fine.
     async fn close(&mut self) -> Result<(), CommError>;
+
+    /// Whether this comm hands [`Message::local`] values to its peer as they are (both ends in
+    /// one process: inproc://). Senders may then skip serialization; [`Comm::send`] refuses
+    /// local values on every other comm.
+    fn carries_local_values(&self) -> bool {
+        false
+    }
+}
+
+fn check_local(send: &dyn CommSend, msg: &Message) -> Result<(), CommError> {
+    if msg.local.is_some() && !send.carries_local_values() {
+        return Err(CommError::new(
+            ErrorKind::Serialization,
+            "a process-local value cannot be sent on this comm: serialize it (to_message)",
+        ));
+    }
+    Ok(())
 }
 
 /// The receiving half a transport implements.
@@ -106,9 +123,16 @@ impl Comm {
         &self.info
     }
 
-    /// Sends one message. See [`CommSend::send`].
+    /// Sends one message. See [`CommSend::send`]. A [local value](Message::from_local) on a
+    /// comm that does not [carry them](Comm::carries_local_values) is a `Serialization` error.
     pub async fn send(&mut self, msg: Message) -> Result<(), CommError> {
+        check_local(&*self.send, &msg)?;
         self.send.send(msg).await
+    }
+
+    /// See [`CommSend::carries_local_values`].
+    pub fn carries_local_values(&self) -> bool {
+        self.send.carries_local_values()
     }
 
     /// Receives one message. Cancel-safe. See [`CommRecv::recv`].
@@ -136,9 +160,15 @@ pub struct CommSender {
 }
 
 impl CommSender {
-    /// Sends one message.
+    /// Sends one message (see [`Comm::send`]).
     pub async fn send(&mut self, msg: Message) -> Result<(), CommError> {
+        check_local(&*self.inner, &msg)?;
         self.inner.send(msg).await
+    }
+
+    /// See [`CommSend::carries_local_values`].
+    pub fn carries_local_values(&self) -> bool {
+        self.inner.carries_local_values()
     }
 
     /// Closes the comm in both directions; idempotent.

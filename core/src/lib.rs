@@ -65,9 +65,9 @@ pub use comm::{CloseSignal, Comm, CommReceiver, CommRecv, CommSend, CommSender, 
 pub use compression::{Codec, Compression};
 pub use error::{CommError, ErrorKind};
 pub use limits::Limits;
-pub use message::Message;
+pub use message::{LocalValue, Message};
 pub use registry::Registry;
-pub use serial::{Blob, Payload, SerializeOptions, from_message, to_message, to_message_with};
+pub use serial::{Blob, Payload, SerializeOptions, from_message, into_value, to_message, to_message_with};
 pub use transport::{CommConfig, Listener, RejectionLog, Transport};
 
 #[doc(hidden)]

@@ -71,7 +71,21 @@ pub fn to_message_with<T: Serialize + ?Sized>(value: &T, options: &SerializeOpti
     let header = rmp_serde::to_vec_named(value);
     let ctx = ENCODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous)).expect("encode context");
     let header = header.map_err(|e| ser_error(format!("cannot serialize: {e}")))?;
-    Ok(Message { header: Bytes::from(header), frames: ctx.frames })
+    Ok(Message { header: Bytes::from(header), frames: ctx.frames, local: None })
+}
+
+/// The value a message carries: the typed value itself when a peer in this process sent it
+/// with [`Message::from_local`] (no decoding), otherwise [`from_message`]'s decoding of its
+/// bytes. A receiver that calls this accepts both, so whether a sender serializes is the
+/// sender's choice (see [`CommSend::carries_local_values`](crate::CommSend::carries_local_values)).
+/// A local value of another type than `T` is a `Serialization` error, as malformed bytes are.
+pub fn into_value<T: DeserializeOwned + std::any::Any + Send + Sync + Clone>(msg: Message) -> Result<T, CommError> {
+    match msg.local {
+        Some(local) => local.take::<T>().map_err(|_| {
+            ser_error(format!("malformed message: a local value that is not a {}", std::any::type_name::<T>()))
+        }),
+        None => from_message(&msg),
+    }
 }
 
 /// Deserializes a value from a message made by [`to_message`]. Every frame must be referenced
@@ -177,7 +191,7 @@ impl Payload {
 
     /// Decodes the value inside.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CommError> {
-        from_message(&Message { header: self.header.clone(), frames: self.frames.clone() })
+        from_message(&Message { header: self.header.clone(), frames: self.frames.clone(), local: None })
     }
 
     /// Total bytes (header and frames).
@@ -194,7 +208,7 @@ impl From<Message> for Payload {
 
 impl From<Payload> for Message {
     fn from(p: Payload) -> Self {
-        Message { header: p.header, frames: p.frames }
+        Message { header: p.header, frames: p.frames, local: None }
     }
 }
 

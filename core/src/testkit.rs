@@ -80,7 +80,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $registry, $url;
             ping_pong, ordered_writes, frame_shapes, huge_frame, many_clients, full_duplex,
             implicit_close, explicit_close, cancelled_recv_loses_nothing, connect_to_nothing,
-            distinct_contact_addresses, addresses_agree, send_after_close_fails, oversized_send_is_refused_locally);
+            distinct_contact_addresses, addresses_agree, send_after_close_fails, oversized_send_is_refused_locally,
+            local_values_are_carried_or_refused);
     };
     (@each $registry:expr, $url:expr; $($check:ident),* $(,)?) => {
         $(
@@ -404,6 +405,27 @@ pub async fn oversized_send_is_refused_locally(h: &Harness) {
     let (sent, got) = tokio::join!(server.send(ok.clone()), client.recv());
     sent.expect("a fitting message after a refused one");
     assert_eq!(got.expect("recv"), ok);
+}
+
+/// A [local value](Message::from_local) either arrives as the very value (a comm that says it
+/// [carries them](Comm::carries_local_values)) or is refused with `Serialization` before
+/// anything is sent, the comm staying usable: it never reaches a wire as an empty message.
+pub async fn local_values_are_carried_or_refused(h: &Harness) {
+    let (mut client, mut server, _l) = h.pair().await;
+    let value = vec![String::from("a typed value"), String::from("not bytes")];
+    let sent = client.send(Message::from_local(value.clone())).await;
+    if client.carries_local_values() {
+        sent.expect("a comm that carries local values sends one");
+        let got = server.recv().await.expect("receive the local value");
+        assert_eq!(crate::into_value::<Vec<String>>(got).expect("the same type"), value);
+    } else {
+        let err = sent.expect_err("a local value on a comm that does not carry them");
+        assert_eq!(err.kind(), ErrorKind::Serialization, "{err}");
+    }
+    let ok = crate::to_message(&value).expect("serialize");
+    client.send(ok.clone()).await.expect("a serialized message after the local value");
+    let got = server.recv().await.expect("receive");
+    assert_eq!(crate::into_value::<Vec<String>>(got).expect("decode"), value);
 }
 
 /// Hostile bytes after a good handshake, for stream transports (tcp://, unix://, tls:// and

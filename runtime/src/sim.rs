@@ -63,6 +63,10 @@ pub struct SimConfig {
     pub check_every: u64,
     /// Workers' memory limits (`None`: unlimited). The simulator has no disk: spills fail.
     pub memory: Option<crate::worker::MemoryLimits>,
+    /// Send every protocol message as over a wire: encoded to MessagePack and decoded again
+    /// (a message that does not come back equal is a [`SimError::Wire`]). Off, messages travel
+    /// as typed values, as between the roles of one process over inproc://.
+    pub wire: bool,
 }
 
 impl Default for SimConfig {
@@ -78,6 +82,7 @@ impl Default for SimConfig {
             time_limit: Duration::from_secs(3600),
             check_every: 1,
             memory: None,
+            wire: false,
         }
     }
 }
@@ -119,6 +124,14 @@ pub enum SimError {
     /// A client could not get a value it was told is done.
     #[error("{0}")]
     Lost(String),
+    /// A message did not survive MessagePack encoding and decoding intact ([`SimConfig::wire`]).
+    #[error("at {at:?}: a message changed on the wire: {what}")]
+    Wire {
+        /// Simulated time.
+        at: Duration,
+        /// The message and what came back.
+        what: String,
+    },
 }
 
 /// A node of the simulated cluster.
@@ -246,6 +259,8 @@ pub struct Sim {
     next_conn: ConnId,
     /// A double execution seen by the last step.
     ran_twice: Option<SimError>,
+    /// A message the last step's sends changed on the wire ([`SimConfig::wire`]).
+    wire_error: Option<SimError>,
     /// Print every delivery (`COURIER_SIM_TRACE=1`).
     trace: bool,
     /// Counters, for tests.
@@ -266,6 +281,8 @@ pub struct SimStats {
     pub steps: u64,
     /// The most result bytes held in memory by all workers together at any instant.
     pub peak_managed: u64,
+    /// Messages sent through MessagePack and back ([`SimConfig::wire`]).
+    pub wire_trips: u64,
 }
 
 fn client_id(c: usize) -> ClientId {
@@ -297,6 +314,7 @@ impl Sim {
             requests: Map::default(),
             next_conn: 1,
             ran_twice: None,
+            wire_error: None,
             trace: std::env::var_os("COURIER_SIM_TRACE").is_some(),
             stats: SimStats::default(),
             _deterministic: deterministic,
@@ -537,11 +555,64 @@ impl Sim {
 
     /// Sends over the link `from → to`: a random delay, FIFO per link.
     fn send(&mut self, from: Node, to: Node, d: Delivery) {
+        let d = if self.config.wire { self.over_the_wire(d) } else { d };
         let delay = self.jitter(self.config.latency);
         let earliest = self.link_clock.get(&(from, to)).copied().unwrap_or_default();
         let when = (self.now + delay).max(earliest);
         self.link_clock.insert((from, to), when);
         self.at(when - self.now, to, d);
+    }
+
+    /// `d` as a peer across a wire gets it: its protocol message encoded as MessagePack and
+    /// decoded again. One that comes back different (or not at all) is recorded as a
+    /// [`SimError::Wire`] and delivered as it was.
+    fn over_the_wire(&mut self, d: Delivery) -> Delivery {
+        fn trip<T>(m: T, bad: &mut Option<String>, trips: &mut u64) -> T
+        where
+            T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        {
+            *trips += 1;
+            match courier_core::to_message(&m).and_then(|msg| courier_core::from_message::<T>(&msg)) {
+                Ok(back) if back == m => back,
+                Ok(back) => {
+                    *bad = Some(format!("{m:?} came back as {back:?}"));
+                    m
+                }
+                Err(e) => {
+                    *bad = Some(format!("{m:?}: {e}"));
+                    m
+                }
+            }
+        }
+        let mut bad = None;
+        let (b, n) = (&mut bad, &mut self.stats.wire_trips);
+        let d = match d {
+            Delivery::ToScheduler(Event::FromClient { id, msg }) => {
+                Delivery::ToScheduler(Event::FromClient { id, msg: trip(msg, b, n) })
+            }
+            Delivery::ToScheduler(Event::FromWorker { id, msg }) => {
+                Delivery::ToScheduler(Event::FromWorker { id, msg: trip(msg, b, n) })
+            }
+            Delivery::ToWorker(w, life, WorkerEvent::Scheduler(msg)) => {
+                Delivery::ToWorker(w, life, WorkerEvent::Scheduler(trip(msg, b, n)))
+            }
+            Delivery::ToWorker(w, life, WorkerEvent::SchedulerBatch(msgs)) => {
+                Delivery::ToWorker(w, life, WorkerEvent::SchedulerBatch(trip(msgs, b, n)))
+            }
+            Delivery::ToWorker(w, life, WorkerEvent::Data { conn, request }) => {
+                Delivery::ToWorker(w, life, WorkerEvent::Data { conn, request: trip(request, b, n) })
+            }
+            Delivery::ToWorker(w, life, WorkerEvent::FetchDone { id, result: Ok(values) }) => {
+                Delivery::ToWorker(w, life, WorkerEvent::FetchDone { id, result: Ok(trip(values, b, n)) })
+            }
+            Delivery::ToClient(c, msg) => Delivery::ToClient(c, trip(msg, b, n)),
+            Delivery::DataReply(c, reply) => Delivery::DataReply(c, trip(reply, b, n)),
+            other => other,
+        };
+        if let Some(what) = bad {
+            self.wire_error.get_or_insert(SimError::Wire { at: self.now, what });
+        }
+        d
     }
 
     /// Handles the next delivery. Returns `false` when nothing is left but periodic ticks.
@@ -574,7 +645,7 @@ impl Sim {
     }
 
     fn check(&mut self) -> Result<(), SimError> {
-        if let Some(e) = self.ran_twice.take() {
+        if let Some(e) = self.ran_twice.take().or_else(|| self.wire_error.take()) {
             return Err(e);
         }
         if self.config.check_every == 0 || !self.stats.steps.is_multiple_of(self.config.check_every) {

@@ -7,6 +7,35 @@ async fn inproc() {
     support::all_scenarios("inproc://").await;
 }
 
+/// Every scenario again with inproc:// comms that serialize every message, as over a wire:
+/// the in-process fast path (typed values, no MessagePack) must change nothing but speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inproc_serialized() {
+    let registry = support::registry().with(std::sync::Arc::new(courier_inproc::InprocTransport::serializing()));
+    support::all_scenarios_with(registry, "inproc://").await;
+}
+
+/// The fast path is taken: 1,000 tasks submitted, run and gathered over inproc:// reach the
+/// scheduler as typed values (its byte counter sees the registrations' hellos only), while the
+/// serializing comms deliver the same work as MessagePack bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inproc_messages_skip_messagepack() {
+    let mut received = Vec::new();
+    for transport in [courier_inproc::InprocTransport::new(), courier_inproc::InprocTransport::serializing()] {
+        let registry = support::registry().with(std::sync::Arc::new(transport));
+        let cluster = support::cluster(registry, "inproc://").await;
+        let c = cluster.client().await.unwrap();
+        let before = cluster.scheduler_bytes_received().unwrap();
+        support::map_gather_1000(&c).await;
+        received.push(cluster.scheduler_bytes_received().unwrap() - before);
+    }
+    let (typed, serialized) = (received[0], received[1]);
+    // A hello (serialized: it is the registration) may land after `before`; no task does.
+    assert!(typed <= 256, "typed messages carry no bytes; {typed} bytes were serialized");
+    // Each of the 1,000 tasks is at least submitted and finished as bytes.
+    assert!(serialized > 1000 * 16, "the serializing comms delivered only {serialized} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp() {
     support::all_scenarios("tcp://127.0.0.1:0").await;

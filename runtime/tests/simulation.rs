@@ -198,6 +198,9 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
         },
         time_limit: Duration::from_secs(24 * 3600),
         check_every: 1,
+        // Odd seeds send every message through MessagePack, as over a wire; even seeds hand
+        // typed values over, as inproc:// does. Both must reach the same answer.
+        wire: seed % 2 == 1,
         memory: None,
     };
     let mut sim = Sim::new(config);
@@ -443,6 +446,9 @@ fn random_case(seed: u64) -> Result<CaseStats, String> {
         if sim.is_alive(w) && (sim.worker(w).held_keys() != 0 || sim.worker(w).assigned() != 0) {
             return Err(format!("worker {w} kept {} after release", sim.worker(w).describe()));
         }
+    }
+    if (seed % 2 == 1) != (sim.stats.wire_trips > 0) {
+        return Err(format!("{} messages went through MessagePack (wire: {})", sim.stats.wire_trips, seed % 2 == 1));
     }
     Ok(CaseStats {
         tasks: n as u64,

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use courier_core::{CloseSignal, CommError, Payload, Registry, from_message, to_message};
+use courier_core::{CloseSignal, CommError, Payload, Registry, into_value, to_message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
@@ -224,7 +224,7 @@ impl Client {
                     () = outbox.closed() => break "lost the scheduler: the comm to it closed".to_owned(),
                     m = rx.recv() => m,
                 };
-                let batch = match m.and_then(|m| from_message::<Vec<SchedulerToClient>>(&m)) {
+                let batch = match m.and_then(into_value::<Vec<SchedulerToClient>>) {
                     Ok(b) => b,
                     Err(e) => break format!("lost the scheduler: {e}"),
                 };

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use courier_core::{CloseSignal, CommError, CommSender, ErrorKind, to_message};
+use courier_core::{CloseSignal, CommError, CommSender, ErrorKind, Message, to_message};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -66,7 +66,7 @@ impl<T> Clone for Outbox<T> {
     }
 }
 
-impl<T: Serialize + Send + 'static> Outbox<T> {
+impl<T: Serialize + Send + Sync + 'static> Outbox<T> {
     /// An outbox writing to `tx`, cut off past `limit` unsent messages.
     pub(crate) fn spawn(tx: CommSender, limit: usize, label: String) -> Self {
         Self::spawn_lazy(async move { Ok(tx) }, limit, label)
@@ -192,7 +192,7 @@ impl<T: Serialize + Send + 'static> Outbox<T> {
     }
 }
 
-async fn write_loop<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, label: &str) {
+async fn write_loop<T: Serialize + Send + Sync + 'static>(shared: &Shared<T>, tx: &mut CommSender, label: &str) {
     loop {
         let batch = {
             let mut s = shared.lock();
@@ -221,7 +221,12 @@ async fn write_loop<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, label
 }
 
 /// Writes one batch. Returns false once the comm is unusable.
-async fn write_batch<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, label: &str, batch: Vec<T>) -> bool {
+async fn write_batch<T: Serialize + Send + Sync + 'static>(
+    shared: &Shared<T>,
+    tx: &mut CommSender,
+    label: &str,
+    batch: Vec<T>,
+) -> bool {
     tokio::select! {
         () = shared.closed.closed() => false,
         r = send_split(tx, label, batch) => {
@@ -234,7 +239,21 @@ async fn write_batch<T: Serialize>(shared: &Shared<T>, tx: &mut CommSender, labe
 /// Sends `batch` as one message. A batch the peer's limits refuse (more frames or bytes than
 /// it accepts in one message) is split in halves and retried; a single message too large for
 /// the peer is dropped with an error. Fails only when the comm is unusable.
-pub(crate) async fn send_split<T: Serialize>(tx: &mut CommSender, label: &str, batch: Vec<T>) -> Result<(), CommError> {
+///
+/// On a comm that [carries local values](CommSender::carries_local_values) (a peer in this
+/// process, over inproc://) the batch is handed over as the typed `Vec<T>` it is: no
+/// MessagePack either way. The receiver reads both forms with [`courier_core::into_value`], and
+/// checks what it received exactly as it checks a decoded message.
+pub(crate) async fn send_split<T: Serialize + Send + Sync + 'static>(
+    tx: &mut CommSender,
+    label: &str,
+    batch: Vec<T>,
+) -> Result<(), CommError> {
+    if tx.carries_local_values() {
+        return tx.send(Message::from_local(batch)).await.inspect_err(|e| {
+            tracing::debug!(peer = %label, error = %e, "sending failed; closing");
+        });
+    }
     let mut parts = std::collections::VecDeque::from([batch]);
     while let Some(mut part) = parts.pop_front() {
         let msg = match to_message(&part) {

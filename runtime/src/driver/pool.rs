@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use courier_core::{CommError, ErrorKind, Registry, from_message};
+use courier_core::{CommError, ErrorKind, Registry, into_value};
 use tokio::sync::oneshot;
 
 use super::batched::Outbox;
@@ -124,7 +124,7 @@ impl DataPool {
                 loop {
                     let batch = tokio::select! {
                         () = outbox.closed() => break,
-                        m = rx.recv() => match m.and_then(|m| from_message::<Vec<DataReply>>(&m)) {
+                        m = rx.recv() => match m.and_then(into_value::<Vec<DataReply>>) {
                             Ok(b) => b,
                             Err(e) => {
                                 tracing::debug!(peer = %addr, error = %e, "data comm ended");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_core::{CloseSignal, Comm, CommError, CommReceiver, Registry, from_message};
+use courier_core::{CloseSignal, Comm, CommError, CommReceiver, Registry, into_value};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -406,10 +406,13 @@ fn route(
 }
 
 /// Receives one batch, counting its bytes.
-async fn recv_batch<T: DeserializeOwned>(rx: &mut CommReceiver, counter: &AtomicU64) -> Result<Vec<T>, CommError> {
+async fn recv_batch<T: DeserializeOwned + Send + Sync + Clone + 'static>(
+    rx: &mut CommReceiver,
+    counter: &AtomicU64,
+) -> Result<Vec<T>, CommError> {
     let msg = rx.recv().await?;
     counter.fetch_add(msg.byte_len(), Ordering::Relaxed);
-    from_message(&msg)
+    into_value(msg)
 }
 
 async fn serve_peer(
@@ -492,7 +495,7 @@ impl Relay<'_> {
     /// outbox is closed (it was dropped). A batch is read only when the peer has credit: at
     /// most `PEER_CREDIT` of its batches wait in the event loop, so a flooding peer is slowed
     /// by its own back-pressure and cannot crowd others out.
-    async fn run<T: DeserializeOwned, O: serde::Serialize + Send + 'static>(
+    async fn run<T: DeserializeOwned + Send + Sync + Clone + 'static, O: serde::Serialize + Send + Sync + 'static>(
         &self,
         peer: Peer,
         rx: &mut CommReceiver,

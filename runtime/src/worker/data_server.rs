@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use courier_core::{CloseSignal, Listener, from_message};
+use courier_core::{CloseSignal, Listener, into_value};
 use tokio::sync::mpsc;
 
 use super::driver::Input;
@@ -51,7 +51,7 @@ pub(crate) fn spawn(
                     let batch = tokio::select! {
                         () = stop.closed() => break,
                         () = outbox.closed() => break,
-                        m = rx.recv() => match m.and_then(|m| from_message::<Vec<DataRequest>>(&m)) {
+                        m = rx.recv() => match m.and_then(into_value::<Vec<DataRequest>>) {
                             Ok(b) => b,
                             Err(e) => {
                                 if !e.is_closed() {

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{CloseSignal, CommError, CommReceiver, Payload, Registry, from_message};
+use courier_core::{CloseSignal, CommError, CommReceiver, Payload, Registry, into_value};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -381,7 +381,7 @@ impl Driver {
                 },
                 // Read in the loop itself (cancel-safe): no task hop between the scheduler and
                 // the state machine.
-                m = from_scheduler.recv() => match m.and_then(|m| from_message::<Vec<SchedulerToWorker>>(&m)) {
+                m = from_scheduler.recv() => match m.and_then(into_value::<Vec<SchedulerToWorker>>) {
                     Ok(batch) => Input::Scheduler(batch),
                     Err(e) => Input::SchedulerLost(e),
                 },

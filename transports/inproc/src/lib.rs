@@ -9,6 +9,10 @@
 //!   messages), so a fast sender waits for a slow receiver.
 //! - Messages are handed over as they are: the receiver's frames point at the sender's
 //!   memory. Nothing is serialized or copied.
+//! - Comms carry [local values](courier_core::Message::from_local): a sender may hand a typed
+//!   value over instead of serializing it (Courier's runtime does, for its protocol messages).
+//!   [`InprocTransport::serializing`] makes comms that refuse them, so senders serialize as
+//!   over any wire: for testing and measuring that path in one process.
 //! - Works across threads and across different tokio runtimes in the process.
 //! - Each side still honours the other's [`Limits`]: a message the peer would refuse is
 //!   `FrameTooLarge` at the sender, exactly as over tcp://.
@@ -62,13 +66,28 @@ fn fresh(prefix: &str) -> String {
 }
 
 /// The inproc:// transport. All instances share the process-wide name table.
-#[derive(Debug, Clone, Default)]
-pub struct InprocTransport;
+#[derive(Debug, Clone)]
+pub struct InprocTransport {
+    /// Comms made by this instance (its connects and its listeners' accepts) carry local values.
+    values: bool,
+}
+
+impl Default for InprocTransport {
+    fn default() -> Self {
+        InprocTransport { values: true }
+    }
+}
 
 impl InprocTransport {
-    /// The transport.
+    /// The transport; its comms carry local values.
     pub fn new() -> Self {
-        InprocTransport
+        Self::default()
+    }
+
+    /// The transport with comms that do not carry local values: senders serialize every
+    /// message, as over a wire (the peer's comm may still carry them the other way).
+    pub fn serializing() -> Self {
+        InprocTransport { values: false }
     }
 }
 
@@ -137,6 +156,7 @@ impl Transport for InprocTransport {
             }
         }
         let send = InprocSend {
+            values: self.values,
             tx: Some(to_server_tx),
             me: client_closed.clone(),
             peer: server_closed,
@@ -167,7 +187,15 @@ impl Transport for InprocTransport {
             };
             t.insert(name.clone(), entry);
         }
-        Ok(Box::new(InprocListener { listen: addr.clone(), contact, name, id, requests: rx, open: true }))
+        Ok(Box::new(InprocListener {
+            listen: addr.clone(),
+            contact,
+            name,
+            id,
+            requests: rx,
+            open: true,
+            values: self.values,
+        }))
     }
 }
 
@@ -180,6 +208,7 @@ struct InprocListener {
     id: u64,
     requests: mpsc::Receiver<Request>,
     open: bool,
+    values: bool,
 }
 
 impl std::fmt::Debug for Request {
@@ -209,6 +238,7 @@ impl Listener for InprocListener {
         }
         let r = self.requests.recv().await.ok_or_else(closed)?;
         let send = InprocSend {
+            values: self.values,
             tx: Some(r.to_client),
             me: r.server_closed.clone(),
             peer: r.client_closed,
@@ -243,6 +273,7 @@ impl Drop for InprocListener {
 
 #[derive(Debug)]
 struct InprocSend {
+    values: bool,
     tx: Option<mpsc::Sender<Message>>,
     me: CloseSignal,
     peer: CloseSignal,
@@ -263,6 +294,10 @@ impl CommSend for InprocSend {
             () = self.peer.closed() => Err(closed()),
             () = self.me.closed() => Err(closed()),
         }
+    }
+
+    fn carries_local_values(&self) -> bool {
+        self.values
     }
 
     async fn close(&mut self) -> Result<(), CommError> {

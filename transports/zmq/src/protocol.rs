@@ -63,7 +63,7 @@ pub(crate) fn parse(mut parts: Vec<Bytes>) -> Result<Incoming, CommError> {
         }
         MESSAGE if parts.len() >= 2 => {
             let frames = parts.split_off(2);
-            Ok(Incoming::Message(Message { header: parts.swap_remove(1), frames }))
+            Ok(Incoming::Message(Message { header: parts.swap_remove(1), frames, local: None }))
         }
         CREDIT if parts.len() == 2 && parts[1].len() == 4 => {
             Ok(Incoming::Credit(u32::from_le_bytes(parts[1][..].try_into().expect("4 bytes"))))
