@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use courier::courier_runtime::{Client, Functions, LocalCluster, arg};
-use courier::{Registry, RegistryExt};
+use courier::{InprocTransport, Registry, RegistryExt};
 use futures::StreamExt;
 
 #[derive(Debug, clap::Args)]
@@ -27,6 +27,10 @@ pub(crate) struct Args {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also measure the in-process cluster with comms that serialize every message (the
+    /// baseline of its typed fast path).
+    #[arg(long)]
+    serializing: bool,
 }
 
 async fn map_gather(c: &Client, n: usize) -> anyhow::Result<Duration> {
@@ -82,36 +86,51 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "LocalCluster inproc:// (in-process, 2 workers)".into(),
         LocalCluster::inproc(Registry::with_default_transports(), 2, Functions::with_builtins()).await?,
     ));
+    if args.serializing {
+        // The same cluster with comms that MessagePack-encode every message, as over a wire:
+        // the baseline of the in-process fast path (typed values), measured in the same run.
+        let registry = Registry::with_default_transports().with(std::sync::Arc::new(InprocTransport::serializing()));
+        clusters.push((
+            "LocalCluster inproc:// serializing (in-process, 2 workers)".into(),
+            LocalCluster::inproc(registry, 2, Functions::with_builtins()).await?,
+        ));
+    }
     for scheme in args.schemes.iter().filter(|s| !s.is_empty()) {
         let listen = format!("{scheme}://127.0.0.1:0");
         let cluster = LocalCluster::processes(Registry::with_default_transports(), &exe, &listen, 2).await?;
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
     }
     println!(
-        "{:<48} {:<28} {:>8} {:>14} {:>20}",
+        "{:<58} {:<28} {:>8} {:>14} {:>20}",
         "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"
     );
     let progress = indicatif::ProgressBar::new((clusters.len() * 2 * args.repeat.max(1)) as u64)
         .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
-    for (name, cluster) in &clusters {
-        progress.set_message(name.clone());
-        let c = cluster.client().await?;
-        for (measurement, n) in [("map + gather", args.tasks), ("as_completed, 200 in flight", args.as_completed_tasks)]
-        {
-            let mut rates = Vec::new();
-            for _ in 0..args.repeat.max(1) {
+    let mut clients = Vec::new();
+    for (_, cluster) in &clusters {
+        clients.push(cluster.client().await?);
+    }
+    for (measurement, n) in [("map + gather", args.tasks), ("as_completed, 200 in flight", args.as_completed_tasks)] {
+        // Repetitions take the clusters in turn, so a slow spell of this shared machine
+        // falls on all of them rather than on one.
+        let mut rates = vec![Vec::new(); clusters.len()];
+        for _ in 0..args.repeat.max(1) {
+            for (i, c) in clients.iter().enumerate() {
+                progress.set_message(clusters[i].0.clone());
                 let took = if measurement == "map + gather" {
-                    map_gather(&c, n).await?
+                    map_gather(c, n).await?
                 } else {
-                    as_completed_loop(&c, n, args.in_flight).await?
+                    as_completed_loop(c, n, args.in_flight).await?
                 };
-                rates.push(n as f64 / took.as_secs_f64());
+                rates[i].push(n as f64 / took.as_secs_f64());
                 progress.inc(1);
             }
+        }
+        for ((name, _), rates) in clusters.iter().zip(rates) {
             let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
             let med = median(&rates);
             let spread = format!("{lo:.0}-{hi:.0}");
-            progress.suspend(|| println!("{name:<48} {measurement:<28} {n:>8} {med:>14.0} {spread:>20}"));
+            progress.suspend(|| println!("{name:<58} {measurement:<28} {n:>8} {med:>14.0} {spread:>20}"));
             rows.push(Row {
                 measurement: measurement.into(),
                 cluster: name.clone(),
@@ -122,6 +141,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 samples_tasks_per_s: rates,
             });
         }
+    }
+    for c in clients {
         c.close().await;
     }
     for (_, c) in clusters {
