@@ -52,7 +52,7 @@ for part in "${parts[@]}"; do
       ;;
     compare) ./target/release/courier compare "${compare_args[@]}" --json "$out/compare.json" | tee "$out/compare.txt" ;;
     tasks)
-      ./target/release/courier bench-tasks --serializing "${tasks_args[@]}" --json "$out/tasks.json" | grep -v "worker serving" \
+      ./target/release/courier bench-tasks --serializing --many-inproc 256 --many-processes 64 "${tasks_args[@]}" --json "$out/tasks.json" | grep -v "worker serving" \
         | tee "$out/tasks.txt"
       ;;
     stability)
@@ -156,7 +156,7 @@ json.dump({
     "quick": os.environ["QUICK"] == "1",
     "settings": {"criterion": "sample_size 10 (stream, arrays, small, compression), 20 (echo); tokio multi-thread, 2 workers",
                  "compare": "median of 5, 512 MiB per measurement; small: 200 x 1,000 messages per measurement; echo: 20,000 round trips",
-                 "bench_tasks": "median (headline), smallest and largest of 5, repetitions taking the clusters in turn; --serializing adds the in-process cluster with MessagePack-encoding comms (the fast path's baseline)",
+                 "bench_tasks": "median (headline), smallest and largest of 5, repetitions taking the clusters in turn; --serializing adds the in-process cluster with MessagePack-encoding comms (the fast path's baseline); many workers: 256 one-thread workers in process, 64 one-thread worker processes over tcp:// and unix://",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",

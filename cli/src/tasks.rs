@@ -31,6 +31,22 @@ pub(crate) struct Args {
     /// baseline of its typed fast path).
     #[arg(long)]
     serializing: bool,
+    /// Also measure many workers: this many one-thread workers in process (0: none)...
+    #[arg(long, default_value_t = 0)]
+    many_inproc: usize,
+    /// ...and this many one-thread worker processes per scheme of `--many-schemes` (0: none).
+    #[arg(long, default_value_t = 0)]
+    many_processes: usize,
+    /// Schemes for the many-worker process clusters.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,unix")]
+    many_schemes: Vec<String>,
+}
+
+fn listen_url(scheme: &str) -> String {
+    match scheme {
+        "unix" | "shm" | "inproc" => format!("{scheme}://"),
+        _ => format!("{scheme}://127.0.0.1:0"),
+    }
 }
 
 async fn map_gather(c: &Client, n: usize) -> anyhow::Result<Duration> {
@@ -96,9 +112,39 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     for scheme in args.schemes.iter().filter(|s| !s.is_empty()) {
-        let listen = format!("{scheme}://127.0.0.1:0");
-        let cluster = LocalCluster::processes(Registry::with_default_transports(), &exe, &listen, 2).await?;
+        let cluster =
+            LocalCluster::processes(Registry::with_default_transports(), &exe, &listen_url(scheme), 2).await?;
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
+    }
+    if args.many_inproc > 0 {
+        let n = args.many_inproc;
+        let cluster = LocalCluster::in_process(
+            Registry::with_default_transports(),
+            "inproc://",
+            n,
+            1,
+            Functions::with_builtins(),
+        )
+        .await?;
+        clusters.push((format!("LocalCluster inproc:// (in-process, {n} workers)"), cluster));
+    }
+    for scheme in args.many_schemes.iter().filter(|s| !s.is_empty() && args.many_processes > 0) {
+        let n = args.many_processes;
+        let registering = Instant::now();
+        let cluster = LocalCluster::processes_with(
+            Registry::with_default_transports(),
+            &exe,
+            &listen_url(scheme),
+            n,
+            &exe,
+            &["worker", "--nthreads", "1"],
+        )
+        .await?;
+        println!(
+            "{scheme}://: {n} worker processes started and registered in {:.2} s",
+            registering.elapsed().as_secs_f64()
+        );
+        clusters.push((format!("{scheme}:// scheduler + {n} worker processes"), cluster));
     }
     println!(
         "{:<58} {:<28} {:>8} {:>14} {:>20}",

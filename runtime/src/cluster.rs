@@ -369,7 +369,9 @@ impl LocalCluster {
         if let Some(s) = &self.scheduler {
             s.shutdown();
         }
-        for c in &mut self.children {
+        // Workers first (child 0 is the scheduler): killed after it, each would report the
+        // lost scheduler on its way out.
+        for c in self.children.iter_mut().rev() {
             let _ = c.kill().await;
         }
     }
