@@ -211,6 +211,10 @@ impl<T: Element, D: Dimension> AsRef<[u8]> for ArrayBytes<T, D> {
     }
 }
 
+/// Most elements [`WireArray::from_c_order_chunks`] asks for at once (32 KiB of f64: the
+/// chunk stays in the core's cache between being written and copied into the array).
+pub const BUILD_CHUNK: usize = 4096;
+
 fn c_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; shape.len()];
     let mut acc = 1usize;
@@ -241,6 +245,46 @@ impl WireArray {
             }
             _ => Self::from_view(a.view()),
         }
+    }
+
+    /// A C-order array of `shape` written chunk by chunk: `fill(range, out)` appends the
+    /// values of elements `range` (C order) to the empty `out`, at most [`BUILD_CHUNK`] at a
+    /// time. The values go straight into a 64-byte-aligned buffer, which for arrays of 1 MiB
+    /// and more comes from the frame pool ([`crate::aligned`]) when one is free: no fresh pages
+    /// to fault in and zero, the cost that dominates making a large result otherwise. A `fill`
+    /// that appends the wrong number of values is an error.
+    pub fn from_c_order_chunks<T: Element>(
+        shape: &[usize],
+        mut fill: impl FnMut(std::ops::Range<usize>, &mut Vec<T>),
+    ) -> Result<WireArray, CommError> {
+        let too_big = || CommError::new(ErrorKind::FrameTooLarge, format!("an array of shape {shape:?} is too large"));
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
+        let bytes = n.checked_mul(size_of::<T>()).filter(|&b| b <= isize::MAX as usize).ok_or_else(too_big)?;
+        let mut buf = crate::aligned::AlignedBuf::try_new(bytes)?;
+        let mut chunk: Vec<T> = Vec::with_capacity(BUILD_CHUNK.min(n));
+        let mut start = 0;
+        while start < n {
+            let end = (start + BUILD_CHUNK).min(n);
+            chunk.clear();
+            fill(start..end, &mut chunk);
+            if chunk.len() != end - start {
+                return Err(CommError::new(
+                    ErrorKind::Serialization,
+                    format!("building an array: {} values for elements {start}..{end}", chunk.len()),
+                ));
+            }
+            // SAFETY: Element types have no padding; `chunk` holds `chunk.len()` values.
+            let raw = unsafe { std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), size_of_val(chunk.as_slice())) };
+            bytes::BufMut::put_slice(&mut buf, raw);
+            start = end;
+        }
+        Ok(WireArray {
+            dtype: T::DTYPE,
+            big_endian: false,
+            strides: normalize(shape, c_strides(shape)),
+            shape: shape.to_vec(),
+            data: buf.freeze(),
+        })
     }
 
     /// Copies a view once: contiguous views keep their memory order; other strided views become
@@ -487,6 +531,29 @@ mod tests {
 
     fn round_trip(w: &WireArray) -> WireArray {
         from_message(&to_message(w).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn arrays_built_by_chunks_hold_their_values_in_c_order_and_refuse_a_wrong_count() {
+        // More than one chunk, a ragged last one, and a pooled (>= 1 MiB) buffer.
+        for shape in [vec![3usize, 5], vec![300, 1000], vec![0, 4], vec![]] {
+            let w =
+                WireArray::from_c_order_chunks::<f64>(&shape, |r, out| out.extend(r.map(|i| i as f64 * 0.5))).unwrap();
+            let n: usize = shape.iter().product();
+            assert_eq!((w.shape(), w.is_c_order()), (&shape[..], true));
+            if n > 0 {
+                assert_eq!(w.data().as_ptr() as usize % crate::aligned::FRAME_ALIGN, 0);
+            }
+            let v = w.view::<f64>().unwrap();
+            assert!(v.iter().copied().eq((0..n).map(|i| i as f64 * 0.5)), "shape {shape:?}");
+            assert_eq!(round_trip(&w).view::<f64>().unwrap(), v);
+        }
+        let short = WireArray::from_c_order_chunks::<i32>(&[10], |r, out| out.extend(r.skip(1).map(|i| i as i32)));
+        assert_eq!(short.unwrap_err().kind(), ErrorKind::Serialization);
+        let long = WireArray::from_c_order_chunks::<i32>(&[10], |r, out| out.extend(r.chain(0..1).map(|i| i as i32)));
+        assert_eq!(long.unwrap_err().kind(), ErrorKind::Serialization);
+        let huge = WireArray::from_c_order_chunks::<f64>(&[usize::MAX, 2], |_, _| {});
+        assert_eq!(huge.unwrap_err().kind(), ErrorKind::FrameTooLarge);
     }
 
     #[test]

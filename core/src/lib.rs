@@ -58,7 +58,7 @@ pub mod testkit;
 mod transport;
 
 pub use address::{Address, Host, HostPort};
-pub use array::{DType, Element, WireArray};
+pub use array::{BUILD_CHUNK, DType, Element, WireArray};
 pub use auth::{AccessList, Credential};
 pub use budget::{BudgetConfig, RecvBudget, SharedBudget};
 pub use comm::{CloseSignal, Comm, CommReceiver, CommRecv, CommSend, CommSender, PeerInfo};

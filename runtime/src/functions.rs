@@ -77,6 +77,32 @@ impl fmt::Debug for Functions {
     }
 }
 
+/// `array_add` of f64 arrays that all lie in C order: one pass over the inputs into a pooled
+/// output ([`WireArray::from_c_order_chunks`]), where copying the first input and adding the
+/// others in place would fault in a fresh result and read it twice. `None` for anything else
+/// (other layouts, byte orders), which takes the general path.
+fn add_contiguous(xs: &[WireArray]) -> Result<Option<WireArray>, String> {
+    let Some(first) = xs.first() else { return Err("array_add needs at least one array".into()) };
+    if first.dtype() != courier_core::DType::F64 || xs.iter().any(|x| x.shape() != first.shape()) {
+        return Ok(None);
+    }
+    let views: Vec<_> = match xs.iter().map(|x| x.view::<f64>()).collect::<Result<Vec<_>, _>>() {
+        Ok(v) => v,
+        Err(_) => return Ok(None),
+    };
+    let Some(slices) = views.iter().map(|v| v.as_slice()).collect::<Option<Vec<&[f64]>>>() else { return Ok(None) };
+    let sum = WireArray::from_c_order_chunks(first.shape(), |range, out: &mut Vec<f64>| {
+        out.extend_from_slice(&slices[0][range.clone()]);
+        for s in &slices[1..] {
+            for (o, x) in out.iter_mut().zip(&s[range.clone()]) {
+                *o += x;
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Some(sum))
+}
+
 impl Functions {
     /// No functions.
     pub fn new() -> Self {
@@ -161,6 +187,9 @@ impl Functions {
         f.register("random_array", |(shape, seed): (Vec<usize>, u64)| random_array(&shape, seed));
         f.register("smooth_array", |(shape, seed): (Vec<usize>, u64)| smooth_array(&shape, seed));
         f.register("array_add", |xs: Vec<WireArray>| {
+            if let Some(sum) = add_contiguous(&xs)? {
+                return Ok(sum);
+            }
             let mut it = xs.iter();
             let first = it.next().ok_or("array_add needs at least one array")?;
             let mut acc = first.to_array::<f64>().map_err(|e| e.to_string())?;
@@ -298,6 +327,33 @@ mod tests {
         assert!(call("add", vec![p(&i64::MAX), p(&1i64)]).unwrap_err().contains("overflows"));
         let v = call("add", vec![p(&40i64), p(&2i64)]).unwrap();
         assert_eq!(v.decode::<i64>().unwrap(), 42);
+    }
+
+    /// The one-pass `array_add` gives bit for bit what adding in place gives, and other
+    /// layouts (a transposed input) still take the general path to the same sums.
+    #[test]
+    fn array_add_in_one_pass_matches_adding_in_place() {
+        let f = Functions::with_builtins();
+        let call = |xs: Vec<WireArray>| {
+            run_guarded(&f.get("array_add").unwrap().f, xs.iter().map(|x| Payload::new(x).unwrap()).collect())
+        };
+        let add = |xs: Vec<WireArray>| call(xs).unwrap().decode::<WireArray>().unwrap();
+        let arrays: Vec<ndarray::Array2<f64>> = (0..3u64)
+            .map(|seed| random_array(&[300, 700], seed).unwrap().to_array_dim::<f64, ndarray::Ix2>().unwrap())
+            .collect();
+        let expected = &(&arrays[0] + &arrays[1]) + &arrays[2];
+        let fast = add(arrays.iter().cloned().map(WireArray::from_array).collect());
+        assert!(fast.is_c_order());
+        assert_eq!(fast.view::<f64>().unwrap(), expected.view().into_dyn());
+        let mixed = vec![
+            WireArray::from_array(arrays[0].clone()),
+            WireArray::from_array(arrays[1].t().to_owned().reversed_axes()),
+            WireArray::from_array(arrays[2].clone()),
+        ];
+        assert_eq!(add(mixed).view::<f64>().unwrap(), expected.view().into_dyn());
+        let other = WireArray::from_array(ndarray::Array2::<f64>::zeros((2, 2)));
+        let err = call(vec![WireArray::from_array(arrays[0].clone()), other]).unwrap_err();
+        assert!(err.contains("shapes differ"), "{err}");
     }
 
     mod erased {
