@@ -51,7 +51,7 @@ fn segments(mut data: &[u8]) -> Vec<(u8, Message)> {
 fn fail_on(e: SimError, worker_lied: bool) {
     match e {
         SimError::RanTwice { .. } if worker_lied => {}
-        SimError::Invariant { .. } | SimError::RanTwice { .. } => panic!("{e}"),
+        SimError::Invariant { .. } | SimError::RanTwice { .. } | SimError::Wire { .. } => panic!("{e}"),
         // Hostile peers can make honest work fail or wait; they must not break the tables.
         SimError::Stuck { .. } | SimError::TimeLimit(..) | SimError::Lost(_) => {}
     }
