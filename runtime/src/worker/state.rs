@@ -1208,12 +1208,18 @@ impl WorkerState {
         while let Some((_, _, _, need)) = self.mem.waiting_serves.front() {
             let need = *need;
             let fits = self.limits.memory.is_none_or(|m| self.committed() + need <= m.at(m.pause));
-            if !(fits || self.memory_idle()) {
+            if !fits {
+                // Spill to make room first, and wait for it; start over the threshold only
+                // when nothing else runs and nothing more could be spilled (progress). Started
+                // at once whenever idle, a 64 MiB read-back in a 256 MiB worker passed the
+                // terminate threshold between two samples of its memory.
                 if let Some(m) = self.limits.memory {
                     let excess = (self.committed() + need).saturating_sub(m.at(m.pause));
                     self.spill_lru(excess.saturating_sub(self.mem.spilling));
                 }
-                break;
+                if !self.memory_idle() {
+                    break;
+                }
             }
             let Some((conn, id, values, need)) = self.mem.waiting_serves.pop_front() else { break };
             self.mem.next_serve += 1;
