@@ -350,6 +350,40 @@ fn finish_big(w: &mut W, key: &str, run: RunId, n: usize) -> Vec<WorkerAction> {
     out
 }
 
+/// An idle worker asked for a spilled value that does not fit under pause spills to make room
+/// first and reads the value back once that spill is done (it used to start at once when idle:
+/// a 64 MiB read-back could pass a 256 MiB worker's terminate threshold).
+#[test]
+fn an_idle_worker_makes_room_before_reading_a_value_back_for_a_peer() {
+    // Limit 1000: target 600, pause 800.
+    let mut w = limited(1000, 1);
+    assert!(spills(&finish_big(&mut w, "a", 1, 250)).is_empty());
+    assert!(spills(&finish_big(&mut w, "b", 2, 250)).is_empty());
+    // Starting `c` makes room first (`a` goes to disk), then `c` runs; ~590 stay, under target.
+    let out = w.compute("c", 3, &[]);
+    let spilled = spills(&out);
+    assert_eq!(spilled.iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["a"]);
+    let file = spill_file(big(250).byte_len());
+    let out = w.ev(WorkerEvent::Spilled { key: "a".into(), id: spilled[0].1, result: Ok(file), seconds: 0.01 });
+    assert_eq!(executes(&out), vec![("c".into(), 3)]);
+    let out = w.ev(WorkerEvent::ExecuteDone { key: "c".into(), run: 3, result: Ok(big(340)), seconds: 0.1 });
+    assert!(spills(&out).is_empty(), "{out:?}");
+    assert!(w.s.memory().managed <= 600);
+    // Idle: reading `a` back (~250) on top of ~590 would pass pause (800). `b` goes first.
+    let out = w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["a".into()] } });
+    assert!(!out.iter().any(|a| matches!(a, WorkerAction::ReplyLoading { .. })), "{out:?}");
+    let room = spills(&out);
+    assert_eq!(room.iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["b"], "{out:?}");
+    let file = spill_file(big(250).byte_len());
+    let out = w.ev(WorkerEvent::Spilled { key: "b".into(), id: room[0].1, result: Ok(file), seconds: 0.01 });
+    match &out[..] {
+        [WorkerAction::ReplyLoading { conn: 1, id: 1, values, .. }] => {
+            assert!(matches!(&values[0], Some(Value::Disk { key, .. }) if &**key == "a"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn results_above_target_are_spilled_least_recently_used_first() {
     // Limit 1000: target 600. Three results of ~250 bytes: the third crosses target.
