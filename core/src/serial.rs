@@ -252,6 +252,22 @@ mod tests {
         more: Option<Blob>,
     }
 
+    /// A local value comes out whole (moved when unshared, cloned when the message was
+    /// cloned); one of another type is a `Serialization` error, as malformed bytes are.
+    #[test]
+    fn local_values_come_out_whole_or_as_a_typed_error() {
+        let v = vec![String::from("k1"), String::from("k2")];
+        let msg = Message::from_local(v.clone());
+        assert_eq!(msg.byte_len(), 0);
+        let copy = msg.clone();
+        assert_eq!(into_value::<Vec<String>>(msg).unwrap(), v);
+        assert_eq!(into_value::<Vec<String>>(copy).unwrap(), v);
+        let err = into_value::<Vec<i64>>(Message::from_local(v.clone())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Serialization);
+        assert!(err.to_string().contains("local value"), "{err}");
+        assert_eq!(into_value::<Vec<String>>(to_message(&v).unwrap()).unwrap(), v);
+    }
+
     #[test]
     fn blobs_travel_out_of_band() {
         let big = Bytes::from(vec![3u8; 100_000]);
