@@ -203,7 +203,7 @@ impl SimClient {
 
     /// What the client knows of `key`.
     pub fn view(&self, key: &str) -> Option<&KeyView> {
-        self.keys.get(key)
+        self.keys.get(&Key::from(key))
     }
 
     /// Every wanted key and its view, sorted by key.
@@ -215,7 +215,7 @@ impl SimClient {
 
     /// The fetched value of `key`.
     pub fn value(&self, key: &str) -> Option<&Payload> {
-        self.values.get(key)
+        self.values.get(&Key::from(key))
     }
 
     /// The answer to the `Retire` request `id`, once it came.
@@ -440,19 +440,21 @@ impl Sim {
 
     /// Client `c` releases `key`.
     pub fn release(&mut self, c: usize, key: &str) {
-        self.clients[c].keys.remove(key);
-        self.clients[c].values.remove(key);
-        self.client_to_scheduler(c, ClientToScheduler::Release { keys: vec![key.into()] });
+        let key = Key::from(key);
+        self.clients[c].keys.remove(&key);
+        self.clients[c].values.remove(&key);
+        self.client_to_scheduler(c, ClientToScheduler::Release { keys: vec![key] });
     }
 
     /// Client `c` cancels `key`: it fails as cancelled (finished or not), as with the
     /// real client.
     pub fn cancel(&mut self, c: usize, key: &str) {
+        let key = &Key::from(key);
         if let Some(v) = self.clients[c].keys.get_mut(key) {
             *v = KeyView::Failed(Failure::Cancelled);
             self.clients[c].values.remove(key);
         }
-        self.client_to_scheduler(c, ClientToScheduler::Cancel { keys: vec![key.into()] });
+        self.client_to_scheduler(c, ClientToScheduler::Cancel { keys: vec![key.clone()] });
     }
 
     /// Client `c` asks to retire worker `w`; the answer lands in
@@ -1076,7 +1078,8 @@ impl Sim {
     /// Fetches one key's value as an `i64`.
     pub fn fetch_i64(&mut self, c: usize, key: &str) -> Result<i64, SimError> {
         self.fetch_all(c)?;
-        let v = self.clients[c].values.get(key).ok_or_else(|| SimError::Lost(format!("{key} has no value")))?;
+        let v =
+            self.clients[c].values.get(&Key::from(key)).ok_or_else(|| SimError::Lost(format!("{key} has no value")))?;
         v.decode::<i64>().map_err(|e| SimError::Lost(format!("{key} does not decode: {e}")))
     }
 }

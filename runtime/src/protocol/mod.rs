@@ -22,6 +22,7 @@ pub mod bounds;
 pub mod client;
 pub mod data;
 mod failure;
+mod key;
 pub mod worker;
 
 use courier_core::Payload;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient, WorkerSummary};
 pub use data::{DataReply, DataRequest, TransferCount};
 pub use failure::Failure;
+pub use key::Key;
 pub use worker::{IoCount, MAX_TRANSFER_SCHEMES, SchedulerToWorker, WorkerMemory, WorkerToScheduler, WorkerTransfers};
 
 /// The role a credential grants that may do everything, joining as a worker included
@@ -95,12 +97,6 @@ impl LocalContact {
             && self.host.len() <= bounds::MAX_ADDRESS_LEN
     }
 }
-
-/// A task's name, unique in the cluster. A key names one computation: submitting the same key
-/// twice means the same function on the same arguments. Shared (`Arc<str>`): the scheduler and
-/// workers index a key in several tables and messages without copying it. On the wire it is a
-/// plain string.
-pub type Key = std::sync::Arc<str>;
 
 /// Chosen by whoever sends a request; echoed in its reply.
 pub type RequestId = u64;

@@ -236,7 +236,7 @@ impl Observer {
 
     /// Checks the groups' counts against the task table (O(tables); the simulator and tests
     /// call it through `check_invariants`).
-    pub(crate) fn check(&self, tasks: &Map<crate::protocol::Key, super::state::Task>) -> Result<(), String> {
+    pub(crate) fn check(&self, tasks: &Map<crate::protocol::Key, Box<super::state::Task>>) -> Result<(), String> {
         if self.groups.len() >= MAX_GROUPS {
             return Ok(());
         }

@@ -67,7 +67,7 @@ impl Scheduler {
             task.scattered = true;
             task.wanted = true;
             task.nbytes = nbytes;
-            self.tasks.insert(key.clone(), task);
+            self.tasks.insert(key.clone(), Box::new(task));
             if let Some(c) = self.clients.get_mut(&client) {
                 c.wanted.insert(key.clone());
             }

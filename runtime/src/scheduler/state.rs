@@ -311,7 +311,7 @@ impl Scheduler {
     }
 
     /// Data addresses of the workers holding `key` (empty unless in memory).
-    pub(crate) fn holder_addresses(&self, key: &str) -> Vec<String> {
+    pub(crate) fn holder_addresses(&self, key: &Key) -> Vec<String> {
         match self.tasks.get(key).map(|t| &t.state) {
             Some(TaskState::Memory(h)) => {
                 h.iter().filter_map(|w| self.workers.get(w)).map(|w| w.address.clone()).collect()

@@ -134,7 +134,7 @@ impl Scheduler {
                     if let Some(c) = self.clients.get_mut(&client) {
                         c.wanted.insert(spec.key.clone());
                     }
-                    self.tasks.insert(spec.key.clone(), task);
+                    self.tasks.insert(spec.key.clone(), Box::new(task));
                     self.set_state(&spec.key, TaskState::Erred(f.clone()));
                 }
                 self.reject(client, spec.key, f);
@@ -170,7 +170,7 @@ impl Scheduler {
             {
                 c.wanted.insert(key.clone());
             }
-            self.tasks.insert(key.clone(), task);
+            self.tasks.insert(key.clone(), Box::new(task));
             self.set_state(&key, TaskState::Waiting);
             self.observer.counters.submitted += 1;
             if waiting == 0 {
@@ -188,13 +188,13 @@ impl Scheduler {
     }
 
     /// True when `run` of `key` is the one `w` is processing now.
-    pub(crate) fn is_current(&self, key: &str, w: WorkerId, run: RunId) -> bool {
+    pub(crate) fn is_current(&self, key: &Key, w: WorkerId, run: RunId) -> bool {
         self.tasks.get(key).is_some_and(|t| t.state == TaskState::Processing(w) && t.run == run)
     }
 
     /// True when the scheduler expects `w` to hold or produce `key`: it is processing it
     /// there, holds it there, or awaits a scattered value there.
-    pub(crate) fn expects(&self, w: WorkerId, key: &str) -> bool {
+    pub(crate) fn expects(&self, w: WorkerId, key: &Key) -> bool {
         match self.tasks.get(key).map(|t| &t.state) {
             Some(TaskState::Processing(p) | TaskState::Scattering(p)) => *p == w,
             Some(TaskState::Memory(h)) => h.contains(&w),

@@ -143,7 +143,7 @@ fn independent_tasks_spread_over_least_loaded_workers_with_bounded_queues() {
 fn dependents_go_where_their_largest_inputs_live_and_learn_who_has_them() {
     let mut h = Harness::new(&[(1, 4), (2, 4)]);
     let out = h.submit(vec![task("a", &[]), task("b", &[]), task("c", &["a", "b"])]);
-    let placed: HashMap<Key, WorkerId> = computes(&out).into_iter().map(|(w, k)| (k, w)).collect();
+    let placed: HashMap<String, WorkerId> = computes(&out).into_iter().map(|(w, k)| (k.to_string(), w)).collect();
     assert_ne!(placed["a"], placed["b"], "idle workers share the roots");
     assert_eq!(h.s.task_state("c"), Some(&TaskState::Waiting));
     h.finish(placed["a"], "a", 10);
@@ -155,7 +155,7 @@ fn dependents_go_where_their_largest_inputs_live_and_learn_who_has_them() {
     };
     assert_eq!(*w, placed["b"], "c runs where the 1 MB input lives");
     assert_eq!(*run, h.run("c"));
-    let who: HashMap<_, _> = who_has.iter().cloned().collect();
+    let who: HashMap<String, _> = who_has.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     assert_eq!(who["a"], vec![addr(placed["a"])], "the worker fetches a from its peer directly");
 }
 
@@ -749,7 +749,7 @@ fn a_stolen_run_whose_input_was_lost_waits_for_it_again() {
     assert_eq!(h.processing_on("t0"), other);
     // `t0` is stolen before it starts: it must wait for `a`, not be placed without it.
     let run = h.run("t0");
-    h.s.tasks.get_mut("t0").unwrap().stealing = true;
+    h.s.tasks.get_mut(&Key::from("t0")).unwrap().stealing = true;
     h.s.steals_in_flight += 1;
     h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::StealReply { key: "t0".into(), run, stolen: true } });
     assert_eq!(h.s.task_state("t0"), Some(&TaskState::Waiting), "its input is not in memory");

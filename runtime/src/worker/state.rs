@@ -774,7 +774,7 @@ impl WorkerState {
 
     /// The value held under `key`, if it is in memory.
     pub fn value(&self, key: &str) -> Option<&Payload> {
-        self.data.get(key).and_then(|h| match &h.stored {
+        self.data.get(&Key::from(key)).and_then(|h| match &h.stored {
             Stored::Memory(p) | Stored::Spilling(p, _) => Some(p),
             Stored::Disk(_) => None,
         })
@@ -782,7 +782,7 @@ impl WorkerState {
 
     /// True when `key` is held on disk.
     pub fn is_spilled(&self, key: &str) -> bool {
-        self.data.get(key).is_some_and(|h| matches!(h.stored, Stored::Disk(_)))
+        self.data.get(&Key::from(key)).is_some_and(|h| matches!(h.stored, Stored::Disk(_)))
     }
 
     /// Keys held (own results, stored, replicated and fetched copies).
