@@ -13,7 +13,7 @@
 //! Decoding never panics: malformed MessagePack, frame references out of range, unreferenced
 //! or doubly referenced frames are [`ErrorKind::Serialization`] errors.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::{BufMut, Bytes};
 use serde::de::{DeserializeOwned, Error as _};
@@ -68,10 +68,35 @@ pub fn to_message<T: Serialize + ?Sized>(value: &T) -> Result<Message, CommError
 pub fn to_message_with<T: Serialize + ?Sized>(value: &T, options: &SerializeOptions) -> Result<Message, CommError> {
     let ctx = EncodeCtx { frames: Vec::new(), split: options.split_size.max(1) };
     let previous = ENCODE.with(|c| c.borrow_mut().replace(ctx));
-    let header = rmp_serde::to_vec_named(value);
+    let mut buf = HEADER_BUF.with(Cell::take);
+    buf.clear();
+    let encoded = value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map());
     let ctx = ENCODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous)).expect("encode context");
-    let header = header.map_err(|e| ser_error(format!("cannot serialize: {e}")))?;
-    Ok(Message { header: Bytes::from(header), frames: ctx.frames, local: None })
+    encoded.map_err(|e| ser_error(format!("cannot serialize: {e}")))?;
+    Ok(Message { header: header_bytes(buf), frames: ctx.frames, local: None })
+}
+
+/// Headers up to this size are encoded into a per-thread buffer and copied out at their exact
+/// size; larger ones keep the buffer they were encoded into.
+const SMALL_HEADER: usize = 4096;
+
+thread_local! {
+    /// The buffer small headers are encoded into (empty while in use, so a nested encoding
+    /// gets a fresh one).
+    static HEADER_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The header's bytes. A small header (most are: task arguments, results, protocol batches)
+/// costs one exact allocation this way, instead of the two or three of growing a fresh `Vec`
+/// and wrapping its spare capacity (1,000 instructions per trivial task under callgrind).
+fn header_bytes(buf: Vec<u8>) -> Bytes {
+    if buf.len() <= SMALL_HEADER {
+        let header = Bytes::copy_from_slice(&buf);
+        HEADER_BUF.with(|b| b.set(buf));
+        header
+    } else {
+        Bytes::from(buf)
+    }
 }
 
 /// The value a message carries: the typed value itself when a peer in this process sent it
@@ -91,9 +116,14 @@ pub fn into_value<T: DeserializeOwned + std::any::Any + Send + Sync + Clone>(msg
 /// Deserializes a value from a message made by [`to_message`]. Every frame must be referenced
 /// exactly once by the header.
 pub fn from_message<T: DeserializeOwned>(msg: &Message) -> Result<T, CommError> {
-    let ctx = DecodeCtx { frames: msg.frames.clone(), used: vec![false; msg.frames.len()] };
+    decode_parts(&msg.header, &msg.frames)
+}
+
+/// [`from_message`] of a header and its frames.
+fn decode_parts<T: DeserializeOwned>(header: &[u8], frames: &[Bytes]) -> Result<T, CommError> {
+    let ctx = DecodeCtx { frames: frames.to_vec(), used: vec![false; frames.len()] };
     let previous = DECODE.with(|c| c.borrow_mut().replace(ctx));
-    let value = rmp_serde::from_slice::<T>(&msg.header);
+    let value = rmp_serde::from_slice::<T>(header);
     let ctx = DECODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous)).expect("decode context");
     let value = value.map_err(|e| ser_error(format!("malformed message: {e}")))?;
     if let Some(i) = ctx.used.iter().position(|u| !u) {
@@ -191,7 +221,7 @@ impl Payload {
 
     /// Decodes the value inside.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CommError> {
-        from_message(&Message { header: self.header.clone(), frames: self.frames.clone(), local: None })
+        decode_parts(&self.header, &self.frames)
     }
 
     /// Total bytes (header and frames).
@@ -250,6 +280,29 @@ mod tests {
         args: Vec<i64>,
         data: Blob,
         more: Option<Blob>,
+    }
+
+    /// Headers below and above the size that is copied out of the per-thread buffer, and an
+    /// encoding nested inside another (which must not share that buffer), all come back.
+    #[test]
+    fn small_large_and_nested_headers_round_trip() {
+        for n in [0usize, 1, 100, SMALL_HEADER, 10 * SMALL_HEADER] {
+            let v: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let msg = to_message(&v).unwrap();
+            assert_eq!(from_message::<Vec<u8>>(&msg).unwrap(), v, "{n} elements");
+        }
+        struct Nested(u64);
+        impl Serialize for Nested {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = Payload::new(&(self.0, "inner")).map_err(S::Error::custom)?;
+                (self.0 + 1, inner.header.to_vec()).serialize(s)
+            }
+        }
+        let msg = to_message(&Nested(41)).unwrap();
+        let (outer, inner): (u64, Vec<u8>) = from_message(&msg).unwrap();
+        assert_eq!(outer, 42);
+        let inner: (u64, String) = Payload { header: Bytes::from(inner), frames: Vec::new() }.decode().unwrap();
+        assert_eq!(inner, (41, String::from("inner")));
     }
 
     /// A local value comes out whole (moved when unshared, cloned when the message was

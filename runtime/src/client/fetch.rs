@@ -22,7 +22,7 @@ pub(crate) async fn fetch_one(inner: &Inner, key: &Key) -> Result<Payload, TaskE
     let mut last = CommError::closed(format!("no worker holds {key}"));
     for _ in 0..ATTEMPTS {
         let holders = inner.holders(key).await?;
-        for h in &holders {
+        for h in holders.iter() {
             match inner.pool.get(h, vec![key.clone()]).await {
                 Ok(mut values) => match values.pop().flatten() {
                     Some(p) => return Ok(p),
@@ -52,11 +52,11 @@ async fn refresh(inner: &Inner, key: &Key, stale: &[String]) -> Result<(), TaskE
     let notified = changed.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    if matches!(inner.status(key), Some(KeyStatus::Done(h)) if h == stale) {
+    if matches!(inner.status(key), Some(KeyStatus::Done(h)) if *h == *stale) {
         if fresh.is_empty() {
             inner.settle(key, KeyStatus::Pending);
         } else if fresh != stale {
-            inner.settle(key, KeyStatus::Done(fresh));
+            inner.settle(key, KeyStatus::Done(fresh.into()));
         } else {
             let _ = tokio::time::timeout(NEWS_WAIT, notified).await;
         }

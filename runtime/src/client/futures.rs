@@ -69,7 +69,8 @@ pub enum Status {
 #[derive(Debug, Clone)]
 pub(crate) enum KeyStatus {
     Pending,
-    Done(Vec<String>),
+    /// Shared: every wait for the key hands out the list without copying it.
+    Done(Arc<[String]>),
     Failed(Failure),
     Disconnected(String),
 }
@@ -147,7 +148,7 @@ impl Inner {
     }
 
     /// Waits until `key` is done (its holders) or failed.
-    pub(crate) async fn holders(&self, key: &Key) -> Result<Vec<String>, TaskError> {
+    pub(crate) async fn holders(&self, key: &Key) -> Result<Arc<[String]>, TaskError> {
         loop {
             let changed = {
                 let s = lock(&self.keys);
@@ -232,7 +233,7 @@ impl<T> TaskFuture<T> {
     /// The workers holding the result (empty until it is finished).
     pub fn who_has(&self) -> Vec<String> {
         match self.inner.status(&self.key) {
-            Some(KeyStatus::Done(h)) => h,
+            Some(KeyStatus::Done(h)) => h.to_vec(),
             _ => Vec::new(),
         }
     }

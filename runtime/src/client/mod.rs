@@ -115,7 +115,7 @@ impl Inner {
 
     fn on_message(&self, msg: SchedulerToClient) {
         match msg {
-            SchedulerToClient::Done { key, holders } => self.settle(&key, KeyStatus::Done(holders)),
+            SchedulerToClient::Done { key, holders } => self.settle(&key, KeyStatus::Done(holders.into())),
             SchedulerToClient::Erred { key, failure } => self.settle(&key, KeyStatus::Failed(failure)),
             SchedulerToClient::Lost { key } => self.settle(&key, KeyStatus::Pending),
             SchedulerToClient::Workers { added, removed, local } => {
@@ -248,8 +248,12 @@ impl Client {
     }
 
     fn new_key(&self, func: &str) -> Key {
+        use std::fmt::Write as _;
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{func}-{}-{n}", self.inner.prefix).into()
+        // Sized up front: `format!` grows its string several times per key.
+        let mut key = String::with_capacity(func.len() + self.inner.prefix.len() + 22);
+        let _ = write!(key, "{func}-{}-{n}", self.inner.prefix);
+        key.into()
     }
 
     async fn send(&self, msg: ClientToScheduler) -> Result<(), CommError> {

@@ -351,8 +351,11 @@ impl Scheduler {
     /// all it is forgotten, which may make its own dependencies forgettable. Scattered values
     /// are kept while anything depends on them, since they cannot be recomputed.
     pub(crate) fn maybe_forget(&mut self, key: &Key) {
-        let mut stack = vec![key.clone()];
-        while let Some(k) = stack.pop() {
+        // The first key is not put on the stack: most calls forget one task or none, and then
+        // allocate nothing.
+        let mut next = Some(key.clone());
+        let mut stack = Vec::new();
+        while let Some(k) = next.take().or_else(|| stack.pop()) {
             let Some(t) = self.tasks.get(&k) else { continue };
             if t.wanted || t.pending_dependents > 0 {
                 continue;
@@ -360,14 +363,17 @@ impl Scheduler {
             if t.scattered && !t.dependents.is_empty() {
                 continue;
             }
-            match t.state.clone() {
+            match &t.state {
                 TaskState::Memory(holders) => {
-                    for w in holders {
+                    // Usually one holder: copied without allocating.
+                    let (first, rest) =
+                        holders.split_first().map_or((None, Vec::new()), |(f, r)| (Some(*f), r.to_vec()));
+                    for w in first.into_iter().chain(rest) {
                         self.release_on(w, k.clone());
                     }
                     self.set_state(&k, TaskState::Released);
                 }
-                TaskState::Processing(w) | TaskState::Scattering(w) => {
+                &TaskState::Processing(w) | &TaskState::Scattering(w) => {
                     self.release_on(w, k.clone());
                     self.set_state(&k, TaskState::Released);
                 }
