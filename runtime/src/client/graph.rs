@@ -27,7 +27,7 @@ impl Graph {
     /// Adds a task; returns its key, usable as an argument via [`ArgSpec::Key`].
     pub fn task(&mut self, func: &str, args: Vec<ArgSpec>) -> Key {
         let key: Key = format!("{func}-g{:016x}-{}", self.prefix, self.tasks.len()).into();
-        self.tasks.push(TaskSpec { key: key.clone(), func: func.to_owned(), args, retries: 0, wanted: false });
+        self.tasks.push(TaskSpec { key: key.clone(), func: func.into(), args, retries: 0, wanted: false });
         key
     }
 

@@ -285,7 +285,7 @@ impl Client {
     ) -> Result<TaskFuture<T>, CommError> {
         let key = self.new_key(func);
         let f = self.future(key.clone());
-        let spec = TaskSpec { key, func: func.to_owned(), args, retries, wanted: true };
+        let spec = TaskSpec { key, func: func.into(), args, retries, wanted: true };
         self.send(ClientToScheduler::Submit { tasks: vec![spec] }).await?;
         Ok(f)
     }
@@ -298,10 +298,12 @@ impl Client {
     ) -> Result<Vec<TaskFuture<T>>, CommError> {
         let mut futures = Vec::new();
         let mut tasks = Vec::new();
+        // One shared name for every task of the map.
+        let name = Key::from(func);
         for args in arg_lists {
             let key = self.new_key(func);
             futures.push(self.future(key.clone()));
-            tasks.push(TaskSpec { key, func: func.to_owned(), args, retries: 0, wanted: true });
+            tasks.push(TaskSpec { key, func: name.clone(), args, retries: 0, wanted: true });
             if tasks.len() == SUBMIT_CHUNK {
                 self.submit_specs(std::mem::take(&mut tasks)).await?;
             }

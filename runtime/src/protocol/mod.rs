@@ -123,8 +123,9 @@ pub enum ArgSpec {
 pub struct TaskSpec {
     /// Its key: new, or the client's own (see [`ClientToScheduler::Submit`]).
     pub key: Key,
-    /// The registered function to run.
-    pub func: String,
+    /// The registered function to run (a [`Key`] for its cheap clones and hashing; on the
+    /// wire a plain string like any other).
+    pub func: Key,
     /// Its arguments.
     pub args: Vec<ArgSpec>,
     /// How many times to retry after the function fails.

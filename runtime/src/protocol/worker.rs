@@ -142,8 +142,8 @@ pub enum SchedulerToWorker {
         key: Key,
         /// This assignment's id.
         run: RunId,
-        /// Function.
-        func: String,
+        /// Function (shared with the scheduler's task; a string on the wire).
+        func: Key,
         /// Arguments.
         args: Vec<ArgSpec>,
         /// Per dependency, the data addresses of workers holding it.

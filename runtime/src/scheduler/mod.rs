@@ -43,7 +43,6 @@ mod tasks;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::collections::{Map, shrink_map};
@@ -244,8 +243,8 @@ pub struct Scheduler {
     next_retirement: u64,
     scatters: BTreeMap<u64, scatter::PendingScatter>,
     next_scatter: u64,
-    durations: Map<Arc<str>, (f64, u64)>,
-    outstanding: Map<Arc<str>, usize>,
+    durations: Map<Key, (f64, u64)>,
+    outstanding: Map<Key, usize>,
     outstanding_total: usize,
     total_threads: u64,
     tickets: TicketSource,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::state::TaskState;
 use super::{Scheduler, WorkerId};
 use crate::collections::Map;
-use crate::protocol::{MAX_TRANSFER_SCHEMES, WorkerMemory, WorkerTransfers};
+use crate::protocol::{Key, MAX_TRANSFER_SCHEMES, WorkerMemory, WorkerTransfers};
 
 /// Distinct function names counted apart; further names share the group [`OTHER`] (a client
 /// submitting a million made-up names cannot grow the table).
@@ -150,7 +150,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub(crate) struct Observer {
     start: Instant,
-    groups: Map<Arc<str>, Group>,
+    groups: Map<Key, Group>,
+    /// The key of the [`OTHER`] group.
+    other: Key,
     stream: VecDeque<Execution>,
     next_seq: u64,
     pub(crate) counters: Counters,
@@ -165,6 +167,7 @@ impl Observer {
         Observer {
             start,
             groups: Map::default(),
+            other: Key::from(OTHER),
             stream: VecDeque::new(),
             next_seq: 1,
             counters: Counters::default(),
@@ -176,18 +179,18 @@ impl Observer {
 
     /// The group counting `func`: its own while there is room, else [`OTHER`]. Groups are
     /// never removed, so a name resolves to the same group every time.
-    fn group(&mut self, func: &Arc<str>) -> &mut Group {
+    fn group(&mut self, func: &Key) -> &mut Group {
         let key = if self.groups.contains_key(func) || self.groups.len() < MAX_GROUPS {
             func.clone()
         } else {
-            Arc::from(OTHER)
+            self.other.clone()
         };
         self.groups.entry(key).or_insert_with_key(|k| Group { function: k.to_string(), ..Group::default() })
     }
 
     /// A task of `func` moved from `old` to `new`. Scattered values (no function) are not
     /// task groups.
-    pub(crate) fn moved(&mut self, func: &Arc<str>, old: &TaskState, new: &TaskState) {
+    pub(crate) fn moved(&mut self, func: &Key, old: &TaskState, new: &TaskState) {
         if func.is_empty() || std::mem::discriminant(old) == std::mem::discriminant(new) {
             return;
         }
@@ -212,7 +215,7 @@ impl Observer {
     }
 
     /// A run of `func` on `w` finished after `seconds`, heard at `now`.
-    pub(crate) fn executed(&mut self, w: WorkerId, func: &Arc<str>, seconds: f64, now: Instant) {
+    pub(crate) fn executed(&mut self, w: WorkerId, func: &Key, seconds: f64, now: Instant) {
         self.counters.finished += 1;
         let g = self.group(func);
         g.finished += 1;
@@ -227,7 +230,7 @@ impl Observer {
         self.stream.push_back(Execution {
             seq: self.next_seq,
             worker: w,
-            function: func.clone(),
+            function: func.as_arc().clone(),
             start: (stop - seconds).max(0.0),
             stop,
         });

@@ -8,7 +8,7 @@ use crate::protocol::{Key, RunId, SchedulerToWorker};
 pub(crate) const STEAL_SCAN: usize = 256;
 
 impl Scheduler {
-    fn has_room(&self, w: WorkerId, root: Option<&str>) -> bool {
+    fn has_room(&self, w: WorkerId, root: Option<&Key>) -> bool {
         self.workers.get(&w).is_some_and(|worker| {
             let slots = match root {
                 Some(func) => self.root_slots(worker.nthreads, func),
@@ -21,7 +21,7 @@ impl Scheduler {
     /// Tasks a worker of `nthreads` may hold while a root task of `func` is placed on it:
     /// `ceil(nthreads × max(saturation, root_window / mean run time of func))`, between 1 and
     /// `nthreads × tasks_per_thread`. Before `func` has been measured, saturation alone. O(1).
-    pub(crate) fn root_slots(&self, nthreads: u32, func: &str) -> usize {
+    pub(crate) fn root_slots(&self, nthreads: u32, func: &Key) -> usize {
         let full = nthreads as usize * self.config.tasks_per_thread;
         let saturation = self.config.worker_saturation;
         if !saturation.is_finite() {
@@ -50,7 +50,7 @@ impl Scheduler {
     /// free). O(1).
     ///
     /// [`SchedulerConfig`]: super::SchedulerConfig
-    pub(crate) fn stays_with_data(&self, func: &str, bytes: u64) -> bool {
+    pub(crate) fn stays_with_data(&self, func: &Key, bytes: u64) -> bool {
         if bytes < Self::SMALL_INPUTS || self.config.transfer_bandwidth == f64::INFINITY {
             return false;
         }
@@ -86,7 +86,7 @@ impl Scheduler {
     /// [`root_slots`](Self::root_slots) (root-task queuing).
     pub(crate) fn decide_worker(&self, key: &Key, avoid: Option<WorkerId>) -> Option<WorkerId> {
         let task = self.tasks.get(key)?;
-        let root = if task.deps.is_empty() { Some(&*task.func) } else { None };
+        let root = if task.deps.is_empty() { Some(&task.func) } else { None };
         let mut local: Vec<(WorkerId, u64)> = Vec::new();
         for d in &task.deps {
             let Some(dt) = self.tasks.get(d) else { continue };
@@ -143,13 +143,8 @@ impl Scheduler {
         self.set_state(key, TaskState::Processing(w));
         let Some(t) = self.tasks.get(key) else { return };
         let who_has = t.deps.iter().map(|d| (d.clone(), self.holder_addresses(d))).collect();
-        let msg = SchedulerToWorker::Compute {
-            key: key.clone(),
-            run,
-            func: t.func.to_string(),
-            args: t.args.clone(),
-            who_has,
-        };
+        let msg =
+            SchedulerToWorker::Compute { key: key.clone(), run, func: t.func.clone(), args: t.args.clone(), who_has };
         self.send_worker(w, msg);
     }
 

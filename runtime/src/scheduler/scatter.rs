@@ -63,7 +63,7 @@ impl Scheduler {
             let slot = i % workers.len();
             let w = workers[slot];
             let ticket = self.tickets.next();
-            let mut task = Task::new(client, std::sync::Arc::from(""), Vec::new(), Vec::new());
+            let mut task = Task::new(client, Key::from(""), Vec::new(), Vec::new());
             task.scattered = true;
             task.wanted = true;
             task.nbytes = nbytes;

@@ -1,6 +1,5 @@
 //! The scheduler's tables and the one function that moves a task between states.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Scheduler, WorkerId};
@@ -36,8 +35,9 @@ impl TaskState {
 
 #[derive(Debug)]
 pub(crate) struct Task {
-    /// Empty for scattered values.
-    pub(crate) func: Arc<str>,
+    /// Empty for scattered values. Interned: tasks of one function share one `Key`, so the
+    /// per-function tables hash no string.
+    pub(crate) func: Key,
     pub(crate) args: Vec<ArgSpec>,
     pub(crate) deps: Vec<Key>,
     pub(crate) dependents: Set<Key>,
@@ -63,7 +63,7 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    pub(crate) fn new(owner: super::ClientId, func: Arc<str>, args: Vec<ArgSpec>, deps: Vec<Key>) -> Task {
+    pub(crate) fn new(owner: super::ClientId, func: Key, args: Vec<ArgSpec>, deps: Vec<Key>) -> Task {
         Task {
             func,
             args,
@@ -226,7 +226,7 @@ impl Scheduler {
         }
     }
 
-    fn count_outstanding(&mut self, key: &Key, func: &Arc<str>, now_outstanding: bool) {
+    fn count_outstanding(&mut self, key: &Key, func: &Key, now_outstanding: bool) {
         if now_outstanding {
             *self.outstanding.entry(func.clone()).or_insert(0) += 1;
             self.outstanding_total += 1;

@@ -3,7 +3,6 @@
 //! list, so no user-sized structure can exhaust the stack.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use super::state::{Task, TaskState, WorkerStatus};
 use super::{ClientId, Scheduler, WorkerId};
@@ -17,10 +16,10 @@ impl Scheduler {
     }
 
     /// Interns a function name: tasks of one function share one allocation.
-    fn intern(&self, func: &str) -> Arc<str> {
+    fn intern(&self, func: &Key) -> Key {
         match self.outstanding.get_key_value(func) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(func),
+            None => func.clone(),
         }
     }
 

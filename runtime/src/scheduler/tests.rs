@@ -850,11 +850,11 @@ fn short_root_functions_get_a_window_of_slots_so_they_never_wait_on_a_round_trip
     // Measured at 100 µs: a 5 ms window is 50 slots per thread.
     let out = finish_after(&mut h, 1, "r0", 100e-6);
     assert_eq!(computes(&out).len(), 49, "the worker fills up to 50 tasks");
-    assert_eq!(h.s.root_slots(1, "f"), 50);
+    assert_eq!(h.s.root_slots(1, &Key::from("f")), 50);
     // At 1 µs the window exceeds tasks_per_thread, the cap.
     let out = finish_after(&mut h, 1, "r1", 1e-6);
     assert!(!computes(&out).is_empty());
-    assert_eq!(h.s.root_slots(1, "f"), 64);
+    assert_eq!(h.s.root_slots(1, &Key::from("f")), 64);
     // Queuing off: every root task fills tasks_per_thread at once.
     let config =
         SchedulerConfig { tasks_per_thread: 64, worker_saturation: f64::INFINITY, ..SchedulerConfig::default() };
@@ -941,7 +941,7 @@ fn the_snapshot_counts_groups_and_bounds_names_and_the_stream() {
     assert_eq!(snap.workers[0].ran, 2);
 
     let names: Vec<TaskSpec> = (0..MAX_GROUPS + 50)
-        .map(|i| TaskSpec { func: format!("made-up-{i}"), ..task(&format!("n{i}"), &[]) })
+        .map(|i| TaskSpec { func: format!("made-up-{i}").into(), ..task(&format!("n{i}"), &[]) })
         .collect();
     h.submit(names);
     let snap = h.s.snapshot(h.now);

@@ -294,7 +294,7 @@ pub enum WorkerAction {
         /// The run.
         run: RunId,
         /// Function name.
-        func: String,
+        func: Key,
         /// Argument values.
         args: Vec<Value>,
     },
@@ -343,7 +343,7 @@ enum Phase {
 #[derive(Debug)]
 struct Run {
     run: RunId,
-    func: String,
+    func: Key,
     args: Vec<ArgSpec>,
     deps: Vec<Key>,
     /// Inputs not here yet.
@@ -404,7 +404,7 @@ struct Memory {
     serving: Map<u64, (u64, Instant)>,
     next_serve: u64,
     /// The largest result of each function seen here: the expected size of its next one.
-    result_sizes: Map<String, u64>,
+    result_sizes: Map<Key, u64>,
     /// The largest value held here so far: the expected size of a fetch.
     largest: u64,
     /// Bytes of held values in memory (including those being spilled).
@@ -846,7 +846,7 @@ impl WorkerState {
         }
     }
 
-    fn compute(&mut self, key: Key, run: RunId, func: String, args: Vec<ArgSpec>, who_has: Vec<(Key, Vec<String>)>) {
+    fn compute(&mut self, key: Key, run: RunId, func: Key, args: Vec<ArgSpec>, who_has: Vec<(Key, Vec<String>)>) {
         if let Some(held) = self.data.get_mut(&key) {
             // Already here (a fetched copy counts: the value is the same computation's).
             held.origin = Origin::Own;
