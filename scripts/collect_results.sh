@@ -6,8 +6,8 @@
 #
 #   scripts/collect_results.sh                     everything
 #   scripts/collect_results.sh stability tasks     only those parts (criterion, compare,
-#                                                  tasks, stability, scheduler, million, shm, memory, glm,
-#                                                  dashboard, links); the manifest records
+#                                                  tasks, callgrind, stability, scheduler, million, shm,
+#                                                  memory, glm, dashboard, links); the manifest records
 #                                                  the commit and date of each part
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,19 +20,19 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 mkdir -p "$out"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks stability scheduler million shm memory glm dashboard links)
+[ ${#parts[@]} -eq 0 ] && parts=(criterion compare tasks callgrind stability scheduler million shm memory glm dashboard links)
 # The commit measured, taken before anything runs (edits made during a long run do not count).
 sha="$(git rev-parse HEAD)"
 [ -n "$(git status --porcelain --untracked-files=no -- . ':!results')" ] && sha="$sha-dirty" # results/ itself does not count
 if [ $quick = 1 ]; then
   export COURIER_BENCH_QUICK=1
   compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)
-  tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1)
+  tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1) callgrind_args=(500 1)
   stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
   shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256)
   spill_args=(8 4 1) queuing_args=(1 16 1 2000) glm_args=(40000 32 8 3) dashboard_args=(2000 1)
 else
-  compare_args=() tasks_args=() shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
+  compare_args=() tasks_args=() callgrind_args=(20000 3) shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
   spill_args=(64 16 5) queuing_args=(7 256 4 100000) glm_args=(4000000 32 40 10) dashboard_args=(100000 9)
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
   stability_args=()
@@ -54,6 +54,14 @@ for part in "${parts[@]}"; do
     tasks)
       ./target/release/courier bench-tasks --serializing --many-inproc 256 --many-processes 64 "${tasks_args[@]}" --json "$out/tasks.json" | grep -v "worker serving" \
         | tee "$out/tasks.txt"
+      ;;
+    callgrind)
+      # Instructions per task in process, beside tasks.txt's times (repeatable where times are not).
+      if command -v valgrind >/dev/null; then
+        scripts/callgrind_tasks.sh target/release/courier "${callgrind_args[@]}" | tee "$out/tasks_callgrind.txt"
+      else
+        echo "callgrind: skipped, valgrind is not installed" >&2
+      fi
       ;;
     stability)
       ./target/release/courier stability "${stability_args[@]}" --json "$out/stability.json" | tee "$out/stability.txt"
@@ -126,7 +134,7 @@ for part in "${parts[@]}"; do
         echo "links: skipped, this machine cannot make test hosts (reason above)" >&2
       fi
       ;;
-    *) echo "unknown part $part (criterion, compare, tasks, stability, scheduler, million, shm, memory, glm, dashboard, links)" >&2; exit 2 ;;
+    *) echo "unknown part $part (criterion, compare, tasks, callgrind, stability, scheduler, million, shm, memory, glm, dashboard, links)" >&2; exit 2 ;;
   esac
 done
 QUICK="$quick" OUT="$out" PARTS="${parts[*]}" SHA="$sha" python3 - <<'PY'
@@ -157,6 +165,7 @@ json.dump({
     "settings": {"criterion": "sample_size 10 (stream, arrays, small, compression), 20 (echo); tokio multi-thread, 2 workers",
                  "compare": "median of 5, 512 MiB per measurement; small: 200 x 1,000 messages per measurement; echo: 20,000 round trips",
                  "bench_tasks": "median (headline), smallest and largest of 5, repetitions taking the clusters in turn; --serializing adds the in-process cluster with MessagePack-encoding comms (the fast path's baseline); many workers: 256 one-thread workers in process, 64 one-thread worker processes over tcp:// and unix://",
+                 "callgrind": "scripts/callgrind_tasks.sh: bench-tasks in process, 20,000 + 2,000 tasks and twice that, 3 runs each alternating; marginal instructions per task, median of the pairs",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",

@@ -59,6 +59,8 @@ async fn map_gather(c: &Client, n: usize) -> anyhow::Result<Duration> {
 }
 
 async fn as_completed_loop(c: &Client, total: usize, in_flight: usize) -> anyhow::Result<Duration> {
+    // Never more in flight than the run has tasks (it would complete more than it asked for).
+    let in_flight = in_flight.min(total);
     let start = Instant::now();
     let first = c.map::<i64>("inc", (0..in_flight as i64).map(|i| vec![arg(&i)])).await?;
     let mut stream = c.as_completed(first);
@@ -156,7 +158,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for (_, cluster) in &clusters {
         clients.push(cluster.client().await?);
     }
-    for (measurement, n) in [("map + gather", args.tasks), ("as_completed, 200 in flight", args.as_completed_tasks)] {
+    let window = format!("as_completed, {} in flight", args.in_flight.min(args.as_completed_tasks));
+    for (measurement, n) in [("map + gather", args.tasks), (window.as_str(), args.as_completed_tasks)] {
         // Repetitions take the clusters in turn, so a slow spell of this shared machine
         // falls on all of them rather than on one.
         let mut rates = vec![Vec::new(); clusters.len()];

@@ -262,3 +262,18 @@ async fn nodes_exit_non_zero_when_their_main_task_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `bench-tasks` with fewer as_completed tasks than it keeps in flight completes exactly the
+/// tasks asked for (it used to start 200 and fail "200 of 50 tasks completed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_tasks_runs_fewer_as_completed_tasks_than_its_window() {
+    let out = courier()
+        .args(["bench-tasks", "--schemes", "", "--tasks", "100", "--as-completed-tasks", "50", "--repeat", "1"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let row = stdout.lines().find(|l| l.contains("as_completed")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.split_whitespace().any(|w| w == "50"), "{row}");
+}
