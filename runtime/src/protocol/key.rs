@@ -195,6 +195,14 @@ impl<'de> Deserialize<'de> for Key {
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key, E> {
                 Ok(Key::from(v))
             }
+
+            /// UTF-8 sent as MessagePack bin (as some encoders do for text) is accepted, as
+            /// `String` accepts it.
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Key, E> {
+                std::str::from_utf8(v)
+                    .map(Key::from)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(v), &self))
+            }
         }
         d.deserialize_str(Text)
     }
@@ -228,6 +236,28 @@ mod tests {
         assert_eq!(texts, ["", "a", "ab", "b"]);
     }
 
+    proptest::proptest! {
+        /// Keys agree with their texts: equal exactly when the texts are, equal keys hash
+        /// alike, they order as the texts do, and a key decodes from MessagePack bytes (any
+        /// bytes: a decoder) only as the string they hold.
+        #[test]
+        fn keys_behave_as_their_texts(a in ".{0,40}", b in ".{0,40}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let (ka, kb) = (Key::from(a.as_str()), Key::from(b.clone()));
+            proptest::prop_assert_eq!(ka == kb, a == b);
+            proptest::prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            let s = RandomState::new();
+            if a == b {
+                proptest::prop_assert_eq!(s.hash_one(&ka), s.hash_one(&kb));
+            }
+            let back: Key = courier_core::Payload::new(&ka).unwrap().decode().unwrap();
+            proptest::prop_assert_eq!(&back, &ka);
+            let raw = courier_core::Payload { header: bytes::Bytes::from(bytes.clone()), frames: Vec::new() };
+            let as_key = raw.decode::<Key>().ok();
+            let as_text = raw.decode::<String>().ok();
+            proptest::prop_assert_eq!(as_key.map(|k| k.to_string()), as_text);
+        }
+    }
+
     #[test]
     fn a_key_is_a_plain_string_in_messagepack() {
         use courier_core::Payload;
@@ -237,5 +267,10 @@ mod tests {
         let back: Key = bytes.decode().unwrap();
         assert_eq!(back, key);
         assert!(Payload::new(&7u32).unwrap().decode::<Key>().is_err());
+        // bin 8 of "abc", and of bytes that are not UTF-8.
+        let bin =
+            |b: &[u8]| Payload { header: bytes::Bytes::from([&[0xc4, b.len() as u8], b].concat()), frames: Vec::new() };
+        assert_eq!(bin(b"abc").decode::<Key>().unwrap(), "abc");
+        assert!(bin(&[0xff, 0xfe]).decode::<Key>().is_err());
     }
 }
