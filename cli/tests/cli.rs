@@ -18,6 +18,15 @@ fn courier() -> Command {
     c
 }
 
+/// Runs `courier` with `args`, asserts it succeeded (printing both outputs if not) and returns
+/// what it printed.
+async fn run_ok(args: &[&str]) -> String {
+    let out = courier().args(args).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("courier-cli-{name}-{}-{}", std::process::id(), fastrand::u64(..)));
     std::fs::create_dir_all(&d).unwrap();
@@ -141,13 +150,7 @@ async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
 /// command exits non-zero otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_stability_run_with_faults_is_clean_on_every_transport() {
-    let out = courier()
-        .args(["stability", "--repeat", "1", "--comms", "3", "--messages", "8", "--timeout", "60"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = run_ok(&["stability", "--repeat", "1", "--comms", "3", "--messages", "8", "--timeout", "60"]).await;
     for scheme in ["tcp://", "unix://", "shm://", "zmq://", "tls://", "inproc://"] {
         assert!(stdout.contains(scheme), "{scheme} missing from {stdout}");
     }
@@ -267,13 +270,9 @@ async fn nodes_exit_non_zero_when_their_main_task_fails() {
 /// tasks asked for (it used to start 200 and fail "200 of 50 tasks completed").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_tasks_runs_fewer_as_completed_tasks_than_its_window() {
-    let out = courier()
-        .args(["bench-tasks", "--schemes", "", "--tasks", "100", "--as-completed-tasks", "50", "--repeat", "1"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout =
+        run_ok(&["bench-tasks", "--schemes", "", "--tasks", "100", "--as-completed-tasks", "50", "--repeat", "1"])
+            .await;
     let row = stdout.lines().find(|l| l.contains("as_completed")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(row.split_whitespace().any(|w| w == "50"), "{row}");
 }
