@@ -10,7 +10,7 @@
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-targets=(stream_decoder hello values zmtp runtime_messages shm_records spill_file block_functions)
+targets=(stream_decoder hello values zmtp runtime_messages shm_records spill_file block_functions tls_records)
 case "${1:-}" in
   replay)
     cargo +nightly fuzz build

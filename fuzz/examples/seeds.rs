@@ -304,7 +304,45 @@ mod erased {
     }
 }
 
+/// tls_records: [destination size, piece size] + records sealed under the target's key.
+fn tls_records() {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncWrite;
+    let seal = |writes: &[&[u8]], close: bool| -> Vec<u8> {
+        let mut w =
+            courier_tls::TlsWrite::with_key(Vec::new(), courier_tls::Cipher::Aes128Gcm, &[0x11; 16], &[0x22; 12])
+                .unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        for data in writes {
+            let mut data = *data;
+            while !data.is_empty() {
+                let Poll::Ready(Ok(n)) = std::pin::Pin::new(&mut w).poll_write(&mut cx, data) else { panic!() };
+                data = &data[n..];
+            }
+        }
+        let done = if close {
+            std::pin::Pin::new(&mut w).poll_shutdown(&mut cx)
+        } else {
+            std::pin::Pin::new(&mut w).poll_flush(&mut cx)
+        };
+        assert!(matches!(done, Poll::Ready(Ok(()))));
+        std::mem::take(w.get_mut())
+    };
+    let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    for (name, writes, close, dst, piece) in [
+        ("hello", vec![&b"hello"[..]], true, 1u8, 2u8),
+        ("two_records", vec![&big[..20_000]], true, 3, 2),
+        ("big_direct", vec![&big[..], &b"tail"[..]], true, 4, 3),
+        ("no_close", vec![&big[..100]], false, 0, 0),
+    ] {
+        let mut input = vec![dst, piece];
+        input.extend(seal(&writes, close));
+        write("tls_records", name, &input);
+    }
+}
+
 fn main() {
+    tls_records();
     block_functions();
     spill_file();
     stream_decoder();

@@ -1,7 +1,9 @@
 //! # courier-tls
 //!
 //! The `tls://host:port` transport: exactly the tcp:// wire protocol (docs/PROTOCOL.md),
-//! inside TLS 1.2/1.3 from rustls (ring provider; no OpenSSL, no C toolchain beyond cc).
+//! inside TLS 1.3. rustls (ring provider; no OpenSSL) runs the handshake and keeps the key
+//! schedule; the records of the established session are sealed and opened by [`record`],
+//! which decrypts straight into the receiver's buffers (its docs say why, and how).
 //!
 //! - Servers present a certificate chain and key from PEM; clients trust a configurable CA.
 //! - Mutual TLS is optional: a server can require client certificates signed by its CA.
@@ -25,8 +27,13 @@
 //! # Ok::<(), courier_core::CommError>(())
 //! ```
 
+pub mod record;
+mod session;
 #[cfg(feature = "test-certs")]
 pub mod test_certs;
+
+pub use record::{Cipher, TlsRead, TlsWrite};
+pub use session::TlsStream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,12 +44,10 @@ use async_trait::async_trait;
 use courier_core::stream::{HandshakingListener, StreamAcceptor, StreamParts, handshake_stream};
 use courier_core::{Address, Comm, CommConfig, CommError, Compression, ErrorKind, Host, Listener, Transport};
 pub use courier_tcp::TcpOptions;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{BufReader, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "tls";
@@ -88,9 +93,10 @@ fn tls_error(doing: &str, e: io::Error) -> CommError {
 /// The tls:// transport.
 #[derive(Clone)]
 pub struct TlsTransport {
-    connector: Option<TlsConnector>,
-    acceptor: Option<TlsAcceptor>,
+    connector: Option<Arc<ClientConfig>>,
+    acceptor: Option<Arc<ServerConfig>>,
     tcp: TcpOptions,
+    key_update_after: u64,
 }
 
 impl std::fmt::Debug for TlsTransport {
@@ -107,6 +113,14 @@ impl TlsTransport {
     /// The same transport with `options` for its TCP sockets (as tcp:// takes them).
     pub fn with_tcp_options(mut self, options: TcpOptions) -> Self {
         self.tcp = options;
+        self
+    }
+
+    /// The same transport, its sessions updating their sending keys (TLS 1.3 KeyUpdate)
+    /// after `records` records instead of [`record::KEY_UPDATE_RECORDS`]: for tests of key
+    /// updates, which otherwise take 256 GiB.
+    pub fn with_key_update_after(mut self, records: u64) -> Self {
+        self.key_update_after = records;
         self
     }
 
@@ -127,11 +141,7 @@ impl TlsTransport {
 
     /// A TLS session to a tls:// listener, before Courier's handshake: for tests and tools
     /// that speak the wire protocol by hand. Applications use [`Transport::connect`].
-    pub async fn connect_stream(
-        &self,
-        addr: &Address,
-        config: &CommConfig,
-    ) -> Result<tokio_rustls::client::TlsStream<Socket>, CommError> {
+    pub async fn connect_stream(&self, addr: &Address, config: &CommConfig) -> Result<TlsStream, CommError> {
         match tokio::time::timeout(config.handshake_timeout, self.open(addr, config)).await {
             Ok(r) => r.map(|(tls, _, _)| tls),
             Err(_) => Err(CommError::new(ErrorKind::HandshakeTimeout, format!("no TLS handshake from {addr}"))),
@@ -142,7 +152,7 @@ impl TlsTransport {
         &self,
         addr: &Address,
         config: &CommConfig,
-    ) -> Result<(tokio_rustls::client::TlsStream<Socket>, SocketAddr, SocketAddr), CommError> {
+    ) -> Result<(TlsStream, SocketAddr, SocketAddr), CommError> {
         let hp = check(addr)?;
         let connector =
             self.connector.clone().ok_or_else(|| config_error("connecting needs a CA to trust (TlsFiles::ca)"))?;
@@ -153,8 +163,7 @@ impl TlsTransport {
             tcp.local_addr().map_err(|e| CommError::from_io("local address", e))?,
             tcp.peer_addr().map_err(|e| CommError::from_io("peer address", e))?,
         );
-        let tls = connector
-            .connect(server_name, socket(tcp))
+        let tls = TlsStream::client(connector, server_name.to_owned(), tcp, self.key_update_after)
             .await
             .map_err(|e| tls_error(&format!("handshake with {addr}"), e))?;
         Ok((tls, local, peer))
@@ -191,7 +200,7 @@ impl TlsTransport {
         let connector = match &roots {
             Some(roots) => {
                 let builder = ClientConfig::builder_with_provider(provider.clone())
-                    .with_safe_default_protocol_versions()
+                    .with_protocol_versions(&[&rustls::version::TLS13])
                     .map_err(config_error)?
                     .with_root_certificates(roots.clone());
                 let config = match &identity {
@@ -200,14 +209,17 @@ impl TlsTransport {
                     }
                     None => builder.with_no_client_auth(),
                 };
-                Some(TlsConnector::from(Arc::new(config)))
+                let mut config = config;
+                // The session's records are protected by `record` with the extracted keys.
+                config.enable_secret_extraction = true;
+                Some(Arc::new(config))
             }
             None => None,
         };
         let acceptor = match identity {
             Some((chain, key)) => {
                 let builder = ServerConfig::builder_with_provider(provider.clone())
-                    .with_safe_default_protocol_versions()
+                    .with_protocol_versions(&[&rustls::version::TLS13])
                     .map_err(config_error)?;
                 let builder = if pem.require_client_cert {
                     let roots =
@@ -219,38 +231,25 @@ impl TlsTransport {
                 } else {
                     builder.with_no_client_auth()
                 };
-                Some(TlsAcceptor::from(Arc::new(builder.with_single_cert(chain, key).map_err(config_error)?)))
+                let mut config = builder.with_single_cert(chain, key).map_err(config_error)?;
+                config.enable_secret_extraction = true;
+                // Courier's peers do not resume sessions: no tickets after the handshake.
+                config.send_tls13_tickets = 0;
+                Some(Arc::new(config))
             }
             None => None,
         };
-        Ok(TlsTransport { connector, acceptor, tcp: TcpOptions::default() })
+        Ok(TlsTransport {
+            connector,
+            acceptor,
+            tcp: TcpOptions::default(),
+            key_update_after: record::KEY_UPDATE_RECORDS,
+        })
     }
 }
 
-type Tls<S> = tokio_rustls::TlsStream<S>;
-
-/// The socket under a TLS session: reads are buffered (see [`TLS_READ_BUFFER`]), writes go
-/// straight through (rustls queues up to 64 KiB of records and writes them with one `writev`;
-/// a larger queue measured no faster: its record buffers were returned to the kernel by malloc
-/// and faulted back in on every frame).
-pub type Socket = BufReader<TcpStream>;
-
-/// Bytes read from the socket per system call under TLS. rustls asks for 4 KiB at a time
-/// (its records are ≤ 16 KiB), which cost a system call each; reading the socket in chunks of
-/// this size and serving rustls from memory takes one per 256 KiB (the stream reader's
-/// `READ_CHUNK`). The copy it adds stays in cache.
-pub const TLS_READ_BUFFER: usize = courier_core::stream::READ_CHUNK;
-
-fn socket(tcp: TcpStream) -> Socket {
-    BufReader::with_capacity(TLS_READ_BUFFER, tcp)
-}
-
-fn parts(
-    stream: Tls<Socket>,
-    local: SocketAddr,
-    peer: SocketAddr,
-) -> StreamParts<ReadHalf<Tls<Socket>>, WriteHalf<Tls<Socket>>> {
-    let (read, write) = tokio::io::split(stream);
+fn parts(stream: TlsStream, local: SocketAddr, peer: SocketAddr) -> StreamParts<TlsRead, TlsWrite> {
+    let (read, write) = stream.into_split();
     let default_compression = if peer.ip().is_loopback() { Compression::None } else { Compression::AUTO };
     StreamParts {
         read,
@@ -277,7 +276,7 @@ impl Transport for TlsTransport {
     async fn connect(&self, addr: &Address, config: &CommConfig) -> Result<Comm, CommError> {
         let handshake = async {
             let (tls, local, peer) = self.open(addr, config).await?;
-            handshake_stream(parts(Tls::Client(tls), local, peer), config).await.map_err(|e| {
+            handshake_stream(parts(tls, local, peer), config).await.map_err(|e| {
                 // An alert after the TLS handshake (e.g. a missing client certificate under
                 // TLS 1.3) surfaces on the first read: report it as the TLS failure it is.
                 let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>());
@@ -310,7 +309,7 @@ impl Transport for TlsTransport {
             _ => contact,
         };
         Ok(Box::new(HandshakingListener::spawn(
-            TlsAccept { listener, acceptor, tcp: self.tcp.clone() },
+            TlsAccept { listener, acceptor, tcp: self.tcp.clone(), key_update_after: self.key_update_after },
             addr.clone(),
             contact,
             config.clone(),
@@ -320,15 +319,16 @@ impl Transport for TlsTransport {
 
 struct TlsAccept {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ServerConfig>,
     tcp: TcpOptions,
+    key_update_after: u64,
 }
 
 #[async_trait]
 impl StreamAcceptor for TlsAccept {
     type Conn = TcpStream;
-    type Read = ReadHalf<Tls<Socket>>;
-    type Write = WriteHalf<Tls<Socket>>;
+    type Read = TlsRead;
+    type Write = TlsWrite;
 
     async fn accept_raw(&self) -> io::Result<TcpStream> {
         self.listener.accept().await.map(|(s, _)| s)
@@ -338,9 +338,10 @@ impl StreamAcceptor for TlsAccept {
         courier_tcp::configure(&tcp, &self.tcp).map_err(|e| CommError::from_io("configuring a tcp socket", e))?;
         let local = tcp.local_addr().map_err(|e| CommError::from_io("local address", e))?;
         let peer = tcp.peer_addr().map_err(|e| CommError::from_io("peer address", e))?;
-        let tls =
-            self.acceptor.accept(socket(tcp)).await.map_err(|e| tls_error(&format!("handshake with {peer}"), e))?;
-        Ok(parts(Tls::Server(tls), local, peer))
+        let tls = TlsStream::server(self.acceptor.clone(), tcp, self.key_update_after)
+            .await
+            .map_err(|e| tls_error(&format!("handshake with {peer}"), e))?;
+        Ok(parts(tls, local, peer))
     }
 
     async fn readable(&self, conn: &TcpStream) -> io::Result<()> {

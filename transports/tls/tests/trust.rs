@@ -107,7 +107,7 @@ async fn tls_sockets_take_the_tcp_options() {
     // The listener runs the TLS handshake in its own task; this test stops before Courier's.
     let accept = tokio::spawn(async move { l.accept().await.map(|_| ()) });
     let stream = tls.connect_stream(&contact, &quick()).await.unwrap();
-    let tcp = stream.get_ref().0.get_ref();
+    let tcp = stream.tcp();
     assert!(tcp.nodelay().unwrap());
     assert_eq!(socket2::SockRef::from(tcp).tcp_keepalive_time().unwrap(), Duration::from_secs(17));
     drop(stream);
