@@ -4,7 +4,8 @@
 #
 #   scripts/compare_vs.sh OLD_BINARY NEW_BINARY [ROUNDS] [TRANSPORTS]
 #
-# results/tls_records_ab.txt is `scripts/compare_vs.sh <544d82a> <e3d1231> 2 tcp,tls`.
+# results/tls_records_ab.txt is `scripts/compare_vs.sh <courier of 544d82a> <courier of cb6a4d9> 2 tcp,tls`
+# (the binaries before and after tls:// got its own record layer).
 set -euo pipefail
 old="${1:?old courier binary}"
 new="${2:?new courier binary}"
