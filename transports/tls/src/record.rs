@@ -433,9 +433,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for TlsRead<R> {
                 dst.put_slice(&this.buf[this.start..this.start + n]);
                 this.start += n;
                 if this.start == this.plain_end {
-                    this.start = this.plain_end;
+                    // All delivered: the records after it begin at `start`.
                     this.plain_end = 0;
-                    // The records after the delivered plaintext begin at `start`.
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -452,7 +451,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for TlsRead<R> {
                 let next = at + HEADER_LEN + len;
                 if typ == APPLICATION_DATA {
                     // Plaintext now at buf[at..at + content]; records resume at `next`.
-                    // Deliver it by moving `start` back over it after the copy.
                     let n = dst.remaining().min(content);
                     dst.put_slice(&this.buf[at..at + n]);
                     if n < content {
