@@ -93,6 +93,17 @@ for part in "${parts[@]}"; do
           wait "$pid" 2>/dev/null || true
         done
       done
+      # The payload built in a buffer lent by the arena, as shm:// workers build results: sent
+      # in place.
+      for p in stream:8MiB stream:64MiB; do
+        coproc SERVER { ./target/release/courier perf server --listen shm:// --once; }
+        pid=$SERVER_PID
+        read -r line <&"${SERVER[0]}"
+        ./target/release/courier perf client "${line##* }" --pattern "${p%%:*}" --payload "${p##*:}" --lend \
+          --duration "$perf_seconds" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' \
+          >>"$out/shm_perf.jsonl"
+        wait "$pid" 2>/dev/null || true
+      done
       python3 scripts/perf_table.py "$out/shm_perf.jsonl" | tee "$out/shm_perf.txt"
       ./target/release/courier stability --urls shm:// "${stability_args[@]}" --json "$out/shm_stability.json" \
         | tee "$out/shm_stability.txt"

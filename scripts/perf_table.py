@@ -8,7 +8,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 print("| transport | pattern | payload | throughput | messages/s | p50 round trip | sender extra RSS | receiver extra RSS | corrupt |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
-    scheme = r["url"].split("://")[0]
+    scheme = r["url"].split("://")[0] + (" (payload lent by the arena)" if r.get("payload_lent") else "")
     n = r["payload_bytes"]
     size = f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} B"
     extra = lambda v: "" if v is None else f"{v / 2**20:.1f} MiB ({v / n:.2f}x)"

@@ -43,6 +43,12 @@ pub(crate) enum Perf {
         /// How long to measure, in seconds.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Build the payload in a buffer lent by shm://'s arena, as shm:// workers build their
+        /// results (`ShmTransport::lend_buffers`): over shm:// it is then sent in place, with
+        /// no copy. Without it the payload lives on the heap and each send copies it into the
+        /// arena.
+        #[arg(long)]
+        lend: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -98,6 +104,8 @@ struct Report {
     pattern: String,
     data: String,
     payload_bytes: usize,
+    /// The payload lives in a buffer lent by shm://'s arena (`--lend`).
+    payload_lent: bool,
     seconds: f64,
     messages: u64,
     bytes: u64,
@@ -202,7 +210,7 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
+pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()> {
     match perf {
         Perf::Server { listen, once } => {
             let mut listener = registry.listen(&listen).await?;
@@ -219,9 +227,19 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
                 }
             }
         }
-        Perf::Client { url, payload, pattern, data, duration, json } => {
+        Perf::Client { url, payload, pattern, data, duration, lend, json } => {
             let len = crate::compare::parse_size(&payload)?;
-            let frame = payload_data(&data, len)?;
+            let mut frame = payload_data(&data, len)?;
+            let mut payload_lent = false;
+            if lend {
+                let shm = courier::ShmTransport::new();
+                shm.lend_buffers();
+                registry.register(std::sync::Arc::new(shm));
+                let mut buf = courier::courier_core::aligned::AlignedBuf::new(len);
+                payload_lent = buf.is_lent();
+                bytes::BufMut::put_slice(&mut buf, &frame);
+                frame = buf.freeze();
+            }
             let mut comm = registry.connect(&url).await?;
             comm.send(Message::from_header(header(&Control { pattern: pattern.clone(), payload: len })?)).await?;
             let sum = checksum(&frame);
@@ -267,6 +285,7 @@ pub(crate) async fn run(perf: Perf, registry: Registry) -> anyhow::Result<()> {
                 pattern,
                 data,
                 payload_bytes: len,
+                payload_lent,
                 seconds,
                 messages,
                 bytes,

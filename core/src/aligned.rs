@@ -11,12 +11,19 @@
 //! [`DEFAULT_POOL_LIMIT`]), and reused for the next frame of the same size class (sizes are
 //! rounded up by at most 1/8). The exposed length is always exact. Setting the limit to 0
 //! disables recycling.
+//!
+//! ## Lent buffers
+//! A process may install a [`BufferSource`] ([`set_buffer_source`]): buffers of at least
+//! [`POOL_MIN`] bytes then come from it first, the heap and the pool serving when it has no
+//! room. A shared-memory transport lends slots of its arena this way, so a large result or a
+//! received frame already lies in shared memory and is later sent to a peer on this host
+//! without a copy (courier-shm's `ShmTransport::lend_buffers`).
 
 use std::alloc::{self, Layout};
 use std::collections::HashMap;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes};
@@ -84,6 +91,80 @@ fn layout(cap: usize) -> Layout {
     Layout::from_size_align(cap, FRAME_ALIGN).unwrap_or(Layout::new::<u8>())
 }
 
+/// Memory lent for large buffers by something other than the heap (a shared-memory arena).
+pub trait BufferSource: Send + Sync + 'static {
+    /// A region of at least `len` bytes for one buffer, or `None` (no room: the heap serves).
+    fn lend(&self, len: usize) -> Option<Lease>;
+}
+
+/// A region lent by a [`BufferSource`]: valid, writable and this buffer's alone until its
+/// owner is dropped, which gives it back.
+pub struct Lease {
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Held for its `Drop`, which gives the region back.
+    _owner: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("ptr", &self.ptr).field("len", &self.len).finish()
+    }
+}
+
+impl Lease {
+    /// A lease of `len` bytes at `ptr`, given back when `owner` is dropped.
+    ///
+    /// # Safety
+    /// `ptr` is aligned to [`FRAME_ALIGN`], and `ptr..ptr + len` stays valid for reads and
+    /// writes, and is written and read through nothing but this lease, until `owner` is
+    /// dropped (its bytes may be uninitialised).
+    pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Box<dyn Send + Sync>) -> Lease {
+        Lease { ptr, len, _owner: owner }
+    }
+
+    /// Where the region starts.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty region.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// SAFETY: a lease is the exclusive use of its region (its constructor's contract), like a
+// Box<[u8]>; its owner is Send + Sync.
+unsafe impl Send for Lease {}
+// SAFETY: as above; shared access reads nothing by itself.
+unsafe impl Sync for Lease {}
+
+static SOURCE: RwLock<Option<Arc<dyn BufferSource>>> = RwLock::new(None);
+/// Whether a source is installed (checked before taking the lock).
+static HAS_SOURCE: AtomicBool = AtomicBool::new(false);
+
+/// Installs `source` (or none) for the buffers of at least [`POOL_MIN`] bytes made from now
+/// on, process-wide; returns the previous one. Buffers it lent stay valid when it is replaced.
+pub fn set_buffer_source(source: Option<Arc<dyn BufferSource>>) -> Option<Arc<dyn BufferSource>> {
+    let mut s = SOURCE.write().unwrap_or_else(|p| p.into_inner());
+    HAS_SOURCE.store(source.is_some(), Ordering::Release);
+    std::mem::replace(&mut *s, source)
+}
+
+fn lend(len: usize) -> Option<Lease> {
+    if !HAS_SOURCE.load(Ordering::Acquire) {
+        return None;
+    }
+    let source = SOURCE.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+    source.lend(len).filter(|l| l.len >= len && (l.ptr.as_ptr() as usize).is_multiple_of(FRAME_ALIGN))
+}
+
 /// A fixed-size buffer being filled front to back. Its bytes past `filled` are uninitialised
 /// and never exposed.
 #[derive(Debug)]
@@ -92,6 +173,8 @@ pub struct AlignedBuf {
     len: usize,
     cap: usize,
     filled: usize,
+    /// The lease this buffer's memory comes from (none: the heap's, `cap` bytes).
+    lease: Option<Lease>,
 }
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like a Box<[u8]>.
@@ -115,7 +198,18 @@ impl AlignedBuf {
     /// Like [`AlignedBuf::new`], but an impossible or failed allocation is an error.
     pub fn try_new(len: usize) -> Result<Self, CommError> {
         if len == 0 {
-            return Ok(AlignedBuf { ptr: NonNull::<[u8; FRAME_ALIGN]>::dangling().cast(), len: 0, cap: 0, filled: 0 });
+            return Ok(AlignedBuf {
+                ptr: NonNull::<[u8; FRAME_ALIGN]>::dangling().cast(),
+                len: 0,
+                cap: 0,
+                filled: 0,
+                lease: None,
+            });
+        }
+        if len >= POOL_MIN
+            && let Some(lease) = lend(len)
+        {
+            return Ok(AlignedBuf::from_lease(lease, len));
         }
         let fail =
             || CommError::new(ErrorKind::FrameTooLarge, format!("cannot allocate a frame buffer of {len} bytes"));
@@ -124,14 +218,26 @@ impl AlignedBuf {
             let mut pool = pool();
             if let Some(ptr) = pool.free.get_mut(&cap).and_then(Vec::pop) {
                 pool.bytes -= cap;
-                return Ok(AlignedBuf { ptr: ptr.0, len, cap, filled: 0 });
+                return Ok(AlignedBuf { ptr: ptr.0, len, cap, filled: 0, lease: None });
             }
         }
         let layout = Layout::from_size_align(cap, FRAME_ALIGN).map_err(|_| fail())?;
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).ok_or_else(fail)?;
-        Ok(AlignedBuf { ptr, len, cap, filled: 0 })
+        Ok(AlignedBuf { ptr, len, cap, filled: 0, lease: None })
+    }
+
+    /// An empty buffer of capacity `len` in `lease`'s region.
+    ///
+    /// # Panics
+    /// If the region is shorter than `len` or not aligned to [`FRAME_ALIGN`].
+    pub fn from_lease(lease: Lease, len: usize) -> Self {
+        assert!(
+            lease.len >= len && (lease.ptr.as_ptr() as usize).is_multiple_of(FRAME_ALIGN),
+            "a lease too short or misaligned"
+        );
+        AlignedBuf { ptr: lease.ptr, len, cap: 0, filled: 0, lease: Some(lease) }
     }
 
     /// A copy of `data` in an aligned buffer.
@@ -139,6 +245,11 @@ impl AlignedBuf {
         let mut buf = AlignedBuf::new(data.len());
         buf.put_slice(data);
         buf.freeze()
+    }
+
+    /// Whether this buffer's memory was lent by a [`BufferSource`].
+    pub fn is_lent(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// Capacity in bytes.
@@ -193,6 +304,7 @@ impl AsRef<[u8]> for Frozen {
 }
 
 impl Drop for AlignedBuf {
+    /// Heap memory is freed; a lease (a `cap` of 0) goes back to its source as it drops.
     fn drop(&mut self) {
         if self.cap == 0 {
             return;

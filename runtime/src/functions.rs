@@ -251,11 +251,13 @@ fn check_elements(shape: &[usize]) -> Result<usize, String> {
         .ok_or_else(|| format!("an array of shape {shape:?} exceeds {MAX_BUILTIN_ELEMENTS} elements"))
 }
 
+/// Built chunk by chunk into an aligned buffer (pooled, or lent by a buffer source such as
+/// shm://'s arena), in C order: the same values as drawing all `n` in sequence.
 fn random_array(shape: &[usize], seed: u64) -> Result<WireArray, String> {
-    let n = check_elements(shape)?;
+    check_elements(shape)?;
     let mut rng = fastrand::Rng::with_seed(seed);
-    let a = ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| rng.f64()).collect()).map_err(|e| e.to_string())?;
-    Ok(WireArray::from_array(a))
+    WireArray::from_c_order_chunks::<f64>(shape, |range, out| out.extend(range.map(|_| rng.f64())))
+        .map_err(|e| e.to_string())
 }
 
 /// A field of slow waves (like a simulation's output: neighbouring values close, so it

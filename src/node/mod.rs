@@ -403,6 +403,12 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
         // less than 8 times that sends and receives large frames through a sealed memfd each,
         // gone when the frame is dropped.
         registry.register(Arc::new(crate::ShmTransport::new().sealed_only()));
+    } else if !args.no_shm && w.shm.unwrap_or(true) {
+        // Large results and received frames are built in the arena's slots, so a same-host
+        // peer fetching one gets it in place, with no copy (`ShmTransport::lend_buffers`).
+        let shm = crate::ShmTransport::new();
+        shm.lend_buffers();
+        registry.register(Arc::new(shm));
     }
     let config = WorkerConfig {
         listen: args.listen.or(w.listen),

@@ -2,14 +2,22 @@
 //! read-only once and then views frame by frame; the receiver releases each frame (a record on
 //! the descriptor channel) when its last `Bytes` is dropped, and the sender reuses the space.
 //! The pages are allocated and faulted in once per segment, not once per frame.
+//!
+//! The same slots can also be *lent* to this process as buffers ([`Pool::lend`], installed as
+//! courier-core's buffer source by `ShmTransport::lend_buffers`): a large result or received
+//! frame made in one is then sent to a peer in place, with no copy at all. A slot is counted
+//! by references — the local buffer of a lent slot, and one per receiver's view — and freed
+//! when the last goes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use courier_core::CommError;
+use courier_core::aligned::{BufferSource, Lease};
 use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::channel;
@@ -41,6 +49,19 @@ struct Segment {
     fd: OwnedFd,
     /// Free ranges: offset → length, coalesced.
     free: BTreeMap<usize, usize>,
+    /// Slots in use, by offset.
+    taken: HashMap<usize, Taken>,
+}
+
+/// A slot in use.
+#[derive(Debug)]
+struct Taken {
+    /// Rounded length.
+    len: usize,
+    /// Receivers' views of it, plus one while its lent buffer lives.
+    refs: u32,
+    /// Lent to this process as a buffer (else a copy of a frame, for one receiver).
+    lent: bool,
 }
 
 impl Segment {
@@ -86,6 +107,8 @@ pub(crate) type Placed = (Slot, Option<(OwnedFd, u64)>);
 /// as the pool; ids are their indices, below [`MAX_SEGMENTS`].
 pub(crate) struct Pool {
     inner: Mutex<PoolInner>,
+    /// Frames sent in place from lent slots.
+    in_place: AtomicU64,
 }
 
 struct PoolInner {
@@ -93,6 +116,82 @@ struct PoolInner {
     /// Most bytes of segments in total.
     cap: usize,
     total: usize,
+    /// Bytes of lent slots not yet freed (at most [`LEND_SHARE`] of the cap).
+    lent: usize,
+}
+
+/// The share of the cap that lent buffers may hold (numerator over 4): the rest stays for
+/// copies of frames that do not live in the arena, so sends never fall back to sealed memfds
+/// because results filled it.
+const LEND_SHARE: usize = 3;
+
+impl PoolInner {
+    /// A free range of `len` bytes: in a segment `prefer` accepts, else (when `any`) in any
+    /// segment, else in a new segment when `may_grow` and the cap allows. (segment, offset).
+    fn alloc(
+        &mut self,
+        len: usize,
+        prefer: impl Fn(usize) -> bool,
+        any: bool,
+        may_grow: bool,
+    ) -> std::io::Result<Option<(usize, usize)>> {
+        for pass in [false, true] {
+            if pass && !any {
+                break;
+            }
+            let found = self
+                .segments
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| prefer(*i) != pass)
+                .find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        let grown = (SEGMENT_MIN << self.segments.len().min(16)).min(SEGMENT_MAX);
+        let size = len.next_power_of_two().max(grown);
+        if !may_grow || self.segments.len() >= MAX_SEGMENTS || self.total.saturating_add(size) > self.cap {
+            return Ok(None);
+        }
+        let fd = rustix::fs::memfd_create("courier-shm-arena", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, size as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::SEAL)?;
+        // SAFETY: this side writes the segment only through this mapping, and only in slots
+        // it has allocated (for a copy, or lent as a buffer); receivers map it read-only.
+        let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
+        let mut free = BTreeMap::new();
+        free.insert(0, size);
+        self.segments.push(Segment { map, fd, free, taken: HashMap::new() });
+        self.total += size;
+        let i = self.segments.len() - 1;
+        let off = self.segments[i].alloc(len).expect("a fresh segment fits its frame");
+        Ok(Some((i, off)))
+    }
+
+    /// Drops one reference to the slot at `offset` of `segment`; frees it with the last.
+    fn unref(&mut self, segment: u32, offset: usize) {
+        let Some(seg) = self.segments.get_mut(segment as usize) else { return };
+        let Some(t) = seg.taken.get_mut(&offset) else { return };
+        t.refs -= 1;
+        if t.refs == 0 {
+            let t = seg.taken.remove(&offset).expect("present");
+            seg.release(offset, t.len);
+            if t.lent {
+                self.lent -= t.len;
+            }
+        }
+    }
+
+    /// The lent slot `data` starts, if it lies in one: (segment, offset).
+    fn lent_slot(&self, data: &[u8]) -> Option<(usize, usize)> {
+        let at = data.as_ptr() as usize;
+        self.segments.iter().enumerate().find_map(|(i, s)| {
+            let off = at.checked_sub(s.map.as_ptr() as usize).filter(|&off| off < s.map.len())?;
+            let t = s.taken.get(&off)?;
+            (t.lent && data.len() <= t.len).then_some((i, off))
+        })
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -104,9 +203,69 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn new(cap: usize) -> Arc<Pool> {
-        Arc::new(Pool { inner: Mutex::new(PoolInner { segments: Vec::new(), cap, total: 0 }) })
+        Arc::new(Pool {
+            inner: Mutex::new(PoolInner { segments: Vec::new(), cap, total: 0, lent: 0 }),
+            in_place: AtomicU64::new(0),
+        })
     }
 
+    /// A slot of at least `len` bytes lent to this process as a buffer, or `None` when lent
+    /// slots hold their share of the cap already (or no segment can be made).
+    pub(crate) fn lend(self: &Arc<Self>, len: usize) -> Option<Lease> {
+        let rounded = round_up(len.max(1), SLOT_ALIGN)?;
+        let mut pool = self.lock();
+        if pool.lent.saturating_add(rounded) > pool.cap / 4 * LEND_SHARE {
+            return None;
+        }
+        let (index, off) = pool.alloc(rounded, |_| true, false, true).ok()??;
+        pool.segments[index].taken.insert(off, Taken { len: rounded, refs: 1, lent: true });
+        pool.lent += rounded;
+        // SAFETY: inside the segment's mapping (the range was just allocated in it).
+        let ptr = unsafe { pool.segments[index].map.as_mut_ptr().add(off) };
+        drop(pool);
+        let owner = LentSlot { pool: self.clone(), segment: index as u32, offset: off };
+        // SAFETY: the slot is page-aligned, lies in a mapping that lives as long as the pool
+        // (which `owner` keeps), and is this lease's alone: it left the free list and no frame
+        // is copied into it; receivers only read it once the buffer is sent, and its reference
+        // keeps it taken until they release it too.
+        Some(unsafe { Lease::new(NonNull::new(ptr)?, len, Box::new(owner)) })
+    }
+
+    /// Frames sent in place from lent slots, so far.
+    pub(crate) fn sent_in_place(&self) -> u64 {
+        self.in_place.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of lent slots not yet freed.
+    #[cfg(test)]
+    pub(crate) fn lent(&self) -> usize {
+        self.lock().lent
+    }
+}
+
+/// A lent slot's local reference, dropped with the buffer made in it.
+struct LentSlot {
+    pool: Arc<Pool>,
+    segment: u32,
+    offset: usize,
+}
+
+impl Drop for LentSlot {
+    fn drop(&mut self) {
+        self.pool.lock().unref(self.segment, self.offset);
+    }
+}
+
+/// The pool as courier-core's buffer source.
+pub(crate) struct Lender(pub(crate) Arc<Pool>);
+
+impl BufferSource for Lender {
+    fn lend(&self, len: usize) -> Option<Lease> {
+        self.0.lend(len)
+    }
+}
+
+impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -129,8 +288,9 @@ pub(crate) struct Arena {
     pool: Arc<Pool>,
     /// Bit `i`: the receiver has segment `i`.
     passed: u64,
-    /// Slots the receiver still holds: (segment, offset) → rounded length.
-    outstanding: HashMap<(u32, u64), usize>,
+    /// Views the receiver still holds, by slot: (segment, offset) → how many (a lent slot
+    /// may be sent more than once).
+    outstanding: HashMap<(u32, u64), u32>,
 }
 
 impl std::fmt::Debug for Arena {
@@ -148,65 +308,46 @@ impl Arena {
         self.passed & (1u64 << id) != 0
     }
 
-    /// Copies `data` into a free slot of the pool. Returns the slot and, when this comm's
-    /// receiver does not have its segment yet, a duplicate of the segment's descriptor and its
-    /// size (to pass with this message; [`Arena::passed`] once it went). Segments the receiver
-    /// lacks, new or not, only if `may_pass`. `None`: no room within the cap (the caller sends
-    /// the frame another way).
+    /// Places `data` for this comm's receiver: in place when it lies in a slot lent to this
+    /// process (no copy; the slot gains a reference), else copied into a free slot of the
+    /// pool. Returns the slot and, when this comm's receiver does not have its segment yet, a
+    /// duplicate of the segment's descriptor and its size (to pass with this message;
+    /// [`Arena::passed`] once it went). Segments the receiver lacks, new or not, only if
+    /// `may_pass`. `None`: no room within the cap (the caller sends the frame another way).
     pub(crate) fn put(&mut self, data: &[u8], may_pass: bool) -> std::io::Result<Option<Placed>> {
         let Some(len) = round_up(data.len(), SLOT_ALIGN) else { return Ok(None) };
         let mut pool = self.pool.lock();
-        // Segments the receiver has first: nothing to pass.
-        let mut found = None;
-        for pass in [false, true] {
-            if pass && !may_pass {
-                break;
-            }
-            found = pool
-                .segments
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| self.has(*i) != pass)
-                .find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
-            if found.is_some() {
-                break;
-            }
-        }
-        let (index, off) = match found {
-            Some(x) => x,
-            None => {
-                let grown = (SEGMENT_MIN << pool.segments.len().min(16)).min(SEGMENT_MAX);
-                let size = len.next_power_of_two().max(grown);
-                if !may_pass || pool.segments.len() >= MAX_SEGMENTS || pool.total.saturating_add(size) > pool.cap {
-                    return Ok(None);
-                }
-                let fd =
-                    rustix::fs::memfd_create("courier-shm-arena", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-                rustix::fs::ftruncate(&fd, size as u64)?;
-                rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::SEAL)?;
-                // SAFETY: this side writes the segment only through this mapping, and only in
-                // slots it has allocated; receivers map it read-only.
-                let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
-                let mut free = BTreeMap::new();
-                free.insert(0, size);
-                pool.segments.push(Segment { map, fd, free });
-                pool.total += size;
-                let i = pool.segments.len() - 1;
-                let off = pool.segments[i].alloc(len).expect("a fresh segment fits its frame");
-                (i, off)
-            }
+        let in_place = pool.lent_slot(data).filter(|&(i, _)| may_pass || self.has(i));
+        let (index, off) = match in_place {
+            Some(slot) => slot,
+            None => match pool.alloc(len, |i| self.has(i), may_pass, may_pass)? {
+                Some(slot) => slot,
+                None => return Ok(None),
+            },
         };
         let segment = &mut pool.segments[index];
         let pass = if self.has(index) { None } else { Some((segment.fd.try_clone()?, segment.map.len() as u64)) };
         let dst = segment.map.as_mut_ptr();
+        match in_place {
+            Some(_) => {
+                segment.taken.get_mut(&off).expect("a lent slot").refs += 1;
+                self.pool.in_place.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                segment.taken.insert(off, Taken { len, refs: 1, lent: false });
+            }
+        }
         drop(pool);
-        // SAFETY: [off, off + len) of this segment was just taken from the free list for this
-        // frame alone: no other comm writes it and no receiver views it until this message
-        // goes. Segments are never unmapped while the pool lives, and `self.pool` keeps it.
-        // The copy runs outside the pool's lock so other comms can place frames meanwhile.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(off), data.len()) };
+        if in_place.is_none() {
+            // SAFETY: [off, off + len) of this segment was just taken from the free list for
+            // this frame alone: no other comm writes it and no receiver views it until this
+            // message goes. Segments are never unmapped while the pool lives, and `self.pool`
+            // keeps it. The copy runs outside the pool's lock so other comms can place frames
+            // meanwhile.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(off), data.len()) };
+        }
         let slot = Slot { segment: index as u32, offset: off as u64 };
-        self.outstanding.insert((slot.segment, slot.offset), len);
+        *self.outstanding.entry((slot.segment, slot.offset)).or_default() += 1;
         Ok(Some((slot, pass)))
     }
 
@@ -222,20 +363,24 @@ impl Arena {
         let _ = self.release(slot.segment, slot.offset);
     }
 
-    /// The receiver released a slot.
+    /// The receiver released a view of a slot.
     pub(crate) fn release(&mut self, segment: u32, offset: u64) -> Result<(), CommError> {
-        let len = self.outstanding.remove(&(segment, offset)).ok_or_else(|| {
+        let held = self.outstanding.get_mut(&(segment, offset)).ok_or_else(|| {
             CommError::protocol(format!(
                 "the peer released a frame it does not hold (segment {segment}, offset {offset})"
             ))
         })?;
-        self.pool.lock().segments[segment as usize].release(offset as usize, len);
+        *held -= 1;
+        if *held == 0 {
+            self.outstanding.remove(&(segment, offset));
+        }
+        self.pool.lock().unref(segment, offset as usize);
         Ok(())
     }
 
     /// Frames the receiver still holds.
     pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding.len()
+        self.outstanding.values().map(|&n| n as usize).sum()
     }
 }
 
@@ -460,5 +605,51 @@ mod tests {
         let mut a = Arena::new(Pool::new(SEGMENT_MIN));
         assert!(a.put(&[0u8; 1024], true).unwrap().is_some());
         assert!(a.put(&[0u8; SEGMENT_MIN], true).unwrap().is_none(), "a second segment would pass the cap");
+    }
+
+    /// A buffer made in a lent slot goes in place (same slot, no copy), however many times it
+    /// is sent, and its slot is freed only when the buffer and every view of it are gone.
+    #[test]
+    fn lent_slots_go_in_place_and_are_counted() {
+        use bytes::BufMut;
+        let pool = Pool::new(1 << 30);
+        let lease = pool.lend(3 << 20).expect("room");
+        let mut buf = courier_core::aligned::AlignedBuf::from_lease(lease, 3 << 20);
+        buf.put_bytes(7, 3 << 20);
+        let bytes = buf.freeze();
+        let mut a = Arena::new(pool.clone());
+        let (s1, pass1) = a.put(&bytes, true).unwrap().unwrap();
+        assert!(pass1.is_some(), "the receiver gets the segment once");
+        a.passed(s1.segment);
+        let base = pool.lock().segments[s1.segment as usize].map.as_ptr() as usize;
+        assert_eq!(base + s1.offset as usize, bytes.as_ptr() as usize, "in place: the frame is the buffer");
+        let (s2, pass2) = a.put(&bytes, true).unwrap().unwrap();
+        assert_eq!((s2, pass2.is_none()), (s1, true), "sent twice: the same slot, held twice");
+        assert_eq!(pool.sent_in_place(), 2);
+        assert_eq!(a.outstanding(), 2);
+        // A slice that does not start the slot is copied like any other frame.
+        let (s3, _) = a.put(&bytes[4096..], true).unwrap().unwrap();
+        assert_ne!(s3, s1);
+        a.release(s3.segment, s3.offset).unwrap();
+        drop(bytes);
+        assert_eq!(pool.lent(), 3 << 20, "the receiver's views keep the slot");
+        a.release(s1.segment, s1.offset).unwrap();
+        a.release(s1.segment, s1.offset).unwrap();
+        assert!(a.release(s1.segment, s1.offset).is_err(), "a third release of two views");
+        assert_eq!((pool.lent(), a.outstanding()), (0, 0));
+        let again = pool.lend(3 << 20).expect("room");
+        assert_eq!(again.as_ptr() as usize, base + s1.offset as usize, "the freed slot serves again");
+    }
+
+    /// Lent slots hold at most 3/4 of the cap, so frames from the heap still find room.
+    #[test]
+    fn lent_slots_leave_room_for_copies() {
+        let pool = Pool::new(64 << 20);
+        let held: Vec<_> = std::iter::from_fn(|| pool.lend(4 << 20)).collect();
+        assert_eq!(held.len(), 12, "48 of 64 MiB");
+        let mut a = Arena::new(pool.clone());
+        assert!(a.put(&vec![1u8; 8 << 20], true).unwrap().is_some(), "a copy still fits");
+        drop(held);
+        assert_eq!(pool.lent(), 0);
     }
 }

@@ -24,6 +24,10 @@
 //!   slot (one `memcpy` into resident pages, outside the pool's lock); the receiver's `Bytes`
 //!   views the slot in place, and when its last clone is dropped a release record gives the
 //!   slot back. A comm that ends while its receiver holds frames leaves their slots taken.
+//!   A process can also build its large buffers in the arena's slots
+//!   ([`ShmTransport::lend_buffers`], which Courier's workers use): such a buffer is sent in
+//!   place, with no copy and no memory beyond the buffer itself, its slot counted by
+//!   references (the buffer, and each receiver's view) and freed with the last.
 //! - **A sealed memfd of its own**: written once with `write(2)`, sealed against writing,
 //!   shrinking and growing, mapped read-only by the receiver. No process, the sender
 //!   included, can change it after it is sent. Used with peers of another user, when either
@@ -265,6 +269,25 @@ impl ShmTransport {
         self.pool = arena::Pool::new(0);
         self.accept_arena = false;
         self
+    }
+
+    /// Lends this transport's arena to every large buffer this process makes from now on
+    /// (courier-core's [`set_buffer_source`](courier_core::aligned::set_buffer_source)):
+    /// arrays built with `WireArray::from_c_order_chunks`, frames received into aligned
+    /// buffers. Such a buffer, sent on an shm:// comm of this transport to a peer that accepts
+    /// arenas, goes in place: no copy, and no memory beyond the buffer itself. Lent slots hold
+    /// at most 3/4 of the arena's cap; past that, and with no arena ([`Self::sealed_only`], a
+    /// cap of 0), buffers come from the heap as before. Process-wide: meant for a worker's
+    /// `main`, once.
+    pub fn lend_buffers(&self) {
+        if self.pool.cap() > 0 {
+            courier_core::aligned::set_buffer_source(Some(Arc::new(arena::Lender(self.pool.clone()))));
+        }
+    }
+
+    /// Frames this transport (and its clones) sent in place from lent buffers, so far.
+    pub fn frames_sent_in_place(&self) -> u64 {
+        self.pool.sent_in_place()
     }
 
     fn flags(&self) -> u8 {
