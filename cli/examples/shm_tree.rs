@@ -13,7 +13,7 @@
 //! over each transport in each run.
 //!
 //! With `PERF_CTL_FIFO` set (`perf record -D -1 --control fifo:PATH`), perf samples the timed
-//! reductions of the warm runs only.
+//! reductions of the warm runs only (and of the cold ones too with `PERF_COLD` set).
 //!
 //! ```sh
 //! cargo build --release -p courier-cli --bin courier --example shm_tree
@@ -77,7 +77,8 @@ impl Mode {
             c.map("random_array", seeds.map(|seed| vec![arg(&vec![rows, 1024]), arg(&seed)])).await?;
         c.wait(&leaves).await;
         let before = self.fetched().await?;
-        if !cold {
+        let profiled = !cold || std::env::var_os("PERF_COLD").is_some();
+        if profiled {
             perf_control("enable\n");
         }
         let started = Instant::now();
@@ -91,7 +92,7 @@ impl Mode {
         }
         let sum = c.submit::<f64>("array_sum", vec![level[0].arg()]).await?.result().await?;
         let seconds = started.elapsed().as_secs_f64();
-        if !cold {
+        if profiled {
             perf_control("disable\n");
         }
         let after = self.fetched().await?;
@@ -123,9 +124,10 @@ fn perf_control(cmd: &str) {
     }
 }
 
+/// The median (NaN for no runs: `reps` 0 makes the cold runs only).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[tokio::main]
