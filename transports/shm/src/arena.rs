@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use courier_core::CommError;
@@ -65,6 +65,20 @@ struct Taken {
 }
 
 impl Segment {
+    /// A segment of `size` bytes: a memfd sealed against shrinking and growing, mapped and
+    /// faulted in.
+    fn new(size: usize) -> std::io::Result<Segment> {
+        let fd = rustix::fs::memfd_create("courier-shm-arena", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, size as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::SEAL)?;
+        // SAFETY: this side writes the segment only through this mapping, and only in slots
+        // it has allocated (for a copy, or lent as a buffer); receivers map it read-only.
+        let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
+        let mut free = BTreeMap::new();
+        free.insert(0, size);
+        Ok(Segment { map, fd, free, taken: HashMap::new() })
+    }
+
     fn alloc(&mut self, len: usize) -> Option<usize> {
         let (&off, &size) = self.free.iter().find(|&(_, &size)| size >= len)?;
         self.free.remove(&off);
@@ -126,15 +140,9 @@ struct PoolInner {
 const LEND_SHARE: usize = 3;
 
 impl PoolInner {
-    /// A free range of `len` bytes: in a segment `prefer` accepts, else (when `any`) in any
-    /// segment, else in a new segment when `may_grow` and the cap allows. (segment, offset).
-    fn alloc(
-        &mut self,
-        len: usize,
-        prefer: impl Fn(usize) -> bool,
-        any: bool,
-        may_grow: bool,
-    ) -> std::io::Result<Option<(usize, usize)>> {
+    /// A free range of `len` bytes in an existing segment: one `prefer` accepts, else (when
+    /// `any`) any. (segment, offset).
+    fn find(&mut self, len: usize, prefer: &impl Fn(usize) -> bool, any: bool) -> Option<(usize, usize)> {
         for pass in [false, true] {
             if pass && !any {
                 break;
@@ -146,27 +154,17 @@ impl PoolInner {
                 .filter(|(i, _)| prefer(*i) != pass)
                 .find_map(|(i, s)| s.alloc(len).map(|off| (i, off)));
             if found.is_some() {
-                return Ok(found);
+                return found;
             }
         }
+        None
+    }
+
+    /// The size of the next segment for a frame of `len` bytes, if the cap allows one.
+    fn next_size(&self, len: usize) -> Option<usize> {
         let grown = (SEGMENT_MIN << self.segments.len().min(16)).min(SEGMENT_MAX);
         let size = len.next_power_of_two().max(grown);
-        if !may_grow || self.segments.len() >= MAX_SEGMENTS || self.total.saturating_add(size) > self.cap {
-            return Ok(None);
-        }
-        let fd = rustix::fs::memfd_create("courier-shm-arena", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, size as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::SEAL)?;
-        // SAFETY: this side writes the segment only through this mapping, and only in slots
-        // it has allocated (for a copy, or lent as a buffer); receivers map it read-only.
-        let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
-        let mut free = BTreeMap::new();
-        free.insert(0, size);
-        self.segments.push(Segment { map, fd, free, taken: HashMap::new() });
-        self.total += size;
-        let i = self.segments.len() - 1;
-        let off = self.segments[i].alloc(len).expect("a fresh segment fits its frame");
-        Ok(Some((i, off)))
+        (self.segments.len() < MAX_SEGMENTS && self.total.saturating_add(size) <= self.cap).then_some(size)
     }
 
     /// Drops one reference to the slot at `offset` of `segment`; frees it with the last.
@@ -213,11 +211,17 @@ impl Pool {
     /// slots hold their share of the cap already (or no segment can be made).
     pub(crate) fn lend(self: &Arc<Self>, len: usize) -> Option<Lease> {
         let rounded = round_up(len.max(1), SLOT_ALIGN)?;
-        let mut pool = self.lock();
+        let pool = self.lock();
         if pool.lent.saturating_add(rounded) > pool.cap / 4 * LEND_SHARE {
             return None;
         }
-        let (index, off) = pool.alloc(rounded, |_| true, false, true).ok()??;
+        let (mut pool, found) = self.alloc(pool, rounded, |_| true, false, true).ok()?;
+        let (index, off) = found?;
+        if pool.lent.saturating_add(rounded) > pool.cap / 4 * LEND_SHARE {
+            // Others lent while a segment was being made without the lock.
+            pool.segments[index].release(off, rounded);
+            return None;
+        }
         pool.segments[index].taken.insert(off, Taken { len: rounded, refs: 1, lent: true });
         pool.lent += rounded;
         // SAFETY: inside the segment's mapping (the range was just allocated in it).
@@ -243,6 +247,9 @@ impl Pool {
     }
 }
 
+/// What [`Pool::alloc`] gives: the pool's lock, and the (segment, offset) of the range if any.
+type Allocated<'a> = (MutexGuard<'a, PoolInner>, Option<(usize, usize)>);
+
 /// A lent slot's local reference, dropped with the buffer made in it.
 struct LentSlot {
     pool: Arc<Pool>,
@@ -266,7 +273,39 @@ impl BufferSource for Lender {
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+    /// A free range of `len` bytes: in a segment `prefer` accepts, else (when `any`) in any
+    /// segment, else in a new segment when `may_grow` and the cap allows. (segment, offset),
+    /// and the pool's lock again. A new segment is made and faulted in (~25 ms per 64 MiB
+    /// here) without the lock, so other comms' frames and the drops of lent buffers never
+    /// wait for it.
+    fn alloc<'a>(
+        &'a self,
+        mut pool: MutexGuard<'a, PoolInner>,
+        len: usize,
+        prefer: impl Fn(usize) -> bool,
+        any: bool,
+        may_grow: bool,
+    ) -> std::io::Result<Allocated<'a>> {
+        if let Some(found) = pool.find(len, &prefer, any) {
+            return Ok((pool, Some(found)));
+        }
+        let Some(size) = pool.next_size(len).filter(|_| may_grow) else { return Ok((pool, None)) };
+        drop(pool);
+        let segment = Segment::new(size)?;
+        let mut pool = self.lock();
+        // Others may have grown the pool or freed slots meanwhile.
+        if pool.segments.len() >= MAX_SEGMENTS || pool.total.saturating_add(size) > pool.cap {
+            let found = pool.find(len, &prefer, any);
+            return Ok((pool, found));
+        }
+        pool.segments.push(segment);
+        pool.total += size;
+        let i = pool.segments.len() - 1;
+        let off = pool.segments[i].alloc(len).expect("a fresh segment fits its frame");
+        Ok((pool, Some((i, off))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -316,13 +355,13 @@ impl Arena {
     /// `may_pass`. `None`: no room within the cap (the caller sends the frame another way).
     pub(crate) fn put(&mut self, data: &[u8], may_pass: bool) -> std::io::Result<Option<Placed>> {
         let Some(len) = round_up(data.len(), SLOT_ALIGN) else { return Ok(None) };
-        let mut pool = self.pool.lock();
+        let pool = self.pool.lock();
         let in_place = pool.lent_slot(data).filter(|&(i, _)| may_pass || self.has(i));
-        let (index, off) = match in_place {
-            Some(slot) => slot,
-            None => match pool.alloc(len, |i| self.has(i), may_pass, may_pass)? {
-                Some(slot) => slot,
-                None => return Ok(None),
+        let (mut pool, (index, off)) = match in_place {
+            Some(slot) => (pool, slot),
+            None => match self.pool.alloc(pool, len, |i| self.has(i), may_pass, may_pass)? {
+                (pool, Some(slot)) => (pool, slot),
+                (_, None) => return Ok(None),
             },
         };
         let segment = &mut pool.segments[index];
@@ -649,6 +688,26 @@ mod tests {
         assert_eq!(held.len(), 12, "48 of 64 MiB");
         let mut a = Arena::new(pool.clone());
         assert!(a.put(&vec![1u8; 8 << 20], true).unwrap().is_some(), "a copy still fits");
+        drop(held);
+        assert_eq!(pool.lent(), 0);
+    }
+
+    /// Segments grow without the lock: threads lending at once never get overlapping slots,
+    /// nor pass the cap or the lending share.
+    #[test]
+    fn concurrent_lending_stays_within_bounds() {
+        let pool = Pool::new(64 << 20);
+        let held: Vec<Lease> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| std::iter::from_fn(|| pool.lend(2 << 20)).take(50).collect::<Vec<_>>()))
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut ranges: Vec<(usize, usize)> = held.iter().map(|l| (l.as_ptr() as usize, l.len())).collect();
+        ranges.sort();
+        assert!(ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "no two leases overlap");
+        assert!(pool.total() <= 64 << 20 && pool.lent() <= 48 << 20, "{} {}", pool.total(), pool.lent());
+        assert_eq!(pool.lent(), held.len() * (2 << 20));
         drop(held);
         assert_eq!(pool.lent(), 0);
     }
