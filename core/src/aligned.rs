@@ -117,8 +117,9 @@ impl Lease {
     ///
     /// # Safety
     /// `ptr` is aligned to [`FRAME_ALIGN`], and `ptr..ptr + len` stays valid for reads and
-    /// writes, and is written and read through nothing but this lease, until `owner` is
-    /// dropped (its bytes may be uninitialised).
+    /// writes, and is written through nothing but this lease, until `owner` is dropped (its
+    /// bytes may be uninitialised). Others may read it only once the buffer made in it is
+    /// frozen (a shared-memory peer, after it is sent).
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Box<dyn Send + Sync>) -> Lease {
         Lease { ptr, len, _owner: owner }
     }

@@ -417,7 +417,13 @@ impl Arena {
         Ok(())
     }
 
+    /// Whether the receiver still holds any frame (O(1): checked on every send).
+    pub(crate) fn holds_frames(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+
     /// Frames the receiver still holds.
+    #[cfg(test)]
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding.values().map(|&n| n as usize).sum()
     }

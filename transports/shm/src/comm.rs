@@ -192,7 +192,7 @@ impl ShmSend {
     /// frames dropped (their slots are free again). Without waiting, and without a system call
     /// while nothing is in flight or held.
     fn reclaim(&mut self) -> Result<(), CommError> {
-        if self.in_flight == 0 && self.arena.as_ref().is_none_or(|a| a.outstanding() == 0) {
+        if self.in_flight == 0 && self.arena.as_ref().is_none_or(|a| !a.holds_frames()) {
             return Ok(());
         }
         while let Some(record) = self.channel.try_recv()? {
