@@ -128,7 +128,9 @@ impl PeerOutbox {
 /// sent; different peers take turns.
 enum Item {
     Joined(PeerOutbox, Event),
-    Batch(Vec<Event>, OwnedSemaphorePermit),
+    /// A batch being worked through: a turn takes up to `SLICE` events off the front, in O(1)
+    /// (splitting the rest off a `Vec` would copy it on every turn: quadratic in the batch).
+    Batch(std::vec::IntoIter<Event>, OwnedSemaphorePermit),
     Left(Event),
 }
 
@@ -269,15 +271,14 @@ impl Core {
                 }
                 Item::Batch(mut events, permit) => {
                     let take = events.len().min(budget);
-                    let rest = events.split_off(take);
-                    for e in events {
+                    for e in events.by_ref().take(take) {
                         self.handle(e);
                     }
                     budget -= take;
-                    if !rest.is_empty()
+                    if !events.as_slice().is_empty()
                         && let Some(q) = self.waiting.get_mut(&peer)
                     {
-                        q.push_front(Item::Batch(rest, permit));
+                        q.push_front(Item::Batch(events, permit));
                     }
                 }
             }
@@ -520,7 +521,7 @@ impl Relay<'_> {
                 },
             };
             let batch: Vec<Event> = batch.into_iter().map(&wrap).collect();
-            if self.events.send(FromPeer(peer, Item::Batch(batch, permit))).await.is_err() {
+            if self.events.send(FromPeer(peer, Item::Batch(batch.into_iter(), permit))).await.is_err() {
                 return;
             }
         }
