@@ -164,7 +164,13 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
         }
     }
     let s2w = [
-        SchedulerToWorker::Compute { key: "k".into(), run: 1, func: "f".into(), args: vec![], who_has: vec![] },
+        SchedulerToWorker::Compute {
+            key: "k".into(),
+            run: 1,
+            func: "f".into(),
+            args: Vec::new().into(),
+            who_has: vec![],
+        },
         SchedulerToWorker::Release { keys: vec![] },
         SchedulerToWorker::Steal { key: "k".into(), run: 1 },
         SchedulerToWorker::Replicate { key: "k".into(), from: vec![] },

@@ -144,8 +144,9 @@ pub enum SchedulerToWorker {
         run: RunId,
         /// Function (shared with the scheduler's task; a string on the wire).
         func: Key,
-        /// Arguments.
-        args: Vec<ArgSpec>,
+        /// Arguments (shared with the scheduler's task, which keeps them while the task can
+        /// be computed again; a sequence on the wire).
+        args: std::sync::Arc<[ArgSpec]>,
         /// Per dependency, the data addresses of workers holding it.
         who_has: Vec<(Key, Vec<String>)>,
     },

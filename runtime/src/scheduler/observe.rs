@@ -177,38 +177,46 @@ impl Observer {
         }
     }
 
-    /// The group counting `func`: its own while there is room, else [`OTHER`]. Groups are
-    /// never removed, so a name resolves to the same group every time.
-    fn group(&mut self, func: &Key) -> &mut Group {
-        let key = if self.groups.contains_key(func) || self.groups.len() < MAX_GROUPS {
-            func.clone()
-        } else {
-            self.other.clone()
-        };
-        self.groups.entry(key).or_insert_with_key(|k| Group { function: k.to_string(), ..Group::default() })
+    /// Updates the group counting `func`: its own while there is room, else [`OTHER`]. Groups
+    /// are never removed, so a name resolves to the same group every time.
+    fn group(&mut self, func: &Key, update: impl FnOnce(&mut Group)) {
+        // A known group (every call but a group's first) costs one lookup and no key clone.
+        if let Some(g) = self.groups.get_mut(func) {
+            update(g);
+            return;
+        }
+        let key = if self.groups.len() < MAX_GROUPS { func.clone() } else { self.other.clone() };
+        update(self.groups.entry(key).or_insert_with_key(|k| Group { function: k.to_string(), ..Group::default() }));
     }
 
     /// A task of `func` moved from `old` to `new`. Scattered values (no function) are not
     /// task groups.
     pub(crate) fn moved(&mut self, func: &Key, old: &TaskState, new: &TaskState) {
-        if func.is_empty() || std::mem::discriminant(old) == std::mem::discriminant(new) {
+        let counted = |s: &TaskState| {
+            matches!(s, TaskState::Waiting | TaskState::Queued | TaskState::Processing(_) | TaskState::Erred(_))
+        };
+        if func.is_empty()
+            || std::mem::discriminant(old) == std::mem::discriminant(new)
+            || !(counted(old) || counted(new))
+        {
             return;
         }
         let failed = matches!(new, TaskState::Erred(_));
-        let g = self.group(func);
-        match old {
-            TaskState::Waiting => g.waiting -= 1,
-            TaskState::Queued => g.queued -= 1,
-            TaskState::Processing(_) => g.processing -= 1,
-            _ => {}
-        }
-        match new {
-            TaskState::Waiting => g.waiting += 1,
-            TaskState::Queued => g.queued += 1,
-            TaskState::Processing(_) => g.processing += 1,
-            TaskState::Erred(_) => g.erred += 1,
-            _ => {}
-        }
+        self.group(func, |g| {
+            match old {
+                TaskState::Waiting => g.waiting -= 1,
+                TaskState::Queued => g.queued -= 1,
+                TaskState::Processing(_) => g.processing -= 1,
+                _ => {}
+            }
+            match new {
+                TaskState::Waiting => g.waiting += 1,
+                TaskState::Queued => g.queued += 1,
+                TaskState::Processing(_) => g.processing += 1,
+                TaskState::Erred(_) => g.erred += 1,
+                _ => {}
+            }
+        });
         if failed {
             self.counters.erred += 1;
         }
@@ -217,9 +225,10 @@ impl Observer {
     /// A run of `func` on `w` finished after `seconds`, heard at `now`.
     pub(crate) fn executed(&mut self, w: WorkerId, func: &Key, seconds: f64, now: Instant) {
         self.counters.finished += 1;
-        let g = self.group(func);
-        g.finished += 1;
-        g.seconds += seconds;
+        self.group(func, |g| {
+            g.finished += 1;
+            g.seconds += seconds;
+        });
         let bucket = DURATION_BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(DURATION_BUCKETS.len());
         self.buckets[bucket] += 1;
         self.seconds += seconds;

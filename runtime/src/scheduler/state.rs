@@ -38,7 +38,8 @@ pub(crate) struct Task {
     /// Empty for scattered values. Interned: tasks of one function share one `Key`, so the
     /// per-function tables hash no string.
     pub(crate) func: Key,
-    pub(crate) args: Vec<ArgSpec>,
+    /// Shared with every `Compute` message of the task: a run sends no copy.
+    pub(crate) args: std::sync::Arc<[ArgSpec]>,
     pub(crate) deps: Vec<Key>,
     pub(crate) dependents: Set<Key>,
     /// Dependencies not in memory (meaningful while `Waiting`).
@@ -66,7 +67,7 @@ impl Task {
     pub(crate) fn new(owner: super::ClientId, func: Key, args: Vec<ArgSpec>, deps: Vec<Key>) -> Task {
         Task {
             func,
-            args,
+            args: args.into(),
             deps,
             dependents: Set::default(),
             waiting_on: 0,

@@ -344,7 +344,7 @@ enum Phase {
 struct Run {
     run: RunId,
     func: Key,
-    args: Vec<ArgSpec>,
+    args: std::sync::Arc<[ArgSpec]>,
     deps: Vec<Key>,
     /// Inputs not here yet.
     missing: usize,
@@ -846,7 +846,14 @@ impl WorkerState {
         }
     }
 
-    fn compute(&mut self, key: Key, run: RunId, func: Key, args: Vec<ArgSpec>, who_has: Vec<(Key, Vec<String>)>) {
+    fn compute(
+        &mut self,
+        key: Key,
+        run: RunId,
+        func: Key,
+        args: std::sync::Arc<[ArgSpec]>,
+        who_has: Vec<(Key, Vec<String>)>,
+    ) {
         if let Some(held) = self.data.get_mut(&key) {
             // Already here (a fetched copy counts: the value is the same computation's).
             held.origin = Origin::Own;
@@ -861,7 +868,7 @@ impl WorkerState {
             self.drop_run(&key);
         }
         let mut deps: Vec<Key> = Vec::new();
-        for a in &args {
+        for a in args.iter() {
             if let ArgSpec::Key(k) = a
                 && !deps.contains(k)
             {
@@ -1307,13 +1314,13 @@ impl WorkerState {
             let specs = r.args.clone();
             let mut args = Vec::with_capacity(specs.len());
             let mut absent = None;
-            for a in specs {
+            for a in specs.iter() {
                 match a {
-                    ArgSpec::Value(p) => args.push(Value::Memory(p)),
-                    ArgSpec::Key(k) => match self.use_value(&k) {
+                    ArgSpec::Value(p) => args.push(Value::Memory(p.clone())),
+                    ArgSpec::Key(k) => match self.use_value(k) {
                         Some(v) => args.push(v),
                         None => {
-                            absent = Some(k);
+                            absent = Some(k.clone());
                             break;
                         }
                     },

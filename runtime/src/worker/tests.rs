@@ -43,7 +43,7 @@ impl W {
         let mut args: Vec<ArgSpec> = deps.iter().map(|(d, _)| ArgSpec::Key((*d).into())).collect();
         args.push(ArgSpec::Value(v(1)));
         let who_has = deps.iter().map(|(d, h)| (Key::from(*d), h.iter().map(|s| s.to_string()).collect())).collect();
-        self.sched(SchedulerToWorker::Compute { key: key.into(), run, func: "f".into(), args, who_has })
+        self.sched(SchedulerToWorker::Compute { key: key.into(), run, func: "f".into(), args: args.into(), who_has })
     }
 
     fn done(&mut self, key: &str, run: RunId, value: i64) -> Vec<WorkerAction> {
@@ -129,7 +129,7 @@ fn missing_inputs_are_fetched_from_holders_batched_and_bounded_per_peer() {
             key: format!("t{i}").into(),
             run: i,
             func: "f".into(),
-            args: vec![ArgSpec::Key(format!("d{i}").into())],
+            args: vec![ArgSpec::Key(format!("d{i}").into())].into(),
             who_has: vec![(format!("d{i}").into(), vec![PEER.into()])],
         })
         .collect();
