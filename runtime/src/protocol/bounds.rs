@@ -36,7 +36,10 @@ pub fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("{what} of {} bytes exceeds {max} bytes", s.len()));
     }
-    if s.chars().any(char::is_control) {
+    // Printable ASCII (nearly every name) is checked a byte at a time, vectorised; anything
+    // else is decoded and checked character by character.
+    let printable_ascii = s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !printable_ascii && s.chars().any(char::is_control) {
         return Err(format!("{what} contains control characters"));
     }
     Ok(())
@@ -85,5 +88,19 @@ mod tests {
         assert!(check_text("key", "a\nb", MAX_KEY_LEN).unwrap_err().contains("control"));
         let long = clip_message("é".repeat(MAX_MESSAGE_LEN));
         assert!(long.len() <= MAX_MESSAGE_LEN + 4 && long.ends_with('…'));
+        // The ASCII fast path and the full check: DEL and C1 controls are refused too.
+        for bad in ["a\u{7f}b", "a\u{85}b", "\u{9f}", "tab\there"] {
+            assert!(check_text("key", bad, MAX_KEY_LEN).is_err(), "{bad:?}");
+        }
+        assert!(check_text("key", "ключ-é-∑", MAX_KEY_LEN).is_ok());
+    }
+
+    proptest::proptest! {
+        /// The check refuses exactly the strings with a control character (within the length).
+        #[test]
+        fn text_check_matches_the_definition(s in "\\PC{0,8}[\\x00-\\x{a0}]{0,4}\\PC{0,8}") {
+            let refused = check_text("key", &s, MAX_KEY_LEN).is_err();
+            proptest::prop_assert_eq!(refused, s.is_empty() || s.chars().any(char::is_control));
+        }
     }
 }
