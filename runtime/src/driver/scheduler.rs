@@ -245,11 +245,13 @@ impl Core {
             Event::ClientLeft { id } => drop(self.outboxes.remove(&Peer::Client(*id))),
             _ => {}
         }
-        let actions = self.scheduler.handle(event, Instant::now());
-        route(actions, &mut self.outboxes, &mut self.touched, &mut self.departed);
+        let mut actions = self.scheduler.handle(event, Instant::now());
+        route(&mut actions, &mut self.outboxes, &mut self.touched, &mut self.departed);
+        self.scheduler.recycle(actions);
         while let Some(e) = self.departed.pop_front() {
-            let actions = self.scheduler.handle(e, Instant::now());
-            route(actions, &mut self.outboxes, &mut self.touched, &mut self.departed);
+            let mut actions = self.scheduler.handle(e, Instant::now());
+            route(&mut actions, &mut self.outboxes, &mut self.touched, &mut self.departed);
+            self.scheduler.recycle(actions);
         }
     }
 
@@ -352,12 +354,12 @@ impl Core {
 /// Pushes actions into outboxes without waiting. A peer whose outbox overflows is dropped
 /// (its comm is already closed), and its departure handled as the next event.
 fn route(
-    actions: Vec<Action>,
+    actions: &mut Vec<Action>,
     outboxes: &mut Map<Peer, PeerOutbox>,
     touched: &mut Set<Peer>,
     left: &mut VecDeque<Event>,
 ) {
-    for action in actions {
+    for action in actions.drain(..) {
         let (peer, pushed) = match action {
             Action::ToWorker(id, msg) => {
                 let peer = Peer::Worker(id);

@@ -515,10 +515,11 @@ impl Driver {
     fn step(&mut self, event: WorkerEvent) {
         self.local.push_back(event);
         while let Some(e) = self.local.pop_front() {
-            let actions = self.state.handle(e, Instant::now());
-            for a in actions {
+            let mut actions = self.state.handle(e, Instant::now());
+            for a in actions.drain(..) {
                 self.carry_out(a);
             }
+            self.state.recycle(actions);
         }
     }
 
