@@ -237,6 +237,13 @@ pub struct Scheduler {
     queue: VecDeque<(Key, u64)>,
     /// Ready root tasks (no dependencies) held back by root-task queuing.
     root_queue: VecDeque<(Key, u64)>,
+    /// Bumped by every change that can give a queued root task a place: a worker's load,
+    /// status or departure, a function's measured duration, a task leaving the queue.
+    placement_gen: u64,
+    /// `(placement_gen, queue entry)` when the root queue's head last found no worker: until
+    /// either changes, it would find none again, and `fill_from_queue` does not ask (most
+    /// events, such as a client's releases, change neither).
+    root_probe: Option<(u64, u64)>,
     queued: usize,
     queue_seq: u64,
     next_run: RunId,
@@ -274,6 +281,8 @@ impl Scheduler {
             idle_threads: 0,
             queue: VecDeque::new(),
             root_queue: VecDeque::new(),
+            placement_gen: 0,
+            root_probe: None,
             queued: 0,
             queue_seq: 0,
             next_run: 1,

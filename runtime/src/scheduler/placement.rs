@@ -156,13 +156,22 @@ impl Scheduler {
             loop {
                 let queue = if root { &mut self.root_queue } else { &mut self.queue };
                 let Some((key, seq)) = queue.front() else { break };
-                let current = self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq);
+                let seq = *seq;
+                if root && self.root_probe == Some((self.placement_gen, seq)) {
+                    break; // Nothing changed since this head found no worker.
+                }
+                let current = self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == seq);
                 if !current {
                     queue.pop_front();
                     continue;
                 }
                 let key = key.clone();
-                let Some(w) = self.decide_worker(&key, None) else { break };
+                let Some(w) = self.decide_worker(&key, None) else {
+                    if root {
+                        self.root_probe = Some((self.placement_gen, seq));
+                    }
+                    break;
+                };
                 if root { &mut self.root_queue } else { &mut self.queue }.pop_front();
                 self.assign(&key, w);
             }

@@ -121,6 +121,7 @@ impl Scheduler {
         }
         self.by_load.remove(&(worker.load_key, id));
         self.placeable.remove(&(worker.load_key, id));
+        self.placement_gen += 1;
         self.idle.remove(&id);
         self.idle_threads -= worker.free_counted;
         self.total_threads -= u64::from(worker.nthreads);

@@ -172,7 +172,10 @@ impl Scheduler {
                 }
                 self.left_memory(key);
             }
-            TaskState::Queued => self.queued -= 1,
+            TaskState::Queued => {
+                self.queued -= 1;
+                self.placement_gen += 1; // The root queue's head may be this task.
+            }
             TaskState::Scattering(w) => {
                 if let Some(worker) = self.workers.get_mut(&w) {
                     worker.expecting.remove(key);
@@ -290,6 +293,7 @@ impl Scheduler {
 
     /// Puts a worker back into the load indexes after its processing set or status changed.
     pub(crate) fn reindex(&mut self, w: WorkerId) {
+        self.placement_gen += 1;
         let Some(worker) = self.workers.get_mut(&w) else { return };
         let (old, new) = (worker.load_key, worker.load());
         let free =
@@ -422,6 +426,18 @@ impl Scheduler {
             return Err(format!("{queued} queued, counted {}", self.queued));
         }
         self.observer.check(&self.tasks)?;
+        // While a failed probe of the root queue's head is cached, the first root task still
+        // queued (the head, unless the head is a stale entry) must find no worker either.
+        if let Some((_, head)) = self.root_queue.front()
+            && self.root_probe == Some((self.placement_gen, *head))
+            && let Some((key, _)) = self
+                .root_queue
+                .iter()
+                .find(|(k, seq)| self.tasks.get(k).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == *seq))
+            && let Some(w) = self.decide_worker(key, None)
+        {
+            return Err(format!("root task {key} is held back by a stale probe; worker {w} has room"));
+        }
         let free: usize = self
             .workers
             .values()

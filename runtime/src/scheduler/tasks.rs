@@ -222,6 +222,7 @@ impl Scheduler {
             self.observer.executed(w, &func, seconds, self.now);
             let d = self.durations.entry(func).or_insert((0.0, 0));
             *d = (d.0 + seconds, d.1 + 1);
+            self.placement_gen += 1; // Root slots depend on the mean duration.
         }
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.ran += 1;
