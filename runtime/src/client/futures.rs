@@ -114,6 +114,9 @@ impl Inner {
     }
 
     fn untrack(&self, key: &Key) {
+        /// Most keys merged into one `Release`: far below the peer's message limits, so a
+        /// merged release is never too large to send (a message too large is dropped).
+        const RELEASE_MERGE_MAX: usize = 4096;
         let mut s = lock(&self.keys);
         let Some(k) = s.keys.get_mut(key) else { return };
         k.refs -= 1;
@@ -121,8 +124,18 @@ impl Inner {
             s.keys.remove(key);
             crate::collections::shrink_map(&mut s.keys);
             drop(s);
-            // The last reference is gone: the cluster may forget the data. Never blocks.
-            let _ = self.outbox.send(ClientToScheduler::Release { keys: vec![key.clone()] });
+            // The last reference is gone: the cluster may forget the data. Never blocks. A
+            // burst of drops (a gathered map's futures) becomes one message, one scheduler event.
+            let release = ClientToScheduler::Release { keys: vec![key.clone()] };
+            let _ = self.outbox.send_merging(release, |last, new| match (last, new) {
+                (ClientToScheduler::Release { keys }, ClientToScheduler::Release { keys: more })
+                    if keys.len() < RELEASE_MERGE_MAX =>
+                {
+                    keys.extend(more);
+                    None
+                }
+                (_, new) => Some(new),
+            });
         }
     }
 

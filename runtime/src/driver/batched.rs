@@ -111,6 +111,20 @@ impl<T: Serialize + Send + Sync + 'static> Outbox<T> {
 
     /// Queues `item` without waking the writer (call [`Outbox::flush`] after a burst).
     pub(crate) fn push(&self, item: T) -> Result<(), PushError> {
+        self.queue(item, |_, item| Some(item))
+    }
+
+    /// Queues `item` and wakes the writer, first offering it to `merge` with the last message
+    /// still queued: `merge` folds it into that message and returns `None`, or hands it back
+    /// to be queued on its own. Order is kept (only the message right before it may absorb
+    /// it), and a burst of mergeable messages reaches the peer as one.
+    pub(crate) fn send_merging(&self, item: T, merge: impl FnOnce(&mut T, T) -> Option<T>) -> Result<(), PushError> {
+        self.queue(item, merge)?;
+        self.flush();
+        Ok(())
+    }
+
+    fn queue(&self, item: T, merge: impl FnOnce(&mut T, T) -> Option<T>) -> Result<(), PushError> {
         let mut s = self.shared.lock();
         if s.overflowed {
             return Err(PushError::Overflow(self.shared.limit));
@@ -118,6 +132,13 @@ impl<T: Serialize + Send + Sync + 'static> Outbox<T> {
         if s.closing || self.shared.closed.is_closed() {
             return Err(PushError::Closed);
         }
+        let item = match s.items.last_mut() {
+            Some(last) => match merge(last, item) {
+                Some(item) => item,
+                None => return Ok(()),
+            },
+            None => item,
+        };
         if s.items.len() >= self.shared.limit {
             s.overflowed = true;
             s.items = Vec::new();
@@ -280,4 +301,44 @@ pub(crate) async fn send_split<T: Serialize + Send + Sync + 'static>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize)]
+    enum M {
+        Many(Vec<u32>),
+        Other,
+    }
+
+    fn merge(last: &mut M, new: M) -> Option<M> {
+        match (last, new) {
+            (M::Many(xs), M::Many(more)) => {
+                xs.extend(more);
+                None
+            }
+            (_, new) => Some(new),
+        }
+    }
+
+    #[tokio::test]
+    async fn merging_folds_into_the_last_queued_message_only_and_keeps_the_bound() {
+        // A comm that never opens: everything stays queued, where the test can see it.
+        let outbox: Outbox<M> = Outbox::spawn_lazy(std::future::pending(), 4, "test".into());
+        outbox.send_merging(M::Many(vec![1]), merge).unwrap();
+        outbox.send_merging(M::Many(vec![2]), merge).unwrap();
+        outbox.push(M::Other).unwrap();
+        outbox.send_merging(M::Many(vec![3]), merge).unwrap();
+        outbox.send_merging(M::Many(vec![4, 5]), merge).unwrap();
+        assert_eq!(outbox.shared.lock().items, vec![M::Many(vec![1, 2]), M::Other, M::Many(vec![3, 4, 5])]);
+        // A merge adds no message; a fifth message overflows the bound of four.
+        outbox.send_merging(M::Many(vec![6]), merge).unwrap();
+        outbox.push(M::Other).unwrap();
+        assert_eq!(outbox.backlog(), 4);
+        assert_eq!(outbox.send_merging(M::Other, merge), Err(PushError::Overflow(4)));
+        assert!(outbox.is_closed());
+        assert_eq!(outbox.send_merging(M::Many(vec![7]), merge), Err(PushError::Overflow(4)));
+    }
 }
