@@ -951,7 +951,7 @@ impl Sim {
                 if let Some(v) = client.keys.get_mut(&key)
                     && !matches!(v, KeyView::Failed(_))
                 {
-                    *v = KeyView::Done(holders);
+                    *v = KeyView::Done(holders.iter().map(|h| h.to_string()).collect());
                 }
             }
             SchedulerToClient::Erred { key, failure } => {

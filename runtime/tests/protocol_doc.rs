@@ -113,7 +113,7 @@ fn samples() -> Vec<(&'static str, (String, Vec<String>))> {
     }
     let s2c = [
         SchedulerToClient::Workers { added: vec![], removed: vec![], local: vec![] },
-        SchedulerToClient::Done { key: "k".into(), holders: vec![] },
+        SchedulerToClient::Done { key: "k".into(), holders: [].into() },
         SchedulerToClient::Erred { key: "k".into(), failure: Failure::Cancelled },
         SchedulerToClient::Lost { key: "k".into() },
         SchedulerToClient::ScatterTargets { id: 1, result: Err(ScatterError::NoWorkers) },

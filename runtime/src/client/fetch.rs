@@ -3,6 +3,7 @@
 //! newer holders, or be computing it again) a bounded number of times.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::{CommError, Payload};
@@ -46,7 +47,7 @@ fn is_final(e: &CommError) -> bool {
 /// Every holder of `key` failed: asks the scheduler where it lives now. Newer holders are
 /// used at once; none means it is being computed again (its `Done` will come); the same
 /// holders mean a worker is failing and the scheduler will notice, so wait for news.
-async fn refresh(inner: &Inner, key: &Key, stale: &[String]) -> Result<(), TaskError> {
+async fn refresh(inner: &Inner, key: &Key, stale: &[Arc<str>]) -> Result<(), TaskError> {
     let fresh = inner.who_has(vec![key.clone()]).await?.pop().unwrap_or_default();
     let Some(changed) = inner.changed(key) else { return Ok(()) };
     let notified = changed.notified();
@@ -55,8 +56,8 @@ async fn refresh(inner: &Inner, key: &Key, stale: &[String]) -> Result<(), TaskE
     if matches!(inner.status(key), Some(KeyStatus::Done(h)) if *h == *stale) {
         if fresh.is_empty() {
             inner.settle(key, KeyStatus::Pending);
-        } else if fresh != stale {
-            inner.settle(key, KeyStatus::Done(fresh.into()));
+        } else if !fresh.iter().map(String::as_str).eq(stale.iter().map(|s| &**s)) {
+            inner.settle(key, KeyStatus::Done(fresh.into_iter().map(Arc::from).collect()));
         } else {
             let _ = tokio::time::timeout(NEWS_WAIT, notified).await;
         }
@@ -73,7 +74,7 @@ pub(crate) async fn gather_payloads(inner: &Inner, keys: &[Key]) -> Result<Vec<P
     let mut by_worker: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, h) in holders.iter().enumerate() {
         if let Some(first) = h.first() {
-            by_worker.entry(first.as_str()).or_default().push(i);
+            by_worker.entry(first).or_default().push(i);
         }
     }
     let requests = by_worker.iter().flat_map(|(addr, idx)| {

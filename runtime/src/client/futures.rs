@@ -70,7 +70,7 @@ pub enum Status {
 pub(crate) enum KeyStatus {
     Pending,
     /// Shared: every wait for the key hands out the list without copying it.
-    Done(Arc<[String]>),
+    Done(Arc<[Arc<str>]>),
     Failed(Failure),
     Disconnected(String),
 }
@@ -161,7 +161,7 @@ impl Inner {
     }
 
     /// Waits until `key` is done (its holders) or failed.
-    pub(crate) async fn holders(&self, key: &Key) -> Result<Arc<[String]>, TaskError> {
+    pub(crate) async fn holders(&self, key: &Key) -> Result<Arc<[Arc<str>]>, TaskError> {
         loop {
             let changed = {
                 let s = lock(&self.keys);
@@ -246,7 +246,7 @@ impl<T> TaskFuture<T> {
     /// The workers holding the result (empty until it is finished).
     pub fn who_has(&self) -> Vec<String> {
         match self.inner.status(&self.key) {
-            Some(KeyStatus::Done(h)) => h.to_vec(),
+            Some(KeyStatus::Done(h)) => h.iter().map(|a| a.to_string()).collect(),
             _ => Vec::new(),
         }
     }

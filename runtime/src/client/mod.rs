@@ -115,7 +115,7 @@ impl Inner {
 
     fn on_message(&self, msg: SchedulerToClient) {
         match msg {
-            SchedulerToClient::Done { key, holders } => self.settle(&key, KeyStatus::Done(holders.into())),
+            SchedulerToClient::Done { key, holders } => self.settle(&key, KeyStatus::Done(holders)),
             SchedulerToClient::Erred { key, failure } => self.settle(&key, KeyStatus::Failed(failure)),
             SchedulerToClient::Lost { key } => self.settle(&key, KeyStatus::Pending),
             SchedulerToClient::Workers { added, removed, local } => {

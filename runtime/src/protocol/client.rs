@@ -170,8 +170,9 @@ pub enum SchedulerToClient {
     Done {
         /// Key.
         key: Key,
-        /// Data addresses of the workers holding it.
-        holders: Vec<String>,
+        /// Data addresses of the workers holding it (a sequence of strings on the wire; shared
+        /// here, so the usual single holder costs the scheduler no allocation per task).
+        holders: std::sync::Arc<[std::sync::Arc<str>]>,
     },
     /// A wanted key failed for good.
     Erred {

@@ -51,6 +51,7 @@ impl Scheduler {
             id,
             Worker {
                 name,
+                sole_holder: std::sync::Arc::from([std::sync::Arc::from(address.as_str())]),
                 address: address.clone(),
                 nthreads,
                 local: local.clone(),

@@ -99,6 +99,8 @@ pub(crate) enum WorkerStatus {
 pub(crate) struct Worker {
     pub(crate) name: String,
     pub(crate) address: String,
+    /// `[address]`, shared by the `Done` of every task this worker alone holds.
+    pub(crate) sole_holder: std::sync::Arc<[std::sync::Arc<str>]>,
     pub(crate) nthreads: u32,
     /// Its same-host contact, if it announced one.
     pub(crate) local: Option<crate::protocol::LocalContact>,
@@ -332,7 +334,15 @@ impl Scheduler {
             return;
         }
         let owner = t.owner;
-        let holders = self.holder_addresses(key);
+        let holders = match &t.state {
+            TaskState::Memory(h) if h.len() == 1 => {
+                self.workers.get(&h[0]).map_or_else(|| std::sync::Arc::from([]), |w| w.sole_holder.clone())
+            }
+            TaskState::Memory(h) => {
+                h.iter().filter_map(|w| self.workers.get(w)).map(|w| w.sole_holder[0].clone()).collect()
+            }
+            _ => std::sync::Arc::from([]),
+        };
         self.send_client(owner, crate::protocol::SchedulerToClient::Done { key: key.clone(), holders });
     }
 

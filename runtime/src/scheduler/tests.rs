@@ -136,7 +136,7 @@ fn independent_tasks_spread_over_least_loaded_workers_with_bounded_queues() {
     let (w, k) = assigned[0].clone();
     let out = h.finish(w, &k, 8);
     assert_eq!(computes(&out), vec![(w, "t4".into())], "room on the worker takes the next queued task");
-    assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Done { key: k, holders: vec![addr(w)] }));
+    assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Done { key: k, holders: [addr(w).into()].into() }));
 }
 
 #[test]
@@ -417,7 +417,8 @@ fn retirement_copies_unique_results_then_shuts_the_worker_down() {
     assert!(out.contains(&Action::ToWorker(wa, SchedulerToWorker::Shutdown)));
     assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Retired { id: 7, result: Ok(()) }));
     assert!(
-        to_client(&out, CLIENT).contains(&&SchedulerToClient::Done { key: "a".into(), holders: vec![addr(other)] })
+        to_client(&out, CLIENT)
+            .contains(&&SchedulerToClient::Done { key: "a".into(), holders: [addr(other).into()].into() })
     );
     assert_eq!(h.s.task_state("a"), Some(&TaskState::Memory(vec![other])));
     assert_eq!(h.s.stats().workers, 1);
