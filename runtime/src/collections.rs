@@ -54,6 +54,19 @@ impl Drop for Deterministic {
     }
 }
 
+/// The most elements a vector handed back to [`reuse_vec`] may have room for.
+const REUSE_MAX: usize = 4096;
+
+/// Keeps `used`, emptied, in `slot` for the next round of pushes, when `slot` has no
+/// allocation of its own and `used` has not grown past [`REUSE_MAX`] (a state machine's output
+/// vector: one allocation per event otherwise).
+pub(crate) fn reuse_vec<T>(slot: &mut Vec<T>, mut used: Vec<T>) {
+    used.clear();
+    if slot.capacity() == 0 && used.capacity() <= REUSE_MAX {
+        *slot = used;
+    }
+}
+
 /// Gives memory back when a map has shrunk to a small fraction of its capacity.
 pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V>(m: &mut Map<K, V>) {
     if m.capacity() > 1024 && m.len() < m.capacity() / 8 {

@@ -211,9 +211,6 @@ impl TicketSource {
     }
 }
 
-/// The most actions a vector given back to [`Scheduler::recycle`] may have room for.
-pub const RECYCLE_MAX: usize = 4096;
-
 /// The scheduler state machine. See the [module docs](self).
 #[derive(Debug)]
 pub struct Scheduler {
@@ -349,12 +346,9 @@ impl Scheduler {
 
     /// Gives back a vector [`handle`](Self::handle) returned, once its actions are carried
     /// out: the next call fills it instead of allocating (an allocation per event otherwise).
-    /// A vector grown past [`RECYCLE_MAX`] actions is dropped instead of kept.
-    pub fn recycle(&mut self, mut actions: Vec<Action>) {
-        actions.clear();
-        if self.out.capacity() == 0 && actions.capacity() <= RECYCLE_MAX {
-            self.out = actions;
-        }
+    /// A vector grown large is dropped instead of kept.
+    pub fn recycle(&mut self, actions: Vec<Action>) {
+        crate::collections::reuse_vec(&mut self.out, actions);
     }
 
     fn on_client(&mut self, client: ClientId, msg: ClientToScheduler) {

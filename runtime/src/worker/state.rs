@@ -543,12 +543,9 @@ impl WorkerState {
 
     /// Gives back a vector [`handle`](Self::handle) returned, once its actions are carried
     /// out: the next call fills it instead of allocating (an allocation per event otherwise).
-    /// A vector grown past [`RECYCLE_MAX`](crate::scheduler::RECYCLE_MAX) actions is dropped.
-    pub fn recycle(&mut self, mut actions: Vec<WorkerAction>) {
-        actions.clear();
-        if self.out.capacity() == 0 && actions.capacity() <= crate::scheduler::RECYCLE_MAX {
-            self.out = actions;
-        }
+    /// A vector grown large is dropped instead of kept.
+    pub fn recycle(&mut self, actions: Vec<WorkerAction>) {
+        crate::collections::reuse_vec(&mut self.out, actions);
     }
 
     /// Inserts a value in memory (replacing any held one), most recently used.
