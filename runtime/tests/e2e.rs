@@ -87,3 +87,43 @@ async fn stealing_over_tcp() {
 async fn adaptive_scaling_over_inproc() {
     support::adaptive("inproc://").await;
 }
+
+/// A gather waits for all its keys at once: it fails as soon as one of them has failed, while
+/// another is still running (it used to wait for the keys one by one, in order, and hung here
+/// until the first finished); and it returns repeated keys and keys already done in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gather_fails_fast_and_keeps_order() {
+    use courier_runtime::{LocalCluster, TaskError, arg};
+    let gate = support::Gate::new();
+    let cluster = LocalCluster::in_process(support::registry(), "inproc://", 2, 2, support::functions(gate.clone()))
+        .await
+        .unwrap();
+    let c = cluster.client().await.unwrap();
+    let done = c.submit::<f64>("sleep", vec![arg(&0.0f64)]).await.unwrap();
+    done.wait().await.unwrap();
+    let held = c.submit::<f64>("gated", vec![arg(&2.5f64)]).await.unwrap();
+    gate.arrived(1).await;
+    let bad = c.submit::<f64>("fail", vec![arg("boom")]).await.unwrap();
+    // A hang (the regression) becomes a failure rather than a stuck CI run.
+    let failed = tokio::time::timeout(std::time::Duration::from_secs(120), c.gather(&[held.clone(), bad.clone()]))
+        .await
+        .expect("the gather waited for the running task instead of failing");
+    match failed {
+        Err(TaskError::Failed { key, .. }) => assert_eq!(&*key, bad.key()),
+        other => panic!("expected the failure of {}, got {other:?}", bad.key()),
+    }
+    // Subscribed while `held` is pending (the gate is shut), then completed by opening it.
+    let three = [held.clone(), done.clone(), held.clone()];
+    {
+        let gather = c.gather(&three);
+        tokio::pin!(gather);
+        assert!(futures::poll!(gather.as_mut()).is_pending(), "held cannot have finished: the gate is shut");
+        gate.open();
+        assert_eq!(gather.await.unwrap(), vec![2.5, 0.0, 2.5]);
+    }
+    drop((three, held, bad, done));
+    c.close().await;
+    let stats = cluster.wait_for_scheduler(|s| s.tasks == 0 && s.clients == 0).await;
+    assert_eq!(stats.outstanding, 0);
+    cluster.shutdown().await;
+}

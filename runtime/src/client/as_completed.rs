@@ -25,6 +25,16 @@ impl Completions {
         lock(&self.ready).push_back(key);
         self.waker.wake();
     }
+
+    /// Waits until some keys have completed and takes them all.
+    pub(crate) async fn next(&self) -> Vec<Key> {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            let mut ready = lock(&self.ready);
+            if ready.is_empty() { Poll::Pending } else { Poll::Ready(ready.drain(..).collect()) }
+        })
+        .await
+    }
 }
 
 /// Futures in completion order (finished or failed); see

@@ -67,10 +67,7 @@ async fn refresh(inner: &Inner, key: &Key, stale: &[Arc<str>]) -> Result<(), Tas
 
 /// The values of `keys`, in order, once all are done.
 pub(crate) async fn gather_payloads(inner: &Inner, keys: &[Key]) -> Result<Vec<Payload>, TaskError> {
-    let mut holders = Vec::with_capacity(keys.len());
-    for k in keys {
-        holders.push(inner.holders(k).await?);
-    }
+    let holders = inner.holders_all(keys).await?;
     let mut by_worker: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, h) in holders.iter().enumerate() {
         if let Some(first) = h.first() {

@@ -79,8 +79,19 @@ pub(crate) enum KeyStatus {
 pub(crate) struct KeyState {
     pub(crate) status: KeyStatus,
     refs: usize,
-    pub(crate) changed: Arc<Notify>,
-    pub(crate) subscribers: Vec<Arc<Completions>>,
+    /// Made by the first wait that finds the key pending: most keys are never waited on one by
+    /// one (a gather subscribes, a finished key needs no wait), and a key without waiters
+    /// costs no allocation and no wake-up when it settles.
+    changed: Option<Arc<Notify>>,
+    /// Gathers and `as_completed` streams waiting for the key; rarely more than one.
+    pub(crate) subscribers: smallvec::SmallVec<[Arc<Completions>; 1]>,
+}
+
+impl KeyState {
+    /// The key's change signal, made on first use.
+    pub(crate) fn changed(&mut self) -> Arc<Notify> {
+        self.changed.get_or_insert_with(Arc::default).clone()
+    }
 }
 
 /// The client's table of keys it holds futures for.
@@ -102,8 +113,8 @@ impl Inner {
         let k = s.keys.entry(key.clone()).or_insert_with(|| KeyState {
             status: KeyStatus::Pending,
             refs: 0,
-            changed: Arc::new(Notify::new()),
-            subscribers: Vec::new(),
+            changed: None,
+            subscribers: smallvec::SmallVec::new(),
         });
         k.refs += 1;
         if let Some(why) = lost
@@ -141,19 +152,7 @@ impl Inner {
 
     /// Records a new status; wakes waiters; completion subscribers hear of final states.
     pub(crate) fn settle(&self, key: &Key, status: KeyStatus) {
-        let mut s = lock(&self.keys);
-        let Some(k) = s.keys.get_mut(key) else { return };
-        if matches!(k.status, KeyStatus::Failed(_) | KeyStatus::Disconnected(_)) {
-            return; // final
-        }
-        let complete = !matches!(status, KeyStatus::Pending);
-        k.status = status;
-        k.changed.notify_waiters();
-        if complete {
-            for sub in k.subscribers.drain(..) {
-                sub.push(key.clone());
-            }
-        }
+        settle_in(&mut lock(&self.keys), key, status);
     }
 
     pub(crate) fn status(&self, key: &Key) -> Option<KeyStatus> {
@@ -164,15 +163,13 @@ impl Inner {
     pub(crate) async fn holders(&self, key: &Key) -> Result<Arc<[Arc<str>]>, TaskError> {
         loop {
             let changed = {
-                let s = lock(&self.keys);
-                let Some(k) = s.keys.get(key) else {
-                    return Err(TaskError::Comm(CommError::closed(format!("{key} is not tracked"))));
+                let mut s = lock(&self.keys);
+                let Some(k) = s.keys.get_mut(key) else {
+                    return Err(untracked(key));
                 };
-                match &k.status {
-                    KeyStatus::Done(h) => return Ok(h.clone()),
-                    KeyStatus::Failed(f) => return Err(TaskError::Failed { key: key.clone(), failure: f.clone() }),
-                    KeyStatus::Disconnected(why) => return Err(TaskError::Comm(CommError::closed(why.clone()))),
-                    KeyStatus::Pending => k.changed.clone(),
+                match outcome(key, &k.status) {
+                    Some(done) => return done,
+                    None => k.changed(),
                 }
             };
             let notified = changed.notified();
@@ -182,6 +179,89 @@ impl Inner {
                 continue;
             }
             notified.await;
+        }
+    }
+
+    /// Waits until every key of `keys` is done, and returns their holders in order; or the
+    /// error of a key that failed (the first in `keys` among those known failed when the wait
+    /// ends: a gather fails as soon as one of its keys has).
+    ///
+    /// One subscription covers all the keys still pending, so the wait wakes once per burst
+    /// of completions rather than once per key.
+    pub(crate) async fn holders_all(&self, keys: &[Key]) -> Result<Vec<Arc<[Arc<str>]>>, TaskError> {
+        let mut out: Vec<Option<Arc<[Arc<str>]>>> = vec![None; keys.len()];
+        let completions = Arc::new(Completions::default());
+        // Where each pending key first sits in `keys`; later places of a repeated key.
+        let mut pending: crate::collections::Map<Key, usize> = crate::collections::Map::default();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        {
+            let mut s = lock(&self.keys);
+            for (i, key) in keys.iter().enumerate() {
+                let Some(k) = s.keys.get_mut(key) else { return Err(untracked(key)) };
+                match outcome(key, &k.status) {
+                    Some(done) => out[i] = Some(done?),
+                    None => match pending.entry(key.clone()) {
+                        std::collections::hash_map::Entry::Occupied(first) => repeats.push((i, *first.get())),
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(i);
+                            k.subscribers.push(completions.clone());
+                        }
+                    },
+                }
+            }
+        }
+        while !pending.is_empty() {
+            let ready = completions.next().await;
+            let mut s = lock(&self.keys);
+            for key in ready {
+                let Some(&i) = pending.get(&key) else { continue };
+                let Some(k) = s.keys.get_mut(&key) else { return Err(untracked(&key)) };
+                match outcome(&key, &k.status) {
+                    Some(done) => {
+                        out[i] = Some(done?);
+                        pending.remove(&key);
+                    }
+                    // Lost again before this wait looked: it will complete again.
+                    None => k.subscribers.push(completions.clone()),
+                }
+            }
+        }
+        for (i, first) in repeats {
+            out[i] = out[first].clone();
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// What a wait on `key` ends with in `status`, or `None` while it is pending.
+fn outcome(key: &Key, status: &KeyStatus) -> Option<Result<Arc<[Arc<str>]>, TaskError>> {
+    match status {
+        KeyStatus::Pending => None,
+        KeyStatus::Done(h) => Some(Ok(h.clone())),
+        KeyStatus::Failed(f) => Some(Err(TaskError::Failed { key: key.clone(), failure: f.clone() })),
+        KeyStatus::Disconnected(why) => Some(Err(TaskError::Comm(CommError::closed(why.clone())))),
+    }
+}
+
+fn untracked(key: &Key) -> TaskError {
+    TaskError::Comm(CommError::closed(format!("{key} is not tracked")))
+}
+
+/// Records a new status of `key` in `s`; wakes its waiters; completion subscribers hear of
+/// final states.
+pub(crate) fn settle_in(s: &mut Keys, key: &Key, status: KeyStatus) {
+    let Some(k) = s.keys.get_mut(key) else { return };
+    if matches!(k.status, KeyStatus::Failed(_) | KeyStatus::Disconnected(_)) {
+        return; // final
+    }
+    let complete = !matches!(status, KeyStatus::Pending);
+    k.status = status;
+    if let Some(changed) = &k.changed {
+        changed.notify_waiters();
+    }
+    if complete {
+        for sub in k.subscribers.drain(..) {
+            sub.push(key.clone());
         }
     }
 }

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
 
 pub use self::as_completed::AsCompleted;
-use self::futures::{KeyStatus, Keys, lock};
+use self::futures::{KeyStatus, Keys, lock, settle_in};
 pub use self::futures::{Status, TaskError, TaskFuture, arg, try_arg};
 pub use self::graph::Graph;
 use crate::collections::Map;
@@ -87,7 +87,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn changed(&self, key: &Key) -> Option<Arc<Notify>> {
-        lock(&self.keys).keys.get(key).map(|k| k.changed.clone())
+        lock(&self.keys).keys.get_mut(key).map(|k| k.changed())
     }
 
     /// Sends a request built from a fresh id and waits for the reply with that id.
@@ -110,6 +110,32 @@ impl Inner {
     fn reply(&self, id: RequestId, msg: SchedulerToClient) {
         if let Some(tx) = lock(&self.requests).remove(&id) {
             let _ = tx.send(msg);
+        }
+    }
+
+    /// Handles a batch from the scheduler. Runs of task news (most of a batch) settle under
+    /// one lock of the key table, held for at most [`SETTLE_RUN`] keys at a time.
+    fn on_batch(&self, batch: Vec<SchedulerToClient>) {
+        /// Most keys settled per lock of the key table: callers waiting on it wait briefly.
+        const SETTLE_RUN: usize = 256;
+        let mut batch = batch.into_iter();
+        while batch.len() > 0 {
+            let mut other = None;
+            {
+                let mut s = lock(&self.keys);
+                for msg in batch.by_ref().take(SETTLE_RUN) {
+                    match task_news(msg) {
+                        Ok((key, status)) => settle_in(&mut s, &key, status),
+                        Err(msg) => {
+                            other = Some(msg);
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(msg) = other {
+                self.on_message(msg);
+            }
         }
     }
 
@@ -152,6 +178,16 @@ impl Inner {
         }
         lock(&self.requests).clear();
         self.closed.close();
+    }
+}
+
+/// A message's news of one task, as the status it gives the key; other messages back.
+fn task_news(msg: SchedulerToClient) -> Result<(Key, KeyStatus), SchedulerToClient> {
+    match msg {
+        SchedulerToClient::Done { key, holders } => Ok((key, KeyStatus::Done(holders))),
+        SchedulerToClient::Erred { key, failure } => Ok((key, KeyStatus::Failed(failure))),
+        SchedulerToClient::Lost { key } => Ok((key, KeyStatus::Pending)),
+        other => Err(other),
     }
 }
 
@@ -229,9 +265,7 @@ impl Client {
                     Err(e) => break format!("lost the scheduler: {e}"),
                 };
                 let Some(inner) = weak.upgrade() else { return };
-                for msg in batch {
-                    inner.on_message(msg);
-                }
+                inner.on_batch(batch);
             };
             tracing::debug!(reason = %why, "the client's scheduler comm ended");
             if let Some(inner) = weak.upgrade() {
@@ -337,7 +371,8 @@ impl Client {
     }
 
     /// Waits for all futures and fetches their results, in order: one request per worker,
-    /// sent concurrently.
+    /// sent concurrently. Fails as soon as one of the tasks has failed, without waiting for
+    /// the others.
     pub async fn gather<T: DeserializeOwned>(&self, futures: &[TaskFuture<T>]) -> Result<Vec<T>, TaskError> {
         let keys: Vec<Key> = futures.iter().map(|f| f.key.clone()).collect();
         let payloads = fetch::gather_payloads(&self.inner, &keys).await?;
