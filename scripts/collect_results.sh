@@ -59,6 +59,8 @@ for part in "${parts[@]}"; do
       # Instructions per task in process, beside tasks.txt's times (repeatable where times are not).
       if command -v valgrind >/dev/null; then
         scripts/callgrind_tasks.sh target/release/courier "${callgrind_args[@]}" | tee "$out/tasks_callgrind.txt"
+        # ...and per process of a tcp:// cluster: where a task's CPU goes when messages cross sockets.
+        scripts/callgrind_tasks_tcp.sh target/release/courier "${callgrind_args[@]}" | tee "$out/tasks_callgrind_tcp.txt"
       else
         echo "callgrind: skipped, valgrind is not installed" >&2
       fi
@@ -176,7 +178,7 @@ json.dump({
     "settings": {"criterion": "sample_size 10 (stream, arrays, small, compression), 20 (echo); tokio multi-thread, 2 workers",
                  "compare": "median of 5, 512 MiB per measurement; small: 200 x 1,000 messages per measurement; echo: 20,000 round trips",
                  "bench_tasks": "median (headline), smallest and largest of 5, repetitions taking the clusters in turn; --serializing adds the in-process cluster with MessagePack-encoding comms (the fast path's baseline); many workers: 256 one-thread workers in process, 64 one-thread worker processes over tcp:// and unix://",
-                 "callgrind": "scripts/callgrind_tasks.sh: bench-tasks in process, 20,000 + 2,000 tasks and twice that, 3 runs each alternating; marginal instructions per task, median of the pairs",
+                 "callgrind": "scripts/callgrind_tasks.sh: bench-tasks in process, 20,000 + 2,000 tasks and twice that, 3 runs each alternating; marginal instructions per task, median of the pairs; scripts/callgrind_tasks_tcp.sh: the same per process of a tcp:// scheduler + 2 one-thread worker processes and a bench-tasks --scheduler client",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",

@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Stability(args) => multi()?.block_on(stability::run(args)),
         Command::Perf(p) => multi()?.block_on(perf::run(p, cli.common.registry()?)),
-        Command::BenchTasks(args) => multi()?.block_on(tasks::run(args)),
+        Command::BenchTasks(args) => multi()?.block_on(tasks::run(args, cli.common.registry()?)),
         Command::Submit(args) => courier::node::block_on_node(multi()?, submit::run(args, cli.common.registry()?)),
         Command::Info(args) => courier::node::block_on_node(multi()?, info::run(args, cli.common.registry()?)),
         Command::Scheduler(args) => {

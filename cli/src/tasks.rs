@@ -40,6 +40,10 @@ pub(crate) struct Args {
     /// Schemes for the many-worker process clusters.
     #[arg(long, value_delimiter = ',', default_value = "tcp,unix")]
     many_schemes: Vec<String>,
+    /// Measure the running cluster of this scheduler instead, alone (no cluster is started;
+    /// its workers must have the built-in functions).
+    #[arg(long)]
+    scheduler: Option<String>,
 }
 
 fn listen_url(scheme: &str) -> String {
@@ -96,10 +100,75 @@ struct Row {
     samples_tasks_per_s: Vec<f64>,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the courier binary")?;
+pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut clusters: Vec<(String, LocalCluster)> = Vec::new();
+    let mut clients = Vec::new();
+    if let Some(url) = &args.scheduler {
+        let client = Client::connect(registry, url).await.with_context(|| format!("connecting to {url}"))?;
+        clients.push((format!("the cluster of {url}"), client));
+    } else {
+        start_clusters(&args, &mut clusters).await?;
+    }
+    for (name, cluster) in &clusters {
+        clients.push((name.clone(), cluster.client().await?));
+    }
+    println!(
+        "{:<58} {:<28} {:>8} {:>14} {:>20}",
+        "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"
+    );
+    let progress = indicatif::ProgressBar::new((clients.len() * 2 * args.repeat.max(1)) as u64)
+        .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
+    let window = format!("as_completed, {} in flight", args.in_flight.min(args.as_completed_tasks));
+    for (measurement, n) in [("map + gather", args.tasks), (window.as_str(), args.as_completed_tasks)] {
+        // Repetitions take the clusters in turn, so a slow spell of this shared machine
+        // falls on all of them rather than on one.
+        let mut rates = vec![Vec::new(); clients.len()];
+        for _ in 0..args.repeat.max(1) {
+            for (i, (name, c)) in clients.iter().enumerate() {
+                progress.set_message(name.clone());
+                let took = if measurement == "map + gather" {
+                    map_gather(c, n).await?
+                } else {
+                    as_completed_loop(c, n, args.in_flight).await?
+                };
+                rates[i].push(n as f64 / took.as_secs_f64());
+                progress.inc(1);
+            }
+        }
+        for ((name, _), rates) in clients.iter().zip(rates) {
+            let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            let med = median(&rates);
+            let spread = format!("{lo:.0}-{hi:.0}");
+            progress.suspend(|| println!("{name:<58} {measurement:<28} {n:>8} {med:>14.0} {spread:>20}"));
+            rows.push(Row {
+                measurement: measurement.into(),
+                cluster: name.clone(),
+                tasks: n,
+                median_tasks_per_s: med,
+                min_tasks_per_s: lo,
+                max_tasks_per_s: hi,
+                samples_tasks_per_s: rates,
+            });
+        }
+    }
+    for (_, c) in clients {
+        c.close().await;
+    }
+    for (_, c) in clusters {
+        c.shutdown().await;
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Starts the clusters `args` asks for: in process (and serializing), then process clusters
+/// per scheme, then the many-worker clusters.
+async fn start_clusters(args: &Args, clusters: &mut Vec<(String, LocalCluster)>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the courier binary")?;
     clusters.push((
         "LocalCluster inproc:// (in-process, 2 workers)".into(),
         LocalCluster::inproc(Registry::with_default_transports(), 2, Functions::with_builtins()).await?,
@@ -147,59 +216,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             registering.elapsed().as_secs_f64()
         );
         clusters.push((format!("{scheme}:// scheduler + {n} worker processes"), cluster));
-    }
-    println!(
-        "{:<58} {:<28} {:>8} {:>14} {:>20}",
-        "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"
-    );
-    let progress = indicatif::ProgressBar::new((clusters.len() * 2 * args.repeat.max(1)) as u64)
-        .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
-    let mut clients = Vec::new();
-    for (_, cluster) in &clusters {
-        clients.push(cluster.client().await?);
-    }
-    let window = format!("as_completed, {} in flight", args.in_flight.min(args.as_completed_tasks));
-    for (measurement, n) in [("map + gather", args.tasks), (window.as_str(), args.as_completed_tasks)] {
-        // Repetitions take the clusters in turn, so a slow spell of this shared machine
-        // falls on all of them rather than on one.
-        let mut rates = vec![Vec::new(); clusters.len()];
-        for _ in 0..args.repeat.max(1) {
-            for (i, c) in clients.iter().enumerate() {
-                progress.set_message(clusters[i].0.clone());
-                let took = if measurement == "map + gather" {
-                    map_gather(c, n).await?
-                } else {
-                    as_completed_loop(c, n, args.in_flight).await?
-                };
-                rates[i].push(n as f64 / took.as_secs_f64());
-                progress.inc(1);
-            }
-        }
-        for ((name, _), rates) in clusters.iter().zip(rates) {
-            let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-            let med = median(&rates);
-            let spread = format!("{lo:.0}-{hi:.0}");
-            progress.suspend(|| println!("{name:<58} {measurement:<28} {n:>8} {med:>14.0} {spread:>20}"));
-            rows.push(Row {
-                measurement: measurement.into(),
-                cluster: name.clone(),
-                tasks: n,
-                median_tasks_per_s: med,
-                min_tasks_per_s: lo,
-                max_tasks_per_s: hi,
-                samples_tasks_per_s: rates,
-            });
-        }
-    }
-    for c in clients {
-        c.close().await;
-    }
-    for (_, c) in clusters {
-        c.shutdown().await;
-    }
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
     }
     Ok(())
 }

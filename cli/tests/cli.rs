@@ -276,3 +276,18 @@ async fn bench_tasks_runs_fewer_as_completed_tasks_than_its_window() {
     let row = stdout.lines().find(|l| l.contains("as_completed")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(row.split_whitespace().any(|w| w == "50"), "{row}");
 }
+
+/// `bench-tasks --scheduler URL` measures a running cluster, and it alone: one row per
+/// measurement, named after the scheduler, with every task completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_tasks_measures_a_running_cluster() {
+    let (_scheduler, addr) = scheduler(&["--listen", "tcp://127.0.0.1:0"], &[]).await;
+    let _worker = courier().args(["worker", &addr]).stderr(Stdio::null()).spawn().unwrap();
+    let stdout =
+        run_ok(&["bench-tasks", "--scheduler", &addr, "--tasks", "200", "--as-completed-tasks", "50", "--repeat", "1"])
+            .await;
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("map + gather") || l.contains("as_completed")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows.iter().all(|r| r.contains(&addr)), "{stdout}");
+    assert!(!stdout.contains("LocalCluster"), "no cluster of its own: {stdout}");
+}
