@@ -29,7 +29,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 /// Items queued from peers' readers before they wait.
 const EVENT_QUEUE: usize = 8192;
-/// Work handled per round before the outboxes are flushed, in the units of [`weight`].
+/// Messages handled per round before the outboxes are flushed.
 const ROUND: usize = 4096;
 
 /// Settings of the scheduler's driver, beside the state machine's [`SchedulerConfig`].
@@ -138,26 +138,8 @@ struct FromPeer(Peer, Item);
 
 /// Batches a peer may have waiting in the event loop before its reader stops reading.
 const PEER_CREDIT: usize = 2;
-/// Work of one peer handled before the next peer's turn, in the units of [`weight`]: a turn
-/// ends once it has handled this much (at least one event).
+/// Messages of one peer handled before the next peer's turn.
 const SLICE: usize = 256;
-
-/// An event's share of a turn: the tasks or keys it carries (a `Submit` of 4,096 tasks is
-/// 4,096 events' worth of work), else one. Counting messages instead let one turn of a client
-/// take in a whole graph (256 submits) while the workers' finishes, and the tasks the
-/// submits assigned, waited unsent until the round ended: the workers sat idle.
-fn weight(event: &Event) -> usize {
-    let n = match event {
-        Event::FromClient { msg, .. } => match msg {
-            ClientToScheduler::Submit { tasks } => tasks.len(),
-            ClientToScheduler::Release { keys } | ClientToScheduler::Cancel { keys } => keys.len(),
-            ClientToScheduler::Scatter { keys, .. } => keys.len(),
-            _ => 1,
-        },
-        _ => 1,
-    };
-    n.max(1)
-}
 
 /// Listens on `listen` and runs a scheduler until [`SchedulerHandle::shutdown`]. The join
 /// handle resolves with an error if the scheduler stops for any other reason.
@@ -273,29 +255,28 @@ impl Core {
         }
     }
 
-    /// One peer's turn: its events in order, until they weigh [`SLICE`] (at least one).
-    /// Returns the weight handled.
-    fn turn(&mut self) -> usize {
-        let Some(peer) = self.turns.pop_front() else { return 0 };
-        let mut spent = 0;
-        while spent < SLICE {
+    /// One peer's turn: up to `SLICE` of its messages, in order.
+    fn turn(&mut self) {
+        let Some(peer) = self.turns.pop_front() else { return };
+        let mut budget = SLICE;
+        while budget > 0 {
             let Some(item) = self.waiting.get_mut(&peer).and_then(VecDeque::pop_front) else { break };
             match item {
                 Item::Joined(outbox, event) => {
                     self.outboxes.insert(peer, outbox);
                     self.handle(event);
-                    spent += 1;
+                    budget -= 1;
                 }
                 Item::Left(event) => {
                     self.handle(event);
-                    spent = spent.max(SLICE);
+                    budget = 0;
                 }
                 Item::Batch(mut events, permit) => {
-                    while spent < SLICE {
-                        let Some(e) = events.next() else { break };
-                        spent += weight(&e);
+                    let take = events.len().min(budget);
+                    for e in events.by_ref().take(take) {
                         self.handle(e);
                     }
+                    budget -= take;
                     if !events.as_slice().is_empty()
                         && let Some(q) = self.waiting.get_mut(&peer)
                     {
@@ -310,7 +291,6 @@ impl Core {
                 self.waiting.remove(&peer);
             }
         }
-        spent
     }
 
     async fn run(
@@ -347,7 +327,8 @@ impl Core {
             }
             let mut handled = 0;
             while handled < ROUND && !self.turns.is_empty() {
-                handled += self.turn();
+                self.turn();
+                handled += SLICE;
             }
             for peer in self.touched.drain() {
                 if let Some(o) = self.outboxes.get(&peer) {
@@ -546,52 +527,5 @@ impl Relay<'_> {
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{Key, TaskSpec};
-
-    fn submit(n: usize, tag: &str) -> Event {
-        let tasks = (0..n)
-            .map(|i| TaskSpec {
-                key: Key::from(format!("{tag}-{i}")),
-                func: Key::from("inc"),
-                args: Vec::new(),
-                retries: 0,
-                wanted: true,
-            })
-            .collect();
-        Event::FromClient { id: 1, msg: ClientToScheduler::Submit { tasks } }
-    }
-
-    /// A turn is measured in work, not messages: a client's batch of large submits yields to
-    /// the other peers (and the round's flush) after a slice's worth of tasks. Counted in
-    /// messages, the first turn took the whole batch.
-    #[test]
-    fn a_turn_ends_after_a_slice_of_work() {
-        let scheduler = Scheduler::new(SchedulerConfig::default());
-        let feed = Arc::new(Feed::new(&scheduler, None, Arc::default(), "inproc".into()));
-        let stats = tokio::sync::watch::Sender::new(SchedulerStats::default());
-        let mut core = Core::new(scheduler, stats, Publisher::new(feed));
-        core.handle(Event::ClientJoined { id: 1, name: "c".into() });
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a free permit");
-        let client = Peer::Client(1);
-        let events = vec![submit(SLICE / 2, "a"), submit(SLICE, "b"), submit(1, "c"), submit(1, "d")];
-        core.enqueue(FromPeer(client, Item::Batch(events.into_iter(), permit)));
-        let left = |core: &Core| match core.waiting.get(&client).and_then(VecDeque::front) {
-            Some(Item::Batch(events, _)) => events.len(),
-            _ => 0,
-        };
-        // Half a slice, then a whole one: the turn is over (the second submit is not split).
-        assert_eq!(core.turn(), SLICE / 2 + SLICE);
-        assert_eq!(left(&core), 2, "the turn stops once a slice of work is done");
-        assert_eq!(core.turns, [client], "and the client waits for its next turn");
-        assert_eq!(core.turn(), 2);
-        assert_eq!(left(&core), 0);
-        assert!(core.turns.is_empty() && core.waiting.is_empty());
-        assert_eq!(core.scheduler.stats().tasks, SLICE / 2 + SLICE + 2);
     }
 }
