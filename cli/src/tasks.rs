@@ -102,14 +102,15 @@ struct Row {
 
 pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    let mut clusters: Vec<(String, LocalCluster)> = Vec::new();
     let mut clients = Vec::new();
-    if let Some(url) = &args.scheduler {
-        let client = Client::connect(registry, url).await.with_context(|| format!("connecting to {url}"))?;
-        clients.push((format!("the cluster of {url}"), client));
-    } else {
-        start_clusters(&args, &mut clusters).await?;
-    }
+    let clusters = match &args.scheduler {
+        Some(url) => {
+            let client = Client::connect(registry, url).await.with_context(|| format!("connecting to {url}"))?;
+            clients.push((format!("the cluster of {url}"), client));
+            Vec::new()
+        }
+        None => start_clusters(&args).await?,
+    };
     for (name, cluster) in &clusters {
         clients.push((name.clone(), cluster.client().await?));
     }
@@ -167,8 +168,9 @@ pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
 
 /// Starts the clusters `args` asks for: in process (and serializing), then process clusters
 /// per scheme, then the many-worker clusters.
-async fn start_clusters(args: &Args, clusters: &mut Vec<(String, LocalCluster)>) -> anyhow::Result<()> {
+async fn start_clusters(args: &Args) -> anyhow::Result<Vec<(String, LocalCluster)>> {
     let exe = std::env::current_exe().context("locating the courier binary")?;
+    let mut clusters = Vec::new();
     clusters.push((
         "LocalCluster inproc:// (in-process, 2 workers)".into(),
         LocalCluster::inproc(Registry::with_default_transports(), 2, Functions::with_builtins()).await?,
@@ -217,5 +219,5 @@ async fn start_clusters(args: &Args, clusters: &mut Vec<(String, LocalCluster)>)
         );
         clusters.push((format!("{scheme}:// scheduler + {n} worker processes"), cluster));
     }
-    Ok(())
+    Ok(clusters)
 }

@@ -56,7 +56,7 @@ impl<T> AsCompleted<T> {
             let mut s = lock(&f.inner.keys);
             if let Some(k) = s.keys.get_mut(&f.key) {
                 if matches!(k.status, KeyStatus::Pending) {
-                    k.subscribers.push(self.shared.clone());
+                    k.subscribe(&self.shared);
                 } else {
                     self.shared.push(f.key.clone());
                 }

@@ -1,7 +1,7 @@
 //! Task futures and their reference counts: the client's view of each key it wants.
 
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use courier_core::{CommError, Payload};
 use serde::Serialize;
@@ -83,14 +83,22 @@ pub(crate) struct KeyState {
     /// one (a gather subscribes, a finished key needs no wait), and a key without waiters
     /// costs no allocation and no wake-up when it settles.
     changed: Option<Arc<Notify>>,
-    /// Gathers and `as_completed` streams waiting for the key; rarely more than one.
-    pub(crate) subscribers: smallvec::SmallVec<[Arc<Completions>; 1]>,
+    /// Gathers and `as_completed` streams waiting for the key; rarely more than one. Weak: a
+    /// gather that returned early or was dropped leaves no live subscription behind.
+    subscribers: smallvec::SmallVec<[Weak<Completions>; 1]>,
 }
 
 impl KeyState {
     /// The key's change signal, made on first use.
     pub(crate) fn changed(&mut self) -> Arc<Notify> {
         self.changed.get_or_insert_with(Arc::default).clone()
+    }
+
+    /// `completions` hears when the key completes. Subscriptions whose waiter is gone are
+    /// dropped here, so repeated abandoned waits on a pending key do not pile up.
+    pub(crate) fn subscribe(&mut self, completions: &Arc<Completions>) {
+        self.subscribers.retain(|w| w.strong_count() > 0);
+        self.subscribers.push(Arc::downgrade(completions));
     }
 }
 
@@ -204,7 +212,7 @@ impl Inner {
                         std::collections::hash_map::Entry::Occupied(first) => repeats.push((i, *first.get())),
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             slot.insert(i);
-                            k.subscribers.push(completions.clone());
+                            k.subscribe(&completions);
                         }
                     },
                 }
@@ -222,7 +230,7 @@ impl Inner {
                         pending.remove(&key);
                     }
                     // Lost again before this wait looked: it will complete again.
-                    None => k.subscribers.push(completions.clone()),
+                    None => k.subscribe(&completions),
                 }
             }
         }
@@ -261,7 +269,9 @@ pub(crate) fn settle_in(s: &mut Keys, key: &Key, status: KeyStatus) {
     }
     if complete {
         for sub in k.subscribers.drain(..) {
-            sub.push(key.clone());
+            if let Some(sub) = sub.upgrade() {
+                sub.push(key.clone());
+            }
         }
     }
 }
@@ -359,5 +369,34 @@ impl<T> TaskFuture<T> {
     /// Waits for the task and fetches its result undecoded.
     pub async fn payload(&self) -> Result<Payload, TaskError> {
         super::fetch::fetch_one(&self.inner, &self.key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits that gave up (a gather that failed early, a dropped stream) leave no live
+    /// subscription: a pending key waited on and abandoned many times holds one subscriber,
+    /// and its completion reaches the live waiter only.
+    #[test]
+    fn abandoned_subscriptions_do_not_pile_up() {
+        let key = Key::from("k");
+        let mut keys = Keys::default();
+        keys.keys.insert(
+            key.clone(),
+            KeyState { status: KeyStatus::Pending, refs: 1, changed: None, subscribers: smallvec::SmallVec::new() },
+        );
+        for _ in 0..1000 {
+            let abandoned = Arc::new(Completions::default());
+            keys.keys.get_mut(&key).unwrap().subscribe(&abandoned);
+        }
+        let live = Arc::new(Completions::default());
+        keys.keys.get_mut(&key).unwrap().subscribe(&live);
+        assert_eq!(keys.keys[&key].subscribers.len(), 1);
+        settle_in(&mut keys, &key, KeyStatus::Done(Arc::from([Arc::from("w")])));
+        assert!(keys.keys[&key].subscribers.is_empty());
+        let ready = futures::executor::block_on(live.next());
+        assert_eq!(ready, [key]);
     }
 }
