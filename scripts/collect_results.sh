@@ -39,6 +39,7 @@ else
 fi
 cargo build --release --bin courier
 for part in "${parts[@]}"; do
+  echo "== collect_results: part $part, ${SECONDS}s in" >&2
   case "$part" in
     criterion)
       rm -rf target/criterion # stale ids from older runs must not reach the CSV

@@ -353,3 +353,23 @@ fn group(n: usize) -> String {
     }
     out
 }
+
+/// §7.5: the built-ins `courier worker` offers are the ones documented, and the worked
+/// example's argument and result bytes are what a Payload of 41 and of 42 hold.
+#[test]
+fn the_documented_functions_and_their_example_are_the_codes() {
+    let s = section7();
+    let functions = s.split("### 7.5 Functions").nth(1).expect("§7.5");
+    let mut documented: Vec<&str> =
+        functions.split('`').collect::<Vec<_>>().windows(2).filter(|w| w[1].starts_with('(')).map(|w| w[0]).collect();
+    documented.sort_unstable();
+    documented.dedup();
+    let builtins = courier_runtime::Functions::with_builtins();
+    assert_eq!(documented, builtins.names(), "PROTOCOL.md §7.5 built-ins vs code");
+
+    assert_eq!(Payload::new(&41i64).unwrap().header.as_ref(), [0x29]);
+    assert_eq!(Payload::new(&42i64).unwrap().header.as_ref(), [0x2a]);
+    for text in ["\"h\": <bin 29>", "{\"h\": <bin 2a>, \"f\": []}"] {
+        assert!(functions.replace('\n', " ").contains(text), "PROTOCOL.md §7.5 should say {text:?}");
+    }
+}
