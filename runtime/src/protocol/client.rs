@@ -171,7 +171,9 @@ pub enum SchedulerToClient {
         /// Key.
         key: Key,
         /// Data addresses of the workers holding it (a sequence of strings on the wire; shared
-        /// here, so the usual single holder costs the scheduler no allocation per task).
+        /// here, so the usual single holder costs the scheduler no allocation per task, and
+        /// decoded [shared](super::deserialize_holders), so it costs a client none either).
+        #[serde(deserialize_with = "super::deserialize_holders")]
         holders: std::sync::Arc<[std::sync::Arc<str>]>,
     },
     /// A wanted key failed for good.

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientToScheduler, RetireError, ScatterError, ScatterTarget, SchedulerToClient, WorkerSummary};
 pub use data::{DataReply, DataRequest, TransferCount};
 pub use failure::Failure;
-pub use key::Key;
+pub use key::{Key, deserialize_holders};
 pub use worker::{IoCount, MAX_TRANSFER_SCHEMES, SchedulerToWorker, WorkerMemory, WorkerToScheduler, WorkerTransfers};
 
 /// The role a credential grants that may do everything, joining as a worker included
@@ -124,7 +124,8 @@ pub struct TaskSpec {
     /// Its key: new, or the client's own (see [`ClientToScheduler::Submit`]).
     pub key: Key,
     /// The registered function to run (a [`Key`] for its cheap clones and hashing; on the
-    /// wire a plain string like any other).
+    /// wire a plain string like any other; decoded [interned](Key::deserialize_interned)).
+    #[serde(deserialize_with = "Key::deserialize_interned")]
     pub func: Key,
     /// Its arguments.
     pub args: Vec<ArgSpec>,

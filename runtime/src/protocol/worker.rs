@@ -142,7 +142,9 @@ pub enum SchedulerToWorker {
         key: Key,
         /// This assignment's id.
         run: RunId,
-        /// Function (shared with the scheduler's task; a string on the wire).
+        /// Function (shared with the scheduler's task; a string on the wire, decoded
+        /// [interned](Key::deserialize_interned)).
+        #[serde(deserialize_with = "Key::deserialize_interned")]
         func: Key,
         /// Arguments (shared with the scheduler's task, which keeps them while the task can
         /// be computed again; a sequence on the wire).
