@@ -170,8 +170,11 @@ for part in os.environ["PARTS"].split():
     runs[part] = {
         "git_sha": os.environ["SHA"],
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # Sessions land on different VMs: each part records the machine it ran on.
+        "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
     }
 json.dump({
+    # The machine of the latest parts run; each entry of "runs" names its own.
     "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(int(mem) / 2**20, 1),
     "kernel": platform.release(), "rustc": sh("rustc", "--version"),
     "runs": runs,
