@@ -257,10 +257,17 @@ pub struct Scheduler {
     tickets: TicketSource,
     /// Keys to release, per worker, not yet sent.
     releases: BTreeMap<WorkerId, Vec<Key>>,
+    /// The longest release list of the last event that released any (a new list starts with this much
+    /// room: bursts of releases come in runs of similar size, and growing a list of
+    /// thousands of keys one doubling at a time copied it a dozen times).
+    release_hint: usize,
     out: Vec<Action>,
     now: Instant,
     observer: observe::Observer,
 }
+
+/// Most room a release list starts with (a `Release` carries at most 65,536 keys anyway).
+const MAX_RELEASE_HINT: usize = 4096;
 
 impl Scheduler {
     /// A scheduler with `config`; tickets come from the OS's randomness.
@@ -295,6 +302,7 @@ impl Scheduler {
             total_threads: 0,
             tickets: TicketSource::Os,
             releases: BTreeMap::new(),
+            release_hint: 0,
             out: Vec::new(),
             now: Instant::now(),
             observer: observe::Observer::new(Instant::now()),
@@ -336,6 +344,9 @@ impl Scheduler {
         // Whatever the event freed (a finish, a release, a departure, a new worker), ready
         // tasks take it: O(1) when the queue is empty or its head cannot be placed.
         self.fill_from_queue();
+        if let Some(longest) = self.releases.values().map(Vec::len).max() {
+            self.release_hint = longest.min(MAX_RELEASE_HINT);
+        }
         for (w, keys) in std::mem::take(&mut self.releases) {
             if self.workers.contains_key(&w) {
                 self.out.push(Action::ToWorker(w, SchedulerToWorker::Release { keys }));
@@ -487,7 +498,8 @@ impl Scheduler {
     /// later message to that worker and at the end of the event.
     fn release_on(&mut self, w: WorkerId, key: Key) {
         if self.workers.contains_key(&w) {
-            self.releases.entry(w).or_default().push(key);
+            let hint = self.release_hint;
+            self.releases.entry(w).or_insert_with(|| Vec::with_capacity(hint)).push(key);
         }
     }
 

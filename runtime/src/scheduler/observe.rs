@@ -150,7 +150,14 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub(crate) struct Observer {
     start: Instant,
-    groups: Map<Key, Group>,
+    /// Task groups in the order they appeared, each under its function's key; never removed,
+    /// so an index stays valid.
+    groups: Vec<(Key, Group)>,
+    /// Where each function's group is.
+    group_index: Map<Key, usize>,
+    /// The function updated last and its group: tasks of one function move together, and
+    /// the scheduler interns function names, so most updates compare one pointer.
+    last_group: Option<(Key, usize)>,
     /// The key of the [`OTHER`] group.
     other: Key,
     stream: VecDeque<Execution>,
@@ -166,7 +173,9 @@ impl Observer {
     pub(crate) fn new(start: Instant) -> Self {
         Observer {
             start,
-            groups: Map::default(),
+            groups: Vec::new(),
+            group_index: Map::default(),
+            last_group: None,
             other: Key::from(OTHER),
             stream: VecDeque::new(),
             next_seq: 1,
@@ -180,13 +189,28 @@ impl Observer {
     /// Updates the group counting `func`: its own while there is room, else [`OTHER`]. Groups
     /// are never removed, so a name resolves to the same group every time.
     fn group(&mut self, func: &Key, update: impl FnOnce(&mut Group)) {
-        // A known group (every call but a group's first) costs one lookup and no key clone.
-        if let Some(g) = self.groups.get_mut(func) {
-            update(g);
+        if let Some((last, i)) = &self.last_group
+            && std::sync::Arc::ptr_eq(last.as_arc(), func.as_arc())
+        {
+            update(&mut self.groups[*i].1);
             return;
         }
-        let key = if self.groups.len() < MAX_GROUPS { func.clone() } else { self.other.clone() };
-        update(self.groups.entry(key).or_insert_with_key(|k| Group { function: k.to_string(), ..Group::default() }));
+        let i = match self.group_index.get(func) {
+            Some(&i) => i,
+            None => {
+                let key = if self.groups.len() < MAX_GROUPS { func.clone() } else { self.other.clone() };
+                match self.group_index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        self.groups.push((key.clone(), Group { function: key.to_string(), ..Group::default() }));
+                        self.group_index.insert(key, self.groups.len() - 1);
+                        self.groups.len() - 1
+                    }
+                }
+            }
+        };
+        self.last_group = Some((func.clone(), i));
+        update(&mut self.groups[i].1);
     }
 
     /// A task of `func` moved from `old` to `new`. Scattered values (no function) are not
@@ -291,7 +315,7 @@ impl Scheduler {
     /// The state for display, at `now`: O(function names + workers + [`STREAM_KEEP`]).
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let o = &self.observer;
-        let mut groups: Vec<Group> = o.groups.values().cloned().collect();
+        let mut groups: Vec<Group> = o.groups.iter().map(|(_, g)| g.clone()).collect();
         groups.sort_by(|a, b| a.function.cmp(&b.function));
         let workers = self
             .workers
