@@ -112,41 +112,84 @@ impl Encoder {
     /// if the peer's limits would reject the message.
     pub fn encode(&self, msg: &Message, out: &mut Vec<Bytes>) -> Result<(), CommError> {
         check_limits(msg, &self.limits)?;
+        if matches!(self.compression, Compression::None) {
+            // The frames go as they are: no list of compressed frames to build.
+            assemble(&msg.header, msg.frames.len(), msg.frames.iter().map(|f| (Codec::None, f)), out);
+            return Ok(());
+        }
         let wire: Vec<(Codec, Bytes)> = msg
             .frames
             .iter()
             .map(|f| compression::compress_frame(f, self.compression, self.codecs, &self.link))
             .collect();
-
-        let mut head =
-            BytesMut::with_capacity(HEAD_LEN + FRAME_ENTRY_LEN * wire.len() + msg.header.len().min(COALESCE_MAX));
-        head.put_u32_le(wire.len() as u32);
-        head.put_u32_le(0);
-        head.put_u64_le(msg.header.len() as u64);
-        for (codec, bytes) in &wire {
-            head.put_u64_le(bytes.len() as u64);
-            head.put_u8(*codec as u8);
-            head.put_bytes(0, 7);
-        }
-        let mut pending = head;
-        let push = |pending: &mut BytesMut, part: &Bytes, out: &mut Vec<Bytes>| {
-            if part.len() < COALESCE_MAX {
-                pending.extend_from_slice(part);
-            } else {
-                if !pending.is_empty() {
-                    out.push(pending.split().freeze());
-                }
-                out.push(part.clone());
-            }
-        };
-        push(&mut pending, &msg.header, out);
-        for (_, bytes) in &wire {
-            push(&mut pending, bytes, out);
-        }
-        if !pending.is_empty() {
-            out.push(pending.freeze());
-        }
+        assemble(&msg.header, wire.len(), wire.iter().map(|(c, b)| (*c, b)), out);
         Ok(())
+    }
+
+    /// Like [`Encoder::encode`] for `msg` with `trailer` appended as its last frame (sent
+    /// raw), without touching `msg`'s frame list: a transport's own frame (shm://'s
+    /// descriptor) costs no reallocation of the caller's `Vec`.
+    pub fn encode_with_trailer(&self, msg: &Message, trailer: &Bytes, out: &mut Vec<Bytes>) -> Result<(), CommError> {
+        let mut limits = self.limits;
+        limits.max_frames = limits.max_frames.saturating_sub(1);
+        limits.max_message_size = limits.max_message_size.saturating_sub(trailer.len() as u64);
+        check_limits(msg, &limits)?;
+        if trailer.len() as u64 > self.limits.max_frame_size {
+            return Err(too_large("frame", trailer.len() as u64, self.limits.max_frame_size));
+        }
+        let n = msg.frames.len();
+        if matches!(self.compression, Compression::None) {
+            let frames = msg.frames.iter().chain(std::iter::once(trailer));
+            assemble(&msg.header, n + 1, frames.map(|f| (Codec::None, f)), out);
+            return Ok(());
+        }
+        let wire: Vec<(Codec, Bytes)> = msg
+            .frames
+            .iter()
+            .map(|f| compression::compress_frame(f, self.compression, self.codecs, &self.link))
+            .collect();
+        let frames = wire.iter().map(|(c, b)| (*c, b)).chain(std::iter::once((Codec::None, trailer)));
+        assemble(&msg.header, n + 1, frames, out);
+        Ok(())
+    }
+}
+
+/// Appends the chunks of a message of `header` and `nframes` frames (`frames`: each one's
+/// codec and bytes on the wire): head, table, header and frames under [`COALESCE_MAX`] in one
+/// buffer, allocated once at its final size, and larger frames as they are.
+fn assemble<'a>(
+    header: &Bytes,
+    nframes: usize,
+    frames: impl Iterator<Item = (Codec, &'a Bytes)> + Clone,
+    out: &mut Vec<Bytes>,
+) {
+    let small = |len: usize| if len < COALESCE_MAX { len } else { 0 };
+    let coalesced = small(header.len()) + frames.clone().map(|(_, f)| small(f.len())).sum::<usize>();
+    let mut pending = BytesMut::with_capacity(HEAD_LEN + FRAME_ENTRY_LEN * nframes + coalesced);
+    pending.put_u32_le(nframes as u32);
+    pending.put_u32_le(0);
+    pending.put_u64_le(header.len() as u64);
+    for (codec, bytes) in frames.clone() {
+        pending.put_u64_le(bytes.len() as u64);
+        pending.put_u8(codec as u8);
+        pending.put_bytes(0, 7);
+    }
+    let mut push = |part: &Bytes| {
+        if part.len() < COALESCE_MAX {
+            pending.extend_from_slice(part);
+        } else {
+            if !pending.is_empty() {
+                out.push(pending.split().freeze());
+            }
+            out.push(part.clone());
+        }
+    };
+    push(header);
+    for (_, bytes) in frames {
+        push(bytes);
+    }
+    if !pending.is_empty() {
+        out.push(pending.freeze());
     }
 }
 
@@ -262,10 +305,10 @@ impl Decoder {
                     if src.len() < HEAD_LEN {
                         return Ok(None);
                     }
-                    let mut head = src.split_to(HEAD_LEN);
-                    let nframes = head.get_u32_le();
-                    let flags = head.get_u32_le();
-                    let header_len = head.get_u64_le();
+                    let nframes = u32::from_le_bytes(src[0..4].try_into().expect("4 bytes"));
+                    let flags = u32::from_le_bytes(src[4..8].try_into().expect("4 bytes"));
+                    let header_len = u64::from_le_bytes(src[8..16].try_into().expect("8 bytes"));
+                    src.advance(HEAD_LEN);
                     if flags != 0 {
                         return Err(CommError::protocol(format!(
                             "message flags {flags:#x} are reserved and must be 0"
@@ -297,14 +340,12 @@ impl Decoder {
                         return Ok(None);
                     }
                     // The whole table is validated before any byte of the header or frames.
-                    let mut table = src.split_to(need);
                     let mut total = header_len as u64;
                     let mut descs = Vec::with_capacity(nframes);
-                    for i in 0..nframes {
-                        let wire_len = table.get_u64_le();
-                        let codec_id = table.get_u8();
-                        let mut reserved = [0u8; 7];
-                        table.copy_to_slice(&mut reserved);
+                    for (i, entry) in src[..need].chunks_exact(FRAME_ENTRY_LEN).enumerate() {
+                        let wire_len = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+                        let codec_id = entry[8];
+                        let reserved = &entry[9..];
                         let codec = Codec::from_id(codec_id)
                             .ok_or_else(|| CommError::protocol(format!("frame {i}: unknown codec {codec_id}")))?;
                         if reserved != [0; 7] {
@@ -339,6 +380,7 @@ impl Decoder {
                         }
                         descs.push(FrameDesc { wire_len: to_usize(wire_len)?, codec });
                     }
+                    src.advance(need);
                     self.state = State::Header { header_len, descs };
                 }
                 State::Header { header_len, descs } => {
@@ -546,6 +588,22 @@ mod tests {
             assert_eq!(enc.encode(&m, &mut out).unwrap_err().kind(), ErrorKind::FrameTooLarge);
         }
         assert!(out.is_empty());
+        // A trailer counts as one more frame of the message.
+        let trailer = Bytes::from_static(b"t");
+        for (m, t) in [(msg(b"", &[1, 1]), &b"t"[..]), (msg(b"1234", &[10]), &b"tt"[..])] {
+            let t = Bytes::copy_from_slice(t);
+            assert_eq!(enc.encode_with_trailer(&m, &t, &mut out).unwrap_err().kind(), ErrorKind::FrameTooLarge);
+        }
+        enc.encode_with_trailer(&msg(b"1234", &[10]), &trailer, &mut out).unwrap();
+        out.clear();
+        let long = Bytes::from(vec![0u8; 11]);
+        assert_eq!(
+            enc.encode_with_trailer(&msg(b"", &[]), &long, &mut out).unwrap_err().kind(),
+            ErrorKind::FrameTooLarge
+        );
+        assert!(out.is_empty());
+        enc.encode_with_trailer(&msg(b"12", &[3]), &trailer, &mut out).unwrap();
+        assert!(!out.is_empty());
     }
 
     #[test]

@@ -65,6 +65,20 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    handshake_stream_halves(parts, config).await.map(StreamHalves::into_comm)
+}
+
+/// [`handshake_stream`], returning the comm's halves as their concrete types: for a
+/// transport that wraps Courier's stream comm in its own (shm://), so that each send and
+/// receive goes through one boxed future, not two.
+pub async fn handshake_stream_halves<R, W>(
+    parts: StreamParts<R, W>,
+    config: &CommConfig,
+) -> Result<StreamHalves<R, W>, CommError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let timeout = config.handshake_timeout;
     let peer = parts.peer.clone();
     match tokio::time::timeout(timeout, handshake_inner(parts, config, None)).await {
@@ -72,6 +86,32 @@ where
         Err(_) => {
             Err(CommError::new(ErrorKind::HandshakeTimeout, format!("no handshake from {peer} within {timeout:?}")))
         }
+    }
+}
+
+/// A handshaken stream comm as its two concrete halves, with what [`Comm::new`] needs.
+#[derive(Debug)]
+pub struct StreamHalves<R, W> {
+    /// The send half.
+    pub send: StreamSend<W>,
+    /// The receive half.
+    pub recv: StreamRecv<R>,
+    /// This end's address.
+    pub local: Address,
+    /// The peer's address.
+    pub peer: Address,
+    /// What the peer said in the handshake.
+    pub info: PeerInfo,
+}
+
+impl<R, W> StreamHalves<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    /// The comm of these halves.
+    pub fn into_comm(self) -> Comm {
+        Comm::new(Box::new(self.send), Box::new(self.recv), self.local, self.peer, self.info)
     }
 }
 
@@ -126,6 +166,20 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    handshake_inner(parts, config, Some(admission)).await.map(StreamHalves::into_comm)
+}
+
+/// [`accept_stream`], returning the comm's halves as their concrete types (see
+/// [`handshake_stream_halves`]).
+pub async fn accept_stream_halves<R, W>(
+    parts: StreamParts<R, W>,
+    config: &CommConfig,
+    admission: Admission,
+) -> Result<StreamHalves<R, W>, CommError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     handshake_inner(parts, config, Some(admission)).await
 }
 
@@ -141,7 +195,7 @@ async fn handshake_inner<R, W>(
     parts: StreamParts<R, W>,
     config: &CommConfig,
     accepting: Option<Admission>,
-) -> Result<Comm, CommError>
+) -> Result<StreamHalves<R, W>, CommError>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -244,7 +298,7 @@ where
         message_timeout: config.message_timeout,
         _guard: guard,
     };
-    Ok(Comm::new(Box::new(send), Box::new(recv), local, peer, info))
+    Ok(StreamHalves { send, recv, local, peer, info })
 }
 
 /// One open connection of a listener; dropping the last clone (both halves of its comm)
@@ -270,7 +324,8 @@ enum SendState {
     Closed,
 }
 
-struct StreamSend<W> {
+/// The send half of Courier's stream comm over a write half `W`.
+pub struct StreamSend<W> {
     write: W,
     encoder: Encoder,
     chunks: Vec<Bytes>,
@@ -289,11 +344,40 @@ impl<W> std::fmt::Debug for StreamSend<W> {
 #[async_trait]
 impl<W: AsyncWrite + Unpin + Send + 'static> CommSend for StreamSend<W> {
     async fn send(&mut self, msg: Message) -> Result<(), CommError> {
+        self.send_message(msg).await
+    }
+
+    async fn close(&mut self) -> Result<(), CommError> {
+        self.close_stream().await
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> StreamSend<W> {
+    /// The peer's address.
+    pub fn peer_address(&self) -> &Address {
+        &self.peer
+    }
+
+    /// [`CommSend::send`], without a boxed future.
+    pub async fn send_message(&mut self, msg: Message) -> Result<(), CommError> {
+        self.send_encoded(&msg, None).await
+    }
+
+    /// Sends `msg` with `trailer` as one more, last frame (see
+    /// [`Encoder::encode_with_trailer`]).
+    pub async fn send_message_with_trailer(&mut self, msg: Message, trailer: Bytes) -> Result<(), CommError> {
+        self.send_encoded(&msg, Some(&trailer)).await
+    }
+
+    async fn send_encoded(&mut self, msg: &Message, trailer: Option<&Bytes>) -> Result<(), CommError> {
         if self.state != SendState::Open || self.close.is_closed() {
             return Err(CommError::closed(format!("comm to {} is closed", self.peer)));
         }
         self.chunks.clear();
-        self.encoder.encode(&msg, &mut self.chunks)?;
+        match trailer {
+            None => self.encoder.encode(msg, &mut self.chunks)?,
+            Some(t) => self.encoder.encode_with_trailer(msg, t, &mut self.chunks)?,
+        }
         self.state = SendState::Poisoned;
         let wire_bytes: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
         // tokio's clock: the same as std's, except in tests that pause time.
@@ -318,7 +402,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> CommSend for StreamSend<W> {
         }
     }
 
-    async fn close(&mut self) -> Result<(), CommError> {
+    /// [`CommSend::close`], without a boxed future.
+    pub async fn close_stream(&mut self) -> Result<(), CommError> {
         self.close.close();
         if self.state != SendState::Closed {
             self.state = SendState::Closed;
@@ -334,7 +419,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> CommSend for StreamSend<W> {
 pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
-        let n = {
+        let n = if first + 1 == chunks.len() {
+            // One chunk (every small message: all coalesced): no list of slices to allocate.
+            w.write(&chunks[first]).await?
+        } else {
             let slices: Vec<IoSlice<'_>> = chunks[first..].iter().take(MAX_IOV).map(|c| IoSlice::new(c)).collect();
             w.write_vectored(&slices).await?
         };
@@ -359,7 +447,8 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, chunks: &mut V
     Ok(())
 }
 
-struct StreamRecv<R> {
+/// The receive half of Courier's stream comm over a read half `R`.
+pub struct StreamRecv<R> {
     read: R,
     rbuf: BytesMut,
     decoder: Decoder,
@@ -387,6 +476,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for StreamRecv<R> {
     /// Cancel-safe: partial messages live in `self.rbuf` and the decoder; a dropped read
     /// consumed nothing.
     async fn recv(&mut self) -> Result<Message, CommError> {
+        self.recv_message().await
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> StreamRecv<R> {
+    /// [`CommRecv::recv`], without a boxed future; cancel-safe in the same way.
+    pub async fn recv_message(&mut self) -> Result<Message, CommError> {
         loop {
             if self.failed || self.close.is_closed() {
                 return Err(CommError::closed(format!("comm with {} is closed", self.peer)));

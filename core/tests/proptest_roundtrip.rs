@@ -85,7 +85,28 @@ proptest! {
     fn messages_survive_any_split(msgs in prop::collection::vec(message(), 1..4), c in compression(),
                                   cuts in prop::collection::vec(any::<usize>(), 0..12)) {
         let bytes = encode(&msgs, c);
-        prop_assert_eq!(decode_split(&bytes, &cuts), msgs);
+        let got = decode_split(&bytes, &cuts);
+        // Every frame, small ones (from the allocator's fast path) included, is 64-byte aligned.
+        prop_assert!(got.iter().flat_map(|m| &m.frames).all(|f| f.is_empty() || (f.as_ptr() as usize).is_multiple_of(64)));
+        prop_assert_eq!(got, msgs);
+    }
+
+    /// A transport's trailing frame: the stream is the message with the trailer appended as a
+    /// raw last frame (byte for byte without compression), and the caller's message is
+    /// untouched.
+    #[test]
+    fn a_trailer_is_one_more_raw_frame(msg in message(), trailer in frame(), c in compression(),
+                                       cuts in prop::collection::vec(any::<usize>(), 0..12)) {
+        let enc = Encoder::new(Limits::default(), c);
+        let mut chunks = Vec::new();
+        enc.encode_with_trailer(&msg, &trailer, &mut chunks).unwrap();
+        let bytes = chunks.concat();
+        let mut with = msg.clone();
+        with.frames.push(trailer.clone());
+        if matches!(c, Compression::None) {
+            prop_assert_eq!(&bytes, &encode(std::slice::from_ref(&with), c));
+        }
+        prop_assert_eq!(decode_split(&bytes, &cuts), vec![with]);
     }
 
     #[test]
