@@ -3,15 +3,16 @@
 //! always last, that says which frames those are.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_core::{
-    Address, CloseSignal, CommError, CommReceiver, CommRecv, CommSend, CommSender, ErrorKind, Limits, Message, codec,
-    stream,
-};
+use courier_core::stream::{self, StreamRecv, StreamSend};
+use courier_core::{Address, CloseSignal, CommError, CommRecv, CommSend, ErrorKind, Limits, Message, codec};
+use tokio::net::unix::OwnedWriteHalf;
 
 use crate::arena::{Arena, Mapped, Releaser};
 use crate::channel::{Channel, MAX_FDS_PER_MESSAGE};
@@ -27,9 +28,6 @@ pub const SEGMENT_ENTRY_LEN: usize = 16;
 pub const ENTRY_LEN: usize = 32;
 /// Most shared frames one message lists.
 pub const MAX_SHARED_FRAMES: usize = 65_536;
-
-/// The descriptor of a message with no shared frame.
-const EMPTY_DESCRIPTOR: [u8; DESCRIPTOR_HEAD_LEN] = *b"CRSH\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 
 /// Where a shared frame lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +169,7 @@ impl Descriptor {
 /// one or when it is full, in a sealed memfd of its own).
 #[derive(Debug)]
 pub(crate) struct ShmSend {
-    pub(crate) inner: CommSender,
+    pub(crate) inner: StreamSend<OwnedWriteHalf>,
     /// This direction's channel: frame records out, release records in.
     pub(crate) channel: Arc<Channel>,
     pub(crate) arena: Option<Arena>,
@@ -294,10 +292,33 @@ impl ShmSend {
 
 #[async_trait]
 impl CommSend for ShmSend {
-    async fn send(&mut self, mut msg: Message) -> Result<(), CommError> {
+    // Not an `async fn`: a message with nothing to share gets the stream send's own future,
+    // not one sized and initialised for the shared path's state.
+    fn send<'a, 'b>(&'a mut self, msg: Message) -> Pin<Box<dyn Future<Output = Result<(), CommError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
         if self.close.is_closed() {
-            return Err(CommError::closed(format!("comm to {} is closed", self.inner.peer_address())));
+            let e = CommError::closed(format!("comm to {} is closed", self.inner.peer_address()));
+            return Box::pin(std::future::ready(Err(e)));
         }
+        if self.in_flight == 0 && msg.frames.iter().all(|f| f.len() < self.threshold) {
+            // Nothing to share and nothing to reclaim: the stream carries it all (its encoder
+            // checks the peer's limits), with an empty descriptor frame.
+            return Box::pin(self.inner.send_message_with_trailer(msg, Bytes::new()));
+        }
+        Box::pin(self.send_shared(msg))
+    }
+
+    async fn close(&mut self) -> Result<(), CommError> {
+        self.inner.close_stream().await
+    }
+}
+
+impl ShmSend {
+    /// Sends a message with frames to share (or shared frames to reclaim first).
+    async fn send_shared(&mut self, mut msg: Message) -> Result<(), CommError> {
         // Shared frames bypass the stream codec's check: refuse here what the peer would.
         if let Some(limits) = &self.peer_limits {
             let mut with_descriptor = limits.to_owned();
@@ -343,19 +364,15 @@ impl CommSend for ShmSend {
         }
         drop(segment_fds);
         self.in_flight += d.frames.iter().map(|f| f.len).sum::<u64>();
-        msg.frames.push(if d.frames.is_empty() { Bytes::from_static(&EMPTY_DESCRIPTOR) } else { d.encode() });
-        self.inner.send(msg).await
-    }
-
-    async fn close(&mut self) -> Result<(), CommError> {
-        self.inner.close().await
+        let descriptor = if d.frames.is_empty() { Bytes::new() } else { d.encode() };
+        self.inner.send_message_with_trailer(msg, descriptor).await
     }
 }
 
 /// The receive half: maps each shared frame in place.
 #[derive(Debug)]
 pub(crate) struct ShmRecv {
-    pub(crate) inner: CommReceiver,
+    pub(crate) inner: StreamRecv<crate::PreambleRead>,
     /// This direction's channel: frame records in, release records out.
     pub(crate) channel: Arc<Channel>,
     pub(crate) releaser: Arc<Releaser>,
@@ -381,7 +398,7 @@ impl CommRecv for ShmRecv {
             return Err(CommError::closed(format!("comm with {} is closed after: {e}", self.peer)));
         }
         self.releaser.flush();
-        let msg = self.inner.recv().await?;
+        let msg = self.inner.recv_message().await?;
         match self.restore(msg) {
             Ok(m) => Ok(m),
             Err(e) => {
@@ -398,6 +415,10 @@ impl ShmRecv {
     /// Puts the shared frames back in their places.
     fn restore(&mut self, mut msg: Message) -> Result<Message, CommError> {
         let descriptor = msg.frames.pop().ok_or_else(|| CommError::protocol("a message without its shm descriptor"))?;
+        if descriptor.is_empty() {
+            // No shared frame.
+            return Ok(msg);
+        }
         let d = Descriptor::decode(&descriptor, msg.frames.len())?;
         if d.frames.is_empty() && d.segments.is_empty() {
             return Ok(msg);

@@ -77,7 +77,8 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use courier_core::stream::{
-    Admission, HandshakingListener, StreamAcceptor, StreamParts, accept_stream, handshake_stream,
+    Admission, HandshakingListener, StreamAcceptor, StreamHalves, StreamParts, accept_stream_halves,
+    handshake_stream_halves,
 };
 use courier_core::{Address, CloseSignal, Comm, CommConfig, CommError, Compression, ErrorKind, Listener, Transport};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -318,7 +319,7 @@ struct Channels {
 /// The read half with the descriptor channels received in the preamble, until the
 /// handshake takes them.
 #[derive(Debug)]
-struct PreambleRead {
+pub(crate) struct PreambleRead {
     half: OwnedReadHalf,
     channels: Option<Channels>,
 }
@@ -354,13 +355,17 @@ fn parts(
 }
 
 /// Builds the shm comm over a handshaken stream comm and this side's channel ends.
-fn wrap(comm: Comm, channels: Channels, config: &CommConfig, t: &ShmTransport) -> Result<Comm, CommError> {
+fn wrap(
+    comm: StreamHalves<PreambleRead, OwnedWriteHalf>,
+    channels: Channels,
+    config: &CommConfig,
+    t: &ShmTransport,
+) -> Result<Comm, CommError> {
     let register = |fd| {
         channel::Channel::new(fd).map(Arc::new).map_err(|e| CommError::from_io("registering the descriptor channel", e))
     };
     let (send_channel, recv_channel) = (register(channels.send)?, register(channels.recv)?);
-    let (local, peer, info) = (comm.local_address().clone(), comm.peer_address().clone(), comm.peer_info().clone());
-    let (tx, rx) = comm.split();
+    let StreamHalves { send: tx, recv: rx, local, peer, info } = comm;
     let close = CloseSignal::new();
     let arena = (channels.same_user && channels.peer_accepts_arena && t.pool.cap() > 0)
         .then(|| arena::Arena::new(t.pool.clone()));
@@ -447,7 +452,7 @@ impl Transport for ShmTransport {
         drop(theirs);
         let mut parts = parts(stream, send, recv, 0);
         let mut channels = parts.read.channels.take().expect("just put");
-        let comm = handshake_stream(parts, config).await?;
+        let comm = handshake_stream_halves(parts, config).await?;
         // The listener answered the preamble before its hello: its policy is queued here.
         let mut policy = [0u8; 17];
         let got = channel::recv_with_fds(&channels.recv, &mut policy, 1)
@@ -560,7 +565,7 @@ impl StreamAcceptor for ShmAcceptor {
         admission: Admission,
     ) -> Result<Comm, CommError> {
         let channels = parts.read.channels.take().ok_or_else(|| CommError::protocol("no descriptor channel"))?;
-        let comm = accept_stream(parts, config, admission).await?;
+        let comm = accept_stream_halves(parts, config, admission).await?;
         wrap(comm, channels, config, &self.transport)
     }
 }

@@ -341,3 +341,54 @@ fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option
         std::task::Poll::Pending => None,
     }
 }
+
+/// A message without shared frames ends with an empty descriptor frame (what Courier sends),
+/// or with the descriptor's bare 24-byte head (what it sent before); a message without any
+/// descriptor frame fails its comm.
+#[tokio::test]
+async fn a_message_without_shared_frames_ends_with_an_empty_or_a_bare_descriptor() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir("plain");
+    let path = dir.join("l.sock");
+    let url = format!("shm://{}", path.display());
+    let r = registry();
+    let mut listener = r.listen(&url).await.unwrap();
+    let (mut raw, chan) = open(&path);
+    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
+    let mut server = server.unwrap();
+
+    let small = Message::new(&b"small"[..], vec![Bytes::from_static(b"abc"), Bytes::new()]);
+    server.send(small.clone()).await.unwrap();
+    let mut decoder = courier_core::codec::Decoder::new(Limits::default());
+    let mut buf = bytes::BytesMut::new();
+    let on_the_wire = loop {
+        if let Some(m) = decoder.decode(&mut buf).unwrap() {
+            break m;
+        }
+        assert!(raw.read_buf(&mut buf).await.unwrap() > 0);
+    };
+    let mut expected = small.frames.clone();
+    expected.push(Bytes::new());
+    assert_eq!(on_the_wire.frames, expected, "the frames, then an empty descriptor frame");
+
+    let bare = Descriptor::default().encode();
+    assert_eq!(&bare[..], b"CRSH\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
+    for last in [Bytes::new(), bare] {
+        let mut frames = small.frames.clone();
+        frames.push(last);
+        let mut chunks = Vec::new();
+        Encoder::new(Limits::default(), Compression::None)
+            .encode(&Message::new(&b"small"[..], frames), &mut chunks)
+            .unwrap();
+        raw.write_all(&chunks.concat()).await.unwrap();
+        assert_eq!(server.recv().await.unwrap(), small);
+    }
+
+    raw.write_all(&encode(vec![], None)).await.unwrap();
+    let err = server.recv().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("without its shm descriptor"), "{err}");
+    drop((server, raw, chan));
+    listener.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
