@@ -2,8 +2,9 @@
 //! small limits and budgets so every check is reachable, with and without Snappy announced,
 //! and with large frames read straight into the decoder's buffer as the stream driver does.
 //!
-//! Checks: no panic; every message returned is within the limits; the budget is never
-//! exceeded; a returned message re-encodes and decodes to itself.
+//! Checks: no panic; every message returned is within the limits, its frames 64-byte aligned;
+//! the budget is never exceeded; a returned message re-encodes and decodes to itself, and its
+//! last frame sent as a trailer encodes to the same bytes.
 #![no_main]
 
 use bytes::{BufMut, BytesMut};
@@ -52,8 +53,17 @@ fn check(msg: &courier_core::Message) {
     assert!(msg.frames.len() <= LIMITS.max_frames as usize);
     assert!(msg.header.len() as u64 <= LIMITS.max_header_size);
     assert!(msg.frames.iter().all(|f| f.len() as u64 <= LIMITS.max_frame_size));
+    assert!(msg.frames.iter().all(|f| f.is_empty() || (f.as_ptr() as usize).is_multiple_of(64)), "aligned frames");
     let mut chunks = Vec::new();
     Encoder::new(Limits::default(), Compression::None).encode(msg, &mut chunks).expect("a decoded message re-encodes");
+    if let Some((last, rest)) = msg.frames.split_last() {
+        let mut with = Vec::new();
+        let head = courier_core::Message::new(msg.header.clone(), rest.to_vec());
+        Encoder::new(Limits::default(), Compression::None)
+            .encode_with_trailer(&head, last, &mut with)
+            .expect("encodes");
+        assert_eq!(with.concat(), chunks.concat(), "a trailer is the last frame");
+    }
     let mut again = BytesMut::from(&chunks.concat()[..]);
     let back = Decoder::new(Limits::default()).decode(&mut again).expect("re-decodes").expect("whole");
     assert_eq!(&back, msg);
