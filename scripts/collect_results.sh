@@ -29,10 +29,11 @@ if [ $quick = 1 ]; then
   compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)
   tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1) callgrind_args=(500 1)
   stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
-  shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256)
+  shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256) small_args=(200 1)
   spill_args=(8 4 1) queuing_args=(1 16 1 2000) glm_args=(40000 32 8 3) dashboard_args=(2000 1)
 else
   compare_args=() tasks_args=() callgrind_args=(20000 3) shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
+  small_args=(20000 3)
   spill_args=(64 16 5) queuing_args=(7 256 4 100000) glm_args=(4000000 32 40 10) dashboard_args=(100000 9)
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
   stability_args=()
@@ -84,6 +85,13 @@ for part in "${parts[@]}"; do
       ./target/release/examples/costs "${shm_costs_args[@]}" | tee "$out/shm_costs.txt"
       ./target/release/courier compare --transports tcp,unix,shm "${compare_args[@]}" --json "$out/shm_compare.json" \
         | tee "$out/shm_compare.txt"
+      # Instructions per 100-byte round trip (tcp, unix, shm): the small-message cost beside
+      # the times.
+      if command -v valgrind >/dev/null; then
+        scripts/callgrind_small.sh "${small_args[@]}" | tee "$out/shm_small_callgrind.txt"
+      else
+        echo "callgrind: skipped, valgrind is not installed" >&2
+      fi
       : >"$out/shm_perf.jsonl"
       for t in tcp://127.0.0.1:0 unix:// shm://; do
         for p in stream:8MiB stream:64MiB echo:100; do
@@ -184,6 +192,7 @@ json.dump({
                  "bench_tasks": "median (headline), smallest and largest of 5, repetitions taking the clusters in turn; --serializing adds the in-process cluster with MessagePack-encoding comms (the fast path's baseline); many workers: 256 one-thread workers in process, 64 one-thread worker processes over tcp:// and unix://",
                  "callgrind": "scripts/callgrind_tasks.sh: bench-tasks in process, 20,000 + 2,000 tasks and twice that, 3 runs each alternating; marginal instructions per task, median of the pairs; scripts/callgrind_tasks_tcp.sh: the same per process of a tcp:// scheduler + 2 one-thread worker processes and a bench-tasks --scheduler client",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
+                 "shm": "compare --transports tcp,unix,shm as compare; perf between two processes, 3 s per row; costs of a fresh 64 MiB memfd; callgrind_small.sh: 20,000 and 40,000 round trips of 100 B, 3 runs each, marginal instructions per round trip; stability as stability, shm:// only; shm_tree: 5 runs per mode, 32 arrays of 8192 x 1024 f64 on 3 one-thread worker processes",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",
                  "links": "links_bench.sh: test hosts in network namespaces on a bridge, each link shaped both ways with tc htb at 1 and 10 Gbit/s; courier perf stream of 64 MiB, 5 repetitions interleaved over none/snappy/lz4/auto, 5 s (1 Gbit/s) or 3 s (10 Gbit/s) each; tree_across: 16 arrays of 8 MiB, scheduler and 3 one-thread workers on their own hosts, 5 repetitions",
