@@ -67,4 +67,6 @@ fn the_documented_constants_are_the_codes() {
     assert!(s.contains("(at most 65,536)") && MAX_SHARED_FRAMES == 65_536);
     assert!(s.contains("at most 1,024") && MAX_RELEASES_PER_RECORD == 1024);
     assert!(s.contains("(`CRSH` and 20 zero bytes)") && DESCRIPTOR_HEAD_LEN == 24);
+    // What a sender puts last when nothing is shared (abuse.rs checks the bytes on the wire).
+    assert!(s.contains("A message without shared frames ends with an **empty** descriptor frame (length 0"));
 }
