@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::address::Address;
@@ -210,7 +211,16 @@ impl CommReceiver {
 /// A one-way "closed" flag shared by the halves of a comm, which a pending receive can await.
 #[derive(Debug, Clone, Default)]
 pub struct CloseSignal {
-    inner: Arc<(AtomicBool, Notify)>,
+    inner: Arc<SignalInner>,
+}
+
+#[derive(Debug, Default)]
+struct SignalInner {
+    closed: AtomicBool,
+    notify: Notify,
+    /// The wakers of [`CloseWatch`]es, woken on close (entries of dropped watches are pruned
+    /// as new ones subscribe).
+    watches: std::sync::Mutex<Vec<std::sync::Weak<AtomicWaker>>>,
 }
 
 impl CloseSignal {
@@ -221,19 +231,23 @@ impl CloseSignal {
 
     /// Marks closed and wakes every waiter. Idempotent.
     pub fn close(&self) {
-        self.inner.0.store(true, Ordering::Release);
-        self.inner.1.notify_waiters();
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.notify.notify_waiters();
+        let watches = self.inner.watches.lock().unwrap_or_else(|p| p.into_inner());
+        for w in watches.iter().filter_map(std::sync::Weak::upgrade) {
+            w.wake();
+        }
     }
 
     /// True once closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.0.load(Ordering::Acquire)
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// Resolves once closed. Cancel-safe.
     pub async fn closed(&self) {
         loop {
-            let notified = self.inner.1.notified();
+            let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.is_closed() {
@@ -241,6 +255,41 @@ impl CloseSignal {
             }
             notified.await;
         }
+    }
+
+    /// A subscription for one task that waits on this signal again and again (a comm's receive
+    /// loop): each wait only stores the task's waker, where [`CloseSignal::closed`] enters and
+    /// leaves a waiter list under a lock every time.
+    pub fn watch(&self) -> CloseWatch {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut watches = self.inner.watches.lock().unwrap_or_else(|p| p.into_inner());
+        watches.retain(|w| w.strong_count() > 0);
+        watches.push(Arc::downgrade(&waker));
+        CloseWatch { signal: self.clone(), waker }
+    }
+}
+
+/// One task's subscription to a [`CloseSignal`] (see [`CloseSignal::watch`]).
+#[derive(Debug)]
+pub struct CloseWatch {
+    signal: CloseSignal,
+    waker: Arc<AtomicWaker>,
+}
+
+impl CloseWatch {
+    /// Ready once the signal is closed; otherwise the task is woken when it closes.
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.signal.is_closed() {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Closed between the check and the registration: `close` may have woken nobody.
+        if self.signal.is_closed() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    }
+
+    /// Resolves once the signal is closed. Cancel-safe.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await
     }
 }
 
@@ -261,6 +310,34 @@ mod tests {
         s.close();
         s.closed().await;
         assert!(s.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_watch_wakes_on_close_however_often_it_waited() {
+        let s = CloseSignal::new();
+        let watch = s.watch();
+        // Waits abandoned before the close (as a receive loop's select! drops them).
+        for _ in 0..3 {
+            let mut wait = Box::pin(watch.closed());
+            assert!(futures_poll_once(wait.as_mut()).is_none());
+        }
+        let dropped = s.watch();
+        drop(dropped);
+        let w = tokio::spawn(async move { watch.closed().await });
+        tokio::task::yield_now().await;
+        s.close();
+        w.await.unwrap();
+        // A watch made after the close is ready at once; dropped watches were pruned.
+        s.watch().closed().await;
+        assert_eq!(s.inner.watches.lock().unwrap().len(), 1, "the dropped watches are gone");
+    }
+
+    fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        match f.poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
     }
 
     fn assert_send<T: Send>(_: &T) {}

@@ -61,7 +61,7 @@ pub use address::{Address, Host, HostPort};
 pub use array::{BUILD_CHUNK, DType, Element, WireArray};
 pub use auth::{AccessList, Credential};
 pub use budget::{BudgetConfig, RecvBudget, SharedBudget};
-pub use comm::{CloseSignal, Comm, CommReceiver, CommRecv, CommSend, CommSender, PeerInfo};
+pub use comm::{CloseSignal, CloseWatch, Comm, CommReceiver, CommRecv, CommSend, CommSender, PeerInfo};
 pub use compression::{Codec, Compression};
 pub use error::{CommError, ErrorKind};
 pub use limits::Limits;

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use crate::address::Address;
 use crate::budget::{RecvBudget, SharedBudget};
 use crate::codec::{Decoder, Encoder};
-use crate::comm::{CloseSignal, Comm, CommRecv, CommSend, PeerInfo};
-use crate::compression::Compression;
+use crate::comm::{CloseSignal, CloseWatch, Comm, CommRecv, CommSend, PeerInfo};
+use crate::compression::{Compression, Link};
 use crate::error::{CommError, ErrorKind};
 use crate::handshake::{FLAG_REQUIRES_CREDENTIAL, Hello, VERDICT_OK, negotiate};
 use crate::message::Message;
@@ -290,6 +290,7 @@ where
         read,
         rbuf,
         decoder: Decoder::with(session.recv_limits, compression.offered_mask(), budget),
+        close_watch: close.watch(),
         close,
         failed: false,
         peer: peer.clone(),
@@ -380,8 +381,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamSend<W> {
         }
         self.state = SendState::Poisoned;
         let wire_bytes: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
-        // tokio's clock: the same as std's, except in tests that pause time.
-        let start = tokio::time::Instant::now();
+        // The link's bandwidth, for `auto` compression, is measured on large messages only:
+        // a small one reads no clock. tokio's clock: std's, except in tests that pause time.
+        let start = (wire_bytes >= Link::MEASURE_MIN).then(tokio::time::Instant::now);
         let result = write_all_vectored(&mut self.write, &mut self.chunks).await;
         let result = match result {
             Ok(()) => self.write.flush().await,
@@ -389,8 +391,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamSend<W> {
         };
         match result {
             Ok(()) => {
-                // The link's bandwidth, for `auto` compression (large messages only).
-                self.encoder.observe(wire_bytes, start.elapsed());
+                if let Some(start) = start {
+                    self.encoder.observe(wire_bytes, start.elapsed());
+                }
                 self.state = SendState::Open;
                 Ok(())
             }
@@ -453,6 +456,8 @@ pub struct StreamRecv<R> {
     rbuf: BytesMut,
     decoder: Decoder,
     close: CloseSignal,
+    /// This loop's subscription to `close`, so that a pending read ends when the comm closes.
+    close_watch: CloseWatch,
     failed: bool,
     peer: Address,
     /// For comms a listener accepted: the first message must arrive by then.
@@ -513,10 +518,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamRecv<R> {
                 (Some(p), Some(f)) => Some(p.min(f)),
                 (p, f) => p.or(f),
             };
-            let Self { read, rbuf, decoder, close, .. } = self;
+            let Self { read, rbuf, decoder, close_watch, .. } = self;
             let read_result = tokio::select! {
                 biased;
-                () = close.closed() => continue,
+                () = close_watch.closed() => continue,
                 () = sleep_until_or_forever(deadline) => {
                     let why = if stalled {
                         format!("{} stalled in the middle of a message for {:?}", self.peer, self.message_timeout)

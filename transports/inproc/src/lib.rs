@@ -24,8 +24,8 @@ use std::sync::{LazyLock, Mutex};
 use async_trait::async_trait;
 use courier_core::codec::check_limits;
 use courier_core::{
-    Address, CloseSignal, Comm, CommConfig, CommError, CommRecv, CommSend, ErrorKind, Limits, Listener, Message,
-    PeerInfo, Transport,
+    Address, CloseSignal, CloseWatch, Comm, CommConfig, CommError, CommRecv, CommSend, ErrorKind, Limits, Listener,
+    Message, PeerInfo, Transport,
 };
 use tokio::sync::mpsc;
 
@@ -155,14 +155,7 @@ impl Transport for InprocTransport {
                 ));
             }
         }
-        let send = InprocSend {
-            values: self.values,
-            tx: Some(to_server_tx),
-            me: client_closed.clone(),
-            peer: server_closed,
-            peer_limits: server_limits,
-        };
-        let recv = InprocRecv { rx: to_client_rx, me: client_closed };
+        let (send, recv) = halves(self.values, to_server_tx, to_client_rx, client_closed, server_closed, server_limits);
         let info = PeerInfo { name: server_name, version: 0, role: None, limits: None };
         Ok(Comm::new(Box::new(send), Box::new(recv), client_addr, addr.clone(), info))
     }
@@ -237,14 +230,8 @@ impl Listener for InprocListener {
             return Err(closed());
         }
         let r = self.requests.recv().await.ok_or_else(closed)?;
-        let send = InprocSend {
-            values: self.values,
-            tx: Some(r.to_client),
-            me: r.server_closed.clone(),
-            peer: r.client_closed,
-            peer_limits: r.client_limits,
-        };
-        let recv = InprocRecv { rx: r.to_server, me: r.server_closed };
+        let (send, recv) =
+            halves(self.values, r.to_client, r.to_server, r.server_closed, r.client_closed, r.client_limits);
         let info = PeerInfo { name: r.client_name, version: 0, role: r.role, limits: None };
         Ok(Comm::new(Box::new(send), Box::new(recv), self.contact.clone(), r.client_addr, info))
     }
@@ -271,12 +258,30 @@ impl Drop for InprocListener {
     }
 }
 
+/// One end's halves: sending on `tx`, receiving on `rx`, closing `me`, watching `peer`.
+fn halves(
+    values: bool,
+    tx: mpsc::Sender<Message>,
+    rx: mpsc::Receiver<Message>,
+    me: CloseSignal,
+    peer: CloseSignal,
+    peer_limits: Limits,
+) -> (InprocSend, InprocRecv) {
+    let recv = InprocRecv { rx, me_watch: me.watch(), me: me.clone() };
+    let send =
+        InprocSend { values, tx: Some(tx), me_watch: me.watch(), peer_watch: peer.watch(), me, peer, peer_limits };
+    (send, recv)
+}
+
 #[derive(Debug)]
 struct InprocSend {
     values: bool,
     tx: Option<mpsc::Sender<Message>>,
     me: CloseSignal,
     peer: CloseSignal,
+    /// Subscriptions to `me` and `peer` for the sends that wait (a full queue).
+    me_watch: CloseWatch,
+    peer_watch: CloseWatch,
     peer_limits: Limits,
 }
 
@@ -291,8 +296,8 @@ impl CommSend for InprocSend {
         check_limits(&msg, &self.peer_limits)?;
         tokio::select! {
             r = tx.send(msg) => r.map_err(|_| closed()),
-            () = self.peer.closed() => Err(closed()),
-            () = self.me.closed() => Err(closed()),
+            () = self.peer_watch.closed() => Err(closed()),
+            () = self.me_watch.closed() => Err(closed()),
         }
     }
 
@@ -312,6 +317,8 @@ impl CommSend for InprocSend {
 struct InprocRecv {
     rx: mpsc::Receiver<Message>,
     me: CloseSignal,
+    /// A subscription to `me`: each receive waits on it.
+    me_watch: CloseWatch,
 }
 
 #[async_trait]
@@ -324,7 +331,7 @@ impl CommRecv for InprocRecv {
         }
         tokio::select! {
             biased;
-            () = self.me.closed() => Err(closed()),
+            () = self.me_watch.closed() => Err(closed()),
             m = self.rx.recv() => m.ok_or_else(closed),
         }
     }

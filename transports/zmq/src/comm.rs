@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use courier_core::stream::{AddressPlace, ConnectionSlot, log_violation, write_all_vectored};
-use courier_core::{Address, CloseSignal, Comm, CommError, CommRecv, CommSend, ErrorKind, Limits, Message, PeerInfo};
+use courier_core::{
+    Address, CloseSignal, CloseWatch, Comm, CommError, CommRecv, CommSend, ErrorKind, Limits, Message, PeerInfo,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -197,6 +199,8 @@ pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Co
         rbuf: p.rbuf,
         decoder: p.decoder,
         inbox: tx,
+        local_closed: shared.local_closed.watch(),
+        peer_gone: shared.peer_gone.watch(),
         shared: shared.clone(),
         outbox: p.outbox.clone(),
         first_deadline: p.first_message_timeout.map(|t| Instant::now() + t),
@@ -206,8 +210,14 @@ pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Co
     };
     tokio::spawn(reader.run());
     tokio::spawn(control(p.outbox.clone(), shared.clone(), p.liveness, p.slot.clone()));
-    let send = ZmqSend { outbox: p.outbox, shared: shared.clone(), peer_limits: p.peer_limits, _slot: p.slot.clone() };
-    let recv = ZmqRecv { rx, shared, _slot: p.slot };
+    let send = ZmqSend {
+        outbox: p.outbox,
+        local_closed: shared.local_closed.watch(),
+        shared: shared.clone(),
+        peer_limits: p.peer_limits,
+        _slot: p.slot.clone(),
+    };
+    let recv = ZmqRecv { rx, local_closed: shared.local_closed.watch(), shared, _slot: p.slot };
     Comm::new(Box::new(send), Box::new(recv), p.local, p.peer, p.info)
 }
 
@@ -217,6 +227,9 @@ struct Reader<R> {
     rbuf: BytesMut,
     decoder: Decoder,
     inbox: mpsc::Sender<(Message, u64)>,
+    /// Subscriptions to the shared close signals, waited on before every read.
+    local_closed: CloseWatch,
+    peer_gone: CloseWatch,
     shared: Arc<Shared>,
     outbox: Arc<dyn Outbox>,
     first_deadline: Option<Instant>,
@@ -252,8 +265,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
                 Step::NeedBudget => {
                     tokio::select! {
                         () = self.shared.budget_freed.notified() => {}
-                        () = self.shared.local_closed.closed() => return Ok(()),
-                        () = self.shared.peer_gone.closed() => return Ok(()),
+                        () = self.local_closed.closed() => return Ok(()),
+                        () = self.peer_gone.closed() => return Ok(()),
                     }
                 }
                 Step::NeedBytes => self.read_more().await?,
@@ -316,12 +329,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
             (Some(p), Some(f)) => Some(p.min(f)),
             (p, f) => p.or(f),
         };
-        let Self { read, rbuf, decoder, shared, message_timeout, .. } = self;
+        let Self { read, rbuf, decoder, shared, message_timeout, local_closed, peer_gone, .. } = self;
         let peer = &shared.peer;
         let n = tokio::select! {
             biased;
-            () = shared.local_closed.closed() => return Ok(()),
-            () = shared.peer_gone.closed() => return Ok(()),
+            () = local_closed.closed() => return Ok(()),
+            () = peer_gone.closed() => return Ok(()),
             () = sleep_until_or_forever(deadline) => {
                 let why = if stalled {
                     format!("{peer} stalled in the middle of a message for {message_timeout:?}")
@@ -402,6 +415,8 @@ async fn control(outbox: Arc<dyn Outbox>, shared: Arc<Shared>, liveness: Livenes
 
 struct ZmqSend {
     outbox: Arc<dyn Outbox>,
+    /// A subscription to `shared.local_closed`, for sends that wait for credit.
+    local_closed: CloseWatch,
     shared: Arc<Shared>,
     peer_limits: Limits,
     _slot: Option<ConnectionSlot>,
@@ -427,7 +442,7 @@ impl CommSend for ZmqSend {
                 Ok(p) => p.forget(),
                 Err(_) => return Err(s.error()),
             },
-            () = s.local_closed.closed() => return Err(s.error()),
+            () = self.local_closed.closed() => return Err(s.error()),
         }
         self.outbox.send(protocol::message_parts(msg)).await.inspect_err(|e| {
             s.peer_failed(e.kind(), e.message().to_owned());
@@ -449,6 +464,8 @@ impl Drop for ZmqSend {
 #[derive(Debug)]
 struct ZmqRecv {
     rx: mpsc::Receiver<(Message, u64)>,
+    /// A subscription to `shared.local_closed`: each receive waits on it.
+    local_closed: CloseWatch,
     shared: Arc<Shared>,
     _slot: Option<ConnectionSlot>,
 }
@@ -463,7 +480,7 @@ impl CommRecv for ZmqRecv {
         }
         tokio::select! {
             biased;
-            () = s.local_closed.closed() => Err(CommError::closed("zmq comm is closed")),
+            () = self.local_closed.closed() => Err(CommError::closed("zmq comm is closed")),
             m = self.rx.recv() => match m {
                 Some((m, held)) => {
                     {
