@@ -112,17 +112,7 @@ impl Encoder {
     /// if the peer's limits would reject the message.
     pub fn encode(&self, msg: &Message, out: &mut Vec<Bytes>) -> Result<(), CommError> {
         check_limits(msg, &self.limits)?;
-        if matches!(self.compression, Compression::None) {
-            // The frames go as they are: no list of compressed frames to build.
-            assemble(&msg.header, msg.frames.len(), msg.frames.iter().map(|f| (Codec::None, f)), out);
-            return Ok(());
-        }
-        let wire: Vec<(Codec, Bytes)> = msg
-            .frames
-            .iter()
-            .map(|f| compression::compress_frame(f, self.compression, self.codecs, &self.link))
-            .collect();
-        assemble(&msg.header, wire.len(), wire.iter().map(|(c, b)| (*c, b)), out);
+        self.encode_checked(msg, None, out);
         Ok(())
     }
 
@@ -137,20 +127,25 @@ impl Encoder {
         if trailer.len() as u64 > self.limits.max_frame_size {
             return Err(too_large("frame", trailer.len() as u64, self.limits.max_frame_size));
         }
-        let n = msg.frames.len();
+        self.encode_checked(msg, Some(trailer), out);
+        Ok(())
+    }
+
+    /// Appends the chunks of `msg` (and `trailer`, raw), its limits already checked.
+    fn encode_checked(&self, msg: &Message, trailer: Option<&Bytes>, out: &mut Vec<Bytes>) {
+        let nframes = msg.frames.len() + usize::from(trailer.is_some());
+        let trailer = trailer.map(|t| (Codec::None, t));
         if matches!(self.compression, Compression::None) {
-            let frames = msg.frames.iter().chain(std::iter::once(trailer));
-            assemble(&msg.header, n + 1, frames.map(|f| (Codec::None, f)), out);
-            return Ok(());
+            // The frames go as they are: no list of compressed frames to build.
+            assemble(&msg.header, nframes, msg.frames.iter().map(|f| (Codec::None, f)).chain(trailer), out);
+            return;
         }
         let wire: Vec<(Codec, Bytes)> = msg
             .frames
             .iter()
             .map(|f| compression::compress_frame(f, self.compression, self.codecs, &self.link))
             .collect();
-        let frames = wire.iter().map(|(c, b)| (*c, b)).chain(std::iter::once((Codec::None, trailer)));
-        assemble(&msg.header, n + 1, frames, out);
-        Ok(())
+        assemble(&msg.header, nframes, wire.iter().map(|(c, b)| (*c, b)).chain(trailer), out);
     }
 }
 

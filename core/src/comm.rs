@@ -312,8 +312,14 @@ mod tests {
         assert!(s.is_closed());
     }
 
-    #[tokio::test]
-    async fn a_watch_wakes_on_close_however_often_it_waited() {
+    #[test]
+    fn a_watch_wakes_on_close_however_often_it_waited() {
+        struct Flag(AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
         let s = CloseSignal::new();
         let watch = s.watch();
         // Waits abandoned before the close (as a receive loop's select! drops them).
@@ -323,12 +329,20 @@ mod tests {
         }
         let dropped = s.watch();
         drop(dropped);
-        let w = tokio::spawn(async move { watch.closed().await });
-        tokio::task::yield_now().await;
+        // A pending wait, then the close: its task is woken and the wait is ready.
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut wait = Box::pin(watch.closed());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
         s.close();
-        w.await.unwrap();
+        assert!(flag.0.load(Ordering::SeqCst), "close woke the waiting task");
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        drop(wait);
+        drop(watch);
         // A watch made after the close is ready at once; dropped watches were pruned.
-        s.watch().closed().await;
+        let late = s.watch();
+        assert!(futures_poll_once(std::pin::pin!(late.closed())).is_some());
         assert_eq!(s.inner.watches.lock().unwrap().len(), 1, "the dropped watches are gone");
     }
 

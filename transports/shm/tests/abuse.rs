@@ -5,13 +5,14 @@
 mod support;
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use courier_core::codec::Encoder;
 use courier_core::handshake::{Hello, PREFIX_LEN};
 use courier_core::testkit::pattern;
-use courier_core::{Compression, ErrorKind, Limits, Message, Registry};
+use courier_core::{Comm, Compression, ErrorKind, Limits, Listener, Message, Registry};
 use courier_shm::{Descriptor, Placement, Shared, ShmTransport, raw};
 use rustix::fs::SealFlags;
 use support::{SEALED, memfd, open, registry, temp_dir};
@@ -28,6 +29,14 @@ async fn hello(raw: &mut UnixStream) {
     raw.read_exact(&mut prefix).await.unwrap();
     let mut body = vec![0u8; u16::from_le_bytes([prefix[6], prefix[7]]) as usize];
     raw.read_exact(&mut body).await.unwrap();
+}
+
+/// A raw peer connected to `listener` through the preamble and the hello, and the comm the
+/// listener made of it.
+async fn hostile_peer(path: &Path, listener: &mut Box<dyn Listener>) -> (UnixStream, (OwnedFd, OwnedFd), Comm) {
+    let (mut raw, chan) = open(path);
+    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
+    (raw, chan, server.unwrap())
 }
 
 /// The stream bytes of an shm message whose frames are `frames` followed by `descriptor`.
@@ -260,9 +269,7 @@ async fn a_sealed_only_receiver_refuses_arena_frames_and_a_sender_refuses_bogus_
     let r = Registry::new().with(Arc::new(ShmTransport::new().sealed_only()));
     let mut listener = r.listen(&url).await.unwrap();
     // A peer that ignores the listener's policy and sends a frame from its arena.
-    let (mut raw, chan) = open(&path);
-    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
-    let mut server = server.unwrap();
+    let (mut raw, chan, mut server) = hostile_peer(&path, &mut listener).await;
     raw::send_with_fds(&chan.0, &raw::record(1, 1), &[segment(1 << 20, SEGMENT)]).unwrap();
     raw.write_all(&encode(vec![Bytes::new()], in_arena(vec![(0, 1 << 20)], 0, 0, 4096))).await.unwrap();
     let err = server.recv().await.unwrap_err();
@@ -274,9 +281,7 @@ async fn a_sealed_only_receiver_refuses_arena_frames_and_a_sender_refuses_bogus_
     // A receiver that releases a frame it was never sent: the sender's comm fails.
     let r = registry();
     let mut listener = r.listen(&url).await.unwrap();
-    let (mut raw, chan) = open(&path);
-    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
-    let mut server = server.unwrap();
+    let (raw, chan, mut server) = hostile_peer(&path, &mut listener).await;
     let big = Message::new(&b"big"[..], vec![pattern(1 << 20, 4)]);
     server.send(big.clone()).await.unwrap();
     let mut release = Vec::new();
@@ -303,9 +308,7 @@ async fn a_sender_keeps_at_most_its_window_in_flight() {
     let url = format!("shm://{}", path.display());
     let r = registry();
     let mut listener = r.listen(&url).await.unwrap();
-    let (mut raw, chan) = open(&path);
-    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
-    let mut server = server.unwrap();
+    let (raw, chan, mut server) = hostile_peer(&path, &mut listener).await;
     // A receiver that reads nothing and reports nothing: 8 frames of 8 MiB fill the 64 MiB
     // window; the 9th waits.
     let frame = Message::new(&b"8 MiB"[..], vec![pattern(8 << 20, 5)]);
@@ -353,9 +356,7 @@ async fn a_message_without_shared_frames_ends_with_an_empty_or_a_bare_descriptor
     let url = format!("shm://{}", path.display());
     let r = registry();
     let mut listener = r.listen(&url).await.unwrap();
-    let (mut raw, chan) = open(&path);
-    let (_, server) = tokio::join!(hello(&mut raw), listener.accept());
-    let mut server = server.unwrap();
+    let (mut raw, chan, mut server) = hostile_peer(&path, &mut listener).await;
 
     let small = Message::new(&b"small"[..], vec![Bytes::from_static(b"abc"), Bytes::new()]);
     server.send(small.clone()).await.unwrap();
