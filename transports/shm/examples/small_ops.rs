@@ -4,7 +4,7 @@
 //! comms' own work (and the kernel's) is measured. `scripts/callgrind_small.sh` runs it under
 //! valgrind's callgrind and reports instructions per round trip.
 //!
-//!   small_ops shm|unix|tcp [N]
+//!   small_ops shm|unix|tcp [N] [PAYLOAD_BYTES]
 use bytes::Bytes;
 use courier_core::stream::{StreamParts, handshake_stream};
 use courier_core::{Address, Comm, CommConfig, Compression, Message, Transport};
@@ -62,6 +62,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "shm".into());
     let n: usize = args.next().map_or(20_000, |s| s.parse().expect("a count"));
+    let len: usize = args.next().map_or(100, |s| s.parse().expect("a size"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let (mut a, mut b) = pair(&kind).await;
@@ -73,7 +74,7 @@ fn main() {
             }
         });
         // The shape of `courier compare`'s echo: a small header and one 100-byte frame.
-        let msg = Message::new(Bytes::from_static(b"payload"), vec![Bytes::from(vec![7u8; 100])]);
+        let msg = Message::new(Bytes::from_static(b"payload"), vec![Bytes::from(vec![7u8; len])]);
         let t = std::time::Instant::now();
         for _ in 0..n {
             a.send(msg.clone()).await.unwrap();
@@ -81,7 +82,7 @@ fn main() {
             assert_eq!(back, msg);
         }
         let dt = t.elapsed();
-        println!("{kind}: {n} round trips, {:.2} µs each", dt.as_secs_f64() * 1e6 / n as f64);
+        println!("{kind}: {n} round trips of {len} B, {:.2} µs each", dt.as_secs_f64() * 1e6 / n as f64);
         drop(a);
         let _ = echo.await;
     });

@@ -1,8 +1,12 @@
-//! One Courier comm over one ZMTP connection: a reader task, a bounded inbox, credit-based
-//! flow control, heartbeats and close, the same on both ends.
+//! One Courier comm over one ZMTP connection: a read side that whoever needs it reads
+//! (inline in the application's receive), credit-based flow control, heartbeats and close, the
+//! same on both ends.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +16,7 @@ use courier_core::{
     Address, CloseSignal, CloseWatch, Comm, CommError, CommRecv, CommSend, ErrorKind, Limits, Message, PeerInfo,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::protocol::{self, HEARTBEAT, Incoming};
@@ -21,8 +25,8 @@ use crate::zmtp::{self, Budget, Command, Decoder, Event, Step};
 /// Bytes requested from the socket per read when not reading a large part directly.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// The write half of a connection, shared by a comm's sender, its control task and its reader
-/// (which answers `PING`s).
+/// The write half of a connection, shared by a comm's sender and its control task (which
+/// returns credit, answers `PING`s and sends heartbeats).
 #[async_trait]
 pub(crate) trait Outbox: Send + Sync + 'static {
     /// Writes one multipart message.
@@ -96,16 +100,24 @@ pub(crate) struct Liveness {
     pub(crate) peer_timeout: Duration,
 }
 
-/// State shared by a comm's halves, its control task and its reader.
+/// State shared by a comm's halves and its control task.
 #[derive(Debug)]
 pub(crate) struct Shared {
     credits: Semaphore,
     local_closed: CloseSignal,
     peer_gone: CloseSignal,
     failure: Mutex<Option<(ErrorKind, String)>>,
-    last_heard: Mutex<Instant>,
+    /// Events read from the peer so far; the control task watches it for silence.
+    heard: AtomicU64,
     consumed: AtomicU32,
-    credit_wanted: Notify,
+    /// Messages the peer may have sent so far: this side's window plus every credit returned
+    /// (counted when the control task decides to return it, before it is sent).
+    granted: AtomicU64,
+    /// Credit to return or a `PONG` to send: work for the control task.
+    control_wanted: Notify,
+    /// The context of the latest `PING` not answered yet (one is enough: a flood of `PING`s
+    /// cannot queue `PONG`s without bound).
+    pong: Mutex<Option<Bytes>>,
     /// The application took a message: budget it held is free again.
     budget_freed: Notify,
     budget: Arc<Mutex<Budget>>,
@@ -114,7 +126,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The peer closed, died or broke the protocol: sends fail from now on; the inbox drains.
+    /// The peer closed, died or broke the protocol: sends fail from now on; messages already
+    /// received are still delivered.
     pub(crate) fn peer_failed(&self, kind: ErrorKind, message: String) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
@@ -124,10 +137,6 @@ impl Shared {
         drop(f);
         self.peer_gone.close();
         self.credits.close();
-    }
-
-    fn heard(&self) {
-        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     fn add_credits(&self, n: u32) {
@@ -143,8 +152,27 @@ impl Shared {
         }
     }
 
+    /// Why a receive ends: closed here, or the peer's failure.
+    fn recv_error(&self) -> CommError {
+        if self.local_closed.is_closed() { CommError::closed("zmq comm is closed") } else { self.error() }
+    }
+
     fn ended(&self) -> bool {
         self.local_closed.is_closed() || self.peer_gone.is_closed()
+    }
+
+    /// The application took a message: its budget is free, and credit is due every half window.
+    fn taken(&self, held: u64) {
+        if held > 0 {
+            let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+            b.inner.release(held);
+            b.queued -= held;
+            drop(b);
+            self.budget_freed.notify_one();
+        }
+        if self.consumed.fetch_add(1, Ordering::AcqRel) + 1 >= self.window / 2 {
+            self.control_wanted.notify_one();
+        }
     }
 }
 
@@ -175,7 +203,7 @@ pub(crate) struct Parts<R> {
     pub(crate) info: PeerInfo,
 }
 
-/// Builds a comm and spawns its reader and control tasks.
+/// Builds a comm and spawns its control task.
 pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Comm {
     let window = p.window.max(2);
     let shared = Arc::new(Shared {
@@ -185,130 +213,165 @@ pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Co
         local_closed: CloseSignal::new(),
         peer_gone: CloseSignal::new(),
         failure: Mutex::new(None),
-        last_heard: Mutex::new(Instant::now()),
+        heard: AtomicU64::new(0),
         consumed: AtomicU32::new(0),
-        credit_wanted: Notify::new(),
+        granted: AtomicU64::new(u64::from(window)),
+        control_wanted: Notify::new(),
+        pong: Mutex::new(None),
         budget_freed: Notify::new(),
         budget: p.budget,
         window,
         peer: p.peer.clone(),
     });
-    let (tx, rx) = mpsc::channel(window as usize);
-    let reader = Reader {
+    let side = Arc::new(tokio::sync::Mutex::new(ReadSide {
         read: p.read,
         rbuf: p.rbuf,
         decoder: p.decoder,
-        inbox: tx,
+        inbox: VecDeque::new(),
+        received: 0,
         local_closed: shared.local_closed.watch(),
         peer_gone: shared.peer_gone.watch(),
-        shared: shared.clone(),
-        outbox: p.outbox.clone(),
         first_deadline: p.first_message_timeout.map(|t| Instant::now() + t),
+        progress_deadline: None,
         message_timeout: p.message_timeout,
         until_first: p.until_first,
-        _slot: p.slot.clone(),
-    };
-    tokio::spawn(reader.run());
-    tokio::spawn(control(p.outbox.clone(), shared.clone(), p.liveness, p.slot.clone()));
+        done: false,
+    }));
+    tokio::spawn(control(p.outbox.clone(), shared.clone(), side.clone(), p.liveness, p.slot.clone()));
     let send = ZmqSend {
         outbox: p.outbox,
+        side: side.clone(),
         local_closed: shared.local_closed.watch(),
         shared: shared.clone(),
         peer_limits: p.peer_limits,
         _slot: p.slot.clone(),
     };
-    let recv = ZmqRecv { rx, local_closed: shared.local_closed.watch(), shared, _slot: p.slot };
+    let recv = ZmqRecv { side, local_closed: shared.local_closed.watch(), shared, _slot: p.slot };
     Comm::new(Box::new(send), Box::new(recv), p.local, p.peer, p.info)
 }
 
-/// Reads the connection: delivers messages to the inbox, applies credit, answers `PING`.
-struct Reader<R> {
+/// The read direction of a connection. No task owns it: whoever needs the peer's bytes takes
+/// the lock and reads. That is the application's receive, inline, so that a message goes from
+/// the decoder to the caller without a queue or a second task; a send waiting for credit; and
+/// the control task once per heartbeat interval, without waiting, so that the peer's
+/// heartbeats, credit and `PING`s are seen while the application does not receive. Messages
+/// that anyone but the receiver decodes wait in `inbox`, in order.
+///
+/// Every await in [`ReadSide::step`] happens before anything is consumed, so a reader may be
+/// cancelled at any await and the next one carries on where it stopped.
+struct ReadSide<R> {
     read: R,
     rbuf: BytesMut,
     decoder: Decoder,
-    inbox: mpsc::Sender<(Message, u64)>,
-    /// Subscriptions to the shared close signals, waited on before every read.
+    /// Messages decoded for the application by a reader other than its receive, with the
+    /// budget each holds. At most the window: the peer may not send more without credit.
+    inbox: VecDeque<(Message, u64)>,
+    /// Courier messages received so far (never more than `Shared::granted`).
+    received: u64,
+    /// Subscriptions to the shared close signals, for whoever reads.
     local_closed: CloseWatch,
     peer_gone: CloseWatch,
-    shared: Arc<Shared>,
-    outbox: Arc<dyn Outbox>,
     first_deadline: Option<Instant>,
+    /// In the middle of a message: the peer must send more bytes by then.
+    progress_deadline: Option<Instant>,
     message_timeout: Duration,
     until_first: Option<AddressPlace>,
-    _slot: Option<ConnectionSlot>,
+    /// The connection broke; nothing more is read.
+    done: bool,
 }
 
-impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
-    async fn run(mut self) {
-        if let Err(e) = self.read_until_end().await {
-            if matches!(e.kind(), ErrorKind::Protocol | ErrorKind::FrameTooLarge) {
-                log_violation(&self.shared.peer, &e);
-            }
-            self.shared.peer_failed(e.kind(), e.message().to_owned());
-        }
-    }
+/// The comm is over (closed here, closed or failed by the peer, or broken); its reason is in
+/// [`Shared`].
+struct Ended;
 
-    /// Returns `Ok` when the comm ended for another reason (closed locally, peer said `X`).
-    async fn read_until_end(&mut self) -> Result<(), CommError> {
+impl<R: AsyncRead + Unpin + Send + 'static> ReadSide<R> {
+    /// Reads until one event arrives and handles it; a Courier message is returned for the
+    /// caller to deliver or keep.
+    async fn step(&mut self, shared: &Shared) -> Result<Option<(Message, u64)>, Ended> {
         loop {
-            if self.shared.ended() {
-                return Ok(());
+            if self.done || shared.ended() {
+                return Err(Ended);
             }
-            let step = self.decoder.decode(&mut self.rbuf, &self.shared.budget)?;
-            match step {
-                Step::Event(event) => {
-                    self.shared.heard();
-                    if !self.handle(event).await? {
-                        return Ok(());
+            let outcome = match self.decoder.decode(&mut self.rbuf, &shared.budget) {
+                Ok(Step::Event(event)) => {
+                    shared.heard.fetch_add(1, Ordering::Relaxed);
+                    match self.handle(shared, event) {
+                        Ok(m) => return Ok(m),
+                        Err(e) => Err(e),
                     }
                 }
-                Step::NeedBudget => {
+                Ok(Step::NeedBudget) => {
                     tokio::select! {
-                        () = self.shared.budget_freed.notified() => {}
-                        () = self.local_closed.closed() => return Ok(()),
-                        () = self.peer_gone.closed() => return Ok(()),
+                        biased;
+                        () = self.local_closed.closed() => {}
+                        () = self.peer_gone.closed() => {}
+                        () = shared.budget_freed.notified() => {}
                     }
+                    Ok(())
                 }
-                Step::NeedBytes => self.read_more().await?,
+                Ok(Step::NeedBytes) => self.read_more(shared).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                if matches!(e.kind(), ErrorKind::Protocol | ErrorKind::FrameTooLarge) {
+                    log_violation(&shared.peer, &e);
+                }
+                self.done = true;
+                shared.peer_failed(e.kind(), e.message().to_owned());
+                return Err(Ended);
             }
         }
     }
 
-    /// Handles one event; `Ok(false)` ends the reader without an error of its own.
-    async fn handle(&mut self, event: Event) -> Result<bool, CommError> {
+    /// Reads what is there without waiting, keeping messages for the application.
+    fn drain(&mut self, shared: &Shared) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let polled = std::pin::pin!(self.step(shared)).poll(&mut cx);
+            match polled {
+                Poll::Ready(Ok(Some(m))) => self.inbox.push_back(m),
+                Poll::Ready(Ok(None)) => {}
+                Poll::Ready(Err(Ended)) | Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Handles one event; a Courier message is returned.
+    fn handle(&mut self, shared: &Shared, event: Event) -> Result<Option<(Message, u64)>, CommError> {
         match event {
             Event::Message(parts, held) => match protocol::parse(parts)? {
                 Incoming::Message(m) => {
+                    // Credit returned is counted before it is sent, so a peer is never
+                    // accused of using credit it has not been given yet.
+                    self.received += 1;
+                    if self.received > shared.granted.load(Ordering::Acquire) {
+                        return Err(CommError::protocol("zmq:// peer sent beyond its credit"));
+                    }
                     self.first_deadline = None;
                     self.until_first = None;
-                    match self.inbox.try_send((m, held)) {
-                        Ok(()) => Ok(true),
-                        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            Err(CommError::protocol("zmq:// peer sent beyond its credit"))
-                        }
-                    }
+                    Ok(Some((m, held)))
                 }
                 Incoming::Credit(n) => {
-                    self.shared.add_credits(n);
-                    Ok(true)
+                    shared.add_credits(n);
+                    Ok(None)
                 }
-                Incoming::Heartbeat => Ok(true),
+                Incoming::Heartbeat => Ok(None),
                 Incoming::Close(reason) => {
                     let why = if reason.is_empty() { "peer closed the comm".to_owned() } else { reason };
-                    self.shared.peer_failed(ErrorKind::Closed, why);
-                    Ok(false)
+                    shared.peer_failed(ErrorKind::Closed, why);
+                    Ok(None)
                 }
                 Incoming::Hello(..) => Err(CommError::protocol("zmq:// peer sent a second hello")),
             },
             Event::Command(Command::Ping { context }) => {
-                self.outbox.send_command(zmtp::pong(&context)).await?;
-                Ok(true)
+                *shared.pong.lock().unwrap_or_else(|p| p.into_inner()) = Some(context);
+                shared.control_wanted.notify_one();
+                Ok(None)
             }
-            Event::Command(Command::Pong | Command::Other(_)) => Ok(true),
+            Event::Command(Command::Pong | Command::Other(_)) => Ok(None),
             Event::Command(Command::Error(reason)) => {
-                self.shared.peer_failed(ErrorKind::Closed, format!("zmq:// peer sent a ZMTP ERROR: {reason}"));
-                Ok(false)
+                shared.peer_failed(ErrorKind::Closed, format!("zmq:// peer sent a ZMTP ERROR: {reason}"));
+                Ok(None)
             }
             Event::Command(Command::Ready(_)) | Event::Greeting => {
                 Err(CommError::protocol("zmq:// peer repeated its ZMTP handshake"))
@@ -316,33 +379,27 @@ impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
         }
     }
 
-    async fn read_more(&mut self) -> Result<(), CommError> {
+    /// Reads more bytes; `Ok` also when the comm was closed meanwhile.
+    async fn read_more(&mut self, shared: &Shared) -> Result<(), CommError> {
         // Mid-message the peer must keep sending; before its first message an accepted peer
         // has a deadline; otherwise a comm may idle (heartbeats keep it alive).
         let mid_message = !self.decoder.is_idle() || !self.rbuf.is_empty();
-        let progress = mid_message.then(|| Instant::now() + self.message_timeout);
-        let stalled = match (progress, self.first_deadline) {
-            (Some(p), Some(f)) => p <= f,
-            (p, _) => p.is_some(),
+        if !mid_message {
+            self.progress_deadline = None;
+        } else if self.progress_deadline.is_none() {
+            self.progress_deadline = Some(Instant::now() + self.message_timeout);
+        }
+        let (stalled, deadline) = match (self.progress_deadline, self.first_deadline) {
+            (Some(p), Some(f)) => (p <= f, Some(p.min(f))),
+            (p, f) => (p.is_some(), p.or(f)),
         };
-        let deadline = match (progress, self.first_deadline) {
-            (Some(p), Some(f)) => Some(p.min(f)),
-            (p, f) => p.or(f),
-        };
-        let Self { read, rbuf, decoder, shared, message_timeout, local_closed, peer_gone, .. } = self;
+        let Self { read, rbuf, decoder, message_timeout, local_closed, peer_gone, .. } = self;
         let peer = &shared.peer;
         let n = tokio::select! {
             biased;
             () = local_closed.closed() => return Ok(()),
             () = peer_gone.closed() => return Ok(()),
-            () = sleep_until_or_forever(deadline) => {
-                let why = if stalled {
-                    format!("{peer} stalled in the middle of a message for {message_timeout:?}")
-                } else {
-                    format!("{peer} sent no message after connecting")
-                };
-                return Err(CommError::new(ErrorKind::Timeout, why));
-            }
+            // Before the deadline: bytes already there count even if it has passed.
             r = async {
                 match decoder.read_target() {
                     Some(target) => read.read_buf(target).await,
@@ -361,11 +418,20 @@ impl<R: AsyncRead + Unpin + Send + 'static> Reader<R> {
                 };
                 CommError::from_io(doing, e)
             })?,
+            () = sleep_until_or_forever(deadline) => {
+                let why = if stalled {
+                    format!("{peer} stalled in the middle of a message for {message_timeout:?}")
+                } else {
+                    format!("{peer} sent no message after connecting")
+                };
+                return Err(CommError::new(ErrorKind::Timeout, why));
+            }
         };
         if n == 0 {
             let mid = if mid_message { " in the middle of a message" } else { "" };
             return Err(CommError::closed(format!("{peer} closed the connection{mid}")));
         }
+        self.progress_deadline = None;
         Ok(())
     }
 }
@@ -377,10 +443,18 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
     }
 }
 
-/// Returns credits, sends heartbeats, watches the peer's, and says goodbye on close.
-async fn control(outbox: Arc<dyn Outbox>, shared: Arc<Shared>, liveness: Liveness, _slot: Option<ConnectionSlot>) {
+/// Returns credit, answers `PING`, sends heartbeats, reads what nobody else reads once per
+/// heartbeat interval, watches the peer's heartbeats, and says goodbye on close.
+async fn control<R: AsyncRead + Unpin + Send + 'static>(
+    outbox: Arc<dyn Outbox>,
+    shared: Arc<Shared>,
+    side: Arc<tokio::sync::Mutex<ReadSide<R>>>,
+    liveness: Liveness,
+    _slot: Option<ConnectionSlot>,
+) {
     let mut tick = tokio::time::interval(liveness.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (shared.heard.load(Ordering::Relaxed), Instant::now());
     loop {
         tokio::select! {
             () = shared.local_closed.closed() => {
@@ -390,17 +464,32 @@ async fn control(outbox: Arc<dyn Outbox>, shared: Arc<Shared>, liveness: Livenes
                 break;
             }
             () = shared.peer_gone.closed() => break,
-            () = shared.credit_wanted.notified() => {
+            () = shared.control_wanted.notified() => {
                 let n = shared.consumed.swap(0, Ordering::AcqRel);
-                if n > 0
-                    && let Err(e) = outbox.send(protocol::credit_parts(n)).await
-                {
+                let pong = shared.pong.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let mut sent = Ok(());
+                if n > 0 {
+                    shared.granted.fetch_add(u64::from(n), Ordering::AcqRel);
+                    sent = outbox.send(protocol::credit_parts(n)).await;
+                }
+                if let (Ok(()), Some(context)) = (&sent, pong) {
+                    sent = outbox.send_command(zmtp::pong(&context)).await;
+                }
+                if let Err(e) = sent {
                     shared.peer_failed(e.kind(), e.message().to_owned());
                 }
             }
             _ = tick.tick() => {
-                let silent = shared.last_heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-                if silent > liveness.peer_timeout {
+                // Whoever holds the read side is reading and counts what arrives; otherwise
+                // read what the peer sent while nobody received.
+                if let Ok(mut side) = side.try_lock() {
+                    side.drain(&shared);
+                }
+                let heard = shared.heard.load(Ordering::Relaxed);
+                if heard != last.0 {
+                    last = (heard, Instant::now());
+                } else if last.1.elapsed() > liveness.peer_timeout {
+                    let silent = last.1.elapsed();
                     shared.peer_failed(ErrorKind::Closed, format!("no word from the zmq:// peer for {silent:?}: presumed dead"));
                     break;
                 }
@@ -413,8 +502,10 @@ async fn control(outbox: Arc<dyn Outbox>, shared: Arc<Shared>, liveness: Livenes
     outbox.shutdown().await;
 }
 
-struct ZmqSend {
+struct ZmqSend<R> {
     outbox: Arc<dyn Outbox>,
+    /// Read while waiting for credit, if nobody else reads.
+    side: Arc<tokio::sync::Mutex<ReadSide<R>>>,
     /// A subscription to `shared.local_closed`, for sends that wait for credit.
     local_closed: CloseWatch,
     shared: Arc<Shared>,
@@ -422,28 +513,57 @@ struct ZmqSend {
     _slot: Option<ConnectionSlot>,
 }
 
-impl std::fmt::Debug for ZmqSend {
+impl<R> std::fmt::Debug for ZmqSend<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZmqSend").field("peer", &self.shared.peer).finish_non_exhaustive()
     }
 }
 
+impl<R: AsyncRead + Unpin + Send + 'static> ZmqSend<R> {
+    /// Takes one credit: the peer's inbox has room for one more message. Credit arrives on the
+    /// read side, so while waiting the send reads unless someone else does.
+    async fn credit(&mut self) -> Result<(), CommError> {
+        let s = &*self.shared;
+        loop {
+            match s.credits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    return Ok(());
+                }
+                Err(TryAcquireError::Closed) => return Err(s.error()),
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            tokio::select! {
+                biased;
+                () = self.local_closed.closed() => return Err(s.error()),
+                permit = s.credits.acquire() => match permit {
+                    Ok(p) => {
+                        p.forget();
+                        return Ok(());
+                    }
+                    Err(_) => return Err(s.error()),
+                },
+                read = async {
+                    let mut side = self.side.lock().await;
+                    side.step(s).await.map(|m| side.inbox.extend(m))
+                } => if read.is_err() {
+                    return Err(s.error());
+                },
+            }
+        }
+    }
+}
+
 #[async_trait]
-impl CommSend for ZmqSend {
+impl<R: AsyncRead + Unpin + Send + 'static> CommSend for ZmqSend<R> {
     async fn send(&mut self, msg: Message) -> Result<(), CommError> {
         let s = &self.shared;
         if s.ended() {
             return Err(s.error());
         }
         courier_core::codec::check_limits(&msg, &self.peer_limits)?;
-        // One credit per message: the peer's inbox has room for it.
-        tokio::select! {
-            permit = s.credits.acquire() => match permit {
-                Ok(p) => p.forget(),
-                Err(_) => return Err(s.error()),
-            },
-            () = self.local_closed.closed() => return Err(s.error()),
-        }
+        self.credit().await?;
+        let s = &self.shared;
         self.outbox.send(protocol::message_parts(msg)).await.inspect_err(|e| {
             s.peer_failed(e.kind(), e.message().to_owned());
         })
@@ -455,52 +575,64 @@ impl CommSend for ZmqSend {
     }
 }
 
-impl Drop for ZmqSend {
+impl<R> Drop for ZmqSend<R> {
     fn drop(&mut self) {
         self.shared.local_closed.close();
     }
 }
 
-#[derive(Debug)]
-struct ZmqRecv {
-    rx: mpsc::Receiver<(Message, u64)>,
-    /// A subscription to `shared.local_closed`: each receive waits on it.
+struct ZmqRecv<R> {
+    side: Arc<tokio::sync::Mutex<ReadSide<R>>>,
+    /// A subscription to `shared.local_closed`, for receives waiting for the read side.
     local_closed: CloseWatch,
     shared: Arc<Shared>,
     _slot: Option<ConnectionSlot>,
 }
 
+impl<R> std::fmt::Debug for ZmqRecv<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqRecv").field("peer", &self.shared.peer).finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
-impl CommRecv for ZmqRecv {
-    /// Cancel-safe: the inbox is an mpsc receiver, and credit is returned by the control task.
+impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for ZmqRecv<R> {
+    /// Cancel-safe: a message is only taken from the read side when it is returned.
     async fn recv(&mut self) -> Result<Message, CommError> {
-        let s = &self.shared;
+        let s = &*self.shared;
         if s.local_closed.is_closed() {
-            return Err(CommError::closed("zmq comm is closed"));
+            return Err(s.recv_error());
         }
-        tokio::select! {
-            biased;
-            () = self.local_closed.closed() => Err(CommError::closed("zmq comm is closed")),
-            m = self.rx.recv() => match m {
-                Some((m, held)) => {
-                    {
-                        let mut b = s.budget.lock().unwrap_or_else(|p| p.into_inner());
-                        b.inner.release(held);
-                        b.queued -= held;
-                    }
-                    s.budget_freed.notify_one();
-                    if s.consumed.fetch_add(1, Ordering::AcqRel) + 1 >= s.window / 2 {
-                        s.credit_wanted.notify_one();
-                    }
-                    Ok(m)
-                }
-                None => Err(s.error()),
+        let mut side = match self.side.try_lock() {
+            Ok(side) => side,
+            Err(_) => tokio::select! {
+                biased;
+                () = self.local_closed.closed() => return Err(s.recv_error()),
+                side = self.side.lock() => side,
             },
+        };
+        let next = match side.inbox.pop_front() {
+            Some(m) => Ok(m),
+            None => loop {
+                match side.step(s).await {
+                    Ok(Some(m)) => break Ok(m),
+                    Ok(None) => {}
+                    Err(Ended) => break Err(Ended),
+                }
+            },
+        };
+        drop(side);
+        match next {
+            Ok((m, held)) => {
+                s.taken(held);
+                Ok(m)
+            }
+            Err(Ended) => Err(s.recv_error()),
         }
     }
 }
 
-impl Drop for ZmqRecv {
+impl<R> Drop for ZmqRecv<R> {
     fn drop(&mut self) {
         // Dropping either half closes a zmq:// comm: nobody would return the peer's credit.
         self.shared.local_closed.close();

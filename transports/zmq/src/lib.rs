@@ -25,6 +25,14 @@
 //!   credit in batches as the application consumes.
 //! - **Liveness**: heartbeats every [`ZmqOptions::heartbeat_interval`]; a peer silent for
 //!   [`ZmqOptions::peer_timeout`] (default 4 s), or disconnected, is `Closed`.
+//!
+//! No task owns the read direction: the application's receive reads and decodes inline, as on
+//! tcp://, so a message reaches the caller without a queue or a second task (a third fewer
+//! instructions per round trip than with a reader task), and large frames are read one at a
+//! time into buffers the allocator recycles rather than ahead into a window of cold ones. A
+//! send that waits for credit reads meanwhile, and a control task reads what is there once per
+//! heartbeat interval, so credit, heartbeats and `PING`s are seen while nobody receives
+//! (`PONG` then follows within one interval).
 //! - **Close**: an explicit close message, so the peer's receives end with `Closed`.
 //!
 //! Compression is not used on zmq://.

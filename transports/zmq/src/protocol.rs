@@ -25,8 +25,13 @@ pub(crate) enum Incoming {
     Close(String),
 }
 
+/// The one-byte kind part (the kinds above without an allocation).
 pub(crate) fn kind(k: u8) -> Bytes {
-    Bytes::copy_from_slice(&[k])
+    const KINDS: &[u8] = &[HELLO, MESSAGE, CREDIT, HEARTBEAT, CLOSE];
+    match KINDS.iter().position(|&c| c == k) {
+        Some(i) => Bytes::from_static(&KINDS[i..=i]),
+        None => Bytes::copy_from_slice(&[k]),
+    }
 }
 
 pub(crate) fn message_parts(msg: Message) -> Vec<Bytes> {

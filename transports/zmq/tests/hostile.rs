@@ -204,13 +204,6 @@ async fn hostile_frames_after_the_handshake_are_typed_errors() {
     let few = CommConfig { limits: Limits { max_frames: 2, ..Limits::default() }, ..Default::default() };
     after_handshake(few, message(&[b"M", b"", b"a", b"b", b"c"]), ErrorKind::FrameTooLarge, "frames").await;
 
-    // Seventeen messages into a window of sixteen, none consumed.
-    let mut overrun = Vec::new();
-    for _ in 0..17 {
-        overrun.extend(message(&[b"M", b"x"]));
-    }
-    after_handshake(CommConfig::default(), overrun, ErrorKind::Protocol, "beyond its credit").await;
-
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (message(&[b"C", b"\x01\x00\x00"]), "'C' message with 2 parts"),
         (message(&[b"Z"]), "unknown message kind"),
@@ -231,6 +224,37 @@ async fn hostile_frames_after_the_handshake_are_typed_errors() {
         let kind = if mentions == "8192" { ErrorKind::FrameTooLarge } else { ErrorKind::Protocol };
         after_handshake(CommConfig::default(), bytes, kind, mentions).await;
     }
+}
+
+/// Seventeen messages into a window of sixteen, none consumed: the comm fails with a protocol
+/// error. Nobody receives here, so the violation is found by a send that waits for credit
+/// (the hostile peer never returns any) and reads meanwhile.
+#[tokio::test]
+async fn a_peer_sending_beyond_its_credit_is_a_protocol_error() {
+    let mut l = listener(CommConfig::default()).await;
+    let mut s = session(&*l).await;
+    let mut server = l.accept().await.unwrap();
+    let mut overrun = Vec::new();
+    for _ in 0..17 {
+        overrun.extend(message(&[b"M", b"x"]));
+    }
+    s.write_all(&overrun).await.unwrap();
+    let mut sent = 0;
+    let err = loop {
+        match server.send(Message::default()).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(sent, 16, "the hostile peer's window");
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("beyond its credit"), "{err}");
+    // The messages within the credit are delivered, then the error.
+    for _ in 0..16 {
+        assert_eq!(&server.recv().await.unwrap().header[..], b"x");
+    }
+    assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Protocol);
+    assert_serves_good_client(&mut l).await;
 }
 
 #[tokio::test]
@@ -274,4 +298,45 @@ async fn a_peer_stalling_mid_message_is_closed_by_the_progress_timeout() {
     assert!(e.to_string().contains("stalled in the middle of a message"), "{e}");
     drop(s);
     assert_serves_good_client(&mut l).await;
+}
+
+/// Nobody receives on the accepted comm, yet its peer's heartbeats must be read: the control
+/// task reads what is there once per heartbeat interval. The hand-made peer answers each of
+/// the listener's heartbeats with its own and counts them: a listener that presumed it dead
+/// would stop sending them and close the connection instead.
+#[tokio::test]
+async fn a_live_peer_is_not_presumed_dead_while_nobody_receives() {
+    let options = courier_zmq::ZmqOptions {
+        heartbeat_interval: std::time::Duration::from_millis(25),
+        // Generous, so that a slow machine cannot stall the hand-made peer that long.
+        peer_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let transport = ZmqTransport::with_options(options);
+    let mut l = Registry::new()
+        .with(Arc::new(transport))
+        .listen_with("zmq://127.0.0.1:0", &CommConfig::default())
+        .await
+        .unwrap();
+    let mut s = session(&*l).await;
+    let mut server = l.accept().await.unwrap();
+    s.write_all(&message(&[b"M", b"unread"])).await.unwrap();
+    // Forty heartbeats are twice the peer timeout.
+    let mut heartbeats = 0;
+    while heartbeats < 40 {
+        let mut parts = Vec::new();
+        loop {
+            let (flags, body) = read_frame(&mut s).await;
+            assert_eq!(flags & 4, 0, "no command is expected");
+            parts.push(body);
+            if flags & 1 == 0 {
+                break;
+            }
+        }
+        assert_eq!(parts, [b"P".to_vec()], "only heartbeats while the peer is alive");
+        heartbeats += 1;
+        s.write_all(&message(&[b"P"])).await.unwrap();
+    }
+    assert_eq!(&server.recv().await.unwrap().header[..], b"unread");
+    server.send(Message::from_header(&b"still here"[..])).await.unwrap();
 }
