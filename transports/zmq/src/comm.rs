@@ -25,18 +25,7 @@ use crate::zmtp::{self, Budget, Command, Decoder, Event, Step};
 /// Bytes requested from the socket per read when not reading a large part directly.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// The write half of a connection, shared by a comm's sender and its control task (which
-/// returns credit, answers `PING`s and sends heartbeats).
-#[async_trait]
-pub(crate) trait Outbox: Send + Sync + 'static {
-    /// Writes one multipart message.
-    async fn send(&self, parts: Vec<Bytes>) -> Result<(), CommError>;
-    /// Writes an encoded command frame.
-    async fn send_command(&self, frame: Bytes) -> Result<(), CommError>;
-    /// Ends the write direction (the peer reads EOF).
-    async fn shutdown(&self);
-}
-
+/// What [`StreamOutbox`] guards.
 struct Writer<W> {
     write: W,
     chunks: Vec<Bytes>,
@@ -44,7 +33,8 @@ struct Writer<W> {
     poisoned: bool,
 }
 
-/// An [`Outbox`] over a byte stream's write half.
+/// The write half of a connection, shared by a comm's sender and its control task (which
+/// returns credit, answers `PING`s and sends heartbeats).
 pub(crate) struct StreamOutbox<W> {
     writer: tokio::sync::Mutex<Writer<W>>,
     peer: Address,
@@ -74,24 +64,37 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamOutbox<W> {
         *poisoned = false;
         Ok(())
     }
-}
 
-#[async_trait]
-impl<W: AsyncWrite + Unpin + Send + 'static> Outbox for StreamOutbox<W> {
+    /// Writes one multipart message.
     async fn send(&self, parts: Vec<Bytes>) -> Result<(), CommError> {
         self.write(|chunks| zmtp::encode_message(&parts, chunks)).await
     }
 
+    /// Writes a Courier message (`M`, the header, the frames) without collecting its parts.
+    async fn send_message(&self, msg: &Message) -> Result<(), CommError> {
+        let kind = protocol::kind(protocol::MESSAGE);
+        let parts = std::iter::once(&kind).chain(std::iter::once(&msg.header)).chain(msg.frames.iter());
+        self.write(|chunks| zmtp::encode_parts(parts, msg.frames.len() + 2, chunks)).await
+    }
+
+    /// Writes an encoded command frame.
     async fn send_command(&self, frame: Bytes) -> Result<(), CommError> {
         self.write(|chunks| chunks.push(frame)).await
     }
 
+    /// Ends the write direction (the peer reads EOF).
     async fn shutdown(&self) {
         let mut w = self.writer.lock().await;
         w.poisoned = true;
         let _ = w.write.shutdown().await;
     }
 }
+
+/// Credit is returned once the application has consumed half the window, or messages of
+/// this many bytes if that comes first: large messages then keep the sender's credit from
+/// running dry while the socket could carry more (at 1 MiB per message and the default window
+/// of 16, every fourth message rather than every eighth).
+const CREDIT_BYTES: u64 = 4 << 20;
 
 /// Timing of liveness checks.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +113,8 @@ pub(crate) struct Shared {
     /// Events read from the peer so far; the control task watches it for silence.
     heard: AtomicU64,
     consumed: AtomicU32,
+    /// Budget bytes of the messages counted in `consumed`.
+    consumed_bytes: AtomicU64,
     /// Messages the peer may have sent so far: this side's window plus every credit returned
     /// (counted when the control task decides to return it, before it is sent).
     granted: AtomicU64,
@@ -170,20 +175,22 @@ impl Shared {
             drop(b);
             self.budget_freed.notify_one();
         }
-        if self.consumed.fetch_add(1, Ordering::AcqRel) + 1 >= self.window / 2 {
+        let n = self.consumed.fetch_add(1, Ordering::AcqRel) + 1;
+        let bytes = self.consumed_bytes.fetch_add(held, Ordering::AcqRel) + held;
+        if n >= self.window / 2 || bytes >= CREDIT_BYTES {
             self.control_wanted.notify_one();
         }
     }
 }
 
 /// Everything a comm is built from once its handshake is done.
-pub(crate) struct Parts<R> {
+pub(crate) struct Parts<R, W> {
     pub(crate) read: R,
     /// Bytes read past the handshake, and the decoder in session phase.
     pub(crate) rbuf: BytesMut,
     pub(crate) decoder: Decoder,
     pub(crate) budget: Arc<Mutex<Budget>>,
-    pub(crate) outbox: Arc<dyn Outbox>,
+    pub(crate) outbox: Arc<StreamOutbox<W>>,
     /// The peer's receive limits (sends beyond them are refused locally).
     pub(crate) peer_limits: Limits,
     /// This side's inbox capacity (announced in its hello) and the peer's.
@@ -204,7 +211,11 @@ pub(crate) struct Parts<R> {
 }
 
 /// Builds a comm and spawns its control task.
-pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Comm {
+pub(crate) fn new_comm<R, W>(p: Parts<R, W>) -> Comm
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let window = p.window.max(2);
     let shared = Arc::new(Shared {
         // We may send as many messages as the peer's inbox holds; it returns credit as its
@@ -215,6 +226,7 @@ pub(crate) fn new_comm<R: AsyncRead + Unpin + Send + 'static>(p: Parts<R>) -> Co
         failure: Mutex::new(None),
         heard: AtomicU64::new(0),
         consumed: AtomicU32::new(0),
+        consumed_bytes: AtomicU64::new(0),
         granted: AtomicU64::new(u64::from(window)),
         control_wanted: Notify::new(),
         pong: Mutex::new(None),
@@ -445,8 +457,8 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
 
 /// Returns credit, answers `PING`, sends heartbeats, reads what nobody else reads once per
 /// heartbeat interval, watches the peer's heartbeats, and says goodbye on close.
-async fn control<R: AsyncRead + Unpin + Send + 'static>(
-    outbox: Arc<dyn Outbox>,
+async fn control<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin + Send + 'static>(
+    outbox: Arc<StreamOutbox<W>>,
     shared: Arc<Shared>,
     side: Arc<tokio::sync::Mutex<ReadSide<R>>>,
     liveness: Liveness,
@@ -455,16 +467,18 @@ async fn control<R: AsyncRead + Unpin + Send + 'static>(
     let mut tick = tokio::time::interval(liveness.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = (shared.heard.load(Ordering::Relaxed), Instant::now());
+    let (local_closed, peer_gone) = (shared.local_closed.watch(), shared.peer_gone.watch());
     loop {
         tokio::select! {
-            () = shared.local_closed.closed() => {
+            () = local_closed.closed() => {
                 if !shared.peer_gone.is_closed() {
                     let _ = outbox.send(protocol::close_parts("")).await;
                 }
                 break;
             }
-            () = shared.peer_gone.closed() => break,
+            () = peer_gone.closed() => break,
             () = shared.control_wanted.notified() => {
+                shared.consumed_bytes.store(0, Ordering::Release);
                 let n = shared.consumed.swap(0, Ordering::AcqRel);
                 let pong = shared.pong.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let mut sent = Ok(());
@@ -502,8 +516,8 @@ async fn control<R: AsyncRead + Unpin + Send + 'static>(
     outbox.shutdown().await;
 }
 
-struct ZmqSend<R> {
-    outbox: Arc<dyn Outbox>,
+struct ZmqSend<R, W> {
+    outbox: Arc<StreamOutbox<W>>,
     /// Read while waiting for credit, if nobody else reads.
     side: Arc<tokio::sync::Mutex<ReadSide<R>>>,
     /// A subscription to `shared.local_closed`, for sends that wait for credit.
@@ -513,13 +527,13 @@ struct ZmqSend<R> {
     _slot: Option<ConnectionSlot>,
 }
 
-impl<R> std::fmt::Debug for ZmqSend<R> {
+impl<R, W> std::fmt::Debug for ZmqSend<R, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZmqSend").field("peer", &self.shared.peer).finish_non_exhaustive()
     }
 }
 
-impl<R: AsyncRead + Unpin + Send + 'static> ZmqSend<R> {
+impl<R: AsyncRead + Unpin + Send + 'static, W> ZmqSend<R, W> {
     /// Takes one credit: the peer's inbox has room for one more message. Credit arrives on the
     /// read side, so while waiting the send reads unless someone else does.
     async fn credit(&mut self) -> Result<(), CommError> {
@@ -555,7 +569,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> ZmqSend<R> {
 }
 
 #[async_trait]
-impl<R: AsyncRead + Unpin + Send + 'static> CommSend for ZmqSend<R> {
+impl<R, W> CommSend for ZmqSend<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     async fn send(&mut self, msg: Message) -> Result<(), CommError> {
         let s = &self.shared;
         if s.ended() {
@@ -564,7 +582,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommSend for ZmqSend<R> {
         courier_core::codec::check_limits(&msg, &self.peer_limits)?;
         self.credit().await?;
         let s = &self.shared;
-        self.outbox.send(protocol::message_parts(msg)).await.inspect_err(|e| {
+        self.outbox.send_message(&msg).await.inspect_err(|e| {
             s.peer_failed(e.kind(), e.message().to_owned());
         })
     }
@@ -575,7 +593,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommSend for ZmqSend<R> {
     }
 }
 
-impl<R> Drop for ZmqSend<R> {
+impl<R, W> Drop for ZmqSend<R, W> {
     fn drop(&mut self) {
         self.shared.local_closed.close();
     }

@@ -34,14 +34,6 @@ pub(crate) fn kind(k: u8) -> Bytes {
     }
 }
 
-pub(crate) fn message_parts(msg: Message) -> Vec<Bytes> {
-    let mut parts = Vec::with_capacity(msg.frames.len() + 2);
-    parts.push(kind(MESSAGE));
-    parts.push(msg.header);
-    parts.extend(msg.frames);
-    parts
-}
-
 pub(crate) fn credit_parts(n: u32) -> Vec<Bytes> {
     vec![kind(CREDIT), Bytes::copy_from_slice(&n.to_le_bytes())]
 }
@@ -67,8 +59,10 @@ pub(crate) fn parse(mut parts: Vec<Bytes>) -> Result<Incoming, CommError> {
             Ok(Incoming::Hello(parts.swap_remove(1), window))
         }
         MESSAGE if parts.len() >= 2 => {
-            let frames = parts.split_off(2);
-            Ok(Incoming::Message(Message { header: parts.swap_remove(1), frames, local: None }))
+            // The frames keep the parts' allocation.
+            let header = std::mem::take(&mut parts[1]);
+            parts.drain(..2);
+            Ok(Incoming::Message(Message { header, frames: parts, local: None }))
         }
         CREDIT if parts.len() == 2 && parts[1].len() == 4 => {
             Ok(Incoming::Credit(u32::from_le_bytes(parts[1][..].try_into().expect("4 bytes"))))
@@ -87,6 +81,12 @@ pub(crate) fn parse(mut parts: Vec<Bytes>) -> Result<Incoming, CommError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message_parts(msg: Message) -> Vec<Bytes> {
+        let mut parts = vec![kind(MESSAGE), msg.header];
+        parts.extend(msg.frames);
+        parts
+    }
 
     #[test]
     fn round_trips_and_rejections() {

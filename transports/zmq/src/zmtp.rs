@@ -197,9 +197,19 @@ pub fn pong(context: &[u8]) -> Bytes {
 /// Appends the frames of one multipart message to `out`: small parts are coalesced with
 /// the frame headers into one chunk, large parts are referenced, never copied.
 pub fn encode_message(parts: &[Bytes], out: &mut Vec<Bytes>) {
-    let mut pending = BytesMut::with_capacity(parts.iter().map(|p| 9 + p.len().min(COALESCE_MAX)).sum());
-    let last = parts.len().saturating_sub(1);
-    for (i, part) in parts.iter().enumerate() {
+    encode_parts(parts.iter(), parts.len(), out);
+}
+
+/// [`encode_message`] for the `count` parts of an iterator (walked twice: once to size the
+/// chunk that coalesces the small parts, once to fill it), so a caller need not collect them.
+pub fn encode_parts<'a, I>(parts: I, count: usize, out: &mut Vec<Bytes>)
+where
+    I: Iterator<Item = &'a Bytes> + Clone,
+{
+    let coalesced = |p: &Bytes| if p.len() < COALESCE_MAX { p.len() } else { 0 };
+    let mut pending = BytesMut::with_capacity(parts.clone().map(|p| 9 + coalesced(p)).sum());
+    let last = count.saturating_sub(1);
+    for (i, part) in parts.enumerate() {
         let more = if i < last { FLAG_MORE } else { 0 };
         if part.len() > 255 {
             pending.put_u8(more | FLAG_LONG);

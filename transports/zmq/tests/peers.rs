@@ -148,6 +148,30 @@ async fn a_slow_receiver_slows_its_sender() {
     assert_eq!(server.recv().await.unwrap().frames[0].len(), 1 << 20);
 }
 
+/// Large messages return credit before half the window is consumed: after 4 MiB here, so a
+/// sender of 1 MiB messages gets credit back after four of its sixteen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_return_credit_early() {
+    let mut l = listener().await;
+    let url = l.contact_address().to_string();
+    let r = registry();
+    let (c, s) = tokio::join!(r.connect(&url), l.accept());
+    let (mut client, mut server) = (c.unwrap(), s.unwrap());
+    let frame = Bytes::from(vec![2u8; 1 << 20]);
+    for _ in 0..16 {
+        client.send(Message::new(Bytes::new(), vec![frame.clone()])).await.unwrap();
+    }
+    let blocked = client.send(Message::new(Bytes::new(), vec![frame.clone()])).now_or_never();
+    assert!(blocked.is_none(), "out of credit");
+    for _ in 0..4 {
+        server.recv().await.unwrap();
+    }
+    // Only a hang guard: without early credit this send would wait for ever.
+    let sent =
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.send(Message::new(Bytes::new(), vec![frame])));
+    sent.await.expect("credit after 4 MiB consumed").unwrap();
+}
+
 /// A libzmq client (pyzmq) speaks the protocol from PROTOCOL.md to a Courier listener. CI
 /// provides pyzmq in a virtualenv (COURIER_PYTHON); there the test is never skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
