@@ -7,7 +7,9 @@
 # results/tls_records_ab.txt is `scripts/compare_vs.sh <courier of 544d82a> <courier of cb6a4d9> 2 tcp,tls`
 # (the binaries before and after tls:// got its own record layer); results/small_messages_ab.txt
 # is `scripts/compare_vs.sh <courier of 0fe9b92> <courier of 69785ce> 3 tcp,unix,shm` (before
-# and after the small-message work of 1e96b6f and 6c07255).
+# and after the small-message work of 1e96b6f and 6c07255); results/zmq_inline_ab.txt is
+# `scripts/compare_vs.sh <courier of adcb9aa> <courier of 1328d67> 3 tcp,zmq` (before and after
+# zmq:// read inline, a2dcebf and 1328d67).
 set -euo pipefail
 old="${1:?old courier binary}"
 new="${2:?new courier binary}"
