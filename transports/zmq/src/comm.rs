@@ -296,10 +296,22 @@ struct ReadSide<R> {
 /// [`Shared`].
 struct Ended;
 
+/// What one [`ReadSide::step`] did.
+enum Stepped {
+    /// Decoded a Courier message, with the budget it holds.
+    Message((Message, u64)),
+    /// Handled something else (credit, a heartbeat, a command).
+    Handled,
+    /// The budget is held by messages the application has not taken: read again once it
+    /// takes one. A reader other than the receiver must let go of the read side meanwhile, or
+    /// the receiver could never take them.
+    Full,
+}
+
 impl<R: AsyncRead + Unpin + Send + 'static> ReadSide<R> {
     /// Reads until one event arrives and handles it; a Courier message is returned for the
     /// caller to deliver or keep.
-    async fn step(&mut self, shared: &Shared) -> Result<Option<(Message, u64)>, Ended> {
+    async fn step(&mut self, shared: &Shared) -> Result<Stepped, Ended> {
         loop {
             if self.done || shared.ended() {
                 return Err(Ended);
@@ -308,19 +320,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> ReadSide<R> {
                 Ok(Step::Event(event)) => {
                     shared.heard.fetch_add(1, Ordering::Relaxed);
                     match self.handle(shared, event) {
-                        Ok(m) => return Ok(m),
+                        Ok(Some(m)) => return Ok(Stepped::Message(m)),
+                        Ok(None) => return Ok(Stepped::Handled),
                         Err(e) => Err(e),
                     }
                 }
-                Ok(Step::NeedBudget) => {
-                    tokio::select! {
-                        biased;
-                        () = self.local_closed.closed() => {}
-                        () = self.peer_gone.closed() => {}
-                        () = shared.budget_freed.notified() => {}
-                    }
-                    Ok(())
-                }
+                Ok(Step::NeedBudget) => return Ok(Stepped::Full),
                 Ok(Step::NeedBytes) => self.read_more(shared).await,
                 Err(e) => Err(e),
             };
@@ -341,9 +346,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> ReadSide<R> {
         loop {
             let polled = std::pin::pin!(self.step(shared)).poll(&mut cx);
             match polled {
-                Poll::Ready(Ok(Some(m))) => self.inbox.push_back(m),
-                Poll::Ready(Ok(None)) => {}
-                Poll::Ready(Err(Ended)) | Poll::Pending => return,
+                Poll::Ready(Ok(Stepped::Message(m))) => self.inbox.push_back(m),
+                Poll::Ready(Ok(Stepped::Handled)) => {}
+                Poll::Ready(Ok(Stepped::Full) | Err(Ended)) | Poll::Pending => return,
             }
         }
     }
@@ -538,6 +543,9 @@ impl<R: AsyncRead + Unpin + Send + 'static, W> ZmqSend<R, W> {
     /// read side, so while waiting the send reads unless someone else does.
     async fn credit(&mut self) -> Result<(), CommError> {
         let s = &*self.shared;
+        // The read side found the budget full of messages kept for the application: wait
+        // for it to take one, without holding the read side.
+        let mut full = false;
         loop {
             match s.credits.try_acquire() {
                 Ok(p) => {
@@ -557,11 +565,18 @@ impl<R: AsyncRead + Unpin + Send + 'static, W> ZmqSend<R, W> {
                     }
                     Err(_) => return Err(s.error()),
                 },
+                () = s.budget_freed.notified(), if full => full = false,
                 read = async {
                     let mut side = self.side.lock().await;
-                    side.step(s).await.map(|m| side.inbox.extend(m))
-                } => if read.is_err() {
-                    return Err(s.error());
+                    match side.step(s).await? {
+                        Stepped::Message(m) => side.inbox.push_back(m),
+                        Stepped::Handled => {}
+                        Stepped::Full => return Ok(true),
+                    }
+                    Ok(false)
+                }, if !full => match read {
+                    Ok(f) => full = f,
+                    Err(Ended) => return Err(s.error()),
                 },
             }
         }
@@ -633,8 +648,15 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for ZmqRecv<R> {
             Some(m) => Ok(m),
             None => loop {
                 match side.step(s).await {
-                    Ok(Some(m)) => break Ok(m),
-                    Ok(None) => {}
+                    Ok(Stepped::Message(m)) => break Ok(m),
+                    Ok(Stepped::Handled) => {}
+                    // Only messages not taken yet hold budget this way, and the receiver takes
+                    // the kept ones first; should it happen, wait as any reader would.
+                    Ok(Stepped::Full) => tokio::select! {
+                        biased;
+                        () = self.local_closed.closed() => break Err(Ended),
+                        () = s.budget_freed.notified() => {}
+                    },
                     Err(Ended) => break Err(Ended),
                 }
             },
