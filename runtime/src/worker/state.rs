@@ -27,7 +27,8 @@
 //!   managed bytes, or above *spill* RSS, least-recently-used results are spilled
 //!   ([`WorkerAction::Spill`], at most [`MAX_SPILLS_IN_FLIGHT`] at once) until managed bytes
 //!   are back under target (by the RSS excess, for RSS); a spilled result is served and used
-//!   as an input by reading it back ([`Value::Disk`]). A failed spill keeps the value in
+//!   as an input by reading it back ([`Value::Disk`]). A value released while it is being
+//!   written stays counted until the write ends (the write holds it). A failed spill keeps the value in
 //!   memory, reports the error and stops spilling for [`SPILL_RETRY`]. Above *pause* no run
 //!   starts and no fetch begins until the process is back under it, and the scheduler is told
 //!   at once. At *terminate* (unless the spills in flight would bring it back under) the
@@ -40,7 +41,7 @@
 //!   and for fetches in flight (and, at most [`SERVE_WAIT`], for replies reading values back);
 //!   a reply holds a reservation for its values until the driver reports them dropped
 //!   (`Served`), and starts only under pause or when nothing executes or is fetched; a fetch
-//!   (expected as large as the largest value seen) starts only under pause or when nothing
+//!   (each key expected as large as the largest value seen) starts only under pause or when nothing
 //!   else is fetched or executed, with as many keys as fit. Each wait ends because what it
 //!   waits for ends, so nothing deadlocks; when nothing is left to spill, work starts anyway.
 
@@ -418,6 +419,10 @@ struct Memory {
     next_use: u64,
     /// Spills in flight.
     in_flight: Set<u64>,
+    /// Spills in flight of values released meanwhile: the write still holds each value until
+    /// it ends, so its bytes stay counted (by spill id) until then.
+    orphaned: Map<u64, u64>,
+    orphaned_bytes: u64,
     next_spill: u64,
     rss: u64,
     paused: bool,
@@ -461,6 +466,8 @@ pub struct WorkerState {
     data: Map<Key, Held>,
     deps: Map<Key, Dep>,
     in_flight: Map<FetchId, InFlight>,
+    /// Keys in the fetches in flight (a fetch asks for several).
+    fetching_keys: usize,
     per_peer: Map<String, usize>,
     peer_queues: Map<String, VecDeque<Key>>,
     /// Peers the scheduler said are gone (most recent 1,024).
@@ -485,6 +492,7 @@ impl WorkerState {
             data: Map::default(),
             deps: Map::default(),
             in_flight: Map::default(),
+            fetching_keys: 0,
             per_peer: Map::default(),
             peer_queues: Map::default(),
             gone: VecDeque::new(),
@@ -569,9 +577,11 @@ impl WorkerState {
                 self.mem.managed -= held.nbytes;
                 self.mem.lru.remove(&held.used);
             }
-            Stored::Spilling(..) => {
+            Stored::Spilling(_, id) => {
                 self.mem.managed -= held.nbytes;
                 self.mem.spilling -= held.nbytes;
+                self.mem.orphaned.insert(*id, held.nbytes);
+                self.mem.orphaned_bytes += held.nbytes;
             }
             Stored::Disk(_) => self.mem.spilled -= held.nbytes,
         }
@@ -615,7 +625,7 @@ impl WorkerState {
         }
         // Values being written are still resident; if writing them would bring the process
         // back under, wait for them rather than restart.
-        if process.saturating_sub(self.mem.spilling) >= m.at(m.terminate) {
+        if process.saturating_sub(self.mem.spilling + self.mem.orphaned_bytes) >= m.at(m.terminate) {
             self.mem.terminating = true;
             let reason = format!(
                 "process memory {process} bytes reached the terminate threshold ({} of the {} byte limit); \
@@ -684,6 +694,9 @@ impl WorkerState {
 
     fn spilled(&mut self, key: Key, id: u64, result: Result<Arc<SpillFile>, String>, seconds: f64) {
         self.mem.in_flight.remove(&id);
+        if let Some(n) = self.mem.orphaned.remove(&id) {
+            self.mem.orphaned_bytes -= n;
+        }
         let Some(held) = self.data.get_mut(&key) else { return };
         if !matches!(held.stored, Stored::Spilling(_, i) if i == id) {
             // Released or replaced meanwhile: the file goes with the handle.
@@ -960,6 +973,7 @@ impl WorkerState {
 
     fn fetch_done(&mut self, id: FetchId, result: Result<Vec<Option<Payload>>, String>) {
         let Some(fl) = self.in_flight.remove(&id) else { return };
+        self.fetching_keys -= fl.keys.len();
         self.peer_slot_freed(&fl.peer);
         match result {
             Ok(values) if values.len() == fl.keys.len() => {
@@ -1250,7 +1264,7 @@ impl WorkerState {
         }
         let mut peers: Vec<String> = self.peer_queues.keys().cloned().collect();
         peers.sort();
-        // With a memory limit, a fetch (expected as large as the largest value seen) starts
+        // With a memory limit, a fetch (each key expected as large as the largest value seen) starts
         // only if it fits under pause, or nothing else is being fetched or executed.
         let room = |s: &Self| {
             s.limits.memory.is_none_or(|m| s.committed() + s.mem.largest <= m.at(m.pause)) || s.memory_idle()
@@ -1299,6 +1313,7 @@ impl WorkerState {
                     }
                 }
                 *self.per_peer.entry(peer.clone()).or_insert(0) += 1;
+                self.fetching_keys += keys.len();
                 self.in_flight.insert(id, InFlight { peer: peer.clone(), keys: keys.clone() });
                 self.out.push(WorkerAction::Fetch { id, peer: peer.clone(), keys });
             }
@@ -1390,10 +1405,13 @@ impl WorkerState {
             && self.mem.serving.is_empty()
     }
 
-    /// Memory committed now: managed values (including those being written), reservations of
-    /// executions and replies, and each fetch in flight at the largest value seen here.
+    /// Memory committed now: managed values (including those being written), released values
+    /// still being written, reservations of executions and replies, and each key being fetched
+    /// at the largest value seen here. (Counting fetches rather than keys, or forgetting a
+    /// released value that a spill still held, let work start that took a 256 MiB worker
+    /// reducing 64 MiB arrays past its terminate threshold in CI.)
     fn committed(&self) -> u64 {
-        self.mem.managed + self.mem.reserved + self.in_flight.len() as u64 * self.mem.largest
+        self.mem.managed + self.mem.orphaned_bytes + self.mem.reserved + self.fetching_keys as u64 * self.mem.largest
     }
 
     /// Bytes an execution of `key` with `args` will hold beyond managed memory.

@@ -607,3 +607,52 @@ fn values_a_running_execution_uses_are_not_spilled() {
     let spilled: Vec<Key> = spills(&out).into_iter().map(|(k, _)| k).collect();
     assert_eq!(spilled, vec![Key::from("a")]);
 }
+
+/// A fetch of several keys counts each key at the largest value seen: a reply that would pass
+/// pause once they land waits (counted per fetch, it started at once while two values of the
+/// largest size were on their way; in a 256 MiB worker reducing 64 MiB arrays, the process
+/// peaked past its terminate threshold in CI).
+#[test]
+fn a_fetch_of_several_keys_counts_each_key_against_the_limit() {
+    // Limit 1000: pause 800. `x` (~200 bytes) is held; the largest value seen.
+    let mut w = limited(1000, 1);
+    assert!(spills(&finish_big(&mut w, "x", 1, 200)).is_empty());
+    // `c` needs `d1` and `d2` from a peer: one fetch of both (2 × ~200 fit under pause).
+    let out = w.compute("c", 2, &[("d1", &[PEER]), ("d2", &[PEER])]);
+    let f = fetches(&out);
+    assert_eq!(f.len(), 1, "{out:?}");
+    assert_eq!(f[0].2.len(), 2, "{out:?}");
+    // Serving `x` now would hold ~200 more: ~200 held + ~400 arriving + ~200 > 800.
+    let out = w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["x".into()] } });
+    let replies = out.iter().filter(|a| matches!(a, WorkerAction::Reply { .. } | WorkerAction::ReplyLoading { .. }));
+    assert_eq!(replies.count(), 0, "the reply waits for the fetch: {out:?}");
+    // It makes room meanwhile: `x` goes to disk, and once written its bytes are counted once,
+    // by the reply that keeps its copy (~200 + ~400 arriving + ~0 managed ≤ 800): it starts.
+    let spilled = spills(&out);
+    assert_eq!(spilled.iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["x"], "{out:?}");
+    let file = spill_file(big(200).byte_len());
+    let out = w.ev(WorkerEvent::Spilled { key: "x".into(), id: spilled[0].1, result: Ok(file), seconds: 0.01 });
+    assert!(out.iter().any(|a| matches!(a, WorkerAction::ReplyLoading { conn: 1, id: 1, .. })), "{out:?}");
+}
+
+/// A value released while its spill is in flight is still in memory (the write holds it) until
+/// the write ends: an execution that would pass target on top of it waits for the write.
+#[test]
+fn a_value_released_while_being_spilled_counts_until_its_write_ends() {
+    // Limit 1000: target 600. `a` and `b` (~250 each) are held; `c` (~250 expected) would pass
+    // target: `a` is spilled to make room and `c` waits for the write.
+    let mut w = limited(1000, 1);
+    finish_big(&mut w, "a", 1, 250);
+    finish_big(&mut w, "b", 2, 250);
+    let out = w.compute("c", 3, &[]);
+    assert!(executes(&out).is_empty(), "{out:?}");
+    let spilled = spills(&out);
+    assert_eq!(spilled.iter().map(|(k, _)| &**k).collect::<Vec<_>>(), vec!["a"], "{out:?}");
+    // `a` is released while it is written: its bytes are still here, so `c` still waits.
+    let out = w.sched(SchedulerToWorker::Release { keys: vec!["a".into()] });
+    assert!(executes(&out).is_empty(), "{out:?}");
+    // The write ends: `a`'s bytes are gone and `c` starts.
+    let file = spill_file(big(250).byte_len());
+    let out = w.ev(WorkerEvent::Spilled { key: "a".into(), id: spilled[0].1, result: Ok(file), seconds: 0.01 });
+    assert_eq!(executes(&out), vec![("c".into(), 3)], "{out:?}");
+}
