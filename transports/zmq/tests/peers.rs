@@ -270,3 +270,51 @@ async fn sends_racing_a_vanished_peer_fail_with_closed() {
         assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed);
     }
 }
+
+/// A send out of credit reads the connection meanwhile and keeps what it decodes for the
+/// application. When those messages fill the receive budget, it must let go of the read side:
+/// the application's receive is what frees the budget (it used to wait for the budget holding
+/// the read side, and the receive waited for the read side for ever). Current-thread runtime
+/// with the clock paused once connected: the send runs until it can go no further before the
+/// receive starts, and a receive that cannot proceed lets the clock run out its guard at once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_send_waiting_for_credit_leaves_the_read_side_to_a_receive_when_the_budget_is_full() {
+    // The listener's end (`a`) may hold 300 KiB of messages; the client's end (`b`) has a
+    // window of 2 messages, so `a`'s third send waits for credit.
+    let budget = courier_core::BudgetConfig { per_connection: Some(300 << 10), per_listener: None };
+    let config = courier_core::CommConfig { budget, ..Default::default() };
+    let mut l = registry().listen_with("zmq://127.0.0.1:0", &config).await.unwrap();
+    let url = l.contact_address().to_string();
+    let small_window = courier_core::CommConfig { queue_capacity: 2, ..Default::default() };
+    let r = registry();
+    let (b, a) = tokio::join!(r.connect_with(&url, &small_window), l.accept());
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    // Three 120 KiB messages for `a`: the third does not fit its budget beside the first two.
+    for i in 0..3u8 {
+        b.send(Message::new(Bytes::from(vec![i]), vec![Bytes::from(vec![i; 120 << 10])])).await.unwrap();
+    }
+    for _ in 0..2 {
+        a.send(Message::from_header(&b"up"[..])).await.unwrap();
+    }
+    let (mut a_send, mut a_recv) = a.split();
+    let blocked = tokio::spawn(async move {
+        a_send.send(Message::from_header(&b"third"[..])).await.unwrap();
+        a_send
+    });
+    tokio::time::pause();
+    // Returns once every task waits: the send has read what it could and found the budget full.
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let first = tokio::time::timeout(std::time::Duration::from_millis(500), a_recv.recv()).await;
+    let first = first.expect("the receive got the read side").unwrap();
+    assert_eq!(&first.header[..], &[0]);
+    tokio::time::resume();
+    // `b` takes what `a` sent and returns credit: the waiting send goes out.
+    for want in [&b"up"[..], b"up", b"third"] {
+        assert_eq!(&b.recv().await.unwrap().header[..], want);
+    }
+    let _a_send = blocked.await.unwrap(); // dropping a half would close the comm
+    for i in 1..3u8 {
+        let m = a_recv.recv().await.unwrap();
+        assert_eq!((&m.header[..], m.frames[0].len()), (&[i][..], 120 << 10));
+    }
+}
