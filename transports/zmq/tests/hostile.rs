@@ -54,14 +54,19 @@ fn message(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-fn ready_dealer() -> Vec<u8> {
+/// A ZMTP READY command announcing `socket_type`.
+fn ready(socket_type: &[u8]) -> Vec<u8> {
     let mut body = vec![5];
     body.extend_from_slice(b"READY");
     body.push(11);
     body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"DEALER");
+    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+    body.extend_from_slice(socket_type);
     frame(4, &body)
+}
+
+fn ready_dealer() -> Vec<u8> {
+    ready(b"DEALER")
 }
 
 /// A hand-made DEALER past the ZMTP and Courier handshakes.
@@ -154,13 +159,7 @@ async fn garbage_and_wrong_peers_are_refused_before_the_handshake() {
     curve[12..17].copy_from_slice(b"CURVE");
     before_handshake(&curve, ErrorKind::Protocol, "CURVE").await;
     let mut pub_socket = greeting();
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&3u32.to_be_bytes());
-    body.extend_from_slice(b"PUB");
-    pub_socket.extend(frame(4, &body));
+    pub_socket.extend(ready(b"PUB"));
     before_handshake(&pub_socket, ErrorKind::Protocol, "PUB").await;
     let mut truncated_ready = greeting();
     truncated_ready.extend(frame(4, &[5, b'R', b'E', b'A', b'D', b'Y', 11, b'S']));

@@ -6,7 +6,7 @@ use futures::FutureExt;
 
 use bytes::Bytes;
 use courier_core::handshake::Hello;
-use courier_core::{Compression, ErrorKind, Limits, Listener, Message, Registry};
+use courier_core::{Comm, CommConfig, Compression, ErrorKind, Limits, Listener, Message, Registry};
 use courier_zmq::ZmqTransport;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -34,11 +34,20 @@ async fn raw_peer(l: &dyn Listener) -> DealerSocket {
     s
 }
 
-async fn assert_still_serves(l: &mut Box<dyn Listener>) {
+/// A client comm connected to `l` with `config`, and the listener's end: `(client, server)`.
+async fn pair_with(l: &mut Box<dyn Listener>, config: &CommConfig) -> (Comm, Comm) {
     let url = l.contact_address().to_string();
     let r = registry();
-    let (c, s) = tokio::join!(r.connect(&url), l.accept());
-    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    let (c, s) = tokio::join!(r.connect_with(&url, config), l.accept());
+    (c.unwrap(), s.unwrap())
+}
+
+async fn pair(l: &mut Box<dyn Listener>) -> (Comm, Comm) {
+    pair_with(l, &CommConfig::default()).await
+}
+
+async fn assert_still_serves(l: &mut Box<dyn Listener>) {
+    let (mut c, mut s) = pair(l).await;
     c.send(Message::from_header(&b"next"[..])).await.unwrap();
     let m = s.recv().await.unwrap();
     s.send(m).await.unwrap();
@@ -78,10 +87,7 @@ async fn silent_peer_is_presumed_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_sees_a_dead_server() {
     let mut l = listener().await;
-    let url = l.contact_address().to_string();
-    let r = registry();
-    let (c, s) = tokio::join!(r.connect(&url), l.accept());
-    let (mut client, server) = (c.unwrap(), s.unwrap());
+    let (mut client, server) = pair(&mut l).await;
     // The whole server side goes away: comm and listener (its ROUTER socket).
     drop(server);
     l.close().await;
@@ -124,23 +130,25 @@ async fn garbage_and_version_mismatch_are_refused_with_typed_errors() {
     assert_still_serves(&mut l).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_receiver_slows_its_sender() {
-    let mut l = listener().await;
-    let url = l.contact_address().to_string();
-    let config = courier_core::CommConfig { queue_capacity: 4, ..Default::default() };
-    let r = registry();
-    let (c, s) = tokio::join!(r.connect_with(&url, &config), l.accept());
-    let (mut client, mut server) = (c.unwrap(), s.unwrap());
-    // The listener's inbox holds 16 (its default config): the 17th send waits for credit,
-    // whatever the client's own window.
-    let frame = Bytes::from(vec![1u8; 1 << 20]);
+/// Sends `frame` 16 times (the listener's default window) and checks that the next send is
+/// pending at once: nothing was consumed, so no credit can come.
+async fn use_up_the_listeners_window(client: &mut Comm, frame: &Bytes) {
     for _ in 0..16 {
         client.send(Message::new(Bytes::new(), vec![frame.clone()])).await.unwrap();
     }
-    // Out of credit, a send is pending at once (nothing was consumed, so no credit can come).
     let blocked = client.send(Message::new(Bytes::new(), vec![frame.clone()])).now_or_never();
     assert!(blocked.is_none(), "the sender must wait for credit, not queue without bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_slows_its_sender() {
+    let mut l = listener().await;
+    let config = CommConfig { queue_capacity: 4, ..Default::default() };
+    let (mut client, mut server) = pair_with(&mut l, &config).await;
+    // The listener's inbox holds 16 (its default config): the 17th send waits for credit,
+    // whatever the client's own window.
+    let frame = Bytes::from(vec![1u8; 1 << 20]);
+    use_up_the_listeners_window(&mut client, &frame).await;
     for _ in 0..16 {
         server.recv().await.unwrap();
     }
@@ -153,16 +161,9 @@ async fn a_slow_receiver_slows_its_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_return_credit_early() {
     let mut l = listener().await;
-    let url = l.contact_address().to_string();
-    let r = registry();
-    let (c, s) = tokio::join!(r.connect(&url), l.accept());
-    let (mut client, mut server) = (c.unwrap(), s.unwrap());
+    let (mut client, mut server) = pair(&mut l).await;
     let frame = Bytes::from(vec![2u8; 1 << 20]);
-    for _ in 0..16 {
-        client.send(Message::new(Bytes::new(), vec![frame.clone()])).await.unwrap();
-    }
-    let blocked = client.send(Message::new(Bytes::new(), vec![frame.clone()])).now_or_never();
-    assert!(blocked.is_none(), "out of credit");
+    use_up_the_listeners_window(&mut client, &frame).await;
     for _ in 0..4 {
         server.recv().await.unwrap();
     }
@@ -213,10 +214,7 @@ mod deviations {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn both_ends_are_addressed_by_their_tcp_endpoints() {
         let mut l = listener().await;
-        let url = l.contact_address().to_string();
-        let r = registry();
-        let (c, s) = tokio::join!(r.connect(&url), l.accept());
-        let (c, s) = (c.unwrap(), s.unwrap());
+        let (c, s) = pair(&mut l).await;
         assert_eq!(c.local_address(), s.peer_address());
         assert_eq!(c.peer_address(), s.local_address());
         assert!(c.local_address().host_port().is_ok(), "{}", c.local_address());
@@ -226,10 +224,7 @@ mod deviations {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_either_half_closes_the_comm() {
         let mut l = listener().await;
-        let url = l.contact_address().to_string();
-        let r = registry();
-        let (c, s) = tokio::join!(r.connect(&url), l.accept());
-        let (client, mut server) = (c.unwrap(), s.unwrap());
+        let (client, mut server) = pair(&mut l).await;
         let (_tx, rx) = client.split();
         drop(rx); // nobody would return the server's credit: the comm closes
         assert_eq!(server.recv().await.unwrap_err().kind(), ErrorKind::Closed);
@@ -282,13 +277,10 @@ async fn a_send_waiting_for_credit_leaves_the_read_side_to_a_receive_when_the_bu
     // The listener's end (`a`) may hold 300 KiB of messages; the client's end (`b`) has a
     // window of 2 messages, so `a`'s third send waits for credit.
     let budget = courier_core::BudgetConfig { per_connection: Some(300 << 10), per_listener: None };
-    let config = courier_core::CommConfig { budget, ..Default::default() };
+    let config = CommConfig { budget, ..Default::default() };
     let mut l = registry().listen_with("zmq://127.0.0.1:0", &config).await.unwrap();
-    let url = l.contact_address().to_string();
-    let small_window = courier_core::CommConfig { queue_capacity: 2, ..Default::default() };
-    let r = registry();
-    let (b, a) = tokio::join!(r.connect_with(&url, &small_window), l.accept());
-    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    let small_window = CommConfig { queue_capacity: 2, ..Default::default() };
+    let (mut b, mut a) = pair_with(&mut l, &small_window).await;
     // Three 120 KiB messages for `a`: the third does not fit its budget beside the first two.
     for i in 0..3u8 {
         b.send(Message::new(Bytes::from(vec![i]), vec![Bytes::from(vec![i; 120 << 10])])).await.unwrap();
