@@ -28,7 +28,8 @@
 //!   ([`WorkerAction::Spill`], at most [`MAX_SPILLS_IN_FLIGHT`] at once) until managed bytes
 //!   are back under target (by the RSS excess, for RSS); a spilled result is served and used
 //!   as an input by reading it back ([`Value::Disk`]). A value released while it is being
-//!   written stays counted until the write ends (the write holds it). A failed spill keeps the value in
+//!   written stays counted until the write ends (the write holds it), one released while an
+//!   execution uses it until that execution ends. A failed spill keeps the value in
 //!   memory, reports the error and stops spilling for [`SPILL_RETRY`]. Above *pause* no run
 //!   starts and no fetch begins until the process is back under it, and the scheduler is told
 //!   at once. At *terminate* (unless the spills in flight would bring it back under) the
@@ -423,6 +424,10 @@ struct Memory {
     /// it ends, so its bytes stay counted (by spill id) until then.
     orphaned: Map<u64, u64>,
     orphaned_bytes: u64,
+    /// Own values released while executions still use them (a cancelled run finishing): their
+    /// bytes stay counted until the last execution that pinned them ends.
+    released_pinned: Map<Key, u64>,
+    released_pinned_bytes: u64,
     next_spill: u64,
     rss: u64,
     paused: bool,
@@ -576,6 +581,11 @@ impl WorkerState {
             Stored::Memory(_) => {
                 self.mem.managed -= held.nbytes;
                 self.mem.lru.remove(&held.used);
+                // Inputs fetched for one execution are in its reservation already.
+                if self.mem.pinned.contains_key(key) && matches!(held.origin, Origin::Own) {
+                    *self.mem.released_pinned.entry(key.clone()).or_insert(0) += held.nbytes;
+                    self.mem.released_pinned_bytes += held.nbytes;
+                }
             }
             Stored::Spilling(_, id) => {
                 self.mem.managed -= held.nbytes;
@@ -1406,12 +1416,16 @@ impl WorkerState {
     }
 
     /// Memory committed now: managed values (including those being written), released values
-    /// still being written, reservations of executions and replies, and each key being fetched
+    /// still being written or used by an execution, reservations of executions and replies, and each key being fetched
     /// at the largest value seen here. (Counting fetches rather than keys, or forgetting a
     /// released value that a spill still held, let work start that took a 256 MiB worker
     /// reducing 64 MiB arrays past its terminate threshold in CI.)
     fn committed(&self) -> u64 {
-        self.mem.managed + self.mem.orphaned_bytes + self.mem.reserved + self.fetching_keys as u64 * self.mem.largest
+        self.mem.managed
+            + self.mem.orphaned_bytes
+            + self.mem.released_pinned_bytes
+            + self.mem.reserved
+            + self.fetching_keys as u64 * self.mem.largest
     }
 
     /// Bytes an execution of `key` with `args` will hold beyond managed memory.
@@ -1454,6 +1468,9 @@ impl WorkerState {
                 *n -= 1;
                 if *n == 0 {
                     self.mem.pinned.remove(&d);
+                    if let Some(n) = self.mem.released_pinned.remove(&d) {
+                        self.mem.released_pinned_bytes -= n;
+                    }
                 }
             }
         }

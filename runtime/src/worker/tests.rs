@@ -656,3 +656,33 @@ fn a_value_released_while_being_spilled_counts_until_its_write_ends() {
     let out = w.ev(WorkerEvent::Spilled { key: "a".into(), id: spilled[0].1, result: Ok(file), seconds: 0.01 });
     assert_eq!(executes(&out), vec![("c".into(), 3)], "{out:?}");
 }
+
+/// A value released while an execution still uses it (its run was cancelled and finishes
+/// quietly) stays in memory until that execution ends: a reply that would pass pause on top
+/// of it waits for the execution.
+#[test]
+fn a_value_released_while_an_execution_uses_it_counts_until_the_execution_ends() {
+    // Limit 1000 with target and pause at 900. `a` and `b` (~250 each) are held; `c` runs on
+    // `a` (~250 expected): ~750 committed.
+    let memory = MemoryLimits { target: 0.9, spill: 0.9, pause: 0.9, ..MemoryLimits::new(1000) };
+    let limits = WorkerLimits { memory: Some(memory), ..WorkerLimits::new(ME, 1) };
+    let mut w = W { s: WorkerState::new(limits), now: Instant::now() };
+    finish_big(&mut w, "a", 1, 250);
+    finish_big(&mut w, "b", 2, 250);
+    let out = w.compute("c", 3, &[("a", &[ME])]);
+    assert_eq!(executes(&out), vec![("c".into(), 3)], "{out:?}");
+    // The client gives up `c` and `a`: `c` finishes quietly, holding `a` until then.
+    w.sched(SchedulerToWorker::Release { keys: vec!["a".into(), "c".into()] });
+    // Serving `b` would hold ~250 more: `b` + `a` (still used) + `c`'s result + ~250 > 900.
+    let out = w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["b".into()] } });
+    let replies = out.iter().filter(|a| matches!(a, WorkerAction::Reply { .. } | WorkerAction::ReplyLoading { .. }));
+    assert_eq!(replies.count(), 0, "the reply waits for the execution: {out:?}");
+    // `c` ends: its reservation and `a` are gone, and the reply goes out (with `b` spilled
+    // to make room meanwhile, once its write ends).
+    let mut out = w.ev(WorkerEvent::ExecuteDone { key: "c".into(), run: 3, result: Ok(big(250)), seconds: 0.1 });
+    for (key, id) in spills(&out.clone()) {
+        let file = spill_file(big(250).byte_len());
+        out.extend(w.ev(WorkerEvent::Spilled { key, id, result: Ok(file), seconds: 0.01 }));
+    }
+    assert!(out.iter().any(|a| matches!(a, WorkerAction::ReplyLoading { conn: 1, id: 1, .. })), "{out:?}");
+}
