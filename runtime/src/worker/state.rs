@@ -14,7 +14,7 @@
 //!   per request. A holder that fails (error, timeout, "not here", or `PeerGone`) is marked
 //!   tried and the next is asked; when all have failed, the runs that needed the dependency
 //!   are dropped and reported as `MissingData`. A fetched copy is kept only while local runs
-//!   need it.
+//!   need it, and never replaces a value held here (computed while the fetch was on its way).
 //! - **Stealing's worker half.** `Steal` gives a run up only if it has not started executing;
 //!   otherwise it is refused. Either way the answer is exact, so no run executes twice.
 //! - **Release and cancellation.** `Release` drops data and unstarted runs; a run already
@@ -778,6 +778,32 @@ impl WorkerState {
         }
     }
 
+    /// The memory counts that must all be zero once nothing is held, waiting or in flight
+    /// (tests check that none leaks): bytes managed, being spilled, spilled, reserved, held by
+    /// spill writes or executions after release, keys being fetched, and the number of entries
+    /// in the per-key and per-serve tables behind them.
+    #[cfg(test)]
+    pub(crate) fn memory_counts(&self) -> [u64; 8] {
+        let m = &self.mem;
+        let entries = m.pinned.len()
+            + m.pins.len()
+            + m.orphaned.len()
+            + m.released_pinned.len()
+            + m.serving.len()
+            + m.reservations.len()
+            + m.in_flight.len();
+        [
+            m.managed,
+            m.spilling,
+            m.spilled,
+            m.reserved,
+            m.orphaned_bytes,
+            m.released_pinned_bytes,
+            self.fetching_keys as u64,
+            entries as u64,
+        ]
+    }
+
     /// This worker's memory figures.
     pub fn memory(&self) -> WorkerMemory {
         WorkerMemory {
@@ -1024,7 +1050,16 @@ impl WorkerState {
         }
         let Some(dep) = self.deps.remove(&key) else { return };
         let users = dep.waiters.len();
-        if dep.replicate {
+        if let Some(held) = self.data.get_mut(&key) {
+            // Computed here while the fetch was on its way: the value held is kept (a fetched
+            // copy never replaces it) and the waiting runs use it.
+            if let Origin::Fetched { users: u } = &mut held.origin {
+                *u += users;
+            }
+            if dep.replicate {
+                self.send(WorkerToScheduler::Replicated { key: key.clone(), ok: true });
+            }
+        } else if dep.replicate {
             self.insert_data(key.clone(), value, Origin::Own);
             self.send(WorkerToScheduler::Replicated { key: key.clone(), ok: true });
         } else if users > 0 {
@@ -1112,18 +1147,24 @@ impl WorkerState {
 
     /// `user` no longer needs dependency `d`.
     fn unclaim(&mut self, d: &Key, user: &Key) {
-        if let Some(held) = self.data.get_mut(d) {
-            if let Origin::Fetched { users } = &mut held.origin {
-                *users -= 1;
-                if *users == 0 {
-                    self.remove_data(d);
-                }
-            }
-        } else if let Some(dep) = self.deps.get_mut(d) {
-            dep.waiters.remove(user);
+        // A run claimed `d` either by waiting for its fetch or by using the value held here.
+        // Both can exist at once (the key came to be computed here while the fetch was on its
+        // way): the waiter is the claim then.
+        if let Some(dep) = self.deps.get_mut(d)
+            && dep.waiters.remove(user)
+        {
             if dep.waiters.is_empty() && !dep.replicate {
                 // Not wanted any more: an answer in flight is ignored; a queued entry is skipped.
                 self.deps.remove(d);
+            }
+            return;
+        }
+        if let Some(held) = self.data.get_mut(d)
+            && let Origin::Fetched { users } = &mut held.origin
+        {
+            *users -= 1;
+            if *users == 0 {
+                self.remove_data(d);
             }
         }
     }

@@ -686,3 +686,187 @@ fn a_value_released_while_an_execution_uses_it_counts_until_the_execution_ends()
     }
     assert!(out.iter().any(|a| matches!(a, WorkerAction::ReplyLoading { conn: 1, id: 1, .. })), "{out:?}");
 }
+
+/// Whatever happens in whatever order (runs on local and fetched inputs, replies, releases,
+/// and the driver finishing executions, spills, fetches and replies in any order), once every
+/// key is released and nothing is in flight, every memory count is back to zero: none leaks.
+/// A leaked count would make a long-running worker believe memory is committed that is not.
+mod memory_accounting {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Compute key `key` on inputs (index, held by a peer rather than here).
+        Compute(u8, Vec<(u8, bool)>),
+        Get(u8),
+        Release(u8),
+        Steal(u8),
+        Replicate(u8),
+        /// The driver sampled the process's resident memory (per mille of the limit).
+        Rss(u64),
+        /// The driver finishes one pending action (index modulo the pending ones), failing it
+        /// (a fetch or spill error) if `fail`.
+        Finish(usize, bool),
+    }
+
+    #[derive(Debug)]
+    enum Pending {
+        Execute(Key, RunId),
+        Spill(Key, u64, u64),
+        Fetch(FetchId, usize),
+        Serve(u64),
+    }
+
+    fn key(i: u8) -> Key {
+        format!("k{i}").as_str().into()
+    }
+
+    struct Driver {
+        w: W,
+        limit: u64,
+        pending: Vec<Pending>,
+        run: RunId,
+    }
+
+    impl Driver {
+        fn take(&mut self, out: Vec<WorkerAction>) {
+            for a in out {
+                match a {
+                    WorkerAction::Execute { key, run, .. } => self.pending.push(Pending::Execute(key, run)),
+                    WorkerAction::Spill { key, id, value } => {
+                        self.pending.push(Pending::Spill(key, id, value.byte_len()))
+                    }
+                    WorkerAction::Fetch { id, keys, .. } => self.pending.push(Pending::Fetch(id, keys.len())),
+                    WorkerAction::ReplyLoading { serve, .. } => self.pending.push(Pending::Serve(serve)),
+                    _ => {}
+                }
+            }
+        }
+
+        fn apply(&mut self, op: Op) {
+            let out = match op {
+                Op::Compute(k, deps) => {
+                    self.run += 1;
+                    let names: Vec<(String, &[&str])> = deps
+                        .iter()
+                        .filter(|(d, _)| *d != k)
+                        .map(|&(d, remote)| (format!("k{d}"), if remote { &[PEER][..] } else { &[ME][..] }))
+                        .collect();
+                    let deps: Vec<(&str, &[&str])> = names.iter().map(|(n, h)| (n.as_str(), *h)).collect();
+                    self.w.compute(&format!("k{k}"), self.run, &deps)
+                }
+                Op::Get(k) => {
+                    self.w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec![key(k)] } })
+                }
+                Op::Release(k) => self.w.sched(SchedulerToWorker::Release { keys: vec![key(k)] }),
+                Op::Steal(k) => self.w.sched(SchedulerToWorker::Steal { key: key(k), run: self.run }),
+                Op::Replicate(k) => {
+                    self.w.sched(SchedulerToWorker::Replicate { key: key(k), from: vec![PEER.to_string()] })
+                }
+                Op::Rss(per_mille) => {
+                    let rss = self.limit * per_mille / 1000;
+                    self.w.ev(WorkerEvent::Memory { rss })
+                }
+                Op::Finish(i, fail) => {
+                    if self.pending.is_empty() {
+                        return;
+                    }
+                    let p = self.pending.swap_remove(i % self.pending.len());
+                    self.finish(p, fail)
+                }
+            };
+            self.take(out);
+        }
+
+        fn finish(&mut self, p: Pending, fail: bool) -> Vec<WorkerAction> {
+            match p {
+                Pending::Spill(key, id, _) if fail => {
+                    self.w.ev(WorkerEvent::Spilled { key, id, result: Err("disk full".into()), seconds: 0.01 })
+                }
+                Pending::Fetch(id, _) if fail => self.w.ev(WorkerEvent::FetchDone { id, result: Err("gone".into()) }),
+                Pending::Execute(key, run) => {
+                    let n = 100 + 60 * (key.len() % 4);
+                    self.w.ev(WorkerEvent::ExecuteDone { key, run, result: Ok(big(n)), seconds: 0.01 })
+                }
+                Pending::Spill(key, id, n) => {
+                    self.w.ev(WorkerEvent::Spilled { key, id, result: Ok(spill_file(n)), seconds: 0.01 })
+                }
+                Pending::Fetch(id, n) => self.w.ev(WorkerEvent::FetchDone { id, result: Ok(vec![Some(big(200)); n]) }),
+                Pending::Serve(serve) => self.w.ev(WorkerEvent::Served { serve }),
+            }
+        }
+
+        /// Finishes everything pending, and whatever that starts, oldest first.
+        fn settle(&mut self) {
+            for _ in 0..10_000 {
+                if self.pending.is_empty() {
+                    return;
+                }
+                let p = self.pending.remove(0);
+                let out = self.finish(p, false);
+                self.take(out);
+            }
+            panic!("the worker never settles: {:?}", self.pending);
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..8u8, proptest::collection::vec((0..8u8, any::<bool>()), 0..3)).prop_map(|(k, d)| Op::Compute(k, d)),
+            1 => (0..8u8).prop_map(Op::Get),
+            2 => (0..8u8).prop_map(Op::Release),
+            1 => (0..8u8).prop_map(Op::Steal),
+            1 => (0..8u8).prop_map(Op::Replicate),
+            1 => (0..1100u64).prop_map(Op::Rss),
+            5 => (any::<usize>(), proptest::bool::weighted(0.1)).prop_map(|(i, f)| Op::Finish(i, f)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+        #[test]
+        fn no_memory_count_leaks(ops in proptest::collection::vec(op(), 0..60), limit in 300u64..3000) {
+            let mut d = Driver { w: limited(limit, 2), limit, pending: Vec::new(), run: 0 };
+            for op in ops {
+                d.apply(op);
+            }
+            d.settle();
+            let out = d.w.sched(SchedulerToWorker::Release { keys: (0..8).map(key).collect() });
+            d.take(out);
+            d.settle();
+            prop_assert_eq!(d.w.s.memory_counts(), [0; 8]);
+        }
+    }
+}
+
+/// A key computed here while a fetch of it (for another run) is on its way: the value held
+/// is kept, the fetched copy is dropped, and the run that waited for the fetch, released,
+/// leaves nothing behind (its claim used to stay on the fetch: the copy then replaced this
+/// worker's own result, was never freed, and a later run's count of missing inputs went
+/// below zero).
+#[test]
+fn a_fetch_landing_on_a_key_computed_here_meanwhile_keeps_the_own_value() {
+    let mut w = W::new(2);
+    let out = w.compute("a", 1, &[]);
+    assert_eq!(executes(&out), vec![("a".into(), 1)]);
+    // The scheduler names a peer as `a`'s holder for `b`: a fetch starts.
+    let f = fetches(&w.compute("b", 2, &[("a", &[PEER])]));
+    assert_eq!(f.len(), 1);
+    w.done("a", 1, 7);
+    // `b` is given up, then `c` uses `a` (held here, own), then the fetch lands.
+    w.sched(SchedulerToWorker::Release { keys: vec!["b".into()] });
+    let out = w.compute("c", 3, &[("a", &[ME])]);
+    assert_eq!(executes(&out), vec![("c".into(), 3)]);
+    w.ev(WorkerEvent::FetchDone { id: f[0].0, result: Ok(vec![Some(v(99))]) });
+    // `a` is still this worker's own result: released, it is gone.
+    let out = w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec!["a".into()] } });
+    assert!(
+        matches!(&out[..], [WorkerAction::Reply { reply: DataReply::Data { values, .. }, .. }] if values == &vec![Some(v(7))]),
+        "{out:?}"
+    );
+    w.done("c", 3, 8);
+    w.sched(SchedulerToWorker::Release { keys: vec!["a".into(), "c".into()] });
+    assert_eq!(w.s.memory_counts(), [0; 8]);
+    assert!(w.s.memory().managed == 0);
+}
