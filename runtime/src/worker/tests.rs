@@ -688,9 +688,11 @@ fn a_value_released_while_an_execution_uses_it_counts_until_the_execution_ends()
 }
 
 /// Whatever happens in whatever order (runs on local and fetched inputs, replies, releases,
-/// and the driver finishing executions, spills, fetches and replies in any order), once every
-/// key is released and nothing is in flight, every memory count is back to zero: none leaks.
-/// A leaked count would make a long-running worker believe memory is committed that is not.
+/// steals, replications, RSS samples, and the driver finishing or failing executions, spills,
+/// fetches and replies in any order), once every key is released and nothing is in flight,
+/// every memory count is back to zero: none leaks (a leaked count would make a long-running
+/// worker believe memory is committed that is not), and every data request was answered.
+/// Throughout, no more runs are handed over than the worker has threads.
 mod memory_accounting {
     use super::*;
     use proptest::prelude::*;
@@ -725,6 +727,9 @@ mod memory_accounting {
     struct Driver {
         w: W,
         limit: u64,
+        /// Data requests made, and replies the worker gave (each request gets one).
+        gets: usize,
+        replies: usize,
         pending: Vec<Pending>,
         run: RunId,
     }
@@ -738,10 +743,17 @@ mod memory_accounting {
                         self.pending.push(Pending::Spill(key, id, value.byte_len()))
                     }
                     WorkerAction::Fetch { id, keys, .. } => self.pending.push(Pending::Fetch(id, keys.len())),
-                    WorkerAction::ReplyLoading { serve, .. } => self.pending.push(Pending::Serve(serve)),
+                    WorkerAction::ReplyLoading { serve, .. } => {
+                        self.replies += 1;
+                        self.pending.push(Pending::Serve(serve))
+                    }
+                    WorkerAction::Reply { .. } => self.replies += 1,
                     _ => {}
                 }
             }
+            // With a memory limit no run is handed over beyond the worker's threads.
+            let executing = self.pending.iter().filter(|p| matches!(p, Pending::Execute(..))).count();
+            assert!(executing <= 2, "{executing} executions handed over to 2 threads: {:?}", self.pending);
         }
 
         fn apply(&mut self, op: Op) {
@@ -757,6 +769,7 @@ mod memory_accounting {
                     self.w.compute(&format!("k{k}"), self.run, &deps)
                 }
                 Op::Get(k) => {
+                    self.gets += 1;
                     self.w.ev(WorkerEvent::Data { conn: 1, request: DataRequest::Get { id: 1, keys: vec![key(k)] } })
                 }
                 Op::Release(k) => self.w.sched(SchedulerToWorker::Release { keys: vec![key(k)] }),
@@ -827,7 +840,7 @@ mod memory_accounting {
         #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
         #[test]
         fn no_memory_count_leaks(ops in proptest::collection::vec(op(), 0..60), limit in 300u64..3000) {
-            let mut d = Driver { w: limited(limit, 2), limit, pending: Vec::new(), run: 0 };
+            let mut d = Driver { w: limited(limit, 2), limit, gets: 0, replies: 0, pending: Vec::new(), run: 0 };
             for op in ops {
                 d.apply(op);
             }
@@ -836,6 +849,7 @@ mod memory_accounting {
             d.take(out);
             d.settle();
             prop_assert_eq!(d.w.s.memory_counts(), [0; 8]);
+            prop_assert_eq!(d.replies, d.gets, "every data request was answered");
         }
     }
 }
