@@ -42,8 +42,8 @@
 //!   and for fetches in flight (and, at most [`SERVE_WAIT`], for replies reading values back);
 //!   a reply holds a reservation for its values until the driver reports them dropped
 //!   (`Served`), and starts only under pause or when nothing executes or is fetched; a fetch
-//!   (each key expected as large as the largest value seen) starts only under pause or when nothing
-//!   else is fetched or executed, with as many keys as fit. Each wait ends because what it
+//!   (each key expected as large as the largest value seen) starts only under pause or when
+//!   nothing else is fetched or executed, with as many keys as fit. Each wait ends because what it
 //!   waits for ends, so nothing deadlocks; when nothing is left to spill, work starts anyway.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -1315,8 +1315,8 @@ impl WorkerState {
         }
         let mut peers: Vec<String> = self.peer_queues.keys().cloned().collect();
         peers.sort();
-        // With a memory limit, a fetch (each key expected as large as the largest value seen) starts
-        // only if it fits under pause, or nothing else is being fetched or executed.
+        // With a memory limit, a fetch (each key expected as large as the largest value seen)
+        // starts only if it fits under pause, or nothing else is being fetched or executed.
         let room = |s: &Self| {
             s.limits.memory.is_none_or(|m| s.committed() + s.mem.largest <= m.at(m.pause)) || s.memory_idle()
         };
@@ -1457,8 +1457,8 @@ impl WorkerState {
     }
 
     /// Memory committed now: managed values (including those being written), released values
-    /// still being written or used by an execution, reservations of executions and replies, and each key being fetched
-    /// at the largest value seen here. (Counting fetches rather than keys, or forgetting a
+    /// still being written or used by an execution, reservations of executions and replies,
+    /// and each key being fetched at the largest value seen here. (Counting fetches rather than keys, or forgetting a
     /// released value that a spill still held, let work start that took a 256 MiB worker
     /// reducing 64 MiB arrays past its terminate threshold in CI.)
     fn committed(&self) -> u64 {
