@@ -105,12 +105,16 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_finish() {
     assert_eq!(stats.outstanding, 0);
 }
 
-/// A client flooding the scheduler with maximal submissions gets one slice at a time: another
-/// client's task is served while most of the flood is still unread.
+/// A client flooding the scheduler with maximal submissions, for as long as it takes, does not
+/// starve another client: its task is served while the flood goes on. How many flood tasks
+/// pass meanwhile depends on how the machine schedules the threads, so that is not asserted
+/// here; the order of turns (one slice of the flood, then the other peer) is tested without
+/// I/O in the driver's unit tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_submissions_does_not_starve_another_client() {
+    use courier_runtime::protocol::Key;
     use courier_runtime::protocol::bounds::MAX_TASKS_PER_SUBMIT;
-    const MESSAGES: usize = 24;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let sched = cluster(ServerConfig::default(), 1).await;
     let mut flood = raw_client(&sched.address).await;
     // Every flood task waits on a scattered value that never comes: pure scheduler load.
@@ -118,30 +122,39 @@ async fn a_flood_of_submissions_does_not_starve_another_client() {
         .send(to_message(&[ClientToScheduler::Scatter { id: 1, keys: vec![("never".into(), 8)] }]).unwrap())
         .await
         .unwrap();
+    let served = Arc::new(AtomicBool::new(false));
+    let stop = served.clone();
     let sender = tokio::spawn(async move {
-        for m in 0..MESSAGES {
-            let tasks = (0..MAX_TASKS_PER_SUBMIT)
+        // Each round submits a new maximal batch and releases the one before, so the flood
+        // can go on for as long as the other client waits, in bounded memory.
+        let mut previous: Vec<Key> = Vec::new();
+        let mut rounds = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let tasks: Vec<TaskSpec> = (0..MAX_TASKS_PER_SUBMIT)
                 .map(|i| TaskSpec {
-                    key: format!("f{m}-{i}").into(),
+                    key: format!("f{rounds}-{i}").into(),
                     func: "inc".into(),
                     args: vec![ArgSpec::Key("never".into())],
                     retries: 0,
                     wanted: true,
                 })
                 .collect();
-            if flood.send(to_message(&[ClientToScheduler::Submit { tasks }]).unwrap()).await.is_err() {
+            let keys = tasks.iter().map(|t| t.key.clone()).collect();
+            let release = ClientToScheduler::Release { keys: std::mem::replace(&mut previous, keys) };
+            if flood.send(to_message(&[ClientToScheduler::Submit { tasks }, release]).unwrap()).await.is_err() {
                 break;
             }
+            rounds += 1;
         }
-        flood
+        rounds
     });
-    within("the flood to start", sched.wait_for_stats(|s| s.tasks > MAX_TASKS_PER_SUBMIT)).await.unwrap();
+    within("the flood to start", sched.wait_for_stats(|s| s.tasks >= MAX_TASKS_PER_SUBMIT)).await.unwrap();
     let good = Client::connect(support::registry(), &sched.address).await.unwrap();
     let x = good.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
     assert_eq!(within("the good client's task", x.result()).await.unwrap(), 42);
-    let seen = sched.stats().tasks;
-    assert!(seen < MESSAGES * MAX_TASKS_PER_SUBMIT / 2, "served only after {seen} flood tasks");
-    drop(sender);
+    served.store(true, Ordering::Relaxed);
+    let rounds = within("the flood to stop", sender).await.unwrap();
+    eprintln!("served while the flood went on, after {rounds} flood submissions were sent");
 }
 
 /// Regression: the data port stored anything anyone sent, overwriting results. Now a store

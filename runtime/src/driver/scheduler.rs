@@ -529,3 +529,72 @@ impl Relay<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TaskSpec;
+
+    fn core() -> Core {
+        let scheduler = Scheduler::new(SchedulerConfig::default());
+        let feed = Arc::new(Feed::new(&scheduler, None, Arc::default(), "test".into()));
+        Core::new(scheduler, tokio::sync::watch::Sender::new(SchedulerStats::default()), Publisher::new(feed))
+    }
+
+    /// A client that has joined; its outbox never sends (nothing here reads it).
+    fn join(core: &mut Core, id: ClientId) -> Peer {
+        let outbox = Outbox::spawn_lazy(std::future::pending(), usize::MAX, format!("client {id}"));
+        let joined = Event::ClientJoined { id, name: format!("client {id}") };
+        core.enqueue(FromPeer(Peer::Client(id), Item::Joined(PeerOutbox::Client(outbox), joined)));
+        core.turn();
+        Peer::Client(id)
+    }
+
+    /// A batch of `n` submissions of one task each, holding one of `credit`'s permits.
+    fn submissions(id: ClientId, prefix: &str, n: usize, credit: &Arc<Semaphore>) -> Item {
+        let submit = |i| Event::FromClient {
+            id,
+            msg: ClientToScheduler::Submit {
+                tasks: vec![TaskSpec {
+                    key: format!("{prefix}-{i}").into(),
+                    func: "inc".into(),
+                    args: vec![crate::arg(&1i64)],
+                    retries: 0,
+                    wanted: true,
+                }],
+            },
+        };
+        let events: Vec<Event> = (0..n).map(submit).collect();
+        Item::Batch(events.into_iter(), credit.clone().try_acquire_owned().expect("credit"))
+    }
+
+    /// A flooding peer's batch is worked through one `SLICE` per turn, and another peer's
+    /// waiting message is handled after at most one slice: a flood delays nobody by more than
+    /// that. The flood's credit comes back only once its whole batch is handled, so its
+    /// reader cannot queue more meanwhile.
+    #[tokio::test]
+    async fn a_flood_is_handled_one_slice_per_turn_between_other_peers_messages() {
+        let mut core = core();
+        let (flood, other) = (join(&mut core, 1), join(&mut core, 2));
+        let tasks = |core: &Core| core.scheduler.stats().tasks;
+        let (flood_credit, other_credit) = (Arc::new(Semaphore::new(PEER_CREDIT)), Arc::new(Semaphore::new(1)));
+        core.enqueue(FromPeer(flood, submissions(1, "flood", 3 * SLICE, &flood_credit)));
+        core.enqueue(FromPeer(other, submissions(2, "first", 1, &other_credit)));
+        core.turn();
+        assert_eq!(tasks(&core), SLICE, "one slice of the flood");
+        assert_eq!(flood_credit.available_permits(), PEER_CREDIT - 1, "its batch is not done yet");
+        core.turn();
+        assert_eq!(tasks(&core), SLICE + 1, "the other peer's message comes next");
+        assert_eq!(other_credit.available_permits(), 1);
+        // The other peer sends again while the flood still waits: again one slice, then it.
+        core.enqueue(FromPeer(other, submissions(2, "second", 1, &other_credit)));
+        core.turn();
+        assert_eq!(tasks(&core), 2 * SLICE + 1);
+        core.turn();
+        assert_eq!(tasks(&core), 2 * SLICE + 2);
+        core.turn();
+        assert_eq!(tasks(&core), 3 * SLICE + 2, "the rest of the flood");
+        assert_eq!(flood_credit.available_permits(), PEER_CREDIT, "its credit is back");
+        assert!(core.turns.is_empty() && core.waiting.is_empty(), "nothing left waiting");
+    }
+}
