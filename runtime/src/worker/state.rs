@@ -424,8 +424,9 @@ struct Memory {
     /// it ends, so its bytes stay counted (by spill id) until then.
     orphaned: Map<u64, u64>,
     orphaned_bytes: u64,
-    /// Own values released while executions still use them (a cancelled run finishing): their
-    /// bytes stay counted until the last execution that pinned them ends.
+    /// Values removed while executions still use them (a cancelled run finishing, or a fetched
+    /// input whose other runs ended): their bytes stay counted until the last execution that
+    /// pinned them ends.
     released_pinned: Map<Key, u64>,
     released_pinned_bytes: u64,
     next_spill: u64,
@@ -581,8 +582,9 @@ impl WorkerState {
             Stored::Memory(_) => {
                 self.mem.managed -= held.nbytes;
                 self.mem.lru.remove(&held.used);
-                // Inputs fetched for one execution are in its reservation already.
-                if self.mem.pinned.contains_key(key) && matches!(held.origin, Origin::Own) {
+                // An execution holds it: counted until the last such execution ends. (Inputs
+                // fetched for one execution are in its reservation instead, and not pinned.)
+                if self.mem.pinned.contains_key(key) {
                     *self.mem.released_pinned.entry(key.clone()).or_insert(0) += held.nbytes;
                     self.mem.released_pinned_bytes += held.nbytes;
                 }
@@ -802,6 +804,20 @@ impl WorkerState {
             self.fetching_keys as u64,
             entries as u64,
         ]
+    }
+
+    /// The buffers of the values held in memory (written or not), by address and length:
+    /// with what executions, spill writes and replies hold, what the process really holds.
+    #[cfg(test)]
+    pub(crate) fn buffers_held(&self) -> Vec<(usize, u64)> {
+        let frames = |p: &Payload| p.frames.iter().map(|f| (f.as_ptr() as usize, f.len() as u64)).collect::<Vec<_>>();
+        self.data
+            .values()
+            .flat_map(|h| match &h.stored {
+                Stored::Memory(p) | Stored::Spilling(p, _) => frames(p),
+                Stored::Disk(_) => Vec::new(),
+            })
+            .collect()
     }
 
     /// This worker's memory figures.
@@ -1461,7 +1477,7 @@ impl WorkerState {
     /// and each key being fetched at the largest value seen here. (Counting fetches rather than keys, or forgetting a
     /// released value that a spill still held, let work start that took a 256 MiB worker
     /// reducing 64 MiB arrays past its terminate threshold in CI.)
-    fn committed(&self) -> u64 {
+    pub(crate) fn committed(&self) -> u64 {
         self.mem.managed
             + self.mem.orphaned_bytes
             + self.mem.released_pinned_bytes
@@ -1482,12 +1498,7 @@ impl WorkerState {
             largest = largest.max(h.nbytes);
             // Inputs the execution holds outside managed memory: read back, being written
             // (gone from managed when the write completes), or fetched for it alone.
-            let private = match (&h.stored, &h.origin) {
-                (Stored::Disk(_) | Stored::Spilling(..), _) => true,
-                (_, Origin::Fetched { users }) => *users <= 1,
-                _ => false,
-            };
-            if private {
+            if matches!(h.stored, Stored::Disk(_) | Stored::Spilling(..)) || self.fetched_for_one(d, h) {
                 need += h.nbytes;
             }
         }
@@ -1517,15 +1528,26 @@ impl WorkerState {
         }
     }
 
+    /// `d` was fetched for one run only, and no execution holds it: the run that starts with
+    /// it takes it out of managed memory into its reservation. (An execution that holds it
+    /// keeps it counted until it ends, even if the run that started later ends first.)
+    fn fetched_for_one(&self, d: &Key, h: &Held) -> bool {
+        matches!(h.origin, Origin::Fetched { users } if users <= 1) && !self.mem.pinned.contains_key(d)
+    }
+
     /// Pins the inputs of `key`'s execution that stay in managed memory: spilling them while
     /// it runs would free nothing (it holds them) and make managed memory undercount.
     fn pin_inputs(&mut self, key: &Key, deps: &[Key]) {
         if self.limits.memory.is_none() {
             return;
         }
+        // An input fetched for this execution alone is in its reservation, and leaves managed
+        // memory as it starts: nothing to pin.
         let kept: Vec<Key> = deps
             .iter()
-            .filter(|d| self.data.get(*d).is_some_and(|h| matches!(h.stored, Stored::Memory(_))))
+            .filter(|d| {
+                self.data.get(*d).is_some_and(|h| matches!(h.stored, Stored::Memory(_)) && !self.fetched_for_one(d, h))
+            })
             .cloned()
             .collect();
         for d in &kept {

@@ -714,10 +714,47 @@ mod memory_accounting {
 
     #[derive(Debug)]
     enum Pending {
-        Execute(Key, RunId),
-        Spill(Key, u64, u64),
+        /// An execution, and the memory its arguments hold.
+        Execute(Key, RunId, Holds),
+        /// A spill write, and the value it holds.
+        Spill(Key, u64, u64, Holds),
         Fetch(FetchId, usize),
-        Serve(u64),
+        /// A reply being written, and the values it holds (read back or in memory).
+        Serve(u64, Holds),
+    }
+
+    /// Memory something holds: buffers that may be shared with the worker's values (by
+    /// address and length), and bytes that only it holds (values read back from disk).
+    #[derive(Debug, Default)]
+    struct Holds {
+        shared: Vec<(usize, u64)>,
+        private: u64,
+    }
+
+    impl Holds {
+        fn of<'a>(values: impl IntoIterator<Item = &'a Value>) -> Holds {
+            let mut h = Holds::default();
+            for v in values {
+                match v {
+                    Value::Memory(p) => h.payload(p),
+                    Value::Disk { file, .. } => h.private += file.nbytes(),
+                }
+            }
+            h
+        }
+
+        fn payload(&mut self, p: &Payload) {
+            self.shared.extend(p.frames.iter().map(|f| (f.as_ptr() as usize, f.len() as u64)));
+        }
+    }
+
+    impl Pending {
+        fn holds(&self) -> Option<&Holds> {
+            match self {
+                Pending::Execute(_, _, h) | Pending::Spill(_, _, _, h) | Pending::Serve(_, h) => Some(h),
+                Pending::Fetch(..) => None,
+            }
+        }
     }
 
     fn key(i: u8) -> Key {
@@ -738,14 +775,18 @@ mod memory_accounting {
         fn take(&mut self, out: Vec<WorkerAction>) {
             for a in out {
                 match a {
-                    WorkerAction::Execute { key, run, .. } => self.pending.push(Pending::Execute(key, run)),
+                    WorkerAction::Execute { key, run, args, .. } => {
+                        self.pending.push(Pending::Execute(key, run, Holds::of(&args)))
+                    }
                     WorkerAction::Spill { key, id, value } => {
-                        self.pending.push(Pending::Spill(key, id, value.byte_len()))
+                        let mut holds = Holds::default();
+                        holds.payload(&value);
+                        self.pending.push(Pending::Spill(key, id, value.byte_len(), holds))
                     }
                     WorkerAction::Fetch { id, keys, .. } => self.pending.push(Pending::Fetch(id, keys.len())),
-                    WorkerAction::ReplyLoading { serve, .. } => {
+                    WorkerAction::ReplyLoading { serve, values, .. } => {
                         self.replies += 1;
-                        self.pending.push(Pending::Serve(serve))
+                        self.pending.push(Pending::Serve(serve, Holds::of(values.iter().flatten())))
                     }
                     WorkerAction::Reply { .. } => self.replies += 1,
                     _ => {}
@@ -754,6 +795,21 @@ mod memory_accounting {
             // With a memory limit no run is handed over beyond the worker's threads.
             let executing = self.pending.iter().filter(|p| matches!(p, Pending::Execute(..))).count();
             assert!(executing <= 2, "{executing} executions handed over to 2 threads: {:?}", self.pending);
+            // What the worker counts covers what the process holds: its values in memory,
+            // and what executions, spill writes and replies hold (each buffer once).
+            let mut buffers = crate::collections::Set::default();
+            let mut held = 0;
+            for h in self.pending.iter().filter_map(Pending::holds) {
+                held += h.private;
+            }
+            let shared = self.pending.iter().filter_map(Pending::holds).flat_map(|h| h.shared.iter().copied());
+            for (address, n) in self.w.s.buffers_held().into_iter().chain(shared) {
+                if buffers.insert(address) {
+                    held += n;
+                }
+            }
+            let committed = self.w.s.committed();
+            assert!(held <= committed, "{held} bytes held, {committed} counted: {:?}", self.pending);
         }
 
         fn apply(&mut self, op: Op) {
@@ -794,19 +850,22 @@ mod memory_accounting {
 
         fn finish(&mut self, p: Pending, fail: bool) -> Vec<WorkerAction> {
             match p {
-                Pending::Spill(key, id, _) if fail => {
+                Pending::Spill(key, id, _, _) if fail => {
                     self.w.ev(WorkerEvent::Spilled { key, id, result: Err("disk full".into()), seconds: 0.01 })
                 }
                 Pending::Fetch(id, _) if fail => self.w.ev(WorkerEvent::FetchDone { id, result: Err("gone".into()) }),
-                Pending::Execute(key, run) => {
+                Pending::Execute(key, run, _) => {
                     let n = 100 + 60 * (key.len() % 4);
                     self.w.ev(WorkerEvent::ExecuteDone { key, run, result: Ok(big(n)), seconds: 0.01 })
                 }
-                Pending::Spill(key, id, n) => {
+                Pending::Spill(key, id, n, _) => {
                     self.w.ev(WorkerEvent::Spilled { key, id, result: Ok(spill_file(n)), seconds: 0.01 })
                 }
-                Pending::Fetch(id, n) => self.w.ev(WorkerEvent::FetchDone { id, result: Ok(vec![Some(big(200)); n]) }),
-                Pending::Serve(serve) => self.w.ev(WorkerEvent::Served { serve }),
+                Pending::Fetch(id, n) => {
+                    let values = (0..n).map(|_| Some(big(200))).collect();
+                    self.w.ev(WorkerEvent::FetchDone { id, result: Ok(values) })
+                }
+                Pending::Serve(serve, _) => self.w.ev(WorkerEvent::Served { serve }),
             }
         }
 
@@ -883,4 +942,26 @@ fn a_fetch_landing_on_a_key_computed_here_meanwhile_keeps_the_own_value() {
     w.sched(SchedulerToWorker::Release { keys: vec!["a".into(), "c".into()] });
     assert_eq!(w.s.memory_counts(), [0; 8]);
     assert!(w.s.memory().managed == 0);
+}
+
+/// Two runs use one fetched input, and the run that started second ends first: the input,
+/// still held by the other execution, stays counted until that one ends too. (It was in the
+/// reservation of the run that started last, for it alone by then, and left the count with it.)
+#[test]
+fn a_fetched_input_of_two_executions_stays_counted_until_both_end() {
+    let mut w = limited(100_000, 2);
+    // `f` is known to return small results: an execution reserves little beyond its inputs.
+    assert_eq!(executes(&w.compute("warm", 3, &[])), vec![("warm".into(), 3)]);
+    w.done("warm", 3, 0);
+    let f = fetches(&w.compute("a", 1, &[("x", &[PEER])]));
+    assert!(fetches(&w.compute("b", 2, &[("x", &[PEER])])).is_empty(), "b waits for the same fetch");
+    let out = w.ev(WorkerEvent::FetchDone { id: f[0].0, result: Ok(vec![Some(big(5_000))]) });
+    assert_eq!(executes(&out), vec![("a".into(), 1), ("b".into(), 2)]);
+    let x = big(5_000).byte_len();
+    w.done("b", 2, 7);
+    let (committed, managed) = (w.s.committed(), w.s.memory().managed);
+    assert!(committed >= managed + x, "a still holds x: {committed} committed, {managed} managed, x is {x}");
+    w.done("a", 1, 8);
+    w.sched(SchedulerToWorker::Release { keys: vec!["a".into(), "b".into(), "warm".into()] });
+    assert_eq!(w.s.memory_counts(), [0; 8]);
 }
