@@ -92,10 +92,12 @@ impl Cluster {
         }
     }
 
-    /// A client connects, runs `inc` and gets the result, all within 2 s.
+    /// A client connects, runs `inc` and gets the result. (The guard only stops a hang; how
+    /// long it takes depends on the machine. Where the attackers hold their connections,
+    /// the test also checks they still do once the client is served: the scheduler did not
+    /// wait for them to time out.)
     async fn good_client_is_served(&self, what: &str) {
-        let started = Instant::now();
-        let served = tokio::time::timeout(Duration::from_secs(2), async {
+        let served = tokio::time::timeout(Duration::from_secs(120), async {
             let client = Client::connect(Registry::with_default_transports(), &self.addr).await.unwrap();
             let x = client.submit::<i64>("inc", vec![arg(&41i64)]).await.unwrap();
             let v = x.result().await.unwrap();
@@ -103,14 +105,35 @@ impl Cluster {
             v
         })
         .await;
-        assert_eq!(served.ok(), Some(42), "{what}: a good client was not served within 2 s ({:?})", started.elapsed());
+        assert_eq!(served.ok(), Some(42), "{what}: a good client was not served");
     }
+}
+
+/// How many of `held` are still open: not closed by the scheduler (it may have written).
+fn still_open(held: &[TcpStream]) -> usize {
+    let mut buf = [0u8; 1024];
+    held.iter()
+        .filter(|s| {
+            loop {
+                match s.try_read(&mut buf) {
+                    Ok(0) => break false,
+                    Ok(_) => continue,
+                    Err(e) => break e.kind() == std::io::ErrorKind::WouldBlock,
+                }
+            }
+        })
+        .count()
 }
 
 /// A connection from 127.0.0.2 (the attacker's address; good clients come from 127.0.0.1).
 async fn attacker(port: u16) -> TcpStream {
+    attacker_at(2, port).await
+}
+
+/// A connection from 127.0.0.`host`.
+async fn attacker_at(host: u8, port: u16) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(([127, 0, 0, 2], 0).into()).unwrap();
+    socket.bind(([127, 0, 0, host], 0).into()).unwrap();
     socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
 }
 
@@ -268,12 +291,17 @@ async fn silent_connections_and_idle_comms_cannot_lock_out_good_clients() {
         held.push(attacker(p).await);
     }
     c.good_client_is_served("1,000 silent connections").await;
+    // The scheduler refuses all but 64 pending connections from one address, and gives those
+    // 10 s for their handshake: the client was served before they timed out, not after.
+    assert!(still_open(&held) > 0, "1,000 silent connections: all closed before the good client was served");
+    // From another address: the silent connections hold all of 127.0.0.2's places.
     for _ in 0..2_000 {
-        let mut s = attacker(p).await;
+        let mut s = attacker_at(3, p).await;
         let _ = s.write_all(&Hello::new(Limits::default(), Compression::None, "idle").encode()).await;
         held.push(s);
     }
     c.good_client_is_served("2,000 idle comms").await;
+    assert!(still_open(&held[1_000..]) > 0, "2,000 idle comms: all closed before the good client was served");
     let fds = c.open_fds();
     assert!(fds < fds_before + 200, "{fds} descriptors open (before the attack: {fds_before})");
     c.assert_within_budget("silent and idle peers");
