@@ -375,7 +375,7 @@ struct Held {
     stored: Stored,
     origin: Origin,
     nbytes: u64,
-    /// Last use, the key of `lru` while in memory.
+    /// Last use, the key of `lru` while in memory (under a memory limit).
     used: u64,
 }
 
@@ -570,7 +570,9 @@ impl WorkerState {
         let used = self.mem.next_use;
         self.mem.managed += nbytes;
         self.mem.largest = self.mem.largest.max(nbytes);
-        self.mem.lru.insert(used, key.clone());
+        if self.spills() {
+            self.mem.lru.insert(used, key.clone());
+        }
         self.data.insert(key, Held { stored: Stored::Memory(value), origin, nbytes, used });
     }
 
@@ -581,7 +583,9 @@ impl WorkerState {
         match &held.stored {
             Stored::Memory(_) => {
                 self.mem.managed -= held.nbytes;
-                self.mem.lru.remove(&held.used);
+                if self.spills() {
+                    self.mem.lru.remove(&held.used);
+                }
                 // An execution holds it: counted until the last such execution ends. (Inputs
                 // fetched for one execution are in its reservation instead, and not pinned.)
                 if self.mem.pinned.contains_key(key) {
@@ -600,11 +604,18 @@ impl WorkerState {
         Some(held)
     }
 
+    /// Values are spilled only under a memory limit; without one, no LRU order is kept (it
+    /// cost a B-tree insert and remove per value and per use, 3 % of a trivial task).
+    fn spills(&self) -> bool {
+        self.limits.memory.is_some()
+    }
+
     /// Marks a held value used now (its LRU position) and returns it.
     fn use_value(&mut self, key: &Key) -> Option<Value> {
         let next = self.mem.next_use + 1;
+        let spills = self.spills();
         let held = self.data.get_mut(key)?;
-        if matches!(held.stored, Stored::Memory(_)) {
+        if spills && matches!(held.stored, Stored::Memory(_)) {
             self.mem.lru.remove(&held.used);
             self.mem.lru.insert(next, key.clone());
             held.used = next;
