@@ -605,7 +605,7 @@ impl WorkerState {
     }
 
     /// Values are spilled only under a memory limit; without one, no LRU order is kept (it
-    /// cost a B-tree insert and remove per value and per use, 3 % of a trivial task).
+    /// cost a B-tree insert and remove per value and per use, 7 % of a trivial task in process).
     fn spills(&self) -> bool {
         self.limits.memory.is_some()
     }
