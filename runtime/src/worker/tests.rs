@@ -705,6 +705,8 @@ mod memory_accounting {
         Release(u8),
         Steal(u8),
         Replicate(u8),
+        /// The scheduler announces a scatter of the key, and a client stores it (`Store`).
+        Scatter(u8),
         /// The driver sampled the process's resident memory (per mille of the limit).
         Rss(u64),
         /// The driver finishes one pending action (index modulo the pending ones), failing it
@@ -833,6 +835,13 @@ mod memory_accounting {
                 Op::Replicate(k) => {
                     self.w.sched(SchedulerToWorker::Replicate { key: key(k), from: vec![PEER.to_string()] })
                 }
+                Op::Scatter(k) => {
+                    let mut out = self.w.sched(SchedulerToWorker::ExpectScatter { id: 1, keys: vec![(key(k), 7)] });
+                    self.take(std::mem::take(&mut out));
+                    let store = DataRequest::Store { id: 2, key: key(k), ticket: 7, value: big(150) };
+                    self.gets += 1;
+                    self.w.ev(WorkerEvent::Data { conn: 1, request: store })
+                }
                 Op::Rss(per_mille) => {
                     let rss = self.limit * per_mille / 1000;
                     self.w.ev(WorkerEvent::Memory { rss })
@@ -890,6 +899,7 @@ mod memory_accounting {
             2 => (0..8u8).prop_map(Op::Release),
             1 => (0..8u8).prop_map(Op::Steal),
             1 => (0..8u8).prop_map(Op::Replicate),
+            1 => (0..8u8).prop_map(Op::Scatter),
             1 => (0..1100u64).prop_map(Op::Rss),
             5 => (any::<usize>(), proptest::bool::weighted(0.1)).prop_map(|(i, f)| Op::Finish(i, f)),
         ]
