@@ -1485,9 +1485,9 @@ impl WorkerState {
 
     /// Memory committed now: managed values (including those being written), released values
     /// still being written or used by an execution, reservations of executions and replies,
-    /// and each key being fetched at the largest value seen here. (Counting fetches rather than keys, or forgetting a
-    /// released value that a spill still held, let work start that took a 256 MiB worker
-    /// reducing 64 MiB arrays past its terminate threshold in CI.)
+    /// and each key being fetched at the largest value seen here. (Counting fetches rather
+    /// than keys, or forgetting a released value that a spill still held, let work start that
+    /// took a 256 MiB worker reducing 64 MiB arrays past its terminate threshold in CI.)
     pub(crate) fn committed(&self) -> u64 {
         self.mem.managed
             + self.mem.orphaned_bytes
