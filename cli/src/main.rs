@@ -12,6 +12,14 @@ mod stability;
 mod submit;
 mod tasks;
 
+/// mimalloc rather than glibc's malloc. A trivial task allocates a few dozen small blocks
+/// across threads (the client's future, the scheduler's task, the messages, the worker's
+/// value), and glibc's allocator cost 16 % of the instructions of a task in process
+/// (callgrind, `scripts/callgrind_tasks.sh`); mimalloc cuts the process's count by 10 %.
+/// The libraries leave the choice to the program that links them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Courier: pluggable-transport messaging for n-d arrays, and a task runtime on top.
 #[derive(Debug, Parser)]
 #[command(name = "courier", version, about)]
