@@ -8,6 +8,10 @@ use std::hash::BuildHasher;
 
 thread_local! {
     static DETERMINISTIC: Cell<bool> = const { Cell::new(false) };
+    /// This thread's random keys, drawn once. Making keys costs ~150 instructions
+    /// (`RandomState::new`), and the scheduler makes a set for every task it is sent; copying
+    /// them costs four words. A peer learns nothing of the keys either way.
+    static KEYS: ahash::RandomState = ahash::RandomState::new();
 }
 
 /// aHash with random keys, or with fixed keys while [`Deterministic`] is in force on this
@@ -20,7 +24,7 @@ impl Default for Hashing {
         if DETERMINISTIC.with(Cell::get) {
             Hashing(ahash::RandomState::with_seeds(1, 2, 3, 4))
         } else {
-            Hashing(ahash::RandomState::new())
+            Hashing(KEYS.with(Clone::clone))
         }
     }
 }

@@ -180,13 +180,6 @@ impl Scheduler {
         self.advance_retirement(r);
     }
 
-    /// A key left memory: retirements stop copying it.
-    pub(crate) fn left_memory(&mut self, key: &Key) {
-        for ret in self.retirements.values_mut() {
-            ret.copying.remove(key);
-        }
-    }
-
     /// A worker left: copies it was receiving go elsewhere; keys it shared with retiring
     /// workers (`now_unique`) are copied if nobody staying holds them any more.
     pub(crate) fn retirement_worker_left(&mut self, w: WorkerId, now_unique: &[Key]) {

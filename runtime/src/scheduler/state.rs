@@ -145,9 +145,12 @@ impl Scheduler {
     /// Moves `key` to `new`, keeping every index in step: the workers' processing, holdings
     /// and expected sets and their load, the queue, per-function outstanding counts, and the
     /// dependencies' counts of outstanding dependents. Cost: O(1) plus O(holders) for memory
-    /// and O(dependencies) when the task starts or stops being outstanding.
+    /// and O(dependencies) when the task starts or stops being outstanding. The task is looked
+    /// up once (twice more only to count its dependencies' dependents, when it has any): a
+    /// task passes through five or six states, and this was the scheduler's commonest lookup.
     pub(crate) fn set_state(&mut self, key: &Key, new: TaskState) {
-        let Scheduler { tasks, observer, .. } = self;
+        // Split borrows: the task stays borrowed while the other tables change.
+        let Scheduler { tasks, observer, workers, retirements, queue, root_queue, .. } = self;
         let Some(t) = tasks.get_mut(key) else { return };
         let old = std::mem::replace(&mut t.state, new);
         observer.moved(&t.func, &old, &t.state);
@@ -156,45 +159,47 @@ impl Scheduler {
         let was_stealing = std::mem::take(&mut t.stealing);
         t.steal_refused = false;
         let nbytes = t.nbytes;
-        let func = t.func.clone();
+        // Workers whose processing set changed, reindexed once the task is in place.
+        let mut left = None;
+        let mut entered = None;
         // Leave the old state.
         match old {
             TaskState::Processing(w) => {
-                if let Some(worker) = self.workers.get_mut(&w) {
+                if let Some(worker) = workers.get_mut(&w) {
                     worker.processing.remove(key);
                 }
-                self.reindex(w);
+                left = Some(w);
             }
             TaskState::Memory(holders) => {
                 for w in holders {
-                    if let Some(worker) = self.workers.get_mut(&w) {
+                    if let Some(worker) = workers.get_mut(&w) {
                         worker.has.remove(key);
                         worker.nbytes = worker.nbytes.saturating_sub(nbytes);
                     }
                 }
-                self.left_memory(key);
+                // Copies a retirement was making of it are moot.
+                for ret in retirements.values_mut() {
+                    ret.copying.remove(key);
+                }
             }
             TaskState::Queued => {
                 self.queued -= 1;
                 self.placement_gen += 1; // The root queue's head may be this task.
             }
             TaskState::Scattering(w) => {
-                if let Some(worker) = self.workers.get_mut(&w) {
+                if let Some(worker) = workers.get_mut(&w) {
                     worker.expecting.remove(key);
                 }
             }
             TaskState::Waiting | TaskState::Released | TaskState::Erred(_) => {}
         }
-        // Enter the new one (split borrows: the state is read in place, not cloned).
-        let Scheduler { tasks, workers, .. } = self;
-        let Some(t) = tasks.get_mut(key) else { return };
-        let mut reindex = None;
+        // Enter the new one (the state is read in place, not cloned).
         match &t.state {
             TaskState::Processing(w) => {
                 if let Some(worker) = workers.get_mut(w) {
                     worker.processing.insert(key.clone());
                 }
-                reindex = Some(*w);
+                entered = Some(*w);
             }
             TaskState::Memory(holders) => {
                 for w in holders {
@@ -209,9 +214,9 @@ impl Scheduler {
                 self.queue_seq += 1;
                 t.queue_seq = self.queue_seq;
                 if t.deps.is_empty() {
-                    self.root_queue.push_back((key.clone(), self.queue_seq));
+                    root_queue.push_back((key.clone(), self.queue_seq));
                 } else {
-                    self.queue.push_back((key.clone(), self.queue_seq));
+                    queue.push_back((key.clone(), self.queue_seq));
                 }
             }
             TaskState::Scattering(w) => {
@@ -221,18 +226,23 @@ impl Scheduler {
             }
             TaskState::Waiting | TaskState::Released | TaskState::Erred(_) => {}
         }
-        if let Some(w) = reindex {
+        // The dependencies' counts, when this task starts or stops being outstanding: its
+        // dependency list is taken out while they are updated.
+        let counted = (was_out != is_out).then(|| (t.func.clone(), std::mem::take(&mut t.deps)));
+        for w in [left, entered].into_iter().flatten() {
             self.reindex(w);
         }
-        if was_out != is_out {
-            self.count_outstanding(key, &func, is_out);
+        if let Some((func, deps)) = counted {
+            self.count_outstanding(key, &func, deps, is_out);
         }
         if was_stealing {
             self.steals_in_flight -= 1;
         }
     }
 
-    fn count_outstanding(&mut self, key: &Key, func: &Key, now_outstanding: bool) {
+    /// Counts `key` (of function `func`, with dependencies `deps`, taken out of its task and
+    /// put back here) in or out of the outstanding tasks.
+    fn count_outstanding(&mut self, key: &Key, func: &Key, deps: Vec<Key>, now_outstanding: bool) {
         if now_outstanding {
             *self.outstanding.entry(func.clone()).or_insert(0) += 1;
             self.outstanding_total += 1;
@@ -245,10 +255,9 @@ impl Scheduler {
             }
             self.outstanding_total -= 1;
         }
-        let deps = match self.tasks.get_mut(key) {
-            Some(t) => std::mem::take(&mut t.deps),
-            None => return,
-        };
+        if deps.is_empty() {
+            return;
+        }
         for d in &deps {
             if let Some(dt) = self.tasks.get_mut(d) {
                 if now_outstanding {
