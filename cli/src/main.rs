@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use courier::node::{CommonArgs, SchedulerArgs, WorkerArgs};
 
+mod alloc;
 mod compare;
 mod info;
 mod npy;
@@ -12,26 +13,9 @@ mod stability;
 mod submit;
 mod tasks;
 
-/// mimalloc rather than glibc's malloc. A trivial task allocates a few dozen small blocks
-/// across threads (the client's future, the scheduler's task, the messages, the worker's
-/// value), and glibc's allocator cost 16 % of the instructions of a task in process
-/// (callgrind, `scripts/callgrind_tasks.sh`); mimalloc cuts the process's count by 10 %.
-/// The libraries leave the choice to the program that links them.
+/// Small blocks from mimalloc, large ones from the system (see [`alloc`]).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_purge_delay` (the same number in its v2 and v3 enums).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the system when it is freed, as glibc does for large blocks.
-/// mimalloc's default waits a second and then purges only when the thread that owns the pages
-/// allocates again: a scheduler whose threads went idle after a hostile peer was cut off kept
-/// the ~300 MiB the peer had made it buffer (`cli/tests/hostile_peers.rs` checks that memory
-/// returns, and fails without this).
-fn return_freed_memory_at_once() {
-    // SAFETY: sets an allocator option; any value is valid and it may be set at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
+static ALLOC: alloc::SplitAlloc = alloc::SplitAlloc;
 
 /// Courier: pluggable-transport messaging for n-d arrays, and a task runtime on top.
 #[derive(Debug, Parser)]
@@ -71,7 +55,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    return_freed_memory_at_once();
+    alloc::return_freed_memory_at_once();
     courier::node::init_logging();
     let cli = Cli::parse();
     let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
