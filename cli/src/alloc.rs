@@ -88,11 +88,13 @@ unsafe impl GlobalAlloc for SplitAlloc {
     }
 }
 
-/// Freed small blocks go back to the system when their pages empty, as glibc does. mimalloc's
-/// default waits a second and then purges only when the thread owning the pages allocates
-/// again: a scheduler whose threads went idle after a hostile peer was cut off kept the
-/// ~300 MiB of small frames the peer had made it buffer (`cli/tests/hostile_peers.rs` checks
-/// that memory returns, and fails without this).
+/// Freed small blocks go back to the system when their pages empty. mimalloc's default waits
+/// a second and then purges only when the thread owning the pages allocates again, so a
+/// process whose threads go idle after a burst keeps the burst's memory. With every block in
+/// mimalloc, a scheduler that cut off a hostile peer kept the ~300 MiB the peer had made it
+/// buffer, and the two memory-returns checks of `cli/tests/hostile_peers.rs` failed without
+/// this. Now that large blocks go to glibc they pass either way (the buffered frames are
+/// large blocks); this keeps the same promise for a burst of small ones.
 pub(crate) fn return_freed_memory_at_once() {
     // SAFETY: sets an allocator option; any value is valid and it may be set at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
