@@ -88,25 +88,30 @@ unsafe impl GlobalAlloc for SplitAlloc {
     }
 }
 
-/// Freed small blocks go back to the system when their pages empty. mimalloc's default waits
-/// a second and then purges only when the thread owning the pages allocates again, so a
-/// process whose threads go idle after a burst keeps the burst's memory. With every block in
-/// mimalloc, a scheduler that cut off a hostile peer kept the ~300 MiB the peer had made it
-/// buffer, and the two memory-returns checks of `cli/tests/hostile_peers.rs` failed without
-/// this. Now that large blocks go to glibc they pass either way (the buffered frames are
-/// large blocks); this keeps the same promise for a burst of small ones.
+/// How long mimalloc keeps emptied pages before giving them back (its purge delay, in ms).
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// Freed small blocks go back to the system 100 ms after their pages empty. mimalloc's default
+/// waits a second, and purges only when a thread allocates again, so a process whose threads go
+/// idle after a burst keeps the burst's memory. With every block in mimalloc, a scheduler that
+/// cut off a hostile peer kept the ~300 MiB the peer had made it buffer, and the two
+/// memory-returns checks of `cli/tests/hostile_peers.rs` failed without a short delay. Large
+/// blocks now go to glibc (the buffered frames among them), and the checks pass with this one.
+/// The scheduler's driver wakes every 100 ms (its tick), so its threads allocate again soon.
 ///
-/// It has a price: pages emptied and filled again are faulted in again. In process, map +
-/// gather of 10^5 trivial tasks took 9–19 % fewer page faults and ran 2–17 % faster with a
-/// delay of 100 ms (four alternating rounds of `bench-tasks --repeat 5`, by hand). Who prefers
-/// that sets `MIMALLOC_PURGE_DELAY` (milliseconds), which mimalloc reads and this then leaves
-/// alone.
-pub(crate) fn return_freed_memory_at_once() {
+/// A delay of 0 (purge at once, this binary's default until 2026-12-04) costs page faults:
+/// pages emptied at the end of one burst are faulted in again by the next. In process, `courier
+/// bench-tasks --repeat 6` (map + gather of 10^5 trivial tasks, 600,000 tasks and more) took
+/// 2,901 ms of CPU (mean of three rounds; 2,870–2,936) with 100 ms against 3,100 ms
+/// (2,983–3,196) at 0, and 25–33 % fewer page faults; 1 s and never purging took 2,904 and
+/// 2,886 ms (alternating rounds of `perf stat`, by hand). `MIMALLOC_PURGE_DELAY`
+/// (milliseconds), when set, wins: mimalloc reads it and this leaves it alone.
+pub(crate) fn return_freed_memory_soon() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
     // SAFETY: sets an allocator option; any value is valid and it may be set at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    alloc::return_freed_memory_at_once();
+    alloc::return_freed_memory_soon();
     courier::node::init_logging();
     let cli = Cli::parse();
     let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
