@@ -382,6 +382,18 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
     }
 }
 
+/// Most arena bytes a worker's shm:// transport keeps: an eighth of its memory limit (the
+/// share the limit leaves to memory it cannot see), at least [`courier_shm::DEFAULT_ARENA_CAP`]
+/// and at most 16 GiB; the default cap without a limit. Results are built in the arena while
+/// lent slots hold less than 3/4 of it, and in fresh heap pages past that: a tree reduction of
+/// 32 × 64 MiB on 3 workers holds ~1 GiB of results per worker, past the lending share of a
+/// 1 GiB arena.
+fn arena_cap(limit: Option<u64>) -> usize {
+    const MOST: u64 = 16 << 30;
+    let default = courier_shm::DEFAULT_ARENA_CAP as u64;
+    limit.map_or(default, |l| (l / 8).clamp(default, MOST)) as usize
+}
+
 /// Runs a worker with `functions` until the scheduler retires it or Ctrl-C (`Ok`), or until
 /// it loses the scheduler or fails (`Err`). SIGTERM retires it: it asks the scheduler to move
 /// its results to other workers, then exits (within [`RETIRE_GRACE`] each). Prints `worker
@@ -399,14 +411,14 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
     let memory = memory_limits(&args, &w, nthreads)?;
     if memory.is_some_and(|m| m.limit < 8 * courier_shm::DEFAULT_ARENA_CAP as u64) {
         // shm:// arenas are memory the limit cannot see or take back (a sender's reused
-        // segments, up to 1 GiB, and a receiver's mappings of its peers'): a worker limited to
-        // less than 8 times that sends and receives large frames through a sealed memfd each,
+        // segments, and a receiver's mappings of its peers'): a worker limited to less than 8
+        // times the default cap sends and receives large frames through a sealed memfd each,
         // gone when the frame is dropped.
         registry.register(Arc::new(crate::ShmTransport::new().sealed_only()));
     } else if !args.no_shm && w.shm.unwrap_or(true) {
         // Large results and received frames are built in the arena's slots, so a same-host
         // peer fetching one gets it in place, with no copy (`ShmTransport::lend_buffers`).
-        let shm = crate::ShmTransport::new();
+        let shm = crate::ShmTransport::new().with_arena_cap(arena_cap(memory.map(|m| m.limit)));
         shm.lend_buffers();
         registry.register(Arc::new(shm));
     }
@@ -567,7 +579,7 @@ pub fn worker_main(functions: Functions) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{arena_cap, parse_size};
 
     #[test]
     fn sizes_parse_with_binary_units_and_refuse_garbage() {
@@ -578,5 +590,16 @@ mod tests {
         for bad in ["", "MiB", "12 parsecs", "-1G", "99999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The arena grows with the memory limit, within its bounds.
+    #[test]
+    fn the_arena_cap_is_an_eighth_of_the_memory_limit_within_bounds() {
+        let default = courier_shm::DEFAULT_ARENA_CAP;
+        assert_eq!(arena_cap(None), default);
+        assert_eq!(arena_cap(Some(8 << 30)), default);
+        assert_eq!(arena_cap(Some(12 << 30)), 3 << 29);
+        assert_eq!(arena_cap(Some(1 << 40)), 16 << 30);
+        assert_eq!(arena_cap(Some(1 << 20)), default, "the floor (workers limited below 8 GiB get no arena)");
     }
 }

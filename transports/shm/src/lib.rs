@@ -18,7 +18,8 @@
 //!
 //! - **The sender's arena** (the default between processes of the same user): segments of
 //!   shared memory (memfds sealed against shrinking and growing, 4 MiB doubling to 256 MiB,
-//!   at most 1 GiB per transport by default) that the sender faults in once and each receiver
+//!   at most 1 GiB per transport by default, an eighth of the memory limit in Courier's
+//!   workers) that the sender faults in once and each receiver
 //!   maps read-only once. The segments are shared by all the comms of one transport, so a slot
 //!   one peer released serves the next frame to any peer. Sending copies the frame into a free
 //!   slot (one `memcpy` into resident pages, outside the pool's lock); the receiver's `Bytes`
