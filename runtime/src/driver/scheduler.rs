@@ -359,6 +359,8 @@ fn route(
     touched: &mut Set<Peer>,
     left: &mut VecDeque<Event>,
 ) {
+    // Consecutive actions mostly go to one peer: it is marked touched once.
+    let mut last_touched = None;
     for action in actions.drain(..) {
         let (peer, pushed) = match action {
             Action::ToWorker(id, msg) => {
@@ -393,7 +395,10 @@ fn route(
         };
         match pushed {
             Ok(()) => {
-                touched.insert(peer);
+                if last_touched != Some(peer) {
+                    touched.insert(peer);
+                    last_touched = Some(peer);
+                }
             }
             Err(e) => {
                 if outboxes.remove(&peer).is_some() {

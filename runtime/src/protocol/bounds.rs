@@ -36,9 +36,10 @@ pub fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("{what} of {} bytes exceeds {max} bytes", s.len()));
     }
-    // Printable ASCII (nearly every name) is checked a byte at a time, vectorised; anything
-    // else is decoded and checked character by character.
-    let printable_ascii = s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    // Printable ASCII (nearly every name) is checked a byte at a time, vectorised (a fold, not
+    // `all`, whose early exit keeps the loop scalar); anything else is decoded and checked
+    // character by character.
+    let printable_ascii = s.bytes().fold(true, |ok, b| ok & (0x20..0x7f).contains(&b));
     if !printable_ascii && s.chars().any(char::is_control) {
         return Err(format!("{what} contains control characters"));
     }
