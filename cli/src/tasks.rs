@@ -100,30 +100,25 @@ struct Row {
     samples_tasks_per_s: Vec<f64>,
 }
 
-pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    let mut clients = Vec::new();
-    let clusters = match &args.scheduler {
-        Some(url) => {
-            let client = Client::connect(registry, url).await.with_context(|| format!("connecting to {url}"))?;
-            clients.push((format!("the cluster of {url}"), client));
-            Vec::new()
-        }
-        None => start_clusters(&args).await?,
-    };
-    for (name, cluster) in &clusters {
-        clients.push((name.clone(), cluster.client().await?));
-    }
-    println!(
-        "{:<58} {:<28} {:>8} {:>14} {:>20}",
-        "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"
-    );
-    let progress = indicatif::ProgressBar::new((clients.len() * 2 * args.repeat.max(1)) as u64)
-        .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
+/// What one measurement of one cluster gave.
+struct Measured {
+    measurement: String,
+    tasks: usize,
+    cluster: String,
+    rates: Vec<f64>,
+}
+
+/// The map + gather and as_completed measurements of `clients`, `repeat` times each.
+/// Repetitions take the clients in turn, so a slow spell of this shared machine falls on all
+/// of them rather than on one.
+async fn measure(
+    args: &Args,
+    clients: &[(String, Client)],
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<Vec<Measured>> {
     let window = format!("as_completed, {} in flight", args.in_flight.min(args.as_completed_tasks));
+    let mut out = Vec::new();
     for (measurement, n) in [("map + gather", args.tasks), (window.as_str(), args.as_completed_tasks)] {
-        // Repetitions take the clusters in turn, so a slow spell of this shared machine
-        // falls on all of them rather than on one.
         let mut rates = vec![Vec::new(); clients.len()];
         for _ in 0..args.repeat.max(1) {
             for (i, (name, c)) in clients.iter().enumerate() {
@@ -138,26 +133,76 @@ pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
             }
         }
         for ((name, _), rates) in clients.iter().zip(rates) {
-            let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-            let med = median(&rates);
-            let spread = format!("{lo:.0}-{hi:.0}");
-            progress.suspend(|| println!("{name:<58} {measurement:<28} {n:>8} {med:>14.0} {spread:>20}"));
-            rows.push(Row {
-                measurement: measurement.into(),
-                cluster: name.clone(),
-                tasks: n,
-                median_tasks_per_s: med,
-                min_tasks_per_s: lo,
-                max_tasks_per_s: hi,
-                samples_tasks_per_s: rates,
-            });
+            out.push(Measured { measurement: measurement.into(), tasks: n, cluster: name.clone(), rates });
         }
     }
-    for (_, c) in clients {
-        c.close().await;
+    Ok(out)
+}
+
+pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
+    let many = many_specs(&args);
+    let runs = |clusters: usize| (clusters * 2 * args.repeat.max(1)) as u64;
+    let mut measured = Vec::new();
+    let progress = indicatif::ProgressBar::new(0)
+        .with_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("template"));
+    if let Some(url) = &args.scheduler {
+        let client = Client::connect(registry, url).await.with_context(|| format!("connecting to {url}"))?;
+        let clients = vec![(format!("the cluster of {url}"), client)];
+        progress.inc_length(runs(1));
+        measured.extend(measure(&args, &clients, &progress).await?);
+        for (_, c) in clients {
+            c.close().await;
+        }
+    } else {
+        // The clusters of two workers first, in turns; then each many-worker cluster alone,
+        // started for its measurement and stopped after it: 64 idle worker processes cost
+        // ~5 % of a core (memory samples and heartbeats), which the other clusters'
+        // measurements must not pay.
+        let clusters = start_clusters(&args).await?;
+        let mut clients = Vec::new();
+        for (name, cluster) in &clusters {
+            clients.push((name.clone(), cluster.client().await?));
+        }
+        progress.inc_length(runs(clients.len() + many.len()));
+        measured.extend(measure(&args, &clients, &progress).await?);
+        for (_, c) in clients {
+            c.close().await;
+        }
+        for (_, c) in clusters {
+            c.shutdown().await;
+        }
+        for spec in &many {
+            let (name, cluster) = start_many(spec, &progress).await?;
+            let clients = vec![(name, cluster.client().await?)];
+            measured.extend(measure(&args, &clients, &progress).await?);
+            for (_, c) in clients {
+                c.close().await;
+            }
+            cluster.shutdown().await;
+        }
     }
-    for (_, c) in clusters {
-        c.shutdown().await;
+    progress.finish_and_clear();
+    // Printed as one table: per measurement, every cluster.
+    measured.sort_by_key(|m| !m.measurement.starts_with("map"));
+    println!(
+        "{:<58} {:<28} {:>8} {:>14} {:>20}",
+        "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"
+    );
+    let mut rows = Vec::new();
+    for m in measured {
+        let (lo, hi) = m.rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let med = median(&m.rates);
+        let spread = format!("{lo:.0}-{hi:.0}");
+        println!("{:<58} {:<28} {:>8} {med:>14.0} {spread:>20}", m.cluster, m.measurement, m.tasks);
+        rows.push(Row {
+            measurement: m.measurement,
+            cluster: m.cluster,
+            tasks: m.tasks,
+            median_tasks_per_s: med,
+            min_tasks_per_s: lo,
+            max_tasks_per_s: hi,
+            samples_tasks_per_s: m.rates,
+        });
     }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
@@ -166,8 +211,8 @@ pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the clusters `args` asks for: in process (and serializing), then process clusters
-/// per scheme, then the many-worker clusters.
+/// Starts the two-worker clusters `args` asks for: in process (and serializing), then
+/// process clusters per scheme.
 async fn start_clusters(args: &Args) -> anyhow::Result<Vec<(String, LocalCluster)>> {
     let exe = std::env::current_exe().context("locating the courier binary")?;
     let mut clusters = Vec::new();
@@ -189,35 +234,60 @@ async fn start_clusters(args: &Args) -> anyhow::Result<Vec<(String, LocalCluster
             LocalCluster::processes(Registry::with_default_transports(), &exe, &listen_url(scheme), 2).await?;
         clusters.push((format!("{scheme}:// scheduler + 2 worker processes"), cluster));
     }
+    Ok(clusters)
+}
+
+/// A many-worker cluster to measure: in process with this many workers, or this many worker
+/// processes over this scheme.
+enum Many {
+    InProcess(usize),
+    Processes(String, usize),
+}
+
+fn many_specs(args: &Args) -> Vec<Many> {
+    let mut specs = Vec::new();
     if args.many_inproc > 0 {
-        let n = args.many_inproc;
-        let cluster = LocalCluster::in_process(
-            Registry::with_default_transports(),
-            "inproc://",
-            n,
-            1,
-            Functions::with_builtins(),
-        )
-        .await?;
-        clusters.push((format!("LocalCluster inproc:// (in-process, {n} workers)"), cluster));
+        specs.push(Many::InProcess(args.many_inproc));
     }
     for scheme in args.many_schemes.iter().filter(|s| !s.is_empty() && args.many_processes > 0) {
-        let n = args.many_processes;
-        let registering = Instant::now();
-        let cluster = LocalCluster::processes_with(
-            Registry::with_default_transports(),
-            &exe,
-            &listen_url(scheme),
-            n,
-            &exe,
-            &["worker", "--nthreads", "1"],
-        )
-        .await?;
-        println!(
-            "{scheme}://: {n} worker processes started and registered in {:.2} s",
-            registering.elapsed().as_secs_f64()
-        );
-        clusters.push((format!("{scheme}:// scheduler + {n} worker processes"), cluster));
+        specs.push(Many::Processes(scheme.clone(), args.many_processes));
     }
-    Ok(clusters)
+    specs
+}
+
+/// Starts one many-worker cluster, named.
+async fn start_many(spec: &Many, progress: &indicatif::ProgressBar) -> anyhow::Result<(String, LocalCluster)> {
+    Ok(match spec {
+        &Many::InProcess(n) => {
+            let cluster = LocalCluster::in_process(
+                Registry::with_default_transports(),
+                "inproc://",
+                n,
+                1,
+                Functions::with_builtins(),
+            )
+            .await?;
+            (format!("LocalCluster inproc:// (in-process, {n} workers)"), cluster)
+        }
+        Many::Processes(scheme, n) => {
+            let exe = std::env::current_exe().context("locating the courier binary")?;
+            let registering = Instant::now();
+            let cluster = LocalCluster::processes_with(
+                Registry::with_default_transports(),
+                &exe,
+                &listen_url(scheme),
+                *n,
+                &exe,
+                &["worker", "--nthreads", "1"],
+            )
+            .await?;
+            progress.suspend(|| {
+                println!(
+                    "{scheme}://: {n} worker processes started and registered in {:.2} s",
+                    registering.elapsed().as_secs_f64()
+                );
+            });
+            (format!("{scheme}:// scheduler + {n} worker processes"), cluster)
+        }
+    })
 }
