@@ -224,9 +224,9 @@ pub struct Scheduler {
     by_host: Map<String, Vec<WorkerId>>,
     clients: Map<ClientId, ClientState>,
     /// Running (not retiring) workers by load: placement takes the first.
-    placeable: BTreeSet<(u64, WorkerId)>,
+    placeable: crate::collections::SortedSet<(u64, WorkerId)>,
     /// Every worker by load: stealing takes victims from the end.
-    by_load: BTreeSet<(u64, WorkerId)>,
+    by_load: crate::collections::SortedSet<(u64, WorkerId)>,
     /// Running workers with nothing assigned.
     idle: BTreeSet<WorkerId>,
     /// Threads of running workers with nothing to run.
@@ -279,8 +279,8 @@ impl Scheduler {
             by_address: Map::default(),
             by_host: Map::default(),
             clients: Map::default(),
-            placeable: BTreeSet::new(),
-            by_load: BTreeSet::new(),
+            placeable: crate::collections::SortedSet::default(),
+            by_load: crate::collections::SortedSet::default(),
             idle: BTreeSet::new(),
             idle_threads: 0,
             queue: VecDeque::new(),

@@ -120,7 +120,7 @@ impl Scheduler {
     fn copy_target(&mut self, r: u64) -> Option<WorkerId> {
         let last = self.retirements.get(&r)?.last_target;
         let next = match last {
-            Some(after) => self.placeable.range(after..).find(|e| **e != after).or_else(|| self.placeable.first()),
+            Some(after) => self.placeable.iter_from(&after).find(|e| **e != after).or_else(|| self.placeable.first()),
             None => self.placeable.first(),
         }
         .copied()?;
