@@ -102,39 +102,43 @@ struct Row {
 
 /// What one measurement of one cluster gave.
 struct Measured {
+    /// Which measurement: 0 map + gather, 1 as_completed (the table's order).
+    which: usize,
     measurement: String,
     tasks: usize,
     cluster: String,
     rates: Vec<f64>,
 }
 
-/// The map + gather and as_completed measurements of `clients`, `repeat` times each.
-/// Repetitions take the clients in turn, so a slow spell of this shared machine falls on all
-/// of them rather than on one.
+/// The map + gather and as_completed measurements of `clients`, `repeat` times each; then
+/// closes the clients. Repetitions take the clients in turn, so a slow spell of this shared
+/// machine falls on all of them rather than on one.
 async fn measure(
     args: &Args,
-    clients: &[(String, Client)],
+    clients: Vec<(String, Client)>,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Vec<Measured>> {
     let window = format!("as_completed, {} in flight", args.in_flight.min(args.as_completed_tasks));
     let mut out = Vec::new();
-    for (measurement, n) in [("map + gather", args.tasks), (window.as_str(), args.as_completed_tasks)] {
+    for (which, (measurement, n)) in
+        [("map + gather", args.tasks), (window.as_str(), args.as_completed_tasks)].into_iter().enumerate()
+    {
         let mut rates = vec![Vec::new(); clients.len()];
         for _ in 0..args.repeat.max(1) {
             for (i, (name, c)) in clients.iter().enumerate() {
                 progress.set_message(name.clone());
-                let took = if measurement == "map + gather" {
-                    map_gather(c, n).await?
-                } else {
-                    as_completed_loop(c, n, args.in_flight).await?
-                };
+                let took =
+                    if which == 0 { map_gather(c, n).await? } else { as_completed_loop(c, n, args.in_flight).await? };
                 rates[i].push(n as f64 / took.as_secs_f64());
                 progress.inc(1);
             }
         }
         for ((name, _), rates) in clients.iter().zip(rates) {
-            out.push(Measured { measurement: measurement.into(), tasks: n, cluster: name.clone(), rates });
+            out.push(Measured { which, measurement: measurement.into(), tasks: n, cluster: name.clone(), rates });
         }
+    }
+    for (_, c) in clients {
+        c.close().await;
     }
     Ok(out)
 }
@@ -149,10 +153,7 @@ pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
         let client = Client::connect(registry, url).await.with_context(|| format!("connecting to {url}"))?;
         let clients = vec![(format!("the cluster of {url}"), client)];
         progress.inc_length(runs(1));
-        measured.extend(measure(&args, &clients, &progress).await?);
-        for (_, c) in clients {
-            c.close().await;
-        }
+        measured.extend(measure(&args, clients, &progress).await?);
     } else {
         // The clusters of two workers first, in turns; then each many-worker cluster alone,
         // started for its measurement and stopped after it: 64 idle worker processes cost
@@ -164,26 +165,20 @@ pub(crate) async fn run(args: Args, registry: Registry) -> anyhow::Result<()> {
             clients.push((name.clone(), cluster.client().await?));
         }
         progress.inc_length(runs(clients.len() + many.len()));
-        measured.extend(measure(&args, &clients, &progress).await?);
-        for (_, c) in clients {
-            c.close().await;
-        }
+        measured.extend(measure(&args, clients, &progress).await?);
         for (_, c) in clusters {
             c.shutdown().await;
         }
         for spec in &many {
             let (name, cluster) = start_many(spec, &progress).await?;
             let clients = vec![(name, cluster.client().await?)];
-            measured.extend(measure(&args, &clients, &progress).await?);
-            for (_, c) in clients {
-                c.close().await;
-            }
+            measured.extend(measure(&args, clients, &progress).await?);
             cluster.shutdown().await;
         }
     }
     progress.finish_and_clear();
     // Printed as one table: per measurement, every cluster.
-    measured.sort_by_key(|m| !m.measurement.starts_with("map"));
+    measured.sort_by_key(|m| m.which);
     println!(
         "{:<58} {:<28} {:>8} {:>14} {:>20}",
         "cluster", "measurement", "tasks", "median tasks/s", "spread (min-max)"

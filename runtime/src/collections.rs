@@ -110,8 +110,7 @@ impl<T> Default for SortedSet<T> {
 /// The entries of a [`SortedSet`] in order (or a range of them).
 pub(crate) enum SortedIter<'a, T> {
     Small(std::slice::Iter<'a, T>),
-    Large(std::collections::btree_set::Iter<'a, T>),
-    LargeRange(std::collections::btree_set::Range<'a, T>),
+    Large(std::collections::btree_set::Range<'a, T>),
 }
 
 impl<'a, T> Iterator for SortedIter<'a, T> {
@@ -121,7 +120,6 @@ impl<'a, T> Iterator for SortedIter<'a, T> {
         match self {
             SortedIter::Small(i) => i.next(),
             SortedIter::Large(i) => i.next(),
-            SortedIter::LargeRange(i) => i.next(),
         }
     }
 }
@@ -131,7 +129,6 @@ impl<T> DoubleEndedIterator for SortedIter<'_, T> {
         match self {
             SortedIter::Small(i) => i.next_back(),
             SortedIter::Large(i) => i.next_back(),
-            SortedIter::LargeRange(i) => i.next_back(),
         }
     }
 }
@@ -207,7 +204,7 @@ impl<T: Ord + Copy> SortedSet<T> {
     pub(crate) fn iter(&self) -> SortedIter<'_, T> {
         match self {
             SortedSet::Small(v) => SortedIter::Small(v.iter()),
-            SortedSet::Large(t) => SortedIter::Large(t.iter()),
+            SortedSet::Large(t) => SortedIter::Large(t.range(..)),
         }
     }
 
@@ -215,7 +212,7 @@ impl<T: Ord + Copy> SortedSet<T> {
     pub(crate) fn iter_from(&self, from: &T) -> SortedIter<'_, T> {
         match self {
             SortedSet::Small(v) => SortedIter::Small(v[v.partition_point(|x| x < from)..].iter()),
-            SortedSet::Large(t) => SortedIter::LargeRange(t.range(from..)),
+            SortedSet::Large(t) => SortedIter::Large(t.range(from..)),
         }
     }
 }
