@@ -121,8 +121,29 @@ impl Scheduler {
         }
     }
 
-    /// Places a task whose dependencies are all in memory, or queues it.
+    /// The worker for a ready root task of `func` (no dependencies, nothing to avoid): the
+    /// least loaded, if it has room below [`root_slots`](Self::root_slots). This is what
+    /// [`decide_worker`](Self::decide_worker) decides for such a task, without looking the
+    /// task up again: the root queue asks once per event that frees room. O(log W).
+    fn root_worker(&self, func: &Key) -> Option<WorkerId> {
+        let &(_, w) = self.placeable.first()?;
+        self.has_room(w, Some(func)).then_some(w)
+    }
+
+    /// Places a task whose dependencies are all in memory, or queues it. A root task behind
+    /// others held back by root-task queuing joins the queue without looking for a worker:
+    /// the queue is served in order at the end of the event (`fill_from_queue`), so it can
+    /// neither overtake them nor, in a large submission, probe once per task for room that
+    /// the queue's head already found missing.
     pub(crate) fn make_ready(&mut self, key: &Key, avoid: Option<WorkerId>) {
+        let Some(t) = self.tasks.get(key) else { return };
+        if avoid.is_none() && t.deps.is_empty() && !self.root_queue.is_empty() {
+            if t.state != TaskState::Queued {
+                self.set_state(key, TaskState::Queued);
+                self.compact_queue();
+            }
+            return;
+        }
         match self.decide_worker(key, avoid) {
             Some(w) => self.assign(key, w),
             None => {
@@ -156,17 +177,17 @@ impl Scheduler {
             loop {
                 let queue = if root { &mut self.root_queue } else { &mut self.queue };
                 let Some((key, seq)) = queue.front() else { break };
-                let seq = *seq;
+                let (key, seq) = (key.clone(), *seq);
                 if root && self.root_probe == Some((self.placement_gen, seq)) {
                     break; // Nothing changed since this head found no worker.
                 }
-                let current = self.tasks.get(key).is_some_and(|t| t.state == TaskState::Queued && t.queue_seq == seq);
-                if !current {
+                let task = self.tasks.get(&key).filter(|t| t.state == TaskState::Queued && t.queue_seq == seq);
+                let Some(task) = task else {
                     queue.pop_front();
                     continue;
-                }
-                let key = key.clone();
-                let Some(w) = self.decide_worker(&key, None) else {
+                };
+                let target = if root { self.root_worker(&task.func) } else { self.decide_worker(&key, None) };
+                let Some(w) = target else {
                     if root {
                         self.root_probe = Some((self.placement_gen, seq));
                     }

@@ -70,18 +70,15 @@ impl Scheduler {
             index.insert(spec.key.clone(), batch.len());
             batch.push(spec);
         }
-        // 2. Order the batch so dependencies come first (Kahn); what is left is in a cycle or
-        //    depends on one.
+        // 2. Dependencies outside the batch must be known and not failed.
         let n = batch.len();
         let deps: Vec<Vec<Key>> = batch.iter().map(TaskSpec::dependencies).collect();
-        let mut indegree = vec![0usize; n];
-        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut failure: Vec<Option<Failure>> = vec![None; n];
+        let mut internal = false;
         for (i, ds) in deps.iter().enumerate() {
             for d in ds {
-                if let Some(&j) = index.get(d) {
-                    indegree[i] += 1;
-                    children[j].push(i);
+                if index.contains_key(d) {
+                    internal = true;
                 } else if failure[i].is_none() {
                     failure[i] = match self.tasks.get(d).map(|t| &t.state) {
                         None => Some(Failure::rejected(format!(
@@ -90,6 +87,50 @@ impl Scheduler {
                         Some(TaskState::Erred(f)) => Some(f.inherited(d)),
                         Some(_) => None,
                     };
+                }
+            }
+        }
+        // 3. Insert in dependency order. A batch whose tasks depend on none of each other (a
+        //    map, a batch of roots) is in order as it came.
+        let mut revive = Vec::new();
+        if !internal {
+            for ((spec, ds), f) in batch.into_iter().zip(deps).zip(failure) {
+                self.insert_task(client, spec, ds, f, &mut revive);
+            }
+        } else {
+            let order = self.dependency_order(client, &batch, &index, &deps, &mut failure);
+            let mut specs: Vec<Option<TaskSpec>> = batch.into_iter().map(Some).collect();
+            let mut deps: Vec<Option<Vec<Key>>> = deps.into_iter().map(Some).collect();
+            for i in order {
+                let (Some(spec), Some(ds)) = (specs[i].take(), deps[i].take()) else { continue };
+                let f = failure[i].take();
+                self.insert_task(client, spec, ds, f, &mut revive);
+            }
+        }
+        for d in revive {
+            self.recompute(&d);
+        }
+    }
+
+    /// The order of `batch` in which dependencies come first (Kahn). A task depending on a
+    /// failed one inherits its failure; tasks left out (in a cycle or depending on one) are
+    /// rejected here. O(batch + its edges).
+    fn dependency_order(
+        &mut self,
+        client: ClientId,
+        batch: &[TaskSpec],
+        index: &Map<Key, usize>,
+        deps: &[Vec<Key>],
+        failure: &mut [Option<Failure>],
+    ) -> Vec<usize> {
+        let n = batch.len();
+        let mut indegree = vec![0usize; n];
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, ds) in deps.iter().enumerate() {
+            for d in ds {
+                if let Some(&j) = index.get(d) {
+                    indegree[i] += 1;
+                    children[j].push(i);
                 }
             }
         }
@@ -117,72 +158,73 @@ impl Scheduler {
             let reason = format!("{} is part of, or depends on, a dependency cycle", batch[i].key);
             self.reject(client, batch[i].key.clone(), Failure::rejected(reason));
         }
-        // 3. Insert in dependency order.
-        let mut specs: Vec<Option<TaskSpec>> = batch.into_iter().map(Some).collect();
-        let mut deps: Vec<Option<Vec<Key>>> = deps.into_iter().map(Some).collect();
-        let mut revive = Vec::new();
-        let mut now_ready = Vec::new();
-        for i in order {
-            let (Some(spec), Some(ds)) = (specs[i].take(), deps[i].take()) else { continue };
-            if let Some(f) = failure[i].take() {
-                if spec.wanted {
-                    // Kept as failed while wanted, so a later submission depending on it
-                    // inherits its failure instead of finding an unknown key.
-                    let mut task = Task::new(client, self.intern(&spec.func), Vec::new(), Vec::new());
-                    task.wanted = true;
-                    if let Some(c) = self.clients.get_mut(&client) {
-                        c.wanted.insert(spec.key.clone());
-                    }
-                    self.tasks.insert(spec.key.clone(), Box::new(task));
-                    self.set_state(&spec.key, TaskState::Erred(f.clone()));
+        order
+    }
+
+    /// Adds one validated task of a submission, its dependencies (`deps`) already in the
+    /// table: waiting on those not in memory (released ones go to `revive`, to be computed
+    /// again), or ready at once. A task with a `failure` is rejected, and kept as failed if
+    /// wanted.
+    fn insert_task(
+        &mut self,
+        client: ClientId,
+        spec: TaskSpec,
+        deps: Vec<Key>,
+        failure: Option<Failure>,
+        revive: &mut Vec<Key>,
+    ) {
+        if let Some(f) = failure {
+            if spec.wanted {
+                // Kept as failed while wanted, so a later submission depending on it
+                // inherits its failure instead of finding an unknown key.
+                let mut task = Task::new(client, self.intern(&spec.func), Vec::new(), Vec::new());
+                task.wanted = true;
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.wanted.insert(spec.key.clone());
                 }
-                self.reject(client, spec.key, f);
-                continue;
+                self.tasks.insert(spec.key.clone(), Box::new(task));
+                self.set_state(&spec.key, TaskState::Erred(f.clone()));
             }
-            let key = spec.key;
-            let mut task = Task::new(client, self.intern(&spec.func), spec.args, Vec::new());
-            task.retries = spec.retries;
-            task.wanted = spec.wanted;
-            if let Some(d) = ds.iter().find(|d| !self.tasks.contains_key(*d)) {
-                // Validated above; defensive all the same: a gap is a rejection, not a panic.
-                let reason = format!("depends on {d}, which the scheduler does not know");
-                self.reject(client, key, Failure::rejected(reason));
-                continue;
-            }
-            let mut waiting = 0;
-            for d in &ds {
-                let Some(dt) = self.tasks.get_mut(d) else { continue };
-                dt.dependents.insert(key.clone());
-                match dt.state {
-                    TaskState::Memory(_) => {}
-                    TaskState::Released => {
-                        waiting += 1;
-                        revive.push(d.clone());
-                    }
-                    _ => waiting += 1,
+            return self.reject(client, spec.key, f);
+        }
+        let key = spec.key;
+        let mut task = Task::new(client, self.intern(&spec.func), spec.args, Vec::new());
+        task.retries = spec.retries;
+        task.wanted = spec.wanted;
+        if let Some(d) = deps.iter().find(|d| !self.tasks.contains_key(*d)) {
+            // Validated above; defensive all the same: a gap is a rejection, not a panic.
+            let reason = format!("depends on {d}, which the scheduler does not know");
+            return self.reject(client, key, Failure::rejected(reason));
+        }
+        let mut waiting = 0;
+        for d in &deps {
+            let Some(dt) = self.tasks.get_mut(d) else { continue };
+            dt.dependents.insert(key.clone());
+            match dt.state {
+                TaskState::Memory(_) => {}
+                TaskState::Released => {
+                    waiting += 1;
+                    revive.push(d.clone());
                 }
+                _ => waiting += 1,
             }
-            task.deps = ds;
-            task.waiting_on = waiting;
-            if spec.wanted
-                && let Some(c) = self.clients.get_mut(&client)
-            {
-                c.wanted.insert(key.clone());
-            }
-            self.tasks.insert(key.clone(), Box::new(task));
+        }
+        task.deps = deps;
+        task.waiting_on = waiting;
+        if spec.wanted
+            && let Some(c) = self.clients.get_mut(&client)
+        {
+            c.wanted.insert(key.clone());
+        }
+        self.tasks.insert(key.clone(), Box::new(task));
+        self.observer.counters.submitted += 1;
+        if waiting == 0 {
+            // Every input is in memory (or there are none): straight to a worker or the
+            // queue. Nothing later in the submission can change that (recomputing a released
+            // input concerns only tasks waiting on it).
+            self.make_ready(&key, None);
+        } else {
             self.set_state(&key, TaskState::Waiting);
-            self.observer.counters.submitted += 1;
-            if waiting == 0 {
-                now_ready.push(key);
-            }
-        }
-        for d in revive {
-            self.recompute(&d);
-        }
-        for k in now_ready {
-            if self.tasks.get(&k).is_some_and(|t| t.state == TaskState::Waiting && t.waiting_on == 0) {
-                self.make_ready(&k, None);
-            }
         }
     }
 
