@@ -223,10 +223,11 @@ pub struct Scheduler {
     /// Workers with a same-host contact, by host identity.
     by_host: Map<String, Vec<WorkerId>>,
     clients: Map<ClientId, ClientState>,
-    /// Running (not retiring) workers by load: placement takes the first.
+    /// Workers taking work (running, not paused) by load: placement takes the first.
     placeable: crate::collections::SortedSet<(u64, WorkerId)>,
-    /// Every worker by load: stealing takes victims from the end.
-    by_load: crate::collections::SortedSet<(u64, WorkerId)>,
+    /// The others (retiring or paused) by load: every worker is in exactly one of the two,
+    /// so a change of load updates one index. Stealing takes victims from the ends of both.
+    held_back: crate::collections::SortedSet<(u64, WorkerId)>,
     /// Running workers with nothing assigned.
     idle: BTreeSet<WorkerId>,
     /// Threads of running workers with nothing to run.
@@ -280,7 +281,7 @@ impl Scheduler {
             by_host: Map::default(),
             clients: Map::default(),
             placeable: crate::collections::SortedSet::default(),
-            by_load: crate::collections::SortedSet::default(),
+            held_back: crate::collections::SortedSet::default(),
             idle: BTreeSet::new(),
             idle_threads: 0,
             queue: VecDeque::new(),
@@ -344,12 +345,14 @@ impl Scheduler {
         // Whatever the event freed (a finish, a release, a departure, a new worker), ready
         // tasks take it: O(1) when the queue is empty or its head cannot be placed.
         self.fill_from_queue();
-        if let Some(longest) = self.releases.values().map(Vec::len).max() {
-            self.release_hint = longest.min(MAX_RELEASE_HINT);
-        }
-        for (w, keys) in std::mem::take(&mut self.releases) {
-            if self.workers.contains_key(&w) {
-                self.out.push(Action::ToWorker(w, SchedulerToWorker::Release { keys }));
+        if !self.releases.is_empty() {
+            if let Some(longest) = self.releases.values().map(Vec::len).max() {
+                self.release_hint = longest.min(MAX_RELEASE_HINT);
+            }
+            for (w, keys) in std::mem::take(&mut self.releases) {
+                if self.workers.contains_key(&w) {
+                    self.out.push(Action::ToWorker(w, SchedulerToWorker::Release { keys }));
+                }
             }
         }
         std::mem::take(&mut self.out)

@@ -228,8 +228,14 @@ impl Scheduler {
         if budget == 0 {
             return;
         }
-        let victims: Vec<WorkerId> =
-            self.by_load.iter().rev().take_while(|(load, _)| *load > 1024).take(budget).map(|&(_, w)| w).collect();
+        // The most loaded first, from both indexes.
+        let overloaded = |index: &crate::collections::SortedSet<(u64, WorkerId)>| {
+            index.iter().rev().take_while(|(load, _)| *load > 1024).take(budget).copied().collect::<Vec<_>>()
+        };
+        let mut victims = overloaded(&self.placeable);
+        victims.extend(overloaded(&self.held_back));
+        victims.sort_unstable_by(|a, b| b.cmp(a));
+        let victims: Vec<WorkerId> = victims.into_iter().take(budget).map(|(_, w)| w).collect();
         for victim in victims {
             let Some(worker) = self.workers.get(&victim) else { continue };
             let excess = worker.processing.len().saturating_sub(worker.nthreads as usize);

@@ -63,6 +63,7 @@ impl Scheduler {
                 last_seen: self.now,
                 ran: 0,
                 load_key: 0,
+                placed: false,
                 free_counted: 0,
                 memory: Default::default(),
             },
@@ -120,8 +121,7 @@ impl Scheduler {
                 self.by_host.remove(&l.host);
             }
         }
-        self.by_load.remove(&(worker.load_key, id));
-        self.placeable.remove(&(worker.load_key, id));
+        if worker.placed { &mut self.placeable } else { &mut self.held_back }.remove(&(worker.load_key, id));
         self.placement_gen += 1;
         self.idle.remove(&id);
         self.idle_threads -= worker.free_counted;

@@ -111,8 +111,11 @@ pub(crate) struct Worker {
     pub(crate) status: WorkerStatus,
     pub(crate) last_seen: Instant,
     pub(crate) ran: u64,
-    /// The load this worker is indexed under in `placeable` and `by_load`.
+    /// The load this worker is indexed under, in `placeable` or `held_back`.
     pub(crate) load_key: u64,
+    /// Whether it is indexed in `placeable` (else in `held_back`, or, before its first
+    /// `reindex`, nowhere).
+    pub(crate) placed: bool,
     /// Idle threads this worker contributes to `idle_threads`.
     pub(crate) free_counted: usize,
     /// Its last memory report.
@@ -310,15 +313,12 @@ impl Scheduler {
         let free =
             if worker.takes_work() { (worker.nthreads as usize).saturating_sub(worker.processing.len()) } else { 0 };
         let (old_free, running, empty) = (worker.free_counted, worker.takes_work(), worker.processing.is_empty());
+        let was_placed = std::mem::replace(&mut worker.placed, running);
         worker.load_key = new;
         worker.free_counted = free;
         self.idle_threads = self.idle_threads + free - old_free;
-        self.by_load.remove(&(old, w));
-        self.by_load.insert((new, w));
-        self.placeable.remove(&(old, w));
-        if running {
-            self.placeable.insert((new, w));
-        }
+        if was_placed { &mut self.placeable } else { &mut self.held_back }.remove(&(old, w));
+        if running { &mut self.placeable } else { &mut self.held_back }.insert((new, w));
         if running && empty {
             self.idle.insert(w);
         } else {
@@ -427,10 +427,14 @@ impl Scheduler {
                     return Err(format!("worker {w} lists {k} as held"));
                 }
             }
-            if worker.load_key != worker.load() || !self.by_load.contains(&(worker.load_key, *w)) {
+            let entry = (worker.load_key, *w);
+            if worker.load_key != worker.load() || !(self.placeable.contains(&entry) || self.held_back.contains(&entry)) {
                 return Err(format!("worker {w} indexed under a stale load"));
             }
-            if worker.takes_work() != self.placeable.contains(&(worker.load_key, *w)) {
+            if worker.takes_work() != self.placeable.contains(&entry)
+                || worker.takes_work() == self.held_back.contains(&entry)
+                || worker.placed != worker.takes_work()
+            {
                 return Err(format!("worker {w} placeable index is stale"));
             }
         }

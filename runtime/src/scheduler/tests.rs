@@ -843,6 +843,31 @@ fn root_tasks_are_held_back_to_saturation_but_dependents_are_not() {
 }
 
 #[test]
+fn held_back_root_tasks_run_in_submission_order_across_submissions() {
+    let config = SchedulerConfig { tasks_per_thread: 64, ..SchedulerConfig::default() };
+    let mut h = Harness::with(config, &[(1, 2)]);
+    // A quick function `g` (measured at 100 µs: 100 slots per thread, capped at 64) ...
+    let quick = |key: &str| TaskSpec { func: "g".into(), ..task(key, &[]) };
+    h.submit(vec![quick("g0")]);
+    finish_after(&mut h, 1, "g0", 100e-6);
+    // ... and a slow one `f` (1 s: saturation, ceil(2 × 1.1) = 3 slots).
+    let out = h.submit((0..6).map(|i| task(&format!("a{i}"), &[])).collect());
+    let started: Vec<Key> = computes(&out).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(started, ["a0", "a1", "a2"].map(Key::from), "3 slots: the first three");
+    finish_after(&mut h, 1, "a0", 1.0);
+    // Room for a `g` task, but three `f` tasks are held back: the new one waits behind them
+    // instead of overtaking.
+    assert!(computes(&h.submit(vec![quick("g1")])).is_empty());
+    let mut order = Vec::new();
+    for done in ["a1", "a2", "a3", "a4"] {
+        let out = finish_after(&mut h, 1, done, 1.0);
+        order.extend(computes(&out).into_iter().map(|(_, k)| k));
+    }
+    assert_eq!(order, ["a4", "a5", "g1"].map(Key::from));
+    assert_eq!(h.s.stats().queued, 0);
+}
+
+#[test]
 fn short_root_functions_get_a_window_of_slots_so_they_never_wait_on_a_round_trip() {
     let config = SchedulerConfig { tasks_per_thread: 64, ..SchedulerConfig::default() };
     let mut h = Harness::with(config, &[(1, 1)]);
