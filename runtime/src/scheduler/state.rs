@@ -428,7 +428,8 @@ impl Scheduler {
                 }
             }
             let entry = (worker.load_key, *w);
-            if worker.load_key != worker.load() || !(self.placeable.contains(&entry) || self.held_back.contains(&entry)) {
+            if worker.load_key != worker.load() || !(self.placeable.contains(&entry) || self.held_back.contains(&entry))
+            {
                 return Err(format!("worker {w} indexed under a stale load"));
             }
             if worker.takes_work() != self.placeable.contains(&entry)
