@@ -148,7 +148,7 @@ pub enum SchedulerToWorker {
         func: Key,
         /// Arguments (shared with the scheduler's task, which keeps them while the task can
         /// be computed again; a sequence on the wire).
-        args: std::sync::Arc<[ArgSpec]>,
+        args: std::sync::Arc<Vec<ArgSpec>>,
         /// Per dependency, the data addresses of workers holding it.
         who_has: Vec<(Key, Vec<String>)>,
     },

@@ -39,7 +39,7 @@ pub(crate) struct Task {
     /// per-function tables hash no string.
     pub(crate) func: Key,
     /// Shared with every `Compute` message of the task: a run sends no copy.
-    pub(crate) args: std::sync::Arc<[ArgSpec]>,
+    pub(crate) args: std::sync::Arc<Vec<ArgSpec>>,
     pub(crate) deps: Vec<Key>,
     pub(crate) dependents: Set<Key>,
     /// Dependencies not in memory (meaningful while `Waiting`).

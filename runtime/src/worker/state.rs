@@ -346,7 +346,7 @@ enum Phase {
 struct Run {
     run: RunId,
     func: Key,
-    args: std::sync::Arc<[ArgSpec]>,
+    args: std::sync::Arc<Vec<ArgSpec>>,
     deps: Vec<Key>,
     /// Inputs not here yet.
     missing: usize,
@@ -934,7 +934,7 @@ impl WorkerState {
         key: Key,
         run: RunId,
         func: Key,
-        args: std::sync::Arc<[ArgSpec]>,
+        args: std::sync::Arc<Vec<ArgSpec>>,
         who_has: Vec<(Key, Vec<String>)>,
     ) {
         if let Some(held) = self.data.get_mut(&key) {
