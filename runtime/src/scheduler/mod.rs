@@ -51,7 +51,7 @@ use crate::protocol::{ClientToScheduler, Key, RunId, SchedulerToClient, Schedule
 pub use observe::{
     Counters, DURATION_BUCKETS, Durations, Execution, Group, MAX_GROUPS, OTHER, STREAM_KEEP, Snapshot, WorkerView,
 };
-pub use state::TaskState;
+pub use state::{Holders, TaskState};
 use state::{ClientState, Task, Worker};
 
 /// A worker's id, given by the driver.

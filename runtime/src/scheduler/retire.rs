@@ -225,15 +225,19 @@ impl Scheduler {
                     moved.push(k);
                 }
             }
-            self.send_worker(w, SchedulerToWorker::Shutdown);
-            if let Some(worker) = self.remove_worker_entry_for_retirement(w) {
-                tracing::info!(address = %worker, "worker retired");
-            }
         }
+        // Owners hear where their results went before they hear the workers are gone: a client
+        // acting on the departure (a gather) then already has the new holders.
         moved.sort();
         moved.dedup();
         for k in moved {
             self.notify_done(&k);
+        }
+        for &w in &ret.workers {
+            self.send_worker(w, SchedulerToWorker::Shutdown);
+            if let Some(worker) = self.remove_worker_entry_for_retirement(w) {
+                tracing::info!(address = %worker, "worker retired");
+            }
         }
         let result = if ret.died.is_empty() { Ok(()) } else { Err(RetireError::Died { workers: ret.died }) };
         self.answer_retire(ret.client, ret.id, result);

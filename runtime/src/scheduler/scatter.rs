@@ -101,7 +101,7 @@ impl Scheduler {
         if let Some(t) = self.tasks.get_mut(&key) {
             t.nbytes = nbytes;
         }
-        self.set_state(&key, TaskState::Memory(vec![w]));
+        self.set_state(&key, TaskState::Memory(smallvec::smallvec![w]));
         self.became_memory(&key);
     }
 

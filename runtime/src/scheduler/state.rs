@@ -6,6 +6,9 @@ use super::{Scheduler, WorkerId};
 use crate::collections::Set;
 use crate::protocol::{ArgSpec, Failure, Key, RunId};
 
+/// The workers holding a result.
+pub type Holders = smallvec::SmallVec<[WorkerId; 1]>;
+
 /// Where a task is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
@@ -15,8 +18,8 @@ pub enum TaskState {
     Queued,
     /// Assigned to a worker (the run is the task's current `run`).
     Processing(WorkerId),
-    /// Done; the result lives on these workers.
-    Memory(Vec<WorkerId>),
+    /// Done; the result lives on these workers (usually one: held without allocating).
+    Memory(Holders),
     /// Done once, data dropped; the spec is kept while dependents exist so the task can be
     /// computed again if one of them is lost (its lineage).
     Released,

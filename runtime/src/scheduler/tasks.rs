@@ -269,7 +269,7 @@ impl Scheduler {
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.ran += 1;
         }
-        self.set_state(&key, TaskState::Memory(vec![w]));
+        self.set_state(&key, TaskState::Memory(smallvec::smallvec![w]));
         self.became_memory(&key);
         if let Some(super::state::Worker { status: WorkerStatus::Retiring(r), .. }) = self.workers.get(&w) {
             let r = *r;
@@ -336,7 +336,7 @@ impl Scheduler {
             }
             let stop: Vec<WorkerId> = match &t.state {
                 TaskState::Processing(w) | TaskState::Scattering(w) => vec![*w],
-                TaskState::Memory(holders) => holders.clone(),
+                TaskState::Memory(holders) => holders.to_vec(),
                 _ => Vec::new(),
             };
             for d in &t.dependents {
@@ -408,9 +408,7 @@ impl Scheduler {
             match &t.state {
                 TaskState::Memory(holders) => {
                     // Usually one holder: copied without allocating.
-                    let (first, rest) =
-                        holders.split_first().map_or((None, Vec::new()), |(f, r)| (Some(*f), r.to_vec()));
-                    for w in first.into_iter().chain(rest) {
+                    for w in holders.clone() {
                         self.release_on(w, k.clone());
                     }
                     self.set_state(&k, TaskState::Released);

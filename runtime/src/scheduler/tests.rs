@@ -416,11 +416,15 @@ fn retirement_copies_unique_results_then_shuts_the_worker_down() {
     let out = h.ev(Event::FromWorker { id: other, msg: WorkerToScheduler::Replicated { key: "a".into(), ok: true } });
     assert!(out.contains(&Action::ToWorker(wa, SchedulerToWorker::Shutdown)));
     assert!(to_client(&out, CLIENT).contains(&&SchedulerToClient::Retired { id: 7, result: Ok(()) }));
-    assert!(
-        to_client(&out, CLIENT)
-            .contains(&&SchedulerToClient::Done { key: "a".into(), holders: [addr(other).into()].into() })
-    );
-    assert_eq!(h.s.task_state("a"), Some(&TaskState::Memory(vec![other])));
+    // The owner hears where its result went before it hears that the worker is gone: a
+    // gather started on the news of the departure finds the new holder, not the old one.
+    let news = to_client(&out, CLIENT);
+    let moved = news
+        .iter()
+        .position(|m| **m == SchedulerToClient::Done { key: "a".into(), holders: [addr(other).into()].into() });
+    let gone = news.iter().position(|m| matches!(m, SchedulerToClient::Workers { removed, .. } if removed == &[addr(wa)]));
+    assert!(moved.is_some() && gone.is_some() && moved < gone, "news in this order: {news:?}");
+    assert_eq!(h.s.task_state("a"), Some(&TaskState::Memory(smallvec::smallvec![other])));
     assert_eq!(h.s.stats().workers, 1);
 }
 
