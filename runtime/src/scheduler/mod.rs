@@ -51,8 +51,8 @@ use crate::protocol::{ClientToScheduler, Key, RunId, SchedulerToClient, Schedule
 pub use observe::{
     Counters, DURATION_BUCKETS, Durations, Execution, Group, MAX_GROUPS, OTHER, STREAM_KEEP, Snapshot, WorkerView,
 };
-pub use state::{Holders, TaskState};
 use state::{ClientState, Task, Worker};
+pub use state::{Holders, TaskState};
 
 /// A worker's id, given by the driver.
 pub type WorkerId = u64;

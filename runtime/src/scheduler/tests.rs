@@ -422,7 +422,8 @@ fn retirement_copies_unique_results_then_shuts_the_worker_down() {
     let moved = news
         .iter()
         .position(|m| **m == SchedulerToClient::Done { key: "a".into(), holders: [addr(other).into()].into() });
-    let gone = news.iter().position(|m| matches!(m, SchedulerToClient::Workers { removed, .. } if removed == &[addr(wa)]));
+    let gone =
+        news.iter().position(|m| matches!(m, SchedulerToClient::Workers { removed, .. } if removed == &[addr(wa)]));
     assert!(moved.is_some() && gone.is_some() && moved < gone, "news in this order: {news:?}");
     assert_eq!(h.s.task_state("a"), Some(&TaskState::Memory(smallvec::smallvec![other])));
     assert_eq!(h.s.stats().workers, 1);
