@@ -125,6 +125,14 @@ pub(crate) struct Shared {
     pong: Mutex<Option<Bytes>>,
     /// The application took a message: budget it held is free again.
     budget_freed: Notify,
+    /// Messages decoded for the application by a reader other than its receive (a send
+    /// waiting for credit, the control task), with the budget each holds, in order. The
+    /// receive takes them without the read side's lock: a send waiting for credit holds that
+    /// lock while it waits for more bytes, and a message it decoded must not wait with it
+    /// (it did, until the peer's next bytes: up to a heartbeat interval).
+    inbox: Mutex<VecDeque<(Message, u64)>>,
+    /// A message was put in `inbox`.
+    inbox_filled: Notify,
     budget: Arc<Mutex<Budget>>,
     window: u32,
     peer: Address,
@@ -164,6 +172,17 @@ impl Shared {
 
     fn ended(&self) -> bool {
         self.local_closed.is_closed() || self.peer_gone.is_closed()
+    }
+
+    /// Keeps a message decoded for the application (by whoever holds the read side).
+    fn keep(&self, m: (Message, u64)) {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).push_back(m);
+        self.inbox_filled.notify_one();
+    }
+
+    /// The oldest message kept for the application.
+    fn kept(&self) -> Option<(Message, u64)> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 
     /// The application took a message: its budget is free, and credit is due every half window.
@@ -231,6 +250,8 @@ where
         control_wanted: Notify::new(),
         pong: Mutex::new(None),
         budget_freed: Notify::new(),
+        inbox: Mutex::new(VecDeque::new()),
+        inbox_filled: Notify::new(),
         budget: p.budget,
         window,
         peer: p.peer.clone(),
@@ -239,7 +260,6 @@ where
         read: p.read,
         rbuf: p.rbuf,
         decoder: p.decoder,
-        inbox: VecDeque::new(),
         received: 0,
         local_closed: shared.local_closed.watch(),
         peer_gone: shared.peer_gone.watch(),
@@ -267,7 +287,7 @@ where
 /// the decoder to the caller without a queue or a second task; a send waiting for credit; and
 /// the control task once per heartbeat interval, without waiting, so that the peer's
 /// heartbeats, credit and `PING`s are seen while the application does not receive. Messages
-/// that anyone but the receiver decodes wait in `inbox`, in order.
+/// that anyone but the receiver decodes wait in [`Shared::inbox`], in order.
 ///
 /// Every await in [`ReadSide::step`] happens before anything is consumed, so a reader may be
 /// cancelled at any await and the next one carries on where it stopped.
@@ -275,9 +295,6 @@ struct ReadSide<R> {
     read: R,
     rbuf: BytesMut,
     decoder: Decoder,
-    /// Messages decoded for the application by a reader other than its receive, with the
-    /// budget each holds. At most the window: the peer may not send more without credit.
-    inbox: VecDeque<(Message, u64)>,
     /// Courier messages received so far (never more than `Shared::granted`).
     received: u64,
     /// Subscriptions to the shared close signals, for whoever reads.
@@ -346,7 +363,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> ReadSide<R> {
         loop {
             let polled = std::pin::pin!(self.step(shared)).poll(&mut cx);
             match polled {
-                Poll::Ready(Ok(Stepped::Message(m))) => self.inbox.push_back(m),
+                Poll::Ready(Ok(Stepped::Message(m))) => shared.keep(m),
                 Poll::Ready(Ok(Stepped::Handled)) => {}
                 Poll::Ready(Ok(Stepped::Full) | Err(Ended)) | Poll::Pending => return,
             }
@@ -569,7 +586,7 @@ impl<R: AsyncRead + Unpin + Send + 'static, W> ZmqSend<R, W> {
                 read = async {
                     let mut side = self.side.lock().await;
                     match side.step(s).await? {
-                        Stepped::Message(m) => side.inbox.push_back(m),
+                        Stepped::Message(m) => s.keep(m),
                         Stepped::Handled => {}
                         Stepped::Full => return Ok(true),
                     }
@@ -633,20 +650,33 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for ZmqRecv<R> {
     /// Cancel-safe: a message is only taken from the read side when it is returned.
     async fn recv(&mut self) -> Result<Message, CommError> {
         let s = &*self.shared;
-        if s.local_closed.is_closed() {
-            return Err(s.recv_error());
-        }
-        let mut side = match self.side.try_lock() {
-            Ok(side) => side,
-            Err(_) => tokio::select! {
-                biased;
-                () = self.local_closed.closed() => return Err(s.recv_error()),
-                side = self.side.lock() => side,
-            },
-        };
-        let next = match side.inbox.pop_front() {
-            Some(m) => Ok(m),
-            None => loop {
+        let next = loop {
+            if s.local_closed.is_closed() {
+                return Err(s.recv_error());
+            }
+            // Enabled before the inbox is looked at: a message kept after the look wakes it.
+            let filled = s.inbox_filled.notified();
+            tokio::pin!(filled);
+            filled.as_mut().enable();
+            if let Some(m) = s.kept() {
+                break Ok(m);
+            }
+            let mut side = match self.side.try_lock() {
+                Ok(side) => side,
+                Err(_) => tokio::select! {
+                    biased;
+                    () = self.local_closed.closed() => return Err(s.recv_error()),
+                    // Whoever reads kept a message: take it without waiting for the lock.
+                    () = &mut filled => continue,
+                    side = self.side.lock() => side,
+                },
+            };
+            // Only the read side's holder keeps messages: what is kept came before anything
+            // this receive would read now.
+            if let Some(m) = s.kept() {
+                break Ok(m);
+            }
+            break loop {
                 match side.step(s).await {
                     Ok(Stepped::Message(m)) => break Ok(m),
                     Ok(Stepped::Handled) => {}
@@ -659,9 +689,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for ZmqRecv<R> {
                     },
                     Err(Ended) => break Err(Ended),
                 }
-            },
+            };
         };
-        drop(side);
         match next {
             Ok((m, held)) => {
                 s.taken(held);
