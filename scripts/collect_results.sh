@@ -29,10 +29,10 @@ if [ $quick = 1 ]; then
   compare_args=(--volume 8MiB --repeat 1 --round-trips 200 --small-batches 2)
   tasks_args=(--tasks 2000 --as-completed-tasks 500 --repeat 1) callgrind_args=(500 1)
   stability_args=(--repeat 1 --comms 2 --messages 4 --faults none) # faults: cli tests
-  shm_costs_args=(1048576) perf_seconds=0.2 tree_args=(1 4 256) small_args=(200 1)
+  shm_costs_args=(1048576) perf_seconds=0.2 perf_rounds=1 tree_args=(1 4 256) small_args=(200 1)
   spill_args=(8 4 1) queuing_args=(1 16 1 2000) glm_args=(40000 32 8 3) dashboard_args=(2000 1)
 else
-  compare_args=() tasks_args=() callgrind_args=(20000 3) shm_costs_args=() perf_seconds=3 tree_args=(5 32 8192)
+  compare_args=() tasks_args=() callgrind_args=(20000 3) shm_costs_args=() perf_seconds=2 perf_rounds=5 tree_args=(5 32 8192)
   small_args=(20000 3)
   spill_args=(64 16 5) queuing_args=(7 256 4 100000) glm_args=(4000000 32 40 10) dashboard_args=(100000 9)
   # Defaults: 20 repetitions per transport, faults proxy,freeze,restart.
@@ -93,27 +93,30 @@ for part in "${parts[@]}"; do
         echo "callgrind: skipped, valgrind is not installed" >&2
       fi
       : >"$out/shm_perf.jsonl"
-      for t in tcp://127.0.0.1:0 unix:// shm://; do
-        for p in stream:8MiB stream:64MiB echo:100; do
-          coproc SERVER { ./target/release/courier perf server --listen "$t" --once; }
-          pid=$SERVER_PID
-          read -r line <&"${SERVER[0]}"
-          ./target/release/courier perf client "${line##* }" --pattern "${p%%:*}" --payload "${p##*:}" \
-            --duration "$perf_seconds" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' \
-            >>"$out/shm_perf.jsonl"
-          wait "$pid" 2>/dev/null || true
-        done
-      done
-      # The payload built in a buffer lent by the arena, as shm:// workers build results: sent
-      # in place.
-      for p in stream:8MiB stream:64MiB; do
-        coproc SERVER { ./target/release/courier perf server --listen shm:// --once; }
-        pid=$SERVER_PID
+      # perf_row URL PATTERN:PAYLOAD [client flags]: one run of one row, its own server.
+      perf_row() {
+        local url=$1 p=$2
+        shift 2
+        coproc SERVER { ./target/release/courier perf server --listen "$url" --once; }
+        local pid=$SERVER_PID line
         read -r line <&"${SERVER[0]}"
-        ./target/release/courier perf client "${line##* }" --pattern "${p%%:*}" --payload "${p##*:}" --lend \
+        ./target/release/courier perf client "${line##* }" --pattern "${p%%:*}" --payload "${p##*:}" "$@" \
           --duration "$perf_seconds" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' \
           >>"$out/shm_perf.jsonl"
         wait "$pid" 2>/dev/null || true
+      }
+      # Rounds of every row in turn, so a slow minute of the machine falls on all of them.
+      # Beside the heap payloads: the payload built in a buffer lent by the arena, as shm://
+      # workers build results (sent in place, no copy).
+      for _ in $(seq "$perf_rounds"); do
+        for t in tcp://127.0.0.1:0 unix:// shm://; do
+          for p in stream:8MiB stream:64MiB echo:100; do
+            perf_row "$t" "$p"
+          done
+        done
+        for p in stream:8MiB stream:64MiB; do
+          perf_row shm:// "$p" --lend
+        done
       done
       python3 scripts/perf_table.py "$out/shm_perf.jsonl" | tee "$out/shm_perf.txt"
       ./target/release/courier stability --urls shm:// "${stability_args[@]}" --json "$out/shm_stability.json" \
@@ -192,7 +195,7 @@ json.dump({
                  "bench_tasks": "median (headline), smallest and largest of 5, repetitions taking the clusters in turn; --serializing adds the in-process cluster with MessagePack-encoding comms (the fast path's baseline); many workers: 256 one-thread workers in process, 64 one-thread worker processes over tcp:// and unix://",
                  "callgrind": "scripts/callgrind_tasks.sh: bench-tasks in process, 20,000 + 2,000 tasks and twice that, 3 runs each alternating; marginal instructions per task, median of the pairs; scripts/callgrind_tasks_tcp.sh: the same per process of a tcp:// scheduler + 2 one-thread worker processes and a bench-tasks --scheduler client",
                  "stability": "20 repetitions per transport; 6 comms x 24 messages; faults proxy,freeze,restart",
-                 "shm": "compare --transports tcp,unix,shm as compare; perf between two processes, 3 s per row; costs of a fresh 64 MiB memfd; callgrind_small.sh: 20,000 and 40,000 round trips of 100 B over tcp, unix, shm and zmq, 3 runs each, marginal instructions per round trip; stability as stability, shm:// only; shm_tree: 5 runs per mode, 32 arrays of 8192 x 1024 f64 on 3 one-thread worker processes",
+                 "shm": "compare --transports tcp,unix,shm as compare; perf between two processes, 5 rounds of every row in turn, 2 s per run (shm:// also with the payload lent); costs of a fresh 64 MiB memfd; callgrind_small.sh: 20,000 and 40,000 round trips of 100 B over tcp, unix, shm and zmq, 3 runs each, marginal instructions per round trip; stability as stability, shm:// only; shm_tree: 5 runs per mode, 32 arrays of 8192 x 1024 f64 on 3 one-thread worker processes",
                  "scheduler": "criterion, sample_size 10; sans-IO scheduler with fake workers",
                  "million": "cli/tests/million_tasks.rs ignored tests, release, one at a time",
                  "links": "links_bench.sh: test hosts in network namespaces on a bridge, each link shaped both ways with tc htb at 1 and 10 Gbit/s; courier perf stream of 64 MiB, 5 repetitions interleaved over none/snappy/lz4/auto, 5 s (1 Gbit/s) or 3 s (10 Gbit/s) each; tree_across: 16 arrays of 8 MiB, scheduler and 3 one-thread workers on their own hosts, 5 repetitions",

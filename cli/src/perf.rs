@@ -79,6 +79,9 @@ struct Received {
     rss_start: u64,
     #[serde(default)]
     rss_peak: u64,
+    /// The server's CPU time (all its threads) from the stream's start to its end, seconds.
+    #[serde(default)]
+    cpu_seconds: f64,
 }
 
 /// This process's resident memory now (`VmRSS`) or its peak (`VmHWM`), in bytes (0 if
@@ -89,6 +92,12 @@ fn rss(field: &str) -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU time this process (all its threads, living or gone) has used so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// Resets the peak to the current resident memory and returns it.
@@ -119,6 +128,10 @@ struct Report {
     /// built first), and the server beyond one payload (the message it holds), in bytes.
     client_extra_rss_bytes: Option<u64>,
     server_extra_rss_bytes: Option<u64>,
+    /// Stream only: CPU time each side used (all its threads, user and system) from the
+    /// stream's start to its end, seconds; divided by the bytes, what a byte costs each side.
+    client_cpu_seconds: Option<f64>,
+    server_cpu_seconds: Option<f64>,
 }
 
 /// A cheap checksum (wrapping sum of little-endian words) that catches lost, reordered or
@@ -178,7 +191,9 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
     let control: Control = serde_json::from_slice(&comm.recv().await?.header).context("perf control header")?;
     match control.pattern.as_str() {
         "stream" => {
-            let mut r = Received { messages: 0, bytes: 0, corrupt: 0, rss_start: rss_mark(), rss_peak: 0 };
+            let mut r =
+                Received { messages: 0, bytes: 0, corrupt: 0, rss_start: rss_mark(), rss_peak: 0, cpu_seconds: 0.0 };
+            let cpu_start = cpu_seconds();
             loop {
                 let m = comm.recv().await?;
                 let tag: Tagged = serde_json::from_slice(&m.header).context("perf message header")?;
@@ -193,6 +208,7 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
                 r.bytes += frame.len() as u64;
             }
             r.rss_peak = rss("VmHWM:");
+            r.cpu_seconds = cpu_seconds() - cpu_start;
             comm.send(Message::from_header(header(&r)?)).await?;
             // Linger until the client has the report and closes: on message transports (zmq://)
             // a send is only queued, and exiting now could drop it.
@@ -247,7 +263,9 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
             let start = Instant::now();
             let (mut messages, mut corrupt, mut latencies) = (0u64, 0u64, Vec::new());
             let (mut client_extra, mut server_extra) = (None, None);
+            let (mut client_cpu, mut server_cpu) = (None, None);
             let rss_start = rss_mark();
+            let cpu_start = cpu_seconds();
             match pattern.as_str() {
                 "stream" => {
                     while start.elapsed() < budget {
@@ -258,6 +276,8 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                     comm.send(Message::from_header(header(&Tagged { seq: messages, sum: 0, end: true })?)).await?;
                     let r: Received = serde_json::from_slice(&comm.recv().await?.header)?;
                     corrupt = r.corrupt + messages.abs_diff(r.messages);
+                    client_cpu = Some(cpu_seconds() - cpu_start);
+                    server_cpu = Some(r.cpu_seconds);
                     client_extra = Some(rss("VmHWM:").saturating_sub(rss_start));
                     server_extra = Some(r.rss_peak.saturating_sub(r.rss_start).saturating_sub(len as u64));
                 }
@@ -297,6 +317,8 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                 latency_max_us: lat.map(|s| us(s.max)),
                 client_extra_rss_bytes: client_extra,
                 server_extra_rss_bytes: server_extra,
+                client_cpu_seconds: client_cpu,
+                server_cpu_seconds: server_cpu,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -323,11 +345,47 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                         s as f64 / len as f64
                     );
                 }
+                if let (Some(c), Some(s)) = (client_cpu, server_cpu) {
+                    let gib = bytes as f64 / (1u64 << 30) as f64;
+                    println!(
+                        "CPU time: sender {c:.2} s ({:.1} ms per GiB), receiver {s:.2} s ({:.1} ms per GiB)",
+                        c * 1e3 / gib,
+                        s * 1e3 / gib
+                    );
+                }
             }
             if corrupt > 0 {
                 bail!("{corrupt} messages were lost or corrupted");
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checksum;
+
+    /// The checksum tells apart what a broken transport delivers: a flipped bit, two words or
+    /// two 64-byte blocks swapped, a lost tail byte, an extra zero byte.
+    #[test]
+    fn the_checksum_sees_flips_swaps_and_lengths() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let sum = checksum(&data);
+        let mut flipped = data.clone();
+        flipped[4321] ^= 0x10;
+        let mut words = data.clone();
+        words.copy_within(0..8, 8000);
+        words[..8].copy_from_slice(&data[8000..8008]);
+        let mut blocks = data.clone();
+        blocks[..64].copy_from_slice(&data[64..128]);
+        blocks[64..128].copy_from_slice(&data[..64]);
+        let mut longer = data.clone();
+        longer.push(0);
+        for (what, other) in [("flip", flipped), ("words", words), ("blocks", blocks), ("zero byte", longer)] {
+            assert_ne!(checksum(&other), sum, "{what}");
+        }
+        assert_ne!(checksum(&data[..data.len() - 1]), sum, "a lost byte");
+        assert_eq!(checksum(&data.clone()), sum, "the same bytes, the same sum");
     }
 }
