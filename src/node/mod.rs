@@ -410,10 +410,10 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
     let nthreads = args.nthreads.or(w.nthreads).unwrap_or(1);
     let memory = memory_limits(&args, &w, nthreads)?;
     if memory.is_some_and(|m| m.limit < 8 * courier_shm::DEFAULT_ARENA_CAP as u64) {
-        // shm:// arenas are memory the limit cannot see or take back (a sender's reused
-        // segments, and a receiver's mappings of its peers'): a worker limited to less than 8
-        // times the default cap sends and receives large frames through a sealed memfd each,
-        // gone when the frame is dropped.
+        // An shm:// arena is memory spilling cannot take back (segments stay resident for
+        // reuse; the probe below counts them): a worker limited to less than 8 times the
+        // default cap sends and receives large frames through a sealed memfd each, gone when
+        // the frame is dropped.
         registry.register(Arc::new(crate::ShmTransport::new().sealed_only()));
     } else if !args.no_shm && w.shm.unwrap_or(true) {
         // Large results and received frames are built in the arena's slots, so a same-host
@@ -429,6 +429,13 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
         shm: !args.no_shm && w.shm.unwrap_or(true),
         memory,
         spill_dir: args.spill_dir.or(w.spill_dir),
+        // VmRSS counts a shared page in every process that touched it: a worker that read
+        // frames from its peers' arenas would count their arenas as its own and spill, pause
+        // or restart for memory that is not its. This counts its own arena and the sealed
+        // frames it holds, once.
+        memory_probe: Some(courier_runtime::MemoryProbe(Arc::new(|| {
+            courier_shm::resident_memory().unwrap_or_else(courier_runtime::worker::process_rss)
+        }))),
         ..WorkerConfig::new(scheduler)
     };
     if let Some(m) = &memory {

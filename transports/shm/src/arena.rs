@@ -192,6 +192,12 @@ impl PoolInner {
     }
 }
 
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        crate::memory::arena(-(self.total as i64));
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.lock();
@@ -300,6 +306,7 @@ impl Pool {
         }
         pool.segments.push(segment);
         pool.total += size;
+        crate::memory::arena(size as i64);
         let i = pool.segments.len() - 1;
         let off = pool.segments[i].alloc(len).expect("a fresh segment fits its frame");
         Ok((pool, Some((i, off))))

@@ -26,9 +26,16 @@ pub(crate) fn seal_copy(data: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A read-only mapping of a sealed frame, the owner behind the received `Bytes`.
+/// A read-only mapping of a sealed frame, the owner behind the received `Bytes`; counted in
+/// this process's shared memory while it lives.
 #[derive(Debug)]
 struct Mapped(memmap2::Mmap);
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        crate::memory::sealed(-(self.0.len() as i64));
+    }
+}
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
@@ -77,6 +84,7 @@ pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Bytes, CommError> {
     let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
         .map_err(|e| CommError::from_io("mapping a shared frame", e))?;
     drop(fd);
+    crate::memory::sealed(map.len() as i64);
     Ok(Bytes::from_owner(Mapped(map)))
 }
 

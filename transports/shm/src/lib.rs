@@ -92,9 +92,11 @@ mod arena;
 mod channel;
 mod comm;
 mod frame;
+mod memory;
 
 pub use arena::{MAX_RELEASES_PER_RECORD, MAX_SEGMENTS, RELEASE_MAGIC};
 pub use channel::{MAX_FDS_PER_MESSAGE, RECORD_LEN, RECORD_MAGIC};
+pub use memory::{SharedMemory, resident_memory, shared_memory};
 
 /// The preamble a connecting side sends (with its two channel ends attached).
 pub fn preamble(accepts_arena: bool) -> [u8; 2] {
