@@ -394,6 +394,23 @@ fn arena_cap(limit: Option<u64>) -> usize {
     limit.map_or(default, |l| (l / 8).clamp(default, MOST)) as usize
 }
 
+/// A worker's memory samples. VmRSS counts a shared page in every process that touched it: a
+/// worker that read frames from its peers' arenas would count their arenas as its own and
+/// spill, pause or restart for memory that is not its. This counts its own arena and the
+/// sealed frames it holds, once ([`courier_shm::resident_memory`]). Above `trim_above` it
+/// first gives back the memory of its arena's free slots (cheaper than spilling results,
+/// which a sample above the spill threshold starts) and samples again.
+fn memory_probe(arena: Option<crate::ShmTransport>, trim_above: Option<u64>) -> courier_runtime::MemoryProbe {
+    let sample = || courier_shm::resident_memory().unwrap_or_else(courier_runtime::worker::process_rss);
+    courier_runtime::MemoryProbe(Arc::new(move || {
+        let now = sample();
+        match (&arena, trim_above) {
+            (Some(shm), Some(above)) if now > above && shm.trim_arena() > 0 => sample(),
+            _ => now,
+        }
+    }))
+}
+
 /// Runs a worker with `functions` until the scheduler retires it or Ctrl-C (`Ok`), or until
 /// it loses the scheduler or fails (`Err`). SIGTERM retires it: it asks the scheduler to move
 /// its results to other workers, then exits (within [`RETIRE_GRACE`] each). Prints `worker
@@ -409,6 +426,7 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
     })?;
     let nthreads = args.nthreads.or(w.nthreads).unwrap_or(1);
     let memory = memory_limits(&args, &w, nthreads)?;
+    let mut arena = None;
     if memory.is_some_and(|m| m.limit < 8 * courier_shm::DEFAULT_ARENA_CAP as u64) {
         // An shm:// arena is memory spilling cannot take back (segments stay resident for
         // reuse; the probe below counts them): a worker limited to less than 8 times the
@@ -420,7 +438,8 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
         // peer fetching one gets it in place, with no copy (`ShmTransport::lend_buffers`).
         let shm = crate::ShmTransport::new().with_arena_cap(arena_cap(memory.map(|m| m.limit)));
         shm.lend_buffers();
-        registry.register(Arc::new(shm));
+        registry.register(Arc::new(shm.clone()));
+        arena = Some(shm);
     }
     let config = WorkerConfig {
         listen: args.listen.or(w.listen),
@@ -429,13 +448,7 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
         shm: !args.no_shm && w.shm.unwrap_or(true),
         memory,
         spill_dir: args.spill_dir.or(w.spill_dir),
-        // VmRSS counts a shared page in every process that touched it: a worker that read
-        // frames from its peers' arenas would count their arenas as its own and spill, pause
-        // or restart for memory that is not its. This counts its own arena and the sealed
-        // frames it holds, once.
-        memory_probe: Some(courier_runtime::MemoryProbe(Arc::new(|| {
-            courier_shm::resident_memory().unwrap_or_else(courier_runtime::worker::process_rss)
-        }))),
+        memory_probe: Some(memory_probe(arena, memory.map(|m| (m.limit as f64 * m.spill) as u64))),
         ..WorkerConfig::new(scheduler)
     };
     if let Some(m) = &memory {
@@ -608,5 +621,29 @@ mod tests {
         assert_eq!(arena_cap(Some(12 << 30)), 3 << 29);
         assert_eq!(arena_cap(Some(1 << 40)), 16 << 30);
         assert_eq!(arena_cap(Some(1 << 20)), default, "the floor (workers limited below 8 GiB get no arena)");
+    }
+
+    /// Above the spill threshold a worker's memory sample gives back its arena's free slots
+    /// first; below it, or without a threshold, it leaves them.
+    #[tokio::test]
+    async fn memory_samples_above_the_threshold_trim_the_arena_first() {
+        use courier_core::{Message, Registry};
+        let shm = crate::ShmTransport::new().with_threshold(4096);
+        let r = Registry::new().with(std::sync::Arc::new(shm.clone()));
+        let mut l = r.listen("shm://").await.unwrap();
+        let url = l.contact_address().to_string();
+        for (trim_above, trims) in [(None, false), (Some(u64::MAX), false), (Some(0), true)] {
+            // A frame through the arena, dropped, and the comm ended: its slot is known free.
+            let (c, s) = tokio::join!(r.connect(&url), l.accept());
+            let (mut c, mut s) = (c.unwrap(), s.unwrap());
+            c.send(Message::new(b"m".to_vec(), vec![vec![7u8; 1 << 20].into()])).await.unwrap();
+            drop(s.recv().await.unwrap());
+            drop((c, s));
+            let sample = (super::memory_probe(Some(shm.clone()), trim_above).0)();
+            assert!(sample > 0);
+            let left = shm.trim_arena();
+            assert_eq!(left == 0, trims, "{trim_above:?}: {left} bytes were left to trim");
+        }
+        l.close().await;
     }
 }

@@ -51,6 +51,8 @@ struct Segment {
     free: BTreeMap<usize, usize>,
     /// Slots in use, by offset.
     taken: HashMap<usize, Taken>,
+    /// Some of its pages were given back ([`Pool::trim`]) and may not be resident again yet.
+    holes: bool,
 }
 
 /// A slot in use.
@@ -76,7 +78,20 @@ impl Segment {
         let map = unsafe { memmap2::MmapOptions::new().len(size).populate().map_mut(&fd) }?;
         let mut free = BTreeMap::new();
         free.insert(0, size);
-        Ok(Segment { map, fd, free, taken: HashMap::new() })
+        Ok(Segment { map, fd, free, taken: HashMap::new(), holes: false })
+    }
+
+    /// Bytes of its pages resident now: all of them unless some were given back, else what
+    /// the memory file has allocated (tmpfs counts its pages in `st_blocks`).
+    fn resident(&mut self) -> u64 {
+        let size = self.map.len() as u64;
+        if !self.holes {
+            return size;
+        }
+        let Ok(stat) = rustix::fs::fstat(&self.fd) else { return size };
+        let resident = (stat.st_blocks as u64).saturating_mul(512).min(size);
+        self.holes = resident < size;
+        resident
     }
 
     fn alloc(&mut self, len: usize) -> Option<usize> {
@@ -123,7 +138,21 @@ pub(crate) struct Pool {
     inner: Mutex<PoolInner>,
     /// Frames sent in place from lent slots.
     in_place: AtomicU64,
+    /// Ended comms whose receivers still held frames (never locked with `inner` held).
+    orphans: Mutex<Vec<Orphan>>,
 }
+
+/// The slots an ended comm's receiver still held, and the channel their releases come on.
+/// The receiver's views keep its end of the channel open, so each release, or the end
+/// closing (its last view gone, or its process dead), gives them back.
+struct Orphan {
+    channel: Arc<channel::Channel>,
+    outstanding: HashMap<(u32, u64), u32>,
+}
+
+/// Most ended comms a pool waits on (one descriptor each); past this the oldest one's slots
+/// stay taken for good, within the cap.
+pub(crate) const MAX_ORPHANS: usize = 256;
 
 struct PoolInner {
     segments: Vec<Segment>,
@@ -132,6 +161,16 @@ struct PoolInner {
     total: usize,
     /// Bytes of lent slots not yet freed (at most [`LEND_SHARE`] of the cap).
     lent: usize,
+}
+
+/// Every pool of this process (weakly), for [`resident_bytes`].
+static POOLS: Mutex<Vec<std::sync::Weak<Pool>>> = Mutex::new(Vec::new());
+
+/// Bytes of all this process's arena segments resident now.
+pub(crate) fn resident_bytes() -> u64 {
+    let pools: Vec<Arc<Pool>> =
+        POOLS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(std::sync::Weak::upgrade).collect();
+    pools.iter().map(|p| p.resident()).sum()
 }
 
 /// The share of the cap that lent buffers may hold (numerator over 4): the rest stays for
@@ -192,12 +231,6 @@ impl PoolInner {
     }
 }
 
-impl Drop for PoolInner {
-    fn drop(&mut self) {
-        crate::memory::arena(-(self.total as i64));
-    }
-}
-
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.lock();
@@ -207,10 +240,130 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn new(cap: usize) -> Arc<Pool> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             inner: Mutex::new(PoolInner { segments: Vec::new(), cap, total: 0, lent: 0 }),
             in_place: AtomicU64::new(0),
-        })
+            orphans: Mutex::new(Vec::new()),
+        });
+        let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        pool
+    }
+
+    /// Takes over the slots an ended comm's receiver still holds (see [`Orphan`]).
+    pub(crate) fn adopt(&self, channel: Arc<channel::Channel>, outstanding: HashMap<(u32, u64), u32>) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        if orphans.len() >= MAX_ORPHANS {
+            orphans.remove(0);
+        }
+        orphans.push(Orphan { channel, outstanding });
+    }
+
+    /// Frees the slots ended comms' receivers have released since the last look (all of a
+    /// receiver's once its end of the channel closed); whether any was freed. A receiver that
+    /// sends anything but releases of slots it holds is given up on: its slots stay taken.
+    fn reap(&self) -> bool {
+        let mut orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        if orphans.is_empty() {
+            return false;
+        }
+        let mut freed = Vec::new();
+        orphans.retain_mut(|o| {
+            loop {
+                match o.channel.poll(false) {
+                    Ok(channel::Polled::Record((body, fds))) => {
+                        let Ok((_, releases)) = parse_releases(&body) else { return false };
+                        if !fds.is_empty() {
+                            return false;
+                        }
+                        for slot in releases {
+                            let Some(n) = o.outstanding.get_mut(&slot) else { return false };
+                            *n -= 1;
+                            if *n == 0 {
+                                o.outstanding.remove(&slot);
+                            }
+                            freed.push(slot);
+                        }
+                        if o.outstanding.is_empty() {
+                            return false;
+                        }
+                    }
+                    Ok(channel::Polled::Empty) => return true,
+                    Ok(channel::Polled::Closed) => {
+                        for (slot, n) in o.outstanding.drain() {
+                            freed.extend(std::iter::repeat_n(slot, n as usize));
+                        }
+                        return false;
+                    }
+                    Err(_) => return false,
+                }
+            }
+        });
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner()).extend(orphans);
+        if freed.is_empty() {
+            return false;
+        }
+        let mut pool = self.lock();
+        for (segment, offset) in freed {
+            pool.unref(segment, offset as usize);
+        }
+        true
+    }
+
+    fn has_orphans(&self) -> bool {
+        !self.orphans.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Ended comms waited on.
+    #[cfg(test)]
+    pub(crate) fn orphans(&self) -> usize {
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Bytes of this pool's segments resident now.
+    pub(crate) fn resident(&self) -> u64 {
+        self.lock().segments.iter_mut().map(Segment::resident).sum()
+    }
+
+    /// Gives the pages of every free range back to the system (punching holes in the memory
+    /// files: receivers' mappings of them go too), and returns how many bytes that freed. The
+    /// ranges stay free; a frame or buffer placed in one later faults fresh pages in, as a new
+    /// segment's do. Meant for memory pressure: a trimmed arena is slower until it is warm again.
+    pub(crate) fn trim(&self) -> u64 {
+        self.reap();
+        let before = self.resident();
+        // Out of the free lists while their pages go, so nothing is placed in them meanwhile;
+        // the descriptors duplicated, since segments may be added (and the list moved) then.
+        let mut out = Vec::new();
+        {
+            let mut pool = self.lock();
+            for (i, seg) in pool.segments.iter_mut().enumerate() {
+                if seg.free.is_empty() {
+                    continue;
+                }
+                let Ok(fd) = seg.fd.try_clone() else { continue };
+                out.push((i, fd, std::mem::take(&mut seg.free)));
+            }
+        }
+        for (_, fd, free) in &out {
+            for (&off, &len) in free {
+                let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+                if let Err(e) = rustix::fs::fallocate(fd, punch, off as u64, len as u64) {
+                    tracing::debug!("giving back {len} bytes of an arena segment failed: {e}");
+                }
+            }
+        }
+        let mut pool = self.lock();
+        for (i, _, free) in out {
+            let seg = &mut pool.segments[i];
+            seg.holes = true;
+            for (off, len) in free {
+                seg.release(off, len);
+            }
+        }
+        drop(pool);
+        before.saturating_sub(self.resident())
     }
 
     /// A slot of at least `len` bytes lent to this process as a buffer, or `None` when lent
@@ -295,6 +448,15 @@ impl Pool {
         if let Some(found) = pool.find(len, &prefer, any) {
             return Ok((pool, Some(found)));
         }
+        if self.has_orphans() {
+            // Ended comms' receivers may have released slots since.
+            drop(pool);
+            let reaped = self.reap();
+            pool = self.lock();
+            if reaped && let Some(found) = pool.find(len, &prefer, any) {
+                return Ok((pool, Some(found)));
+            }
+        }
         let Some(size) = pool.next_size(len).filter(|_| may_grow) else { return Ok((pool, None)) };
         drop(pool);
         let segment = Segment::new(size)?;
@@ -306,7 +468,6 @@ impl Pool {
         }
         pool.segments.push(segment);
         pool.total += size;
-        crate::memory::arena(size as i64);
         let i = pool.segments.len() - 1;
         let off = pool.segments[i].alloc(len).expect("a fresh segment fits its frame");
         Ok((pool, Some((i, off))))
@@ -424,6 +585,11 @@ impl Arena {
         Ok(())
     }
 
+    /// The pool, and the slots the receiver still holds, taken out (the comm ended).
+    pub(crate) fn take_outstanding(&mut self) -> (Arc<Pool>, HashMap<(u32, u64), u32>) {
+        (self.pool.clone(), std::mem::take(&mut self.outstanding))
+    }
+
     /// Whether the receiver still holds any frame (O(1): checked on every send).
     pub(crate) fn holds_frames(&self) -> bool {
         !self.outstanding.is_empty()
@@ -436,9 +602,9 @@ impl Arena {
     }
 }
 
-// A comm that ends while its receiver still holds frames leaves their slots taken: the
-// receiver may read them for as long as it likes, so they are never reused (the pool's cap
-// bounds what such leftovers can cost).
+// A comm that ends while its receiver still holds frames hands their slots to the pool
+// (`Pool::adopt`): the receiver may read them for as long as it likes, and they return with
+// its releases, or with the close of its end of the channel.
 
 /// What a receiver has yet to tell its sender.
 #[derive(Debug, Default)]
@@ -691,6 +857,50 @@ mod tests {
         assert_eq!((pool.lent(), a.outstanding()), (0, 0));
         let again = pool.lend(3 << 20).expect("room");
         assert_eq!(again.as_ptr() as usize, base + s1.offset as usize, "the freed slot serves again");
+    }
+
+    /// An ended comm's slots return with the receiver's releases, or all at once when its end
+    /// of the channel closes (the receiver's process died); garbage gives the receiver up.
+    #[tokio::test]
+    async fn ended_comms_slots_return_with_releases_or_the_channel_closing() {
+        use crate::channel::{Channel, pair};
+        let pool = Pool::new(64 << 20);
+        let adopt = |n: usize| {
+            let mut a = Arena::new(pool.clone());
+            let slots: Vec<Slot> = (0..n).map(|_| a.put(&[1u8; 1 << 20], true).unwrap().unwrap().0).collect();
+            let (mine, theirs) = pair().unwrap();
+            let (pool, outstanding) = a.take_outstanding();
+            pool.adopt(Arc::new(Channel::new(mine).unwrap()), outstanding);
+            (slots, Channel::new(theirs).unwrap())
+        };
+        let release = |ch: &Channel, slots: &[Slot]| {
+            let mut body = RELEASE_MAGIC.to_vec();
+            body.extend_from_slice(&(slots.len() as u32).to_le_bytes());
+            body.extend_from_slice(&0u64.to_le_bytes());
+            for s in slots {
+                body.extend_from_slice(&s.segment.to_le_bytes());
+                body.extend_from_slice(&0u32.to_le_bytes());
+                body.extend_from_slice(&s.offset.to_le_bytes());
+            }
+            ch.try_send(&body, &[]).unwrap();
+        };
+        let (released, r1) = adopt(2);
+        let (died, r2) = adopt(2);
+        let (hostile, r3) = adopt(2);
+        assert!(!pool.reap(), "nothing released yet");
+        release(&r1, &released[..1]);
+        drop(r2);
+        r3.try_send(b"garbage", &[]).unwrap();
+        assert!(pool.reap());
+        assert_eq!(pool.orphans(), 1, "the one still holding a slot");
+        let taken = |s: &Slot| pool.lock().segments[s.segment as usize].taken.contains_key(&(s.offset as usize));
+        assert!(!taken(&released[0]) && taken(&released[1]));
+        assert!(!taken(&died[0]) && !taken(&died[1]), "a closed channel frees all its slots");
+        assert!(taken(&hostile[0]) && taken(&hostile[1]), "a hostile receiver's slots stay taken");
+        release(&r1, &released[1..]);
+        assert!(pool.reap());
+        assert_eq!(pool.orphans(), 0);
+        assert!(!taken(&released[1]));
     }
 
     /// Lent slots hold at most 3/4 of the cap, so frames from the heap still find room.

@@ -11,6 +11,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// Most descriptors one record (one message) carries: the kernel's `SCM_MAX_FD`.
@@ -143,21 +144,46 @@ impl Channel {
     /// The next record (body and descriptors), without waiting; `None` when there is none (or
     /// the peer closed its end). A truncated record is a protocol error.
     pub(crate) fn try_recv(&self) -> Result<Option<RawRecord>, CommError> {
-        let mut body = vec![0u8; MAX_BODY + 1];
-        let got = match recv_with_fds(self.fd.get_ref(), &mut body, MAX_FDS_PER_MESSAGE) {
+        match self.poll(false)? {
+            Polled::Record(r) => Ok(Some(r)),
+            Polled::Empty | Polled::Closed => Ok(None),
+        }
+    }
+
+    /// The next record without waiting. With `cached`, a channel the reactor has not seen
+    /// become readable since it was last found empty is taken as empty without a system call
+    /// (a record that arrived just now may then wait for the next look). A truncated record is
+    /// a protocol error.
+    pub(crate) fn poll(&self, cached: bool) -> Result<Polled, CommError> {
+        let read = |fd: &OwnedFd| {
+            let mut body = vec![0u8; MAX_BODY + 1];
+            recv_with_fds(fd, &mut body, MAX_FDS_PER_MESSAGE).map(|r| (body, r))
+        };
+        let got = if cached { self.fd.try_io(Interest::READABLE, read) } else { read(self.fd.get_ref()) };
+        let (mut body, got) = match got {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Polled::Empty),
             Err(e) => return Err(CommError::from_io("reading the descriptor channel", e)),
         };
         if got.len == 0 && got.fds.is_empty() {
-            return Ok(None);
+            return Ok(Polled::Closed);
         }
         if got.truncated {
             return Err(CommError::protocol("a descriptor record too long, or with too many descriptors"));
         }
         body.truncate(got.len);
-        Ok(Some((body, got.fds)))
+        Ok(Polled::Record((body, got.fds)))
     }
+}
+
+/// What a look at a channel found.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    Record(RawRecord),
+    /// Nothing yet.
+    Empty,
+    /// The peer closed its end: nothing more will come.
+    Closed,
 }
 
 /// A frame record's body: magic, descriptor count, the message's sequence number.

@@ -199,6 +199,24 @@ impl ShmSend {
         Ok(())
     }
 
+    /// Applies the release records the reactor has seen arrive, with no system call when it
+    /// has seen none: slots the receiver dropped return while only small messages flow.
+    fn reclaim_cached(&mut self) -> Result<(), CommError> {
+        while let crate::channel::Polled::Record(record) = self.channel.poll(true)? {
+            self.apply(record)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the comm after `e` (logged when the peer broke the protocol).
+    fn fail(&self, e: CommError) -> CommError {
+        if e.kind() == ErrorKind::Protocol {
+            stream::log_violation(self.inner.peer_address(), &e);
+        }
+        self.close.close();
+        e
+    }
+
     fn apply(&mut self, (body, fds): crate::channel::RawRecord) -> Result<(), CommError> {
         if !fds.is_empty() {
             return Err(CommError::protocol("descriptors came with a release record"));
@@ -304,8 +322,13 @@ impl CommSend for ShmSend {
             return Box::pin(std::future::ready(Err(e)));
         }
         if self.in_flight == 0 && msg.frames.iter().all(|f| f.len() < self.threshold) {
-            // Nothing to share and nothing to reclaim: the stream carries it all (its encoder
-            // checks the peer's limits), with an empty descriptor frame.
+            if self.arena.as_ref().is_some_and(Arena::holds_frames)
+                && let Err(e) = self.reclaim_cached()
+            {
+                return Box::pin(std::future::ready(Err(self.fail(e))));
+            }
+            // Nothing to share: the stream carries it all (its encoder checks the peer's
+            // limits), with an empty descriptor frame.
             return Box::pin(self.inner.send_message_with_trailer(msg, Bytes::new()));
         }
         Box::pin(self.send_shared(msg))
@@ -313,6 +336,25 @@ impl CommSend for ShmSend {
 
     async fn close(&mut self) -> Result<(), CommError> {
         self.inner.close_stream().await
+    }
+}
+
+impl Drop for ShmSend {
+    /// Frees the slots the receiver has released; the pool waits on the channel for the
+    /// rest, so they return when the receiver drops them (or exits).
+    fn drop(&mut self) {
+        if self.arena.as_ref().is_none_or(|a| !a.holds_frames()) {
+            return;
+        }
+        while let Ok(Some(record)) = self.channel.try_recv() {
+            if self.apply(record).is_err() {
+                return; // a peer that breaks the protocol keeps its slots taken
+            }
+        }
+        if let Some(arena) = self.arena.as_mut().filter(|a| a.holds_frames()) {
+            let (pool, outstanding) = arena.take_outstanding();
+            pool.adopt(self.channel.clone(), outstanding);
+        }
     }
 }
 
@@ -331,11 +373,7 @@ impl ShmSend {
             Err(e) => Err(e),
         };
         if let Err(e) = ready {
-            if e.kind() == ErrorKind::Protocol {
-                stream::log_violation(self.inner.peer_address(), &e);
-            }
-            self.close.close();
-            return Err(e);
+            return Err(self.fail(e));
         }
         let mut d = Descriptor::default();
         let (mut segment_fds, mut sealed_fds) = (Vec::new(), Vec::new());

@@ -24,7 +24,9 @@
 //!   one peer released serves the next frame to any peer. Sending copies the frame into a free
 //!   slot (one `memcpy` into resident pages, outside the pool's lock); the receiver's `Bytes`
 //!   views the slot in place, and when its last clone is dropped a release record gives the
-//!   slot back. A comm that ends while its receiver holds frames leaves their slots taken.
+//!   slot back. When a comm ends while its receiver holds frames, the pool keeps listening on
+//!   the comm's channel and frees each slot as the receiver drops its frame, or all of them
+//!   once the receiver's end closes (its last frame gone, or its process dead).
 //!   A process can also build its large buffers in the arena's slots
 //!   ([`ShmTransport::lend_buffers`], which Courier's workers use): such a buffer is sent in
 //!   place, with no copy and no memory beyond the buffer itself, its slot counted by
@@ -287,6 +289,16 @@ impl ShmTransport {
         if self.pool.cap() > 0 {
             courier_core::aligned::set_buffer_source(Some(Arc::new(arena::Lender(self.pool.clone()))));
         }
+    }
+
+    /// Gives the memory of the arena's free slots back to the system and returns how many
+    /// bytes that freed (0 without an arena). Slots in use (frames a receiver holds, lent
+    /// buffers) are untouched. The arena stays as large: a frame placed in a trimmed slot
+    /// faults fresh pages in, as a new segment's do (~20 ms per 64 MiB on the machine the
+    /// results come from, against ~5 ms for a copy into resident pages), so this is for memory
+    /// pressure, not routine. Courier's workers call it before they spill results.
+    pub fn trim_arena(&self) -> u64 {
+        self.pool.trim()
     }
 
     /// Frames this transport (and its clones) sent in place from lent buffers, so far.

@@ -6,19 +6,21 @@
 //! its own resident memory, though they are the peers' (allocated by them, counted by them,
 //! and not freed by anything this worker does). [`resident_memory`] counts each page once, in
 //! the process answerable for it: the sender's arena in the sender (all of it: its pages stay
-//! resident for reuse), a sealed frame in the receiver that maps it (the sender closed its
+//! resident for reuse, until trimmed), a sealed frame in the receiver that maps it (the sender closed its
 //! descriptor once it was passed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-static ARENA_BYTES: AtomicU64 = AtomicU64::new(0);
 static SEALED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// This process's share of the machine's shared memory, by [`shared_memory`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharedMemory {
-    /// Bytes of arena segments this process made (each transport's, resident from creation,
-    /// free slots included).
+    /// Bytes of arena segments this process made that are resident (each transport's: all of
+    /// a segment from its creation, free slots included, until [`ShmTransport::trim_arena`]
+    /// gives free slots back).
+    ///
+    /// [`ShmTransport::trim_arena`]: crate::ShmTransport::trim_arena
     pub arena_bytes: u64,
     /// Bytes of sealed frames received and still held here.
     pub sealed_frame_bytes: u64,
@@ -27,7 +29,7 @@ pub struct SharedMemory {
 /// What shared memory this process is answerable for now.
 pub fn shared_memory() -> SharedMemory {
     SharedMemory {
-        arena_bytes: ARENA_BYTES.load(Ordering::Relaxed),
+        arena_bytes: crate::arena::resident_bytes(),
         sealed_frame_bytes: SEALED_BYTES.load(Ordering::Relaxed),
     }
 }
@@ -53,11 +55,6 @@ pub fn resident_memory() -> Option<u64> {
     let shmem = field("RssShmem:").unwrap_or(0);
     let mine = shared_memory();
     Some(rss.saturating_sub(shmem) + mine.arena_bytes + mine.sealed_frame_bytes)
-}
-
-/// Counts `bytes` of arena segments made (or, negative, dropped) by this process.
-pub(crate) fn arena(bytes: i64) {
-    add(&ARENA_BYTES, bytes);
 }
 
 /// Counts `bytes` of sealed frames mapped (or, negative, unmapped) by this process.

@@ -1,6 +1,7 @@
 //! A shared page counts once on the machine: `resident_memory` charges a sender's arena to the
 //! sender and a sealed frame to the receiver holding it, where `VmRSS` charges every process
-//! that touched the page. Alone in its test binary: the counters are the process's.
+//! that touched the page; and trimming gives a free slot's pages back. Alone in its test
+//! binary: the counters are the process's.
 
 use std::sync::Arc;
 
@@ -52,7 +53,8 @@ async fn shared_pages_count_once_in_the_process_answerable_for_them() {
 
     // The arena: the sender's segments are resident in it, and the receiver's mapping touches
     // the same pages again. Held frames and dropped ones alike.
-    let (mut c, mut s, mut l) = pair(ShmTransport::new()).await;
+    let c_transport = ShmTransport::new();
+    let (mut c, mut s, mut l) = pair(c_transport.clone()).await;
     let held = stream(&mut c, &mut s, &frame, 3).await;
     let arena = shared_memory().arena_bytes;
     assert!(arena >= 96 * MIB, "three frames held: three slots ({arena})");
@@ -69,10 +71,29 @@ async fn shared_pages_count_once_in_the_process_answerable_for_them() {
         res / MIB,
         arena / MIB
     );
+
+    // Trimming gives back the free slots' pages, not the held ones; the arena keeps working.
+    // (The comm ends first: a live comm applies its receiver's releases as it sends.)
+    let mut held = held;
+    let kept = held.pop().unwrap();
     drop(held);
     drop((c, s));
     l.close().await;
     drop(l);
+    let t = ShmTransport::new(); // another transport's pool: nothing to give back
+    assert_eq!(t.trim_arena(), 0);
+    let freed = c_transport.trim_arena();
+    assert_eq!(freed, arena - 32 * MIB, "every slot but the held one");
+    assert_eq!(shared_memory().arena_bytes, 32 * MIB);
+    assert!(kept.frames[0] == frame, "the held frame is intact");
+    let (mut c, mut s, mut l) = pair(c_transport.clone()).await;
+    let again = stream(&mut c, &mut s, &frame, 2).await;
+    assert_eq!(shared_memory().arena_bytes, arena, "placed again: resident again");
+    drop((again, kept));
+    drop((c, s));
+    l.close().await;
+    drop(l);
+    drop(c_transport);
     assert_eq!(shared_memory().arena_bytes, 0, "the arena went with its transport");
 
     // Sealed frames: charged to the receiver while it holds them, and freed with them.
