@@ -16,8 +16,9 @@ for r in rows:
     groups.setdefault((scheme, r["pattern"], r["payload_bytes"]), []).append(r)
 
 print("| transport | pattern | payload | runs | throughput (median) | range | messages/s | p50 round trip | "
-      "sender extra RSS | receiver extra RSS | CPU ms per GiB, sender / receiver | corrupt |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "sender extra RSS | receiver extra RSS | extra memory, shared pages once: sender / receiver | "
+      "CPU ms per GiB, sender / receiver | corrupt |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 med = statistics.median
 for (scheme, pattern, n), rs in groups.items():
     size = f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} B"
@@ -35,6 +36,10 @@ for (scheme, pattern, n), rs in groups.items():
         vs = [r[key] * 1e3 / (r["bytes"] / 2**30) for r in rs if r.get(key) is not None and r["bytes"]]
         return med(vs) if vs else None
 
+    def once():
+        c, s = median_of("client_extra_once_bytes"), median_of("server_extra_once_bytes")
+        return "" if c is None or s is None else f"{c / n:.2f}x / {s / n:.2f}x"
+
     sender, receiver = cpu("client_cpu_seconds"), cpu("server_cpu_seconds")
     cpus = "" if sender is None or receiver is None else f"{sender:.0f} / {receiver:.0f}"
     p50 = median_of("latency_p50_us")
@@ -42,7 +47,7 @@ for (scheme, pattern, n), rs in groups.items():
     print(
         f"| {scheme} | {pattern} | {size} | {len(rs)} | {med(gib):.2f} GiB/s | {min(gib):.2f}–{max(gib):.2f} | "
         f"{median_of('messages_per_s'):.0f} | {p50} | {extra('client_extra_rss_bytes')} | "
-        f"{extra('server_extra_rss_bytes')} | {cpus} | {sum(r['corrupt'] for r in rs)} |"
+        f"{extra('server_extra_rss_bytes')} | {once()} | {cpus} | {sum(r['corrupt'] for r in rs)} |"
     )
 
 # Ratios against tcp:// by repetition: the i-th run of a row against the i-th tcp:// run of the

@@ -82,6 +82,46 @@ struct Received {
     /// The server's CPU time (all its threads) from the stream's start to its end, seconds.
     #[serde(default)]
     cpu_seconds: f64,
+    /// The server's memory with shared pages counted once (`courier_shm::resident_memory`)
+    /// when the stream started, and its peak during it (sampled; bytes).
+    #[serde(default)]
+    once_start: u64,
+    #[serde(default)]
+    once_peak: u64,
+}
+
+/// This process's memory with shared pages counted once (`courier_shm::resident_memory`: a
+/// sender's arena in the sender, a sealed frame in its receiver; `VmRSS` counts a shared page
+/// in every process that touched it), and its peak, sampled between messages at most every
+/// 10 ms (`VmHWM` has no such counterpart; a sampling thread's wake-ups slowed the stream).
+struct OncePeak {
+    start: u64,
+    peak: u64,
+    last: Instant,
+}
+
+impl OncePeak {
+    fn sample() -> u64 {
+        courier::courier_shm::resident_memory().unwrap_or(0)
+    }
+
+    fn start() -> Self {
+        let start = Self::sample();
+        OncePeak { start, peak: start, last: Instant::now() }
+    }
+
+    /// Samples if 10 ms have passed since the last sample.
+    fn tick(&mut self) {
+        if self.last.elapsed() >= Duration::from_millis(10) {
+            self.peak = self.peak.max(Self::sample());
+            self.last = Instant::now();
+        }
+    }
+
+    /// (start, peak), with a last sample.
+    fn finish(self) -> (u64, u64) {
+        (self.start, self.peak.max(Self::sample()))
+    }
 }
 
 /// This process's resident memory now (`VmRSS`) or its peak (`VmHWM`), in bytes (0 if
@@ -128,6 +168,11 @@ struct Report {
     /// built first), and the server beyond one payload (the message it holds), in bytes.
     client_extra_rss_bytes: Option<u64>,
     server_extra_rss_bytes: Option<u64>,
+    /// The same with shared pages counted once, in the process answerable for them
+    /// (`courier_shm::resident_memory`, sampled every 2 ms): a sender's arena is the
+    /// sender's, the receiver's mapping of it is not the receiver's.
+    client_extra_once_bytes: Option<u64>,
+    server_extra_once_bytes: Option<u64>,
     /// Stream only: CPU time each side used (all its threads, user and system) from the
     /// stream's start to its end, seconds; divided by the bytes, what a byte costs each side.
     client_cpu_seconds: Option<f64>,
@@ -191,8 +236,17 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
     let control: Control = serde_json::from_slice(&comm.recv().await?.header).context("perf control header")?;
     match control.pattern.as_str() {
         "stream" => {
-            let mut r =
-                Received { messages: 0, bytes: 0, corrupt: 0, rss_start: rss_mark(), rss_peak: 0, cpu_seconds: 0.0 };
+            let mut r = Received {
+                messages: 0,
+                bytes: 0,
+                corrupt: 0,
+                rss_start: rss_mark(),
+                rss_peak: 0,
+                cpu_seconds: 0.0,
+                once_start: 0,
+                once_peak: 0,
+            };
+            let mut once = OncePeak::start();
             let cpu_start = cpu_seconds();
             loop {
                 let m = comm.recv().await?;
@@ -206,8 +260,10 @@ async fn serve_one(mut comm: Comm) -> anyhow::Result<()> {
                 }
                 r.messages += 1;
                 r.bytes += frame.len() as u64;
+                once.tick();
             }
             r.rss_peak = rss("VmHWM:");
+            (r.once_start, r.once_peak) = once.finish();
             r.cpu_seconds = cpu_seconds() - cpu_start;
             comm.send(Message::from_header(header(&r)?)).await?;
             // Linger until the client has the report and closes: on message transports (zmq://)
@@ -264,7 +320,9 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
             let (mut messages, mut corrupt, mut latencies) = (0u64, 0u64, Vec::new());
             let (mut client_extra, mut server_extra) = (None, None);
             let (mut client_cpu, mut server_cpu) = (None, None);
+            let (mut client_once, mut server_once) = (None, None);
             let rss_start = rss_mark();
+            let mut once = OncePeak::start();
             let cpu_start = cpu_seconds();
             match pattern.as_str() {
                 "stream" => {
@@ -272,6 +330,7 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                         let h = header(&Tagged { seq: messages, sum, end: false })?;
                         comm.send(Message::new(h, vec![frame.clone()])).await?;
                         messages += 1;
+                        once.tick();
                     }
                     comm.send(Message::from_header(header(&Tagged { seq: messages, sum: 0, end: true })?)).await?;
                     let r: Received = serde_json::from_slice(&comm.recv().await?.header)?;
@@ -280,6 +339,9 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                     server_cpu = Some(r.cpu_seconds);
                     client_extra = Some(rss("VmHWM:").saturating_sub(rss_start));
                     server_extra = Some(r.rss_peak.saturating_sub(r.rss_start).saturating_sub(len as u64));
+                    let (start, peak) = once.finish();
+                    client_once = Some(peak.saturating_sub(start));
+                    server_once = Some(r.once_peak.saturating_sub(r.once_start).saturating_sub(len as u64));
                 }
                 "echo" => {
                     while start.elapsed() < budget {
@@ -317,6 +379,8 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                 latency_max_us: lat.map(|s| us(s.max)),
                 client_extra_rss_bytes: client_extra,
                 server_extra_rss_bytes: server_extra,
+                client_extra_once_bytes: client_once,
+                server_extra_once_bytes: server_once,
                 client_cpu_seconds: client_cpu,
                 server_cpu_seconds: server_cpu,
             };
@@ -339,6 +403,15 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                 if let (Some(c), Some(s)) = (client_extra, server_extra) {
                     println!(
                         "extra resident memory: sender {} ({:.2} x payload), receiver {} ({:.2} x payload)",
+                        format_bytes(c),
+                        c as f64 / len as f64,
+                        format_bytes(s),
+                        s as f64 / len as f64
+                    );
+                }
+                if let (Some(c), Some(s)) = (client_once, server_once) {
+                    println!(
+                        "the same with shared pages counted once: sender {} ({:.2} x), receiver {} ({:.2} x)",
                         format_bytes(c),
                         c as f64 / len as f64,
                         format_bytes(s),

@@ -119,6 +119,7 @@ async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
         ("tcp://127.0.0.1:0", "stream", "1MiB"),
         ("tcp://127.0.0.1:0", "echo", "100"),
         ("unix://", "stream", "1MiB"),
+        ("shm://", "stream", "1MiB"),
         ("zmq://127.0.0.1:0", "stream", "1MiB"),
         ("zmq://127.0.0.1:0", "echo", "64KiB"),
     ] {
@@ -141,6 +142,16 @@ async fn perf_moves_bytes_intact_between_processes_on_every_scheme() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["corrupt"], 0, "{report}");
         assert!(report["messages"].as_u64().unwrap() > 0 && report["bytes"].as_u64().unwrap() > 0, "{report}");
+        if pattern == "stream" {
+            assert!(report["client_cpu_seconds"].as_f64().unwrap() > 0.0, "{report}");
+            assert!(report["server_cpu_seconds"].as_f64().unwrap() > 0.0, "{report}");
+        }
+        if listen == "shm://" {
+            // The sender's arena is the sender's; the receiver's mapping of it is not the
+            // receiver's (VmRSS counts it in both).
+            assert!(report["client_extra_once_bytes"].as_u64().unwrap() >= 1 << 20, "{report}");
+            assert_eq!(report["server_extra_once_bytes"], 0, "{report}");
+        }
         assert!(tokio::time::timeout(Duration::from_secs(30), server.wait()).await.unwrap().unwrap().success());
     }
 }
