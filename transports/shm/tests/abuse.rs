@@ -309,21 +309,23 @@ async fn a_sender_keeps_at_most_its_window_in_flight() {
     let r = registry();
     let mut listener = r.listen(&url).await.unwrap();
     let (raw, chan, mut server) = hostile_peer(&path, &mut listener).await;
-    // A receiver that reads nothing and reports nothing: 8 frames of 8 MiB fill the 64 MiB
-    // window; the 9th waits.
+    // A receiver that reads nothing and reports nothing: frames of 8 MiB fill the window
+    // (two of them in 16 MiB); the next waits.
     let frame = Message::new(&b"8 MiB"[..], vec![pattern(8 << 20, 5)]);
-    for _ in 0..8 {
+    let fit = courier_shm::DEFAULT_WINDOW / (8 << 20);
+    assert!(fit >= 1);
+    for _ in 0..fit {
         server.send(frame.clone()).await.unwrap();
     }
-    let mut ninth = Box::pin(server.send(frame.clone()));
-    assert!(futures_poll_once(ninth.as_mut()).is_none(), "the ninth frame waits for the window");
-    // The receiver reports 8 MiB received: the ninth goes.
+    let mut next = Box::pin(server.send(frame.clone()));
+    assert!(futures_poll_once(next.as_mut()).is_none(), "the frame past the window waits");
+    // The receiver reports 8 MiB received: it goes.
     let mut ack = Vec::new();
     ack.extend_from_slice(courier_shm::RELEASE_MAGIC.as_slice());
     ack.extend_from_slice(&0u32.to_le_bytes());
     ack.extend_from_slice(&(8u64 << 20).to_le_bytes());
     raw::send_with_fds(&chan.1, &ack, &[]).unwrap();
-    ninth.await.unwrap();
+    next.await.unwrap();
     // Reporting more than was sent is a protocol error.
     let mut lie = ack.clone();
     lie[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
