@@ -251,8 +251,11 @@ impl Pool {
         pool
     }
 
-    /// Takes over the slots an ended comm's receiver still holds (see [`Orphan`]).
+    /// Takes over the slots an ended comm's receiver still holds (see [`Orphan`]), after
+    /// freeing what earlier ones' receivers have released since (so receivers that dropped
+    /// their frames do not keep a descriptor here until the arena runs short).
     pub(crate) fn adopt(&self, channel: Arc<channel::Channel>, outstanding: HashMap<(u32, u64), u32>) {
+        self.reap();
         let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
         if orphans.len() >= MAX_ORPHANS {
             orphans.remove(0);

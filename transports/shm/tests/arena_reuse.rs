@@ -41,7 +41,9 @@ async fn released_slots_return_to_the_arena_when_only_small_messages_follow_or_t
     }
     assert_eq!(t.trim_arena(), 4 << 20, "nothing is held: every slot is free to give back");
 
-    // Frames held past the comm's end: each returns when the receiver drops it.
+    // Frames held past the comm's end: each returns when the receiver drops it, and the
+    // channel the pool listened on for it closes with the next comm's end.
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
     for round in 0..12 {
         let (c, s) = tokio::join!(r.connect(&url), l.accept());
         let (mut c, mut s) = (c.unwrap(), s.unwrap());
@@ -53,5 +55,7 @@ async fn released_slots_return_to_the_arena_when_only_small_messages_follow_or_t
         assert!(m.frames[0] == frame, "intact after the comm ended");
         drop(m);
     }
+    let left = std::fs::read_dir("/proc/self/fd").unwrap().count() - fds;
+    assert!(left <= 1, "{left} descriptors left: one channel at most (the last comm's)");
     l.close().await;
 }
