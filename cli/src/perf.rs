@@ -400,23 +400,15 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                 if let (Some(p50), Some(p99)) = (report.latency_p50_us, report.latency_p99_us) {
                     println!("round trip p50 {p50:.1} µs, p99 {p99:.1} µs");
                 }
+                let sides = |what: &str, c: u64, s: u64| {
+                    let x = |b: u64| format!("{} ({:.2} x payload)", format_bytes(b), b as f64 / len as f64);
+                    println!("{what}: sender {}, receiver {}", x(c), x(s));
+                };
                 if let (Some(c), Some(s)) = (client_extra, server_extra) {
-                    println!(
-                        "extra resident memory: sender {} ({:.2} x payload), receiver {} ({:.2} x payload)",
-                        format_bytes(c),
-                        c as f64 / len as f64,
-                        format_bytes(s),
-                        s as f64 / len as f64
-                    );
+                    sides("extra resident memory (VmRSS)", c, s);
                 }
                 if let (Some(c), Some(s)) = (client_once, server_once) {
-                    println!(
-                        "the same with shared pages counted once: sender {} ({:.2} x), receiver {} ({:.2} x)",
-                        format_bytes(c),
-                        c as f64 / len as f64,
-                        format_bytes(s),
-                        s as f64 / len as f64
-                    );
+                    sides("extra memory, shared pages counted once", c, s);
                 }
                 if let (Some(c), Some(s)) = (client_cpu, server_cpu) {
                     let gib = bytes as f64 / (1u64 << 30) as f64;
