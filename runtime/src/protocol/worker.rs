@@ -107,7 +107,8 @@ pub struct WorkerMemory {
     pub managed: u64,
     /// Results held on disk.
     pub spilled: u64,
-    /// The process's resident set size at the last sample (0: not sampled).
+    /// The process's resident memory at the last sample, as the worker's memory probe reads it
+    /// (Courier's workers count each shared-memory page once; 0: not sampled).
     pub rss: u64,
     /// Whether it is paused (starts no run).
     pub paused: bool,
