@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     /// lock while it waits for more bytes, and a message it decoded must not wait with it
     /// (it did, until the peer's next bytes: up to a heartbeat interval).
     inbox: Mutex<VecDeque<(Message, u64)>>,
+    /// How many messages `inbox` holds (written under its lock): a receive looks here first
+    /// and locks nothing while it is empty, as it nearly always is.
+    inbox_len: AtomicUsize,
     /// A message was put in `inbox`.
     inbox_filled: Notify,
     budget: Arc<Mutex<Budget>>,
@@ -176,13 +179,22 @@ impl Shared {
 
     /// Keeps a message decoded for the application (by whoever holds the read side).
     fn keep(&self, m: (Message, u64)) {
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).push_back(m);
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.push_back(m);
+        self.inbox_len.store(inbox.len(), Ordering::Release);
+        drop(inbox);
         self.inbox_filled.notify_one();
     }
 
     /// The oldest message kept for the application.
     fn kept(&self) -> Option<(Message, u64)> {
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        if self.inbox_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let m = inbox.pop_front();
+        self.inbox_len.store(inbox.len(), Ordering::Release);
+        m
     }
 
     /// The application took a message: its budget is free, and credit is due every half window.
@@ -251,6 +263,7 @@ where
         pong: Mutex::new(None),
         budget_freed: Notify::new(),
         inbox: Mutex::new(VecDeque::new()),
+        inbox_len: AtomicUsize::new(0),
         inbox_filled: Notify::new(),
         budget: p.budget,
         window,
@@ -654,22 +667,28 @@ impl<R: AsyncRead + Unpin + Send + 'static> CommRecv for ZmqRecv<R> {
             if s.local_closed.is_closed() {
                 return Err(s.recv_error());
             }
-            // Enabled before the inbox is looked at: a message kept after the look wakes it.
-            let filled = s.inbox_filled.notified();
-            tokio::pin!(filled);
-            filled.as_mut().enable();
             if let Some(m) = s.kept() {
                 break Ok(m);
             }
             let mut side = match self.side.try_lock() {
                 Ok(side) => side,
-                Err(_) => tokio::select! {
-                    biased;
-                    () = self.local_closed.closed() => return Err(s.recv_error()),
-                    // Whoever reads kept a message: take it without waiting for the lock.
-                    () = &mut filled => continue,
-                    side = self.side.lock() => side,
-                },
+                Err(_) => {
+                    // Enabled before the inbox is looked at again: a message kept after the
+                    // look wakes it.
+                    let filled = s.inbox_filled.notified();
+                    tokio::pin!(filled);
+                    filled.as_mut().enable();
+                    if let Some(m) = s.kept() {
+                        break Ok(m);
+                    }
+                    tokio::select! {
+                        biased;
+                        () = self.local_closed.closed() => return Err(s.recv_error()),
+                        // Whoever reads kept a message: take it without waiting for the lock.
+                        () = &mut filled => continue,
+                        side = self.side.lock() => side,
+                    }
+                }
             };
             // Only the read side's holder keeps messages: what is kept came before anything
             // this receive would read now.
