@@ -382,16 +382,17 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
     }
 }
 
-/// Most arena bytes a worker's shm:// transport keeps: an eighth of its memory limit (the
-/// share the limit leaves to memory it cannot see), at least [`courier_shm::DEFAULT_ARENA_CAP`]
-/// and at most 16 GiB; the default cap without a limit. Results are built in the arena while
+/// Most arena bytes a worker's shm:// transport keeps: an eighth of its memory limit, at most
+/// 16 GiB; the default cap without a limit. The arena counts in the worker's memory samples
+/// and its free slots are given back before results are spilled ([`memory_probe`]). Until
+/// then a worker limited below 8 GiB got no arena at all, every large frame in a fresh sealed
+/// memfd, slower than tcp:// here (results/SUMMARY.md, "Why an arena"). Results are built in the arena while
 /// lent slots hold less than 3/4 of it, and in fresh heap pages past that: a tree reduction of
 /// 32 × 64 MiB on 3 workers holds ~1 GiB of results per worker, past the lending share of a
 /// 1 GiB arena.
 fn arena_cap(limit: Option<u64>) -> usize {
     const MOST: u64 = 16 << 30;
-    let default = courier_shm::DEFAULT_ARENA_CAP as u64;
-    limit.map_or(default, |l| (l / 8).clamp(default, MOST)) as usize
+    limit.map_or(courier_shm::DEFAULT_ARENA_CAP as u64, |l| (l / 8).min(MOST)) as usize
 }
 
 /// A worker's memory samples. VmRSS counts a shared page in every process that touched it: a
@@ -427,13 +428,7 @@ pub async fn run_worker(args: WorkerArgs, common: &CommonArgs, functions: Functi
     let nthreads = args.nthreads.or(w.nthreads).unwrap_or(1);
     let memory = memory_limits(&args, &w, nthreads)?;
     let mut arena = None;
-    if memory.is_some_and(|m| m.limit < 8 * courier_shm::DEFAULT_ARENA_CAP as u64) {
-        // An shm:// arena is memory spilling cannot take back (segments stay resident for
-        // reuse; the probe below counts them): a worker limited to less than 8 times the
-        // default cap sends and receives large frames through a sealed memfd each, gone when
-        // the frame is dropped.
-        registry.register(Arc::new(crate::ShmTransport::new().sealed_only()));
-    } else if !args.no_shm && w.shm.unwrap_or(true) {
+    if !args.no_shm && w.shm.unwrap_or(true) {
         // Large results and received frames are built in the arena's slots, so a same-host
         // peer fetching one gets it in place, with no copy (`ShmTransport::lend_buffers`).
         let shm = crate::ShmTransport::new().with_arena_cap(arena_cap(memory.map(|m| m.limit)));
@@ -612,15 +607,14 @@ mod tests {
         }
     }
 
-    /// The arena grows with the memory limit, within its bounds.
+    /// The arena is an eighth of the memory limit, at most 16 GiB; the default without one.
     #[test]
     fn the_arena_cap_is_an_eighth_of_the_memory_limit_within_bounds() {
-        let default = courier_shm::DEFAULT_ARENA_CAP;
-        assert_eq!(arena_cap(None), default);
-        assert_eq!(arena_cap(Some(8 << 30)), default);
+        assert_eq!(arena_cap(None), courier_shm::DEFAULT_ARENA_CAP);
+        assert_eq!(arena_cap(Some(8 << 30)), 1 << 30);
         assert_eq!(arena_cap(Some(12 << 30)), 3 << 29);
+        assert_eq!(arena_cap(Some(4 << 30)), 512 << 20, "small workers get a small arena, not none");
         assert_eq!(arena_cap(Some(1 << 40)), 16 << 30);
-        assert_eq!(arena_cap(Some(1 << 20)), default, "the floor (workers limited below 8 GiB get no arena)");
     }
 
     /// Above the spill threshold a worker's memory sample gives back its arena's free slots
