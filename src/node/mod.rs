@@ -386,10 +386,10 @@ pub async fn run_scheduler(args: SchedulerArgs, common: &CommonArgs) -> Result<(
 /// 16 GiB; the default cap without a limit. The arena counts in the worker's memory samples
 /// and its free slots are given back before results are spilled ([`memory_probe`]). Until
 /// then a worker limited below 8 GiB got no arena at all, every large frame in a fresh sealed
-/// memfd, slower than tcp:// here (results/SUMMARY.md, "Why an arena"). Results are built in the arena while
-/// lent slots hold less than 3/4 of it, and in fresh heap pages past that: a tree reduction of
-/// 32 × 64 MiB on 3 workers holds ~1 GiB of results per worker, past the lending share of a
-/// 1 GiB arena.
+/// memfd, slower than tcp:// here (results/SUMMARY.md, "Why an arena"). Results are built in
+/// the arena while lent slots hold less than 3/4 of it, and in fresh heap pages past that: a
+/// tree reduction of 32 × 64 MiB on 3 workers holds ~1 GiB of results per worker, past the
+/// lending share of a 1 GiB arena.
 fn arena_cap(limit: Option<u64>) -> usize {
     const MOST: u64 = 16 << 30;
     limit.map_or(courier_shm::DEFAULT_ARENA_CAP as u64, |l| (l / 8).min(MOST)) as usize
@@ -402,7 +402,8 @@ fn arena_cap(limit: Option<u64>) -> usize {
 /// first gives back the memory of its arena's free slots (cheaper than spilling results,
 /// which a sample above the spill threshold starts) and samples again.
 fn memory_probe(arena: Option<crate::ShmTransport>, trim_above: Option<u64>) -> courier_runtime::MemoryProbe {
-    let sample = || courier_shm::resident_memory().unwrap_or_else(courier_runtime::worker::process_rss);
+    // `None` only where /proc/self/status cannot be read, as for `process_rss`.
+    let sample = || courier_shm::resident_memory().unwrap_or(0);
     courier_runtime::MemoryProbe(Arc::new(move || {
         let now = sample();
         match (&arena, trim_above) {

@@ -33,7 +33,7 @@ struct Mapped(memmap2::Mmap);
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        crate::memory::sealed(-(self.0.len() as i64));
+        crate::memory::sealed_unmapped(self.0.len());
     }
 }
 
@@ -84,7 +84,7 @@ pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Bytes, CommError> {
     let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
         .map_err(|e| CommError::from_io("mapping a shared frame", e))?;
     drop(fd);
-    crate::memory::sealed(map.len() as i64);
+    crate::memory::sealed_mapped(map.len());
     Ok(Bytes::from_owner(Mapped(map)))
 }
 

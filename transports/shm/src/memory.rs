@@ -6,8 +6,8 @@
 //! its own resident memory, though they are the peers' (allocated by them, counted by them,
 //! and not freed by anything this worker does). [`resident_memory`] counts each page once, in
 //! the process answerable for it: the sender's arena in the sender (all of it: its pages stay
-//! resident for reuse, until trimmed), a sealed frame in the receiver that maps it (the sender closed its
-//! descriptor once it was passed).
+//! resident for reuse, until trimmed), a sealed frame in the receiver that maps it (the
+//! sender closed its descriptor once it was passed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,15 +57,12 @@ pub fn resident_memory() -> Option<u64> {
     Some(rss.saturating_sub(shmem) + mine.arena_bytes + mine.sealed_frame_bytes)
 }
 
-/// Counts `bytes` of sealed frames mapped (or, negative, unmapped) by this process.
-pub(crate) fn sealed(bytes: i64) {
-    add(&SEALED_BYTES, bytes);
+/// Counts a sealed frame of `bytes` mapped by this process.
+pub(crate) fn sealed_mapped(bytes: usize) {
+    SEALED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
 }
 
-fn add(counter: &AtomicU64, bytes: i64) {
-    if bytes >= 0 {
-        counter.fetch_add(bytes.unsigned_abs(), Ordering::Relaxed);
-    } else {
-        counter.fetch_sub(bytes.unsigned_abs(), Ordering::Relaxed);
-    }
+/// Counts a sealed frame of `bytes` unmapped by this process.
+pub(crate) fn sealed_unmapped(bytes: usize) {
+    SEALED_BYTES.fetch_sub(bytes as u64, Ordering::Relaxed);
 }
