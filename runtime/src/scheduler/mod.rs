@@ -346,9 +346,8 @@ impl Scheduler {
         // tasks take it: O(1) when the queue is empty or its head cannot be placed.
         self.fill_from_queue();
         if !self.releases.is_empty() {
-            if let Some(longest) = self.releases.values().map(Vec::len).max() {
-                self.release_hint = longest.min(MAX_RELEASE_HINT);
-            }
+            let longest = self.releases.values().map(Vec::len).max().unwrap_or(0);
+            self.release_hint = longest.min(MAX_RELEASE_HINT);
             for (w, keys) in std::mem::take(&mut self.releases) {
                 if self.workers.contains_key(&w) {
                     self.out.push(Action::ToWorker(w, SchedulerToWorker::Release { keys }));
