@@ -10,42 +10,28 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use courier_bench::{
-    BlockingPair, RawPair, RawReader, TRANSPORTS, echo_client, echo_server, memcpy, payload_message, raw_echo_client,
-    raw_echo_server, raw_stream_receiver, raw_stream_sender, registry, stream_receiver, stream_sender,
+    BlockingPair, Ends, RawPair, RawReader, TRANSPORTS, echo_client, echo_server, memcpy, payload_message,
+    raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender, registry, stream_receiver, stream_sender,
 };
 use courier_core::compression::{DEFAULT_THRESHOLD, auto_decision};
 use courier_core::{Comm, CommConfig, Compression, Message};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group};
-use tokio::runtime::Runtime;
 
 const PAYLOADS: [(usize, &str); 3] = [(1 << 20, "1MiB"), (8 << 20, "8MiB"), (64 << 20, "64MiB")];
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+/// Each end of a pair on a thread of its own, as two processes would be (`Ends`' docs say why).
+fn runtime() -> Ends {
+    Ends::new().expect("runtimes")
 }
 
-/// Runs `work` as a task on `rt`'s worker threads and waits for it. Senders and echo clients
-/// run there, not in `block_on`'s future on this thread: that pays a hand-off between threads
-/// at each wake-up (the worker that reads the event wakes this thread), which slowed socket
-/// transports by 15–60 % in `courier perf` here and shared memory by ~2 %.
-fn on_worker<T: Send + 'static>(rt: &Runtime, work: impl Future<Output = T> + Send + 'static) -> T {
-    rt.block_on(rt.spawn(work)).expect("task")
-}
-
-fn comm_pair(rt: &Runtime, url: &str) -> (Comm, Comm) {
+fn comm_pair(rt: &Ends, url: &str) -> (Comm, Comm) {
     comm_pair_with(rt, url, None)
 }
 
-fn comm_pair_with(rt: &Runtime, url: &str, compression: Option<Compression>) -> (Comm, Comm) {
-    rt.block_on(async {
-        let r = registry();
-        let config = CommConfig { compression, ..CommConfig::default() };
-        let mut l = r.listen_with(url, &config).await.expect("listen");
-        let contact = l.contact_address().to_string();
-        let (c, s) = tokio::join!(r.connect_with(&contact, &config), l.accept());
-        (c.expect("connect"), s.expect("accept"))
-    })
+fn comm_pair_with(rt: &Ends, url: &str, compression: Option<Compression>) -> (Comm, Comm) {
+    let config = CommConfig { compression, ..CommConfig::default() };
+    rt.block_on(rt.pair_with(&registry(), url, &config)).expect("comm pair")
 }
 
 /// Sets a group's sample size and times, or the shortest run criterion allows in quick mode.
@@ -60,21 +46,21 @@ fn timing(group: &mut BenchmarkGroup<'_, WallTime>, samples: usize, measure: Dur
 /// The fair raw pair and its reader (buffers reused and faulted, as Courier's are).
 type Raw = Option<(RawPair, RawReader)>;
 
-fn raw_pair(rt: &Runtime, max_payload: usize) -> Raw {
-    Some((rt.block_on(RawPair::connect()).expect("raw pair"), RawReader::new(max_payload)))
+fn raw_pair(rt: &Ends, max_payload: usize) -> Raw {
+    Some((rt.block_on(rt.raw_pair()).expect("raw pair"), RawReader::new(max_payload)))
 }
 
 /// Streams `count` length-prefixed copies of `bytes` over the raw pair; the receiver runs in
 /// its own task, as for the comms.
-fn raw_iters(rt: &Runtime, raw: &mut Raw, bytes: &bytes::Bytes, count: usize) -> Duration {
+fn raw_iters(rt: &Ends, raw: &mut Raw, bytes: &bytes::Bytes, count: usize) -> Duration {
     let (RawPair { mut client, mut server }, mut reader) = raw.take().expect("pair");
     let len = bytes.len();
-    let rx = rt.spawn(async move {
+    let rx = rt.spawn_receiver(async move {
         raw_stream_receiver(&mut server, &mut reader, count, len).await.expect("raw receiver");
         (server, reader)
     });
     let bytes = bytes.clone();
-    let (client, took) = on_worker(rt, async move {
+    let (client, took) = rt.run_sender(async move {
         let took = raw_stream_sender(&mut client, &bytes, count).await.expect("raw sender");
         (client, took)
     });
@@ -89,16 +75,16 @@ fn limit_iters(pair: &mut BlockingPair, bytes: &[u8], count: usize) -> Duration 
 }
 
 /// Streams `msg` over `pair` `iters` times; the receiver runs in its own task.
-fn stream_iters(rt: &Runtime, pair: &mut Option<(Comm, Comm)>, msg: &Message, iters: u64) -> Duration {
+fn stream_iters(rt: &Ends, pair: &mut Option<(Comm, Comm)>, msg: &Message, iters: u64) -> Duration {
     let (mut client, mut server) = pair.take().expect("pair");
     let n = iters as usize;
     let expect = msg.byte_len();
-    let rx = rt.spawn(async move {
+    let rx = rt.spawn_receiver(async move {
         stream_receiver(&mut server, n, expect).await.expect("receiver");
         server
     });
     let msg = msg.clone();
-    let (client, took) = on_worker(rt, async move {
+    let (client, took) = rt.run_sender(async move {
         let took = stream_sender(&mut client, &msg, n).await.expect("sender");
         (client, took)
     });
@@ -183,13 +169,13 @@ fn echo_small(c: &mut Criterion) {
         b.iter_custom(|iters| limit.echo_threads(&bytes, iters as usize).expect("blocking echo").iter().sum())
     });
 
-    let RawPair { client, mut server } = rt.block_on(RawPair::connect()).expect("raw pair");
+    let RawPair { client, mut server } = rt.block_on(rt.raw_pair()).expect("raw pair");
     let mut client = Some(client);
-    rt.spawn(async move { raw_echo_server(&mut server, 100).await });
+    rt.spawn_receiver(async move { raw_echo_server(&mut server, 100).await });
     group.bench_function(BenchmarkId::new("raw", "100B"), |b| {
         b.iter_custom(|iters| {
             let (mut c, bytes) = (client.take().expect("client"), bytes.clone());
-            let (c, times) = on_worker(&rt, async move {
+            let (c, times) = rt.run_sender(async move {
                 let times = raw_echo_client(&mut c, &bytes, iters as usize).await.expect("raw echo");
                 (c, times)
             });
@@ -201,11 +187,11 @@ fn echo_small(c: &mut Criterion) {
     for (transport, url) in TRANSPORTS {
         let (client, mut server) = comm_pair(&rt, url);
         let mut client = Some(client);
-        rt.spawn(async move { echo_server(&mut server).await });
+        rt.spawn_receiver(async move { echo_server(&mut server).await });
         group.bench_function(BenchmarkId::new(transport, "100B"), |b| {
             b.iter_custom(|iters| {
                 let (mut c, msg) = (client.take().expect("client"), msg.clone());
-                let (c, times) = on_worker(&rt, async move {
+                let (c, times) = rt.run_sender(async move {
                     let times = echo_client(&mut c, &msg, iters as usize).await.expect("echo");
                     (c, times)
                 });

@@ -17,14 +17,18 @@
 //! - **limit** ([`limits`]): blocking sockets on two threads with no framing, and one core's
 //!   memcpy: what this machine's loopback and memory can do at all.
 //!
+//! Each end of a pair runs on a thread of its own ([`Ends`]), as two processes would.
+//!
 //! [`limits::process_cpu`] gives CPU time beside wall time: on a shared VM times swing, CPU
 //! per message far less.
 
+mod ends;
 pub mod limits;
 mod patterns;
 pub mod raw;
 mod stats;
 
+pub use ends::Ends;
 pub use limits::{BlockingPair, memcpy, process_cpu, process_cpu_of};
 pub use patterns::{echo_client, echo_server, payload_message, stream_receiver, stream_sender};
 pub use raw::{RawPair, RawReader, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender};

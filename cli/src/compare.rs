@@ -8,6 +8,9 @@
 //!   read (`courier_bench::raw`);
 //! - every transport in `courier_bench::TRANSPORTS`.
 //!
+//! Each end of a pair runs on a thread of its own (`courier_bench::Ends`), as two processes
+//! would, except in the current-thread echo, where both share one.
+//!
 //! Beside each median: the spread (slowest–fastest repetition) and the process's CPU time
 //! per message (sender and receiver together), which swings far less than wall time on a
 //! shared machine.
@@ -18,7 +21,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use courier::{Comm, Message, Registry};
 use courier_bench::{
-    BlockingPair, RawPair, RawReader, Summary, TRANSPORTS, echo_client, echo_server, format_bytes, memcpy,
+    BlockingPair, Ends, RawPair, RawReader, Summary, TRANSPORTS, echo_client, echo_server, format_bytes, memcpy,
     payload_message, process_cpu, raw_echo_client, raw_echo_server, raw_stream_receiver, raw_stream_sender,
     stream_receiver, stream_sender,
 };
@@ -70,13 +73,6 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<usize> {
     n.checked_mul(mult).with_context(|| format!("{s:?} is too large"))
 }
 
-async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
-    let mut l = registry.listen(url).await?;
-    let contact = l.contact_address().to_string();
-    let (c, s) = tokio::join!(registry.connect(&contact), l.accept());
-    Ok((c?, s?))
-}
-
 /// One row of the report (also the JSON record).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Row {
@@ -119,7 +115,7 @@ enum Contender {
 
 impl Contender {
     /// Streams `count` copies of `msg` (its one frame, for the baselines); returns wall time.
-    async fn stream(&mut self, msg: &Message, count: usize) -> anyhow::Result<Duration> {
+    async fn stream(&mut self, ends: &Ends, msg: &Message, count: usize) -> anyhow::Result<Duration> {
         let payload: Bytes = msg.frames[0].clone();
         match self {
             Contender::Limit(slot) => {
@@ -135,10 +131,16 @@ impl Contender {
             Contender::Raw(slot) => {
                 let (RawPair { mut client, mut server }, mut reader) = slot.take().context("raw pair")?;
                 let len = payload.len();
-                let rx = tokio::spawn(async move {
+                let rx = ends.spawn_receiver(async move {
                     raw_stream_receiver(&mut server, &mut reader, count, len).await.map(|()| (server, reader))
                 });
-                let took = raw_stream_sender(&mut client, &payload, count).await?;
+                let (client, took) = ends
+                    .on_sender(async move {
+                        let took = raw_stream_sender(&mut client, &payload, count).await;
+                        (client, took)
+                    })
+                    .await;
+                let took = took?;
                 let (server, reader) = rx.await??;
                 *slot = Some((RawPair { client, server }, reader));
                 Ok(took)
@@ -146,9 +148,16 @@ impl Contender {
             Contender::Comm(slot) => {
                 let (mut client, mut server) = slot.take().context("comm pair")?;
                 let expect = msg.byte_len();
-                let rx =
-                    tokio::spawn(async move { stream_receiver(&mut server, count, expect).await.map(|()| server) });
-                let took = stream_sender(&mut client, msg, count).await?;
+                let rx = ends
+                    .spawn_receiver(async move { stream_receiver(&mut server, count, expect).await.map(|()| server) });
+                let msg = msg.clone();
+                let (client, took) = ends
+                    .on_sender(async move {
+                        let took = stream_sender(&mut client, &msg, count).await;
+                        (client, took)
+                    })
+                    .await;
+                let took = took?;
                 *slot = Some((client, rx.await??));
                 Ok(took)
             }
@@ -158,7 +167,9 @@ impl Contender {
 
 /// The stream pattern for one payload size: every contender, `repeat` interleaved rounds,
 /// each of `batches` streams of `count` messages (one ack per stream).
+#[allow(clippy::too_many_arguments)] // one call per pattern, each argument named there
 async fn stream_rows(
+    ends: &Ends,
     registry: &Registry,
     only: &[String],
     pattern: &str,
@@ -170,23 +181,23 @@ async fn stream_rows(
     let msg = payload_message(len);
     let mut contenders: Vec<(String, Contender)> = vec![
         ("limit".into(), Contender::Limit(Some(tokio::task::spawn_blocking(BlockingPair::connect).await??))),
-        ("raw".into(), Contender::Raw(Some((RawPair::connect().await?, RawReader::new(len))))),
+        ("raw".into(), Contender::Raw(Some((ends.raw_pair().await?, RawReader::new(len))))),
     ];
     for (name, url) in TRANSPORTS.iter().filter(|(n, _)| only.iter().any(|o| o == n)) {
-        contenders.push((name.to_string(), Contender::Comm(Some(pair(registry, url).await?))));
+        contenders.push((name.to_string(), Contender::Comm(Some(ends.pair(registry, url).await?))));
     }
     let mut rates = vec![Vec::new(); contenders.len()];
     let mut cpus = vec![Vec::new(); contenders.len()];
     // One unmeasured round first: connections warm, buffers recycled, pages faulted.
     for (_, c) in &mut contenders {
-        c.stream(&msg, count.min(4)).await?;
+        c.stream(ends, &msg, count.min(4)).await?;
     }
     for _ in 0..repeat {
         for (i, (_, c)) in contenders.iter_mut().enumerate() {
             let cpu0 = process_cpu();
             let mut took = Duration::ZERO;
             for _ in 0..batches {
-                took += c.stream(&msg, count).await?;
+                took += c.stream(ends, &msg, count).await?;
             }
             let cpu = process_cpu().saturating_sub(cpu0);
             let per_s = (count * batches) as f64 / took.as_secs_f64();
@@ -301,7 +312,7 @@ fn print_row(r: &Row) {
 }
 
 /// Stream throughput per payload and pipelined small messages, every contender.
-pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn streams(args: &Args, ends: &Ends) -> anyhow::Result<Vec<Row>> {
     if let Some(bad) = args.transports.iter().find(|t| !TRANSPORTS.iter().any(|(n, _)| n == t)) {
         bail!("unknown transport {bad:?} (choose from tcp, tls, unix, zmq, inproc)");
     }
@@ -318,7 +329,7 @@ pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
     for p in &args.payloads {
         let len = parse_size(p)?;
         let count = (volume / len.max(1)).max(4);
-        let rows = stream_rows(&registry, &args.transports, "stream", len, count, 1, repeat).await?;
+        let rows = stream_rows(ends, &registry, &args.transports, "stream", len, count, 1, repeat).await?;
         rows.iter().for_each(print_row);
         all.extend(rows);
     }
@@ -326,20 +337,23 @@ pub(crate) async fn streams(args: &Args) -> anyhow::Result<Vec<Row>> {
     println!();
     println!("small: {batches} x 1,000 pipelined messages of 100 B, one ack per 1,000; median of {repeat}");
     print_header();
-    let rows = stream_rows(&registry, &args.transports, "small", 100, 1000, batches, repeat).await?;
+    let rows = stream_rows(ends, &registry, &args.transports, "small", 100, 1000, batches, repeat).await?;
     rows.iter().for_each(print_row);
     all.extend(rows);
     Ok(all)
 }
 
-/// Small-message round trips on the current runtime, labelled `flavor`.
-pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<Vec<Row>> {
+/// Small-message round trips, labelled `flavor`: with `ends`, the echoing end on the
+/// receiver's thread and the timing end on the sender's; without, both on the current runtime.
+pub(crate) async fn echoes(args: &Args, flavor: &str, ends: Option<&Ends>) -> anyhow::Result<Vec<Row>> {
     let registry = courier_bench::registry();
     let n = args.round_trips.max(1);
     println!();
-    println!("echo: {n} round trips of a 100-byte message, {flavor} runtime; median from the p50 round trip,");
-    println!("spread from p99 and p1. limit: both ends on one thread (no wake-ups); blocking, 2 threads: the");
-    println!("same with an echo thread");
+    let place = if ends.is_some() { "each end on a runtime thread of its own" } else { "both ends on one thread" };
+    println!("echo: {n} round trips of a 100-byte message, {flavor} runtime ({place}); median from the p50");
+    print!("round trip, ");
+    println!("spread from p99 and p1. limit: both ends on one thread (no wake-ups); blocking, 2 threads:");
+    println!("the same with an echo thread");
     print_header();
     let small = payload_message(100);
     let pattern = format!("echo ({flavor})");
@@ -363,28 +377,61 @@ pub(crate) async fn echoes(args: &Args, flavor: &str) -> anyhow::Result<Vec<Row>
     let times = tokio::task::spawn_blocking(move || limit.echo_threads(&payload, n)).await??;
     push("blocking, 2 threads", times, process_cpu().saturating_sub(cpu0))?;
 
-    let RawPair { mut client, mut server } = RawPair::connect().await?;
-    let srv = tokio::spawn(async move { raw_echo_server(&mut server, 100).await });
+    let RawPair { mut client, mut server } = match ends {
+        Some(ends) => ends.raw_pair().await?,
+        None => RawPair::connect().await?,
+    };
+    let serve = async move { raw_echo_server(&mut server, 100).await };
+    let srv = match ends {
+        Some(ends) => ends.spawn_receiver(serve),
+        None => tokio::spawn(serve),
+    };
+    let payload = small.frames[0].clone();
+    let time = async move { raw_echo_client(&mut client, &payload, n).await };
     let cpu0 = process_cpu();
-    let times = raw_echo_client(&mut client, &small.frames[0], n).await?;
+    let times = match ends {
+        Some(ends) => ends.on_sender(time).await,
+        None => time.await,
+    }?;
     let cpu = process_cpu().saturating_sub(cpu0);
-    drop(client);
-    srv.await??;
+    srv.await??; // the client's socket went with its task: the server sees the end
     push("raw", times, cpu)?;
 
     for (name, url) in TRANSPORTS.iter().filter(|(n, _)| args.transports.iter().any(|o| o == n)) {
-        let (mut client, mut server) = pair(&registry, url).await?;
-        let srv = tokio::spawn(async move { echo_server(&mut server).await });
+        let (mut client, mut server) = match ends {
+            Some(ends) => ends.pair(&registry, url).await?,
+            None => pair(&registry, url).await?,
+        };
+        let serve = async move { echo_server(&mut server).await };
+        let srv = match ends {
+            Some(ends) => ends.spawn_receiver(serve),
+            None => tokio::spawn(serve),
+        };
+        let msg = small.clone();
+        let time = async move {
+            let times = echo_client(&mut client, &msg, n).await;
+            client.close().await.map(|()| times)
+        };
         let cpu0 = process_cpu();
-        let times = echo_client(&mut client, &small, n).await?;
+        let times = match ends {
+            Some(ends) => ends.on_sender(time).await,
+            None => time.await,
+        }??;
         let cpu = process_cpu().saturating_sub(cpu0);
-        client.close().await?;
         srv.await??;
         push(name, times, cpu)?;
     }
     let rows = ratios(rows);
     rows.iter().for_each(print_row);
     Ok(rows)
+}
+
+/// A connected comm pair on the current runtime.
+async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
+    let mut l = registry.listen(url).await?;
+    let contact = l.contact_address().to_string();
+    let (c, s) = tokio::join!(registry.connect(&contact), l.accept());
+    Ok((c?, s?))
 }
 
 /// Connection set-up: connect plus Courier's handshake (and TLS's, on tls://), `n` times per
@@ -499,11 +546,18 @@ mod tests {
         assert_eq!((zmq.vs_raw, zmq.vs_limit, zmq.vs_tcp), (Some(0.75), Some(0.375), Some(0.5)));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_contender_reports_a_row_with_ratios() {
+    #[test]
+    fn every_contender_reports_a_row_with_ratios() {
+        // Each end on a runtime of its own, dropped outside any runtime, as `courier compare` does.
+        let ends = Ends::new().unwrap();
+        let current = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        current.block_on(every_contender(&ends));
+    }
+
+    async fn every_contender(ends: &Ends) {
         let registry = courier_bench::registry();
         let all: Vec<String> = TRANSPORTS.iter().map(|(n, _)| n.to_string()).collect();
-        let rows = stream_rows(&registry, &all, "stream", 300_000, 4, 1, 1).await.unwrap();
+        let rows = stream_rows(ends, &registry, &all, "stream", 300_000, 4, 1, 1).await.unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.contender.as_str()).collect();
         assert_eq!(names, ["limit", "raw", "tcp", "tls", "unix", "shm", "zmq", "inproc", "memcpy (one core)"]);
         for r in &rows {
@@ -512,7 +566,7 @@ mod tests {
         }
         let tcp = rows.iter().find(|r| r.contender == "tcp").unwrap();
         assert!(tcp.vs_raw.is_some() && tcp.vs_limit.is_some());
-        let small = stream_rows(&registry, &all, "small", 100, 50, 2, 1).await.unwrap();
+        let small = stream_rows(ends, &registry, &all, "small", 100, 50, 2, 1).await.unwrap();
         assert!(small.iter().all(|r| r.unit == "messages/s" && r.median > 0.0));
         let connects = connect_rows(&registry, &all, 3).await.unwrap();
         let names: Vec<&str> = connects.iter().map(|r| r.contender.as_str()).collect();

@@ -55,9 +55,11 @@ enum Command {
 }
 
 /// Runs `work` as a task on `rt`'s worker threads, not on this thread (`block_on`'s future):
-/// a benchmark measured from `block_on` pays a hand-off between threads at each wake-up (the
-/// worker that reads the event wakes this thread), which slowed socket transports by 15–60 %
-/// in `courier perf` here and shared memory by ~2 %. Courier's nodes run their comms in tasks.
+/// measured from `block_on`, every wait pays a hand-off between threads (the worker that reads
+/// the event wakes this thread), which slowed `courier perf` over sockets far more than over
+/// shm:// (`courier_bench::Ends` has the figures). One end per process, so nothing shares its
+/// worker; `courier compare`, with both ends in one process, gives each end a runtime thread
+/// of its own instead.
 fn spawned<T: Send + 'static>(
     rt: tokio::runtime::Runtime,
     work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
@@ -72,16 +74,13 @@ fn main() -> anyhow::Result<()> {
     let multi = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
         Command::Compare(args) => {
-            let args = std::sync::Arc::new(args);
-            let a = args.clone();
-            let mut rows = spawned(multi()?, async move { compare::streams(&a).await })?;
+            let ends = courier_bench::Ends::new()?;
+            let current = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let mut rows = current()?.block_on(compare::streams(&args, &ends))?;
             // Round trips are dominated by task wake-ups: show both runtime flavours.
-            let a = args.clone();
-            rows.extend(spawned(multi()?, async move { compare::echoes(&a, "multi-thread").await })?);
-            let current = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rows.extend(current.block_on(compare::echoes(&args, "current-thread"))?);
-            let a = args.clone();
-            rows.extend(spawned(multi()?, async move { compare::connects(&a).await })?);
+            rows.extend(current()?.block_on(compare::echoes(&args, "multi-thread", Some(&ends)))?);
+            rows.extend(current()?.block_on(compare::echoes(&args, "current-thread", None))?);
+            rows.extend(multi()?.block_on(compare::connects(&args))?);
             compare::write_json(&args, &rows)?;
             println!();
             println!("More: `cargo bench -p courier-bench` (criterion; HTML in target/criterion/report/index.html),");
