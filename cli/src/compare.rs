@@ -349,11 +349,11 @@ pub(crate) async fn echoes(args: &Args, flavor: &str, ends: Option<&Ends>) -> an
     let registry = courier_bench::registry();
     let n = args.round_trips.max(1);
     println!();
-    let place = if ends.is_some() { "each end on a runtime thread of its own" } else { "both ends on one thread" };
-    println!("echo: {n} round trips of a 100-byte message, {flavor} runtime ({place}); median from the p50");
-    print!("round trip, ");
-    println!("spread from p99 and p1. limit: both ends on one thread (no wake-ups); blocking, 2 threads:");
-    println!("the same with an echo thread");
+    let place = Place(ends);
+    let where_ = if ends.is_some() { "each end on a runtime thread of its own" } else { "both ends on one thread" };
+    println!("echo: {n} round trips of a 100-byte message, {flavor} runtime ({where_});");
+    println!("median from the p50 round trip, spread from p99 and p1. limit: both ends on one thread (no");
+    println!("wake-ups); blocking, 2 threads: the same with an echo thread");
     print_header();
     let small = payload_message(100);
     let pattern = format!("echo ({flavor})");
@@ -377,46 +377,26 @@ pub(crate) async fn echoes(args: &Args, flavor: &str, ends: Option<&Ends>) -> an
     let times = tokio::task::spawn_blocking(move || limit.echo_threads(&payload, n)).await??;
     push("blocking, 2 threads", times, process_cpu().saturating_sub(cpu0))?;
 
-    let RawPair { mut client, mut server } = match ends {
-        Some(ends) => ends.raw_pair().await?,
-        None => RawPair::connect().await?,
-    };
-    let serve = async move { raw_echo_server(&mut server, 100).await };
-    let srv = match ends {
-        Some(ends) => ends.spawn_receiver(serve),
-        None => tokio::spawn(serve),
-    };
+    let RawPair { mut client, mut server } = place.raw_pair().await?;
+    let srv = place.serve(async move { raw_echo_server(&mut server, 100).await });
     let payload = small.frames[0].clone();
-    let time = async move { raw_echo_client(&mut client, &payload, n).await };
     let cpu0 = process_cpu();
-    let times = match ends {
-        Some(ends) => ends.on_sender(time).await,
-        None => time.await,
-    }?;
+    let times = place.time(async move { raw_echo_client(&mut client, &payload, n).await }).await?;
     let cpu = process_cpu().saturating_sub(cpu0);
     srv.await??; // the client's socket went with its task: the server sees the end
     push("raw", times, cpu)?;
 
     for (name, url) in TRANSPORTS.iter().filter(|(n, _)| args.transports.iter().any(|o| o == n)) {
-        let (mut client, mut server) = match ends {
-            Some(ends) => ends.pair(&registry, url).await?,
-            None => pair(&registry, url).await?,
-        };
-        let serve = async move { echo_server(&mut server).await };
-        let srv = match ends {
-            Some(ends) => ends.spawn_receiver(serve),
-            None => tokio::spawn(serve),
-        };
+        let (mut client, mut server) = place.pair(&registry, url).await?;
+        let srv = place.serve(async move { echo_server(&mut server).await });
         let msg = small.clone();
-        let time = async move {
-            let times = echo_client(&mut client, &msg, n).await;
-            client.close().await.map(|()| times)
-        };
         let cpu0 = process_cpu();
-        let times = match ends {
-            Some(ends) => ends.on_sender(time).await,
-            None => time.await,
-        }??;
+        let times = place
+            .time(async move {
+                let times = echo_client(&mut client, &msg, n).await;
+                client.close().await.map(|()| times)
+            })
+            .await??;
         let cpu = process_cpu().saturating_sub(cpu0);
         srv.await??;
         push(name, times, cpu)?;
@@ -426,12 +406,45 @@ pub(crate) async fn echoes(args: &Args, flavor: &str, ends: Option<&Ends>) -> an
     Ok(rows)
 }
 
-/// A connected comm pair on the current runtime.
-async fn pair(registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
-    let mut l = registry.listen(url).await?;
-    let contact = l.contact_address().to_string();
-    let (c, s) = tokio::join!(registry.connect(&contact), l.accept());
-    Ok((c?, s?))
+/// Where an echo's two ends run: each on a runtime thread of its own, or (`None`) both on
+/// the current runtime.
+#[derive(Clone, Copy)]
+struct Place<'a>(Option<&'a Ends>);
+
+impl Place<'_> {
+    /// A connected comm pair: (timing end, echoing end).
+    async fn pair(self, registry: &Registry, url: &str) -> anyhow::Result<(Comm, Comm)> {
+        if let Some(ends) = self.0 {
+            return Ok(ends.pair(registry, url).await?);
+        }
+        let mut l = registry.listen(url).await?;
+        let contact = l.contact_address().to_string();
+        let (c, s) = tokio::join!(registry.connect(&contact), l.accept());
+        Ok((c?, s?))
+    }
+
+    async fn raw_pair(self) -> std::io::Result<RawPair> {
+        match self.0 {
+            Some(ends) => ends.raw_pair().await,
+            None => RawPair::connect().await,
+        }
+    }
+
+    /// Starts the echoing end.
+    fn serve<T: Send + 'static>(self, work: impl Future<Output = T> + Send + 'static) -> tokio::task::JoinHandle<T> {
+        match self.0 {
+            Some(ends) => ends.spawn_receiver(work),
+            None => tokio::spawn(work),
+        }
+    }
+
+    /// Runs the timing end.
+    async fn time<T: Send + 'static>(self, work: impl Future<Output = T> + Send + 'static) -> T {
+        match self.0 {
+            Some(ends) => ends.on_sender(work).await,
+            None => work.await,
+        }
+    }
 }
 
 /// Connection set-up: connect plus Courier's handshake (and TLS's, on tls://), `n` times per
