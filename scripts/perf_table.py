@@ -51,7 +51,18 @@ for (scheme, pattern, n), rs in groups.items():
     )
 
 # Ratios against tcp:// by repetition: the i-th run of a row against the i-th tcp:// run of the
-# same pattern and payload (measured in the same round, seconds apart).
+# same pattern and payload (measured in the same round, seconds apart). Beside each, its ceiling:
+# what the run's own work (both sides' CPU time per byte) would move if it were spread evenly
+# over every core of the host, with nothing added to coordinate it. Two processes on one host
+# share its cores, so no redistribution of that work between them and their threads, on that
+# host, beats the ceiling; a ceiling under a target says the target needs less work per byte,
+# not a better split of it.
+def ceiling(r):
+    cpu = (r.get("client_cpu_seconds") or 0) + (r.get("server_cpu_seconds") or 0)
+    if not r.get("cores") or cpu <= 0:
+        return None
+    return r["cores"] * r["bytes"] / cpu
+
 tcp = {(p, n): rs for (s, p, n), rs in groups.items() if s == "tcp"}
 lines = []
 for (scheme, pattern, n), rs in groups.items():
@@ -59,10 +70,14 @@ for (scheme, pattern, n), rs in groups.items():
     if scheme == "tcp" or not base or pattern != "stream":
         continue
     ratios = [r["throughput_bytes_per_s"] / b["throughput_bytes_per_s"] for r, b in zip(rs, base)]
+    ceilings = [c / b["throughput_bytes_per_s"] for r, b in zip(rs, base) if (c := ceiling(r)) is not None]
+    cores = sorted({r["cores"] for r in rs if r.get("cores")})
+    ceil = f"{med(ceilings):.2f} ({min(ceilings):.2f}–{max(ceilings):.2f}), {'/'.join(map(str, cores))} cores" if ceilings else ""
     size = f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} B"
-    lines.append(f"| {scheme} | {size} | {len(ratios)} | {med(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} |")
+    lines.append(f"| {scheme} | {size} | {len(ratios)} | {med(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} | {ceil} |")
 if lines:
     print()
-    print("| transport | payload | rounds | throughput / tcp:// (median) | range |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| transport | payload | rounds | throughput / tcp:// (median) | range | "
+          "ceiling / tcp://: its CPU per byte spread over every core (median, range) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(lines))

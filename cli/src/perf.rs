@@ -177,6 +177,9 @@ struct Report {
     /// stream's start to its end, seconds; divided by the bytes, what a byte costs each side.
     client_cpu_seconds: Option<f64>,
     server_cpu_seconds: Option<f64>,
+    /// The cores this (the client's) machine offers. With both sides on one host, they share
+    /// them: the sides' CPU per byte over the cores bounds what the same work could move.
+    cores: usize,
 }
 
 /// A cheap checksum (wrapping sum of little-endian words) that catches lost, reordered or
@@ -383,6 +386,7 @@ pub(crate) async fn run(perf: Perf, mut registry: Registry) -> anyhow::Result<()
                 server_extra_once_bytes: server_once,
                 client_cpu_seconds: client_cpu,
                 server_cpu_seconds: server_cpu,
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

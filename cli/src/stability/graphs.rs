@@ -50,8 +50,10 @@ async fn tree(
     leaves: &[(u64, Vec<usize>)],
     delay: f64,
 ) -> anyhow::Result<(Vec<TaskFuture<WireArray>>, TaskFuture<f64>)> {
-    let level0: Vec<TaskFuture<WireArray>> =
-        c.map("slow_random_array", leaves.iter().map(|(seed, shape)| vec![arg(shape), arg(seed), arg(&delay)])).await?;
+    // Collected before the await: a closure held across it keeps the future from being `Send`
+    // (a compiler limit with closures over borrowed tuples), and the run goes on a runtime task.
+    let args: Vec<_> = leaves.iter().map(|(seed, shape)| vec![arg(shape), arg(seed), arg(&delay)]).collect();
+    let level0: Vec<TaskFuture<WireArray>> = c.map("slow_random_array", args).await?;
     let mut level = level0.clone();
     while level.len() > 1 {
         let mut next = Vec::new();
