@@ -58,9 +58,11 @@ enum Command {
 /// measured from `block_on`, every wait pays a hand-off between threads (the worker that reads
 /// the event wakes this thread), which slowed `courier perf` over sockets far more than over
 /// shm:// (`courier_bench::Ends` has the figures). `courier perf` has one end per process, so
-/// nothing shares its worker; `courier stability` and `bench-tasks` drive clients of clusters
-/// whose nodes run as tasks of their own. `courier compare`, with both ends of a pair in one
-/// process, gives each end a runtime thread of its own instead.
+/// nothing shares its worker; `courier stability` compares transports by their faults' delays,
+/// so its client runs as a task too. `courier compare`, with both ends of a pair in one
+/// process, gives each end a runtime thread of its own instead. `courier bench-tasks` keeps its
+/// client in `block_on`, as a user's program drives one, and every cluster it compares pays
+/// that alike.
 fn spawned<T: Send + 'static>(
     rt: tokio::runtime::Runtime,
     work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
@@ -92,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Stability(args) => spawned(multi()?, stability::run(args)),
         Command::Perf(p) => spawned(multi()?, perf::run(p, cli.common.registry()?)),
-        Command::BenchTasks(args) => spawned(multi()?, tasks::run(args, cli.common.registry()?)),
+        Command::BenchTasks(args) => multi()?.block_on(tasks::run(args, cli.common.registry()?)),
         Command::Submit(args) => courier::node::block_on_node(multi()?, submit::run(args, cli.common.registry()?)),
         Command::Info(args) => courier::node::block_on_node(multi()?, info::run(args, cli.common.registry()?)),
         Command::Scheduler(args) => {
