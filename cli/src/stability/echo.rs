@@ -6,7 +6,8 @@
 //! server mid-stream and must see `Closed`; messages unanswered on a connection the proxy cut
 //! are explained, any other loss is not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,41 @@ impl Outcome {
     }
 }
 
+/// Where each task of an echo phase is, so a phase that outlives its timeout (and is dropped
+/// with everything it knew) says what it was still waiting for.
+#[derive(Debug, Clone)]
+pub(crate) struct Trace {
+    start: Instant,
+    /// Each running task's last step, and when (since `start`) it took it.
+    steps: Arc<Mutex<BTreeMap<String, (Duration, String)>>>,
+}
+
+impl Trace {
+    pub(crate) fn new() -> Self {
+        Trace { start: Instant::now(), steps: Arc::default() }
+    }
+
+    fn set(&self, who: impl Into<String>, what: impl Into<String>) {
+        let at = self.start.elapsed();
+        self.steps.lock().unwrap_or_else(|p| p.into_inner()).insert(who.into(), (at, what.into()));
+    }
+
+    fn done(&self, who: &str) {
+        self.steps.lock().unwrap_or_else(|p| p.into_inner()).remove(who);
+    }
+
+    /// What was still running, one `who (since when): what` per task, or `None` if nothing was.
+    pub(crate) fn unfinished(&self) -> Option<String> {
+        let t = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        (!t.is_empty()).then(|| {
+            t.iter()
+                .map(|(who, (at, what))| format!("{who} (since {:.1} s): {what}", at.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
 /// The last frame each comm's server received, and a wake-up when one arrives.
 #[derive(Debug, Default)]
 struct LastFrames {
@@ -90,12 +126,25 @@ impl LastFrames {
     }
 }
 
-async fn serve(mut comm: courier::Comm, abrupt: u32, plant: Option<Plant>, last: Arc<LastFrames>) {
+async fn serve(
+    mut comm: courier::Comm,
+    abrupt: u32,
+    plant: Option<Plant>,
+    last: Arc<LastFrames>,
+    trace: Trace,
+    who: String,
+) {
     let (mut echoed, mut planted) = (0u32, false);
-    while let Ok(m) = comm.recv().await {
-        let Some((id, _)) = Id::parse(&m.header) else { return };
+    let peer = comm.peer_address().clone();
+    trace.set(&who, format!("from {peer}, waiting for its first message"));
+    let ended = loop {
+        let m = match comm.recv().await {
+            Ok(m) => m,
+            Err(e) => break format!("ended: {e}"),
+        };
+        let Some((id, _)) = Id::parse(&m.header) else { break "ended: a header it could not parse".into() };
         if id.comm == abrupt && echoed == 3 {
-            return; // dropped without a close: the client must see Closed
+            break "dropped on purpose".into(); // without a close: the client must see Closed
         }
         let mut frames = m.frames;
         if let Some(f) = frames.first() {
@@ -114,14 +163,24 @@ async fn serve(mut comm: courier::Comm, abrupt: u32, plant: Option<Plant>, last:
                 _ => {}
             }
         }
-        if comm.send(Message::new(m.header, frames)).await.is_err() {
-            return;
+        trace.set(&who, format!("comm {} from {peer}: echoing message {}", id.comm, id.seq));
+        if let Err(e) = comm.send(Message::new(m.header, frames)).await {
+            break format!("ended sending: {e}");
         }
         echoed += 1;
-    }
+        trace.set(&who, format!("comm {} from {peer}: {echoed} echoed, waiting for more", id.comm));
+    };
+    tracing::debug!(%who, %ended, "echo server");
+    trace.done(&who);
 }
 
-pub(crate) async fn run(registry: &Registry, url: &str, seed: u64, s: &Settings) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(
+    registry: &Registry,
+    url: &str,
+    seed: u64,
+    s: &Settings,
+    trace: &Trace,
+) -> anyhow::Result<Outcome> {
     let mut listener = registry.listen(url).await?;
     let contact = listener.contact_address().clone();
     let proxy = if s.proxy {
@@ -138,13 +197,17 @@ pub(crate) async fn run(registry: &Registry, url: &str, seed: u64, s: &Settings)
     // The last comm is dropped by its server mid-stream (comms 0 and 1 carry planted faults).
     let abrupt = if s.comms >= 3 { s.comms - 1 } else { u32::MAX };
     let (n, plant) = (s.comms, s.plant);
+    let server_trace = trace.clone();
     let server = tokio::spawn(async move {
         let last = Arc::new(LastFrames::default());
         let mut tasks = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
+            server_trace.set("listener", format!("{i} of {n} comms accepted"));
             let Ok(comm) = listener.accept().await else { break };
-            tasks.push(tokio::spawn(serve(comm, abrupt, plant, last.clone())));
+            let who = format!("server {i}");
+            tasks.push(tokio::spawn(serve(comm, abrupt, plant, last.clone(), server_trace.clone(), who)));
         }
+        server_trace.done("listener");
         for t in tasks {
             let _ = t.await;
         }
@@ -152,7 +215,10 @@ pub(crate) async fn run(registry: &Registry, url: &str, seed: u64, s: &Settings)
     let clients: Vec<_> = (0..n)
         .map(|c| {
             let (registry, url, s, proxy) = (registry.clone(), connect_url.clone(), s.clone(), proxy.clone());
-            tokio::spawn(async move { client(&registry, &url, seed, c, c == abrupt, &s, proxy.as_deref()).await })
+            let trace = trace.clone();
+            tokio::spawn(
+                async move { client(&registry, &url, seed, c, c == abrupt, &s, proxy.as_deref(), &trace).await },
+            )
         })
         .collect();
     let mut total = Outcome::default();
@@ -170,6 +236,7 @@ pub(crate) async fn run(registry: &Registry, url: &str, seed: u64, s: &Settings)
     Ok(total)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn client(
     registry: &Registry,
     url: &str,
@@ -178,6 +245,26 @@ async fn client(
     abrupt: bool,
     s: &Settings,
     proxy: Option<&Proxy>,
+    trace: &Trace,
+) -> Outcome {
+    let who = format!("client {c}");
+    trace.set(&who, "connecting");
+    let out = client_traced(registry, url, seed, c, abrupt, s, proxy, trace, &who).await;
+    trace.done(&who);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_traced(
+    registry: &Registry,
+    url: &str,
+    seed: u64,
+    c: u32,
+    abrupt: bool,
+    s: &Settings,
+    proxy: Option<&Proxy>,
+    trace: &Trace,
+    who: &str,
 ) -> Outcome {
     let mut out = Outcome::default();
     let comm = match registry.connect(url).await {
@@ -189,10 +276,17 @@ async fn client(
         }
     };
     let port = comm.local_address().host_port().ok().map(|hp| hp.port);
+    let through = match (port, proxy) {
+        (Some(p), Some(x)) => format!("port {p}, {}", x.describe(p)),
+        _ => format!("{}", comm.local_address()),
+    };
     let (mut tx, mut rx) = comm.split();
     let window = Arc::new(Semaphore::new(4));
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; s.messages as usize]));
+    // Messages whose send has begun, and those it finished.
+    let (sending, sent) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let (w, times, m) = (window.clone(), sent_at.clone(), s.messages);
+    let (sending_, sent_) = (sending.clone(), sent.clone());
     let sender = tokio::spawn(async move {
         for seq in 0..m {
             let Ok(permit) = w.acquire().await else { break };
@@ -200,9 +294,11 @@ async fn client(
             let id = Id { seed, comm: c, seq };
             let len = id.size(true);
             times.lock().unwrap_or_else(|p| p.into_inner())[seq as usize] = Some(Instant::now());
+            sending_.store(seq + 1, Ordering::Relaxed);
             if tx.send(Message::new(id.header(len), vec![id.content(len)])).await.is_err() {
                 break;
             }
+            sent_.store(seq + 1, Ordering::Relaxed);
         }
         // Closing a comm closes both halves: the receiving side closes it once all is back.
         tx
@@ -210,6 +306,9 @@ async fn client(
     let wait = s.timeout.min(Duration::from_secs(30));
     let mut expected = 0u32;
     while expected < s.messages {
+        // The sender's counters as of the wait's start.
+        let (begun, finished) = (sending.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
+        trace.set(who, format!("{through}: waiting for answer {expected}; sends begun {begun}, finished {finished}"));
         match tokio::time::timeout(wait, rx.recv()).await {
             Err(_) => {
                 out.hangs += 1;
@@ -274,6 +373,7 @@ async fn client(
         out.errors.push(format!("comm {c}: its server dropped it after 3 answers, but all {} came back", s.messages));
     }
     if expected == s.messages {
+        trace.set(who, format!("{through}: all answered, closing"));
         if let Ok(mut tx) = sender.await {
             let _ = tx.close().await;
         }

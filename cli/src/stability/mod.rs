@@ -224,7 +224,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         for r in 0..args.repeat {
             let seed = r as u64 + 1;
             let mut all = true;
-            match tokio::time::timeout(timeout, echo::run(&registry, url, seed, &settings)).await {
+            let trace = echo::Trace::new();
+            match tokio::time::timeout(timeout, echo::run(&registry, url, seed, &settings, &trace)).await {
                 Ok(Ok(o)) => {
                     row.messages += o.messages;
                     row.lost += o.lost;
@@ -248,7 +249,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Err(_) => {
                     row.hangs += 1;
-                    row.errors.push(format!("echo {seed}: no end within {timeout:?}"));
+                    let running = trace.unfinished().unwrap_or_else(|| "nothing".into());
+                    row.errors.push(format!("echo {seed}: no end within {timeout:?}; still running: {running}"));
                     all = false;
                 }
             }

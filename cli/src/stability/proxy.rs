@@ -99,6 +99,14 @@ impl Proxy {
         matches!(lock(&self.records).get(&port), Some(Record { fate: Fate::Cut { .. }, struck: true }))
     }
 
+    /// What the proxy does to the connection from `port`, and whether it did it yet.
+    pub(crate) fn describe(&self, port: u16) -> String {
+        match lock(&self.records).get(&port) {
+            None => "not through the proxy yet".into(),
+            Some(Record { fate, struck }) => format!("{fate:?}{}", if *struck { ", struck" } else { "" }),
+        }
+    }
+
     /// Faults that happened: (cuts, stalls).
     pub(crate) fn struck(&self) -> (u64, u64) {
         let r = lock(&self.records);
