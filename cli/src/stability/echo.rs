@@ -66,35 +66,68 @@ impl Outcome {
 
 /// Where each task of an echo phase is, so a phase that outlives its timeout (and is dropped
 /// with everything it knew) says what it was still waiting for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Trace {
     start: Instant,
-    /// Each running task's last step, and when (since `start`) it took it.
-    steps: Arc<Mutex<BTreeMap<String, (Duration, String)>>>,
+    steps: Arc<Mutex<Steps>>,
+    /// More to say when the phase hangs: the fault proxy's connections.
+    more: Arc<Mutex<Option<Describe>>>,
+}
+
+type Describe = Box<dyn Fn() -> String + Send>;
+
+/// Each task's last step, and when (since the phase's start) it took it.
+#[derive(Debug, Default)]
+struct Steps {
+    running: BTreeMap<String, (Duration, String)>,
+    /// Tasks that ended, with their last step: how they ended.
+    ended: BTreeMap<String, (Duration, String)>,
 }
 
 impl Trace {
     pub(crate) fn new() -> Self {
-        Trace { start: Instant::now(), steps: Arc::default() }
+        Trace { start: Instant::now(), steps: Arc::default(), more: Arc::default() }
+    }
+
+    fn also(&self, describe: Describe) {
+        *self.more.lock().unwrap_or_else(|p| p.into_inner()) = Some(describe);
+    }
+
+    fn steps(&self) -> std::sync::MutexGuard<'_, Steps> {
+        self.steps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set(&self, who: impl Into<String>, what: impl Into<String>) {
         let at = self.start.elapsed();
-        self.steps.lock().unwrap_or_else(|p| p.into_inner()).insert(who.into(), (at, what.into()));
+        self.steps().running.insert(who.into(), (at, what.into()));
     }
 
+    /// `who` ended; its last step says how.
     fn done(&self, who: &str) {
-        self.steps.lock().unwrap_or_else(|p| p.into_inner()).remove(who);
+        let mut steps = self.steps();
+        if let Some(last) = steps.running.remove(who) {
+            steps.ended.insert(who.to_owned(), last);
+        }
     }
 
-    /// What was still running, one `who (since when): what` per task, or `None` if nothing was.
+    /// What was still running, one `who (since when): what` per task, then how the others
+    /// ended; `None` if nothing was running.
     pub(crate) fn unfinished(&self) -> Option<String> {
-        let t = self.steps.lock().unwrap_or_else(|p| p.into_inner());
-        (!t.is_empty()).then(|| {
-            t.iter()
-                .map(|(who, (at, what))| format!("{who} (since {:.1} s): {what}", at.as_secs_f64()))
+        let steps = self.steps();
+        let list = |m: &BTreeMap<String, (Duration, String)>| {
+            m.iter()
+                .map(|(who, (at, what))| format!("{who} (at {:.1} s): {what}", at.as_secs_f64()))
                 .collect::<Vec<_>>()
                 .join("; ")
+        };
+        let more = self.more.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|d| format!("; {}", d()));
+        (!steps.running.is_empty()).then(|| {
+            format!(
+                "{}; the tasks that ended: {}{}",
+                list(&steps.running),
+                list(&steps.ended),
+                more.unwrap_or_default()
+            )
         })
     }
 }
@@ -170,7 +203,7 @@ async fn serve(
         echoed += 1;
         trace.set(&who, format!("comm {} from {peer}: {echoed} echoed, waiting for more", id.comm));
     };
-    tracing::debug!(%who, %ended, "echo server");
+    trace.set(&who, ended);
     trace.done(&who);
 }
 
@@ -186,7 +219,10 @@ pub(crate) async fn run(
     let proxy = if s.proxy {
         let hp = contact.host_port()?;
         let target = std::net::SocketAddr::new(hp.host_string().parse()?, hp.port);
-        Some(Arc::new(Proxy::start(target, seed, 0.4).await.context("starting the fault proxy")?))
+        let proxy = Arc::new(Proxy::start(target, seed, 0.4).await.context("starting the fault proxy")?);
+        let p = proxy.clone();
+        trace.also(Box::new(move || format!("the proxy's connections: {}", p.flows())));
+        Some(proxy)
     } else {
         None
     };
@@ -270,6 +306,7 @@ async fn client_traced(
     let comm = match registry.connect(url).await {
         Ok(comm) => comm,
         Err(e) => {
+            trace.set(who, format!("connecting failed: {e}"));
             out.errors.push(format!("comm {c}: connecting: {e}"));
             out.lost += u64::from(s.messages);
             return out;
@@ -311,6 +348,7 @@ async fn client_traced(
         trace.set(who, format!("{through}: waiting for answer {expected}; sends begun {begun}, finished {finished}"));
         match tokio::time::timeout(wait, rx.recv()).await {
             Err(_) => {
+                trace.set(who, format!("{through}: no answer {expected} within {wait:?}"));
                 out.hangs += 1;
                 out.lost += u64::from(s.messages - expected);
                 out.errors.push(format!("comm {c}: no answer to message {expected} within {wait:?}"));
@@ -351,6 +389,7 @@ async fn client_traced(
                 expected = id.seq + 1;
             }
             Ok(Err(e)) => {
+                trace.set(who, format!("{through}: receiving answer {expected}: {e}"));
                 let unanswered = u64::from(s.messages - expected);
                 if port.is_some_and(|p| proxy.is_some_and(|x| x.was_cut(p))) {
                     out.explained += unanswered;
@@ -375,7 +414,8 @@ async fn client_traced(
     if expected == s.messages {
         trace.set(who, format!("{through}: all answered, closing"));
         if let Ok(mut tx) = sender.await {
-            let _ = tx.close().await;
+            let closed = tx.close().await;
+            trace.set(who, format!("{through}: all answered, closed ({closed:?})"));
         }
     } else {
         sender.abort();
