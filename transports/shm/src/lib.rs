@@ -36,10 +36,10 @@
 //!   included, can change it after it is sent. Used with peers of another user, when either
 //!   side is [`ShmTransport::sealed_only`], and when the arena is full.
 //!
-//! Why both, by measurement (results/shm.md, `examples/costs.rs`): on the machine the
-//! results come from, filling a fresh 64 MiB memfd takes ~35 ms and mapping and freeing it
-//! ~25 ms more: page-cache allocation, not copying (a `memcpy` of 64 MiB is ~4.5 ms), makes
-//! sealed frames *slower* than tcp://. Kernel copies that pin pages (a pipe with `vmsplice`,
+//! Why both, by measurement (the shm:// section of results/SUMMARY.md, `examples/costs.rs`):
+//! on the VMs the results come from, filling a fresh 64 MiB memfd took 17–35 ms and mapping and
+//! freeing it 6–25 ms more, against 4.5–10.5 ms for a warm `memcpy` of 64 MiB: page-cache
+//! allocation, not copying, makes sealed frames *slower* than tcp://. Kernel copies that pin pages (a pipe with `vmsplice`,
 //! `process_vm_readv`) ran at ~4 GiB/s. Only reused, resident shared pages reach memory
 //! speed, and Linux has no way to seal reused pages, so the arena trades one guarantee: a
 //! sender can still write to a slot it has sent until the receiver releases it. It cannot
@@ -300,8 +300,8 @@ impl ShmTransport {
     /// Gives the memory of the arena's free slots back to the system and returns how many
     /// bytes that freed (0 without an arena). Slots in use (frames a receiver holds, lent
     /// buffers) are untouched. The arena stays as large: a frame placed in a trimmed slot
-    /// faults fresh pages in, as a new segment's do (~20 ms per 64 MiB on the machine the
-    /// results come from, against ~5 ms for a copy into resident pages), so this is for memory
+    /// faults fresh pages in, as a new segment's do (20–30 ms per 64 MiB on the VMs the results
+    /// come from, against 5–10 ms for a copy into resident pages), so this is for memory
     /// pressure, not routine. Courier's workers call it before they spill results.
     pub fn trim_arena(&self) -> u64 {
         self.pool.trim()
