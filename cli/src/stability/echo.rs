@@ -283,30 +283,14 @@ async fn client(
     proxy: Option<&Proxy>,
     trace: &Trace,
 ) -> Outcome {
-    let who = format!("client {c}");
-    trace.set(&who, "connecting");
-    let out = client_traced(registry, url, seed, c, abrupt, s, proxy, trace, &who).await;
-    trace.done(&who);
-    out
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn client_traced(
-    registry: &Registry,
-    url: &str,
-    seed: u64,
-    c: u32,
-    abrupt: bool,
-    s: &Settings,
-    proxy: Option<&Proxy>,
-    trace: &Trace,
-    who: &str,
-) -> Outcome {
+    let who = &format!("client {c}");
+    trace.set(who, "connecting");
     let mut out = Outcome::default();
     let comm = match registry.connect(url).await {
         Ok(comm) => comm,
         Err(e) => {
             trace.set(who, format!("connecting failed: {e}"));
+            trace.done(who);
             out.errors.push(format!("comm {c}: connecting: {e}"));
             out.lost += u64::from(s.messages);
             return out;
@@ -420,5 +404,6 @@ async fn client_traced(
     } else {
         sender.abort();
     }
+    trace.done(who);
     out
 }
